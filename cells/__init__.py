@@ -1,0 +1,134 @@
+"""Interchangeable recurrent cells behind one interface.
+
+The interface, stated once::
+
+    cells.build(name, input_size, hidden_size, num_layers=1, dropout=0.0, **opts) -> torch.nn.Module
+
+    module.forward(x, state=None) -> (y, state)
+        x      [T, B, input_size]
+        y      [T, B, hidden_size]            (output of the top layer)
+        state  LSTM: (h, c), each [num_layers, B, hidden_size]
+               GRU:  h, [num_layers, B, hidden_size]
+               None means zeros.
+        dropout applies to the outputs of every layer but the last, in training
+        mode, as in torch.nn.LSTM.
+
+Parameters are named and shaped exactly like ``torch.nn.LSTM`` / ``torch.nn.GRU``
+(``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``; gate
+order i, f, g, o and r, z, n), so state_dicts move between cells of one kind.
+
+A cell class may define ``available(device) -> str | None`` (a reason it cannot
+run there, or None) and ``describe_backend(device) -> str``; the registry below
+maps each name to ``"module:Class"`` and is imported lazily, so a cell whose
+library is missing cannot break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+# name -> "module:Class".  A new cell is one module plus one line here.
+REGISTRY: dict[str, str] = {
+    "cudnn_lstm": "cells.cudnn:CudnnLSTM",
+    "cudnn_gru": "cells.cudnn:CudnnGRU",
+    "loop_lstm": "cells.loop:LoopLSTM",
+    "loop_gru": "cells.loop:LoopGRU",
+}
+
+
+class UnknownCellError(ValueError):
+    pass
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def cell_class(name: str):
+    """The class registered under ``name``; raises UnknownCellError listing the known names."""
+    if name not in REGISTRY:
+        raise UnknownCellError(f"unknown cell {name!r}; known cells: {', '.join(REGISTRY)}")
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def kind(name: str) -> str:
+    """'LSTM' or 'GRU'."""
+    return cell_class(name).mode
+
+
+def build(name: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+          **opts) -> torch.nn.Module:
+    """Build the cell stack registered as ``name``; see the module docstring for the interface."""
+    return cell_class(name)(input_size, hidden_size, num_layers, dropout, **opts)
+
+
+def unavailable_reason(name: str, device: str | torch.device = "cpu") -> str | None:
+    """Why cell ``name`` cannot run on ``device``, or None when it can."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    try:
+        cls = cell_class(name)
+    except ImportError as exc:  # a cell's library is missing
+        return f"cannot import: {exc}"
+    check = getattr(cls, "available", None)
+    return check(device) if check else None
+
+
+@dataclass
+class CellInfo:
+    name: str
+    kind: str
+    device: str
+    runnable: bool
+    detail: str  # the backend when runnable, else the reason
+
+
+def available(device: str | torch.device | None = None) -> list[CellInfo]:
+    """Every registered cell with whether it can run on ``device`` (default: cuda if present, else cpu)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = []
+    for name in REGISTRY:
+        reason = unavailable_reason(name, device)
+        if reason is None:
+            detail = detect_backend(build(name, 8, 8, 1).to(device), device)
+            out.append(CellInfo(name, kind(name), device.type, True, detail))
+        else:
+            out.append(CellInfo(name, REGISTRY[name].split(":")[1], device.type, False, reason))
+    return out
+
+
+_GRAPH_NODES = {"CudnnRnnBackward": "cuDNN", "MkldnnRnnLayerBackward": "oneDNN", "MiopenRnnBackward": "MIOpen"}
+
+
+def detect_backend(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> str:
+    """Name the backend that actually executes ``module`` on ``device``.
+
+    Cells that know their backend say so (``describe_backend``); for torch's own
+    RNN modules one small forward is run with autograd on and the backward
+    nodes it recorded name the kernel that ran (cuDNN with its version, oneDNN,
+    MIOpen), or else ATen's native loop.
+    """
+    device = torch.device(device)
+    describe = getattr(module, "describe_backend", None)
+    if describe is not None:
+        return describe(device)
+    dtype = dtype or next(module.parameters()).dtype
+    x = torch.randn(2, 2, module.input_size, device=device, dtype=dtype, requires_grad=True)
+    with torch.enable_grad():
+        y, _ = module(x)
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for key, label in _GRAPH_NODES.items():
+            if type(node).__name__.startswith(key):
+                return f"cuDNN {torch.backends.cudnn.version()}" if label == "cuDNN" else label
+        todo.extend(n for n, _ in node.next_functions)
+    return f"ATen native ({device.type})"

@@ -1,0 +1,86 @@
+"""Shared parameter layout and layer stacking for every recurrent cell.
+
+A cell stack owns parameters named and shaped exactly like ``torch.nn.LSTM`` /
+``torch.nn.GRU`` (``weight_ih_l{k}`` [G*H, in], ``weight_hh_l{k}`` [G*H, H],
+``bias_ih_l{k}`` [G*H], ``bias_hh_l{k}`` [G*H]; G = 4 for LSTM with gate order
+i, f, g, o and G = 3 for GRU with gate order r, z, n), so a ``state_dict``
+moves between implementations of the same kind.  Subclasses implement one
+layer over the whole sequence; this class stacks the layers, applies
+inter-layer dropout exactly where ``torch.nn.LSTM`` does, and handles the
+optional initial state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+GATES = {"LSTM": 4, "GRU": 3}
+
+
+class RecurrentStack(nn.Module):
+    """Base class: ``forward(x, state=None) -> (y, state)``; see :mod:`cells`."""
+
+    mode: str = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        check_sizes(input_size, hidden_size, num_layers, dropout)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_layers, self.dropout = num_layers, float(dropout)
+        gates = GATES[self.mode] * hidden_size
+        for k in range(num_layers):
+            in_k = input_size if k == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates, in_k)))
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates, hidden_size)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(hidden_size), as torch.nn.LSTM initialises."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def layer_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
+
+    def layer(self, k: int, x: torch.Tensor, state):
+        """Run layer ``k`` over x [T, B, in] from ``state`` (LSTM: (h, c) each [B, H]; GRU: h).
+
+        Returns (y [T, B, H], final state of the same structure)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state=None):
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"expected input of shape [T, B, {self.input_size}], got {list(x.shape)}")
+        lstm = self.mode == "LSTM"
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            state = (zeros, zeros) if lstm else zeros
+        finals = []
+        for k in range(self.num_layers):
+            layer_state = (state[0][k], state[1][k]) if lstm else state[k]
+            x, final = self.layer(k, x, layer_state)
+            finals.append(final)
+            if self.dropout > 0 and self.training and k < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        if lstm:
+            return x, (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals]))
+        return x, torch.stack(finals)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, dropout={self.dropout}"
+
+
+def check_sizes(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:
+    """Raise ValueError with the accepted range when a size or the dropout is out of range."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")

@@ -1,0 +1,121 @@
+"""The ``rnnbench`` command: train, cells (and the bench subcommands)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from lm.errors import UsageError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    from lm.config import Config
+
+    g = p.add_argument_group("config overrides (any preset field)")
+    for f in dataclasses.fields(Config):
+        if f.name == "name":
+            continue
+        g.add_argument(f"--{f.name.replace('_', '-')}", type=f.type if f.type in (int, float) else
+                       {"int": int, "float": float}.get(str(f.type), str), default=None, metavar=f.name.upper())
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from lm.config import Config
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "name"}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from lm import config, data
+    from lm.train import check_cell, resolve_device, train
+
+    cfg = config.preset(args.config, **_overrides(args))
+    device = resolve_device(args.device)
+    check_cell(args.cell, device, args.allow_interpreter)
+    if args.results is not None:
+        from lm.records import ensure_writable
+
+        ensure_writable(args.results)
+    corpus = data.load(args.data_dir, check_md5=not args.no_verify)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
+                progress=not args.quiet, command=["rnnbench", *sys.argv[1:]], dtype=dtype)
+    print(f"{rec['cell']} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
+          f"test ppl {rec['test_ppl'] if rec['test_ppl'] is None else round(rec['test_ppl'], 2)}, "
+          f"{rec['words_per_sec'] or 0:.0f} words/sec" + (f"; record {rec['record_path']}" if 'record_path' in rec
+                                                           else ""))
+    return 0 if rec["status"] == "ok" else 1
+
+
+def cmd_cells(args: argparse.Namespace) -> int:
+    import cells
+    from lm.train import resolve_device
+
+    device = resolve_device(args.device)
+    from tabulate import tabulate
+
+    rows = [(c.name, c.kind, c.device, "yes" if c.runnable else "no", c.detail) for c in cells.available(device)]
+    print(tabulate(rows, headers=["cell", "kind", "device", "runs here", "backend / reason"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lm.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train the PTB language model with one cell and write a run record")
+    t.add_argument("--cell", required=True, help="a registered cell (see `rnnbench cells`)")
+    t.add_argument("--config", default="small", help=f"preset: {', '.join(PRESETS)} (default small)")
+    t.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
+                                                    "else the cache folder, downloading)")
+    t.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
+    t.add_argument("--results", default="results", help="results folder (default results)")
+    t.add_argument("--allow-interpreter", action="store_true",
+                   help="train a Triton cell in Triton's CPU interpreter (very slow)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _config_args(t)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cells", help="list the registered cells and whether they can run here")
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=cmd_cells)
+
+    try:
+        from bench.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        # Triton reads this at import: without a GPU its kernels run in the interpreter on CPU tensors.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"rnnbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

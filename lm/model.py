@@ -1,0 +1,41 @@
+"""Embedding -> cell stack -> dropout -> linear decoder (Zaremba et al. 2014)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import cells
+
+
+class LanguageModel(nn.Module):
+    """Word-level LM over any registered cell.
+
+    Dropout (probability ``dropout``) acts on the non-recurrent connections only:
+    after the embedding, between cell layers (inside the cell stack) and before
+    the decoder.  Every parameter starts uniform in +-``init_scale``.
+    """
+
+    def __init__(self, cell: str, vocab_size: int, hidden_size: int, num_layers: int, dropout: float,
+                 init_scale: float, **cell_opts):
+        super().__init__()
+        self.cell_name = cell
+        self.kind = cells.kind(cell)
+        self.embedding = nn.Embedding(vocab_size, hidden_size)
+        self.rnn = cells.build(cell, hidden_size, hidden_size, num_layers, dropout, **cell_opts)
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -init_scale, init_scale)
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x [T, B] word ids -> (logits [T, B, V], state)."""
+        y, state = self.rnn(self.drop(self.embedding(x)), state)
+        return self.decoder(self.drop(y)), state
+
+
+def detach(state):
+    """Cut the graph behind a carried state (a tensor or a tuple of tensors)."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()

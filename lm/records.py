@@ -1,0 +1,151 @@
+"""Run records (one JSON file per run) and the tables regenerated from them, all written atomically.
+
+Every write goes to a temporary file in the same folder, is flushed and fsynced,
+then renamed over the target, so a reader sees the old file or the new one and
+never a torn one.  Table regeneration holds an exclusive lock on
+``<results>/.lock`` so concurrent runs cannot interleave their rewrites; the
+last writer regenerates from every record on disk, so no record is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from lm.errors import UsageError
+
+STATUSES = ("ok", "failed", "diverged", "oom", "interrupted", "unavailable")
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def ensure_writable(results: str | os.PathLike) -> Path:
+    """Create ``<results>/runs`` and prove it writable now, before any work is done."""
+    results = Path(results)
+    try:
+        (results / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results / "runs"):
+            pass
+        with tempfile.TemporaryFile(dir=results):
+            pass
+    except OSError as exc:
+        raise UsageError(f"results folder {results} is not writable ({exc.strerror}); "
+                         "pass --results with a writable folder") from None
+    return results
+
+
+@contextlib.contextmanager
+def locked(results: Path):
+    with open(results / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _clean(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_run(results: str | os.PathLike, record: dict) -> Path:
+    """Write one run record and regenerate the train tables; returns the record's path."""
+    results = Path(results)
+    path = results / "runs" / f"{record['run_id']}.json"
+    text = json.dumps(_clean(record), indent=2, sort_keys=False) + "\n"
+    try:
+        with locked(results):
+            atomic_write(path, text)
+            write_train_tables(results)
+    except OSError as exc:
+        raise UsageError(f"cannot write results into {results}: {exc.strerror or exc}") from None
+    return path
+
+
+def load_runs(results: str | os.PathLike) -> list[dict]:
+    """Every readable record under ``<results>/runs`` (unreadable ones are skipped with their path noted)."""
+    out = []
+    for p in sorted(Path(results, "runs").glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and "run_id" in rec:
+            rec["_path"] = str(p)
+            out.append(rec)
+    return out
+
+
+TRAIN_COLUMNS = ["started", "config", "cell", "backend", "device", "device_name", "epochs", "steps_per_epoch",
+                 "valid_ppl", "test_ppl", "words_per_sec", "peak_mem_mib", "wall_min", "status", "commit", "run_id"]
+
+
+def train_table(runs: list[dict]):
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        env = r.get("env", {})
+        epochs = r.get("epochs") or []
+        rows.append({
+            "started": r.get("started"),
+            "config": (r.get("config") or {}).get("name"),
+            "cell": r.get("cell"),
+            "backend": r.get("backend"),
+            "device": env.get("device"),
+            "device_name": env.get("device_name"),
+            "epochs": len(epochs),
+            "steps_per_epoch": r.get("steps_per_epoch"),
+            "valid_ppl": epochs[-1].get("valid_ppl") if epochs else None,
+            "test_ppl": r.get("test_ppl"),
+            "words_per_sec": r.get("words_per_sec"),
+            "peak_mem_mib": (r["peak_memory_bytes"] / 2**20) if r.get("peak_memory_bytes") else None,
+            "wall_min": (r["wall_seconds"] / 60) if r.get("wall_seconds") else None,
+            "status": r.get("status"),
+            "commit": (env.get("commit") or "")[:12],
+            "run_id": r.get("run_id"),
+        })
+    return pd.DataFrame(rows, columns=TRAIN_COLUMNS).sort_values(["config", "device", "cell", "started"])
+
+
+def write_train_tables(results: Path) -> None:
+    df = train_table(load_runs(results))
+    atomic_write(results / "train.csv", df.to_csv(index=False, float_format="%.6g"))
+    md = ["# Training runs", "",
+          "Generated by `rnnbench` from `results/runs/*.json`; one row per run. words/sec: training tokens over",
+          "training time (device synchronized, evaluation excluded). Peak memory: GPU max allocated, or the",
+          "process's peak resident set on the CPU.", "",
+          df.to_markdown(index=False, floatfmt=".4g") if len(df) else "(no runs yet)", ""]
+    atomic_write(results / "train.md", "\n".join(md))
