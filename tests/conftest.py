@@ -1,0 +1,59 @@
+"""Shared fixtures: a small corpus written by the tests, the real PTB folder when configured."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests use tiny shapes: one thread is faster there and immune to other processes' load.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start
+
+SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our team", "N people"]
+VERBS = ["sees", "likes", "finds", "builds", "sells", "wants"]
+OBJECTS = ["the ball", "a house", "some bread", "the red car", "<unk> things", "a small boat"]
+
+
+def write_corpus(folder: Path, lines: int = 400, seed: int = 1234) -> Path:
+    """A learnable toy corpus in PTB's file layout (subject verb object sentences, with <unk>)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("ptb.train.txt", lines), ("ptb.valid.txt", lines // 4), ("ptb.test.txt", lines // 4)):
+        text = "".join(f" {rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} \n" for _ in range(n))
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def ptb_dir() -> Path:
+    """The real PTB folder from PTB_DIR; CI sets RNNBENCH_REQUIRE_PTB=1 so a missing folder fails there."""
+    folder = os.environ.get("PTB_DIR")
+    if not folder or not Path(folder, "ptb.train.txt").is_file():
+        if os.environ.get("RNNBENCH_REQUIRE_PTB") == "1":
+            pytest.fail(f"RNNBENCH_REQUIRE_PTB=1 but PTB_DIR={folder!r} does not hold the PTB files")
+        pytest.skip("PTB_DIR is not set to a folder with the PTB files")
+    return Path(folder)
+
+
+def devices() -> list:
+    """cpu always; cuda as a `gpu`-marked parameter, skipped with a reason when CUDA is absent."""
+    return ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="CUDA is not available")])]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 checks compare against float64 with TF32 off."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
