@@ -43,12 +43,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     corpus = data.load(args.data_dir, check_md5=not args.no_verify)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
-                progress=not args.quiet, command=["rnnbench", *sys.argv[1:]], dtype=dtype)
+                progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
+                checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                deterministic=args.deterministic)
+    ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
+    wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
+    where = f"; record {rec['record_path']}" if "record_path" in rec else ""
     print(f"{rec['cell']} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
-          f"test ppl {rec['test_ppl'] if rec['test_ppl'] is None else round(rec['test_ppl'], 2)}, "
-          f"{rec['words_per_sec'] or 0:.0f} words/sec" + (f"; record {rec['record_path']}" if 'record_path' in rec
-                                                           else ""))
-    return 0 if rec["status"] == "ok" else 1
+          f"test ppl {ppl}, {wps} words/sec{where}")
+    if rec["status"] != "ok":
+        print(f"rnnbench: {rec['status']}: {rec['error']}", file=sys.stderr)
+    return {"ok": 0, "interrupted": rec.get("exit_code", 130)}.get(rec["status"], 1)
 
 
 def cmd_cells(args: argparse.Namespace) -> int:
@@ -63,10 +68,17 @@ def cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and exit status 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"rnnbench: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lm.config import PRESETS
 
-    p = argparse.ArgumentParser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
+    p = Parser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train the PTB language model with one cell and write a run record")
@@ -83,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-interpreter", action="store_true",
                    help="train a Triton cell in Triton's CPU interpreter (very slow)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
+    t.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")
+    t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
+                   help="minutes between mid-epoch checkpoints; 0: only at epoch ends (default 10)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="PyTorch's deterministic algorithms (ops without one raise)")
     _config_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -107,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UsageError as exc:

@@ -60,7 +60,7 @@ def environment(device: str | torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu_model": torch.cuda.get_device_name(device) if cuda else None,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "triton": triton_version(),
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

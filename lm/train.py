@@ -9,18 +9,23 @@ evaluation pass.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import cells
+from lm import checkpoint as ckpt_mod
 from lm import data, env, records
 from lm.config import Config
 from lm.errors import UsageError
@@ -69,7 +74,12 @@ def evaluate(model: LanguageModel, tokens: torch.Tensor, batch_size: int, num_st
             total += nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1),
                                                  reduction="sum")
             count += y.numel()
-    return math.exp(total.item() / count)
+    return safe_exp(total.item() / count)
+
+
+def safe_exp(x: float) -> float:
+    """exp that gives inf instead of raising for a huge (diverged) loss."""
+    return math.exp(x) if x < 700 else float("inf")
 
 
 def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command: list[str] | None) -> dict:
@@ -100,83 +110,218 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
     }
 
 
+class Diverged(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While active, SIGINT and SIGTERM set a flag (checked every step) instead of killing the run.
+
+    A second signal of the same kind acts as usual.  Outside the main thread nothing is installed.
+    """
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def set_deterministic(device: torch.device) -> None:
+    """PyTorch's deterministic algorithms (an op without one raises); cuDNN autotuning off."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, seed: int = 0,
           results_dir: str | os.PathLike | None = "results", max_steps: int | None = None,
-          progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32) -> dict:
+          progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32,
+          checkpoint_path: str | os.PathLike | None = None, checkpoint_every: float = 10.0, resume: bool = False,
+          deterministic: bool = False) -> dict:
     """Train and evaluate one model; write its record under ``results_dir`` (None: write nothing).
 
-    Returns the record.  ``max_steps`` truncates every epoch to that many windows.
+    Args:
+        max_steps: truncate every epoch to this many windows.
+        checkpoint_path: where checkpoints go (default ``<results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt``;
+            none are written when both this and ``results_dir`` are None).
+        checkpoint_every: minutes between mid-epoch checkpoints (0: only at the end of every epoch).
+        resume: continue from ``checkpoint_path``; the finished run keeps the interrupted run's id.
+        deterministic: PyTorch's deterministic algorithms.
+
+    Returns the record; its ``status`` is ok, failed, diverged, oom or interrupted.
     """
     from tqdm import tqdm
 
     if max_steps is not None and max_steps <= 0:
         raise UsageError(f"--max-steps must be a positive integer, got {max_steps}")
+    if checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be >= 0 minutes, got {checkpoint_every}")
     if results_dir is not None:
         records.ensure_writable(results_dir)
+    if checkpoint_path is None and results_dir is not None:
+        checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed)
+    ckpt = None
+    if resume:
+        if checkpoint_path is None:
+            raise UsageError("--resume needs a checkpoint: pass --checkpoint PATH or --results DIR")
+        ckpt = ckpt_mod.load(checkpoint_path)
+        ckpt_mod.check_compatible(ckpt, Path(checkpoint_path), cfg.as_dict(), cells.kind(cell), corpus.vocab_size,
+                                  len(corpus.train))
+    if deterministic:
+        set_deterministic(device)
     torch.manual_seed(seed)
     rec = new_record(cfg, cell, device, seed, command)
+    rec["deterministic"] = deterministic
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    first_epoch, start_step, carried = 1, 0, None
     try:
         model = LanguageModel(cell, corpus.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.dropout,
                               cfg.init_scale).to(device=device, dtype=dtype)
         rec["backend"] = cells.detect_backend(model.rnn, device, dtype)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            ckpt_mod.set_rng_state(ckpt["rng"])
+            resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
+                       "step": ckpt["step"], "cell": cell, "env": rec["env"]}
+            rec = {**ckpt["record"], "config": cfg.as_dict(), "cell": cell, "backend": rec["backend"]}
+            rec["resumes"] = [*rec.get("resumes", []), resumed]
+            wall0 -= rec.get("wall_seconds") or 0.0
+            first_epoch, start_step = ckpt["epoch"], ckpt["step"]
+            carried = ckpt["carried"]
         n_steps = data.epoch_size(corpus.train, cfg.batch_size, cfg.num_steps)
         if max_steps is not None:
             n_steps = min(n_steps, max_steps)
         rec["steps_per_epoch"] = n_steps
-        for epoch in range(1, cfg.epochs + 1):
-            lr = cfg.lr_at(epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            model.train()
-            state, loss_sum, steps = None, torch.zeros((), device=device, dtype=torch.float64), 0
-            bar = tqdm(total=n_steps, desc=f"{cell} epoch {epoch}/{cfg.epochs}", disable=not progress,
-                       mininterval=1.0, dynamic_ncols=True)
-            env.synchronize(device)
-            t0 = time.perf_counter()
-            last_shown = t0
-            for _, x, y in data.batches(corpus.train, cfg.batch_size, cfg.num_steps):
-                if steps >= n_steps:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits, state = model(x, state)
-                loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1))
-                opt.zero_grad(set_to_none=True)
-                (loss * cfg.num_steps).backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                state = detach(state)
-                loss_sum += loss.detach()
-                steps += 1
-                now = time.perf_counter()
-                if progress and (now - last_shown > 1.0 or steps == n_steps):
-                    mean = loss_sum.item() / steps  # synchronizes; only about once a second
+        every = checkpoint_every * 60.0
+
+        def save_checkpoint(epoch: int, step: int, hidden, loss_sum, seconds: float) -> None:
+            if checkpoint_path is None:
+                return
+            rec["wall_seconds"] = time.perf_counter() - wall0
+            ckpt_mod.save(checkpoint_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt_mod.rng_state(),
+                "epoch": epoch, "step": step,
+                "carried": {"hidden": None if hidden is None else tuple(h.cpu() for h in as_tuple(hidden)),
+                            "loss_sum": float(loss_sum), "seconds": seconds},
+                "record": rec, "vocab_size": corpus.vocab_size, "train_tokens": len(corpus.train)})
+
+        with stop_requests() as stop:
+            for epoch in range(first_epoch, cfg.epochs + 1):
+                lr = cfg.lr_at(epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                model.train()
+                state, loss_sum, before = None, torch.zeros((), device=device, dtype=torch.float64), 0.0
+                if epoch == first_epoch and carried is not None:
+                    hidden = carried["hidden"]
+                    if hidden is not None:
+                        hidden = tuple(h.to(device=device, dtype=dtype) for h in hidden)
+                        state = hidden if model.kind == "LSTM" else hidden[0]
+                    loss_sum += carried["loss_sum"]
+                    before = carried["seconds"]
+                first = start_step if epoch == first_epoch else 0
+                bar = tqdm(total=n_steps, initial=first, desc=f"{cell} epoch {epoch}/{cfg.epochs}",
+                           disable=not progress, mininterval=1.0, dynamic_ncols=True)
+                pending: list[tuple[int, torch.Tensor]] = []
+                last_loss = None
+                env.synchronize(device)
+                t0 = time.perf_counter()
+                last_sync = last_ckpt = t0
+                step = first
+                for step, x, y in data.batches(corpus.train, cfg.batch_size, cfg.num_steps, start=first):
+                    if step >= n_steps:
+                        break
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    logits, state = model(x, state)
+                    loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1))
+                    opt.zero_grad(set_to_none=True)
+                    (loss * cfg.num_steps).backward()
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    opt.step()
+                    state = detach(state)
+                    loss_sum += loss.detach()
+                    pending.append((step, torch.stack([loss.detach().float(), norm.detach().float()])))
                     now = time.perf_counter()
-                    bar.set_postfix(ppl=f"{math.exp(min(mean, 50)):.1f}",
-                                    wps=f"{steps * x.numel() / (now - t0):.0f}", lr=f"{lr:.3g}")
-                    bar.update(steps - bar.n)
-                    last_shown = now
-            mean = loss_sum.item() / steps
-            env.synchronize(device)
-            seconds = time.perf_counter() - t0
-            bar.close()
-            words = steps * cfg.batch_size * cfg.num_steps
-            rec["train_words"] += words
-            rec["train_seconds"] += seconds
-            valid = evaluate(model, corpus.valid, cfg.batch_size, cfg.num_steps, device, "valid", progress)
-            rec["epochs"].append({"epoch": epoch, "lr": lr, "train_ppl": math.exp(mean), "valid_ppl": valid,
-                                  "train_seconds": seconds, "words_per_sec": words / seconds})
-            if progress:
-                tqdm.write(f"{cell} epoch {epoch}: lr {lr:.4g}  train ppl {math.exp(mean):.2f}  "
-                           f"valid ppl {valid:.2f}  {words / seconds:.0f} words/sec")
+                    stopping = stop["signal"] is not None
+                    due_ckpt = every > 0 and now - last_ckpt >= every
+                    if stopping or due_ckpt or now - last_sync >= 1.0 or step + 1 == n_steps:
+                        # One synchronizing read per second: divergence check and progress display.
+                        last_loss = check_finite(pending, last_loss, epoch)
+                        pending.clear()
+                        last_sync = time.perf_counter()
+                        done = step + 1 - first
+                        bar.set_postfix(ppl=f"{math.exp(min(loss_sum.item() / (step + 1), 50)):.1f}",
+                                        wps=f"{done * x.numel() / (last_sync - t0):.0f}", lr=f"{lr:.3g}")
+                        bar.update(step + 1 - bar.n)
+                        if stopping or due_ckpt:
+                            save_checkpoint(epoch, step + 1, state, loss_sum,
+                                            before + time.perf_counter() - t0)
+                            last_ckpt = time.perf_counter()
+                        if stopping:
+                            name = signal.Signals(stop["signal"]).name
+                            rec["error"] = (f"interrupted by {name} in epoch {epoch} after step {step + 1}; "
+                                            f"continue with --resume")
+                            rec["exit_code"] = 128 + stop["signal"]
+                            raise Interrupted
+                env.synchronize(device)
+                seconds = time.perf_counter() - t0
+                bar.close()
+                steps_done = min(step + 1, n_steps) - first
+                words = steps_done * cfg.batch_size * cfg.num_steps
+                rec["train_words"] += words
+                rec["train_seconds"] += seconds
+                mean = loss_sum.item() / n_steps
+                valid = evaluate(model, corpus.valid, cfg.batch_size, cfg.num_steps, device, "valid", progress)
+                total_seconds = before + seconds
+                rec["epochs"].append({"epoch": epoch, "lr": lr, "train_ppl": safe_exp(mean), "valid_ppl": valid,
+                                      "train_seconds": total_seconds,
+                                      "words_per_sec": n_steps * cfg.batch_size * cfg.num_steps / total_seconds})
+                if progress:
+                    tqdm.write(f"{cell} epoch {epoch}: lr {lr:.4g}  train ppl {safe_exp(mean):.2f}  "
+                               f"valid ppl {valid:.2f}  {rec['epochs'][-1]['words_per_sec']:.0f} words/sec")
+                save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
         rec["test_ppl"] = evaluate(model, corpus.test, cfg.test_batch_size, cfg.test_num_steps, device, "test",
                                    progress)
         rec["status"] = "ok"
     except UsageError:
         raise
+    except Interrupted:
+        rec["status"] = "interrupted"
+    except Diverged as exc:
+        rec["status"] = "diverged"
+        rec["error"] = exc.args[0]
+        rec["diverged_at"] = exc.args[1]
+    except torch.OutOfMemoryError as exc:
+        rec["status"] = "oom"
+        rec["error"] = (f"out of memory with batch {cfg.batch_size}, {cfg.num_steps} steps, hidden {cfg.hidden_size}, "
+                        f"{cfg.num_layers} layers, vocabulary {corpus.vocab_size}, {dtype}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'OutOfMemoryError'}")
+        model = opt = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     except Exception as exc:
         rec["status"] = "failed"
         rec["error"] = f"{type(exc).__name__}: {exc}"
@@ -190,4 +335,28 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         rec["load_average_end"] = os.getloadavg()
     if results_dir is not None:
         rec["record_path"] = str(records.write_run(results_dir, rec))
+    if checkpoint_path is not None:
+        rec["checkpoint"] = str(checkpoint_path)
     return rec
+
+
+def as_tuple(state) -> tuple:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def check_finite(pending: list[tuple[int, torch.Tensor]], last_loss: float | None, epoch: int) -> float | None:
+    """Raise Diverged at the first step whose loss or gradient norm is not finite; else the last loss."""
+    if not pending:
+        return last_loss
+    values = torch.stack([v for _, v in pending]).cpu()
+    bad = (~torch.isfinite(values)).any(dim=1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        step = pending[i][0]
+        last = float(values[i - 1, 0]) if i > 0 else last_loss
+        what = "loss" if not math.isfinite(float(values[i, 0])) else "gradient norm"
+        last_txt = "none" if last is None else f"{last:.4f}"
+        raise Diverged(f"non-finite {what} in epoch {epoch} at step {step + 1} (last finite loss "
+                       f"{last_txt}); try a lower --learning-rate or --max-grad-norm",
+                       {"epoch": epoch, "step": step + 1, "what": what, "last_finite_loss": last})
+    return float(values[-1, 0])
