@@ -26,6 +26,7 @@ library is missing cannot break the others.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,16 @@ REGISTRY: dict[str, str] = {
     "cudnn_gru": "cells.cudnn:CudnnGRU",
     "loop_lstm": "cells.loop:LoopLSTM",
     "loop_gru": "cells.loop:LoopGRU",
+    "triton_lstm": "cells.triton_lstm:TritonLSTM",
 }
+
+# Cells kept outside this package (the sweep's tests use it for deliberately broken cells):
+# RNNBENCH_EXTRA_CELLS="name=module:Class[,name=module:Class...]" adds entries to the registry.
+for _entry in filter(None, (e.strip() for e in os.environ.get("RNNBENCH_EXTRA_CELLS", "").split(","))):
+    _name, _eq, _target = (part.strip() for part in _entry.partition("="))
+    if not (_eq and _name and ":" in _target):
+        raise ValueError(f"RNNBENCH_EXTRA_CELLS: {_entry!r} is not name=module:Class")
+    REGISTRY[_name] = _target
 
 
 class UnknownCellError(ValueError):

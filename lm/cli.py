@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from lm.errors import UsageError
@@ -119,11 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        # Triton reads this at import: without a GPU its kernels run in the interpreter on CPU tensors.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,150 @@
+"""Fused Triton LSTM cell for training (``triton_lstm``): forward and backward kernels with the time loop inside.
+
+Layers, from the bottom: ``kernels.py`` (``@triton.jit``) -> ``launch.py`` (path, tiles,
+launches) -> ``function.py`` (``torch.autograd.Function`` and :func:`lstm_layer`) -> this
+module's :class:`TritonLSTM`, registered as ``triton_lstm``.  Parameters, layer stacking,
+inter-layer dropout and the optional initial state come from :class:`cells.base.RecurrentStack`,
+so the ``state_dict`` is that of ``torch.nn.LSTM``.
+
+Design, per layer
+-----------------
+* Forward: ``xp = x W_ih^T`` for all T steps is one GEMM; one kernel launch then runs the whole
+  recurrence (``h_{t-1} W_hh^T``, ``b_ih + b_hh`` in float32, gates, cell update), time loop inside.
+* Backward: one launch walks time in reverse, forms the gate gradients ``dA_t``, propagates
+  ``dh_{t-1} = dA_t W_hh`` and accumulates ``dW_hh`` and the bias gradient in each program's own
+  rows (no atomics); ``dx = dA W_ih`` and ``dW_ih = dA^T x`` are two GEMMs outside.
+* Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates
+  (float32); nothing is recomputed.  float32 accumulation and cell state for float32, bfloat16
+  and float16; float64 stays float64 (for gradcheck).
+* Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one
+  program per SM (H100, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500), each program
+  keeps its slice of ``W_hh`` on chip (3-72 K values, re-read each step from L1 with
+  ``evict_last``; only H = 1500 in float32, 288 KB a program, falls back to L2; the
+  register-resident variant spills, see ``RESIDENT``), and the programs
+  of a batch block meet at a grid barrier each step: a release ``atomic_add`` on a per-launch
+  counter, then spinning on acquire loads until it reaches ``(step + 1) * P``.  The grid is no
+  larger than the SM count and is launched cooperatively (``launch_cooperative_grid``), so all
+  programs are resident or the launch fails -- it cannot deadlock.  *blocked*: one program per
+  batch block owns all of H, no grid barrier; always used by the interpreter (which runs programs
+  one after another, so a grid barrier would deadlock) and the CUDA fallback.  *stepwise*: the
+  persistent split with one launch per step, so the interpreter can test it.
+* Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on
+  CPU tensors.  ``@triton.jit`` chooses compiled or interpreted when it decorates, so
+  ``kernels.py`` is loaded once per flavour (:func:`.launch.kernels`) and the choice follows the
+  tensors' device, whatever the environment was when triton was imported.
+
+Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
+----------------------------------------------------------------------------------------------------
+FLOPs = tokens x (48 L H^2 + 6 H V) (LSTM matmuls and the decoder, forward + backward); the fewest
+bytes = every dense parameter (LSTM and decoder; the embedding is touched only at B T rows) read
+once and its SGD update written once, float32 (bfloat16: half); activations add < 10 MB.  Floors
+on an H100 SXM (989 TFLOP/s bf16 dense, 495 TF32, 3.35 TB/s HBM3):
+
+======  ====  ==  ======  ==========  =========  =======================  ============  ========
+preset  H     T   tokens  FLOP/step   LSTM part  bytes/step (fp32/bf16)   FLOP floor    chain
+======  ====  ==  ======  ==========  =========  =======================  ============  ========
+small   200   20  400     6.34 G      24 %       21.2 MB / 10.6 MB        6 us (bf16)   80 steps
+medium  650   35  700     55.7 G      51 %       106 MB / 53 MB           56 us (bf16)  140 steps
+large   1500  35  700     214 G       71 %       408 MB / 204 MB          217 us (bf16) 140 steps
+======  ====  ==  ======  ==========  =========  =======================  ============  ========
+
+The byte floor (6 / 32 / 122 us in float32) is at or below the FLOP floor at every preset, so the
+arithmetic floor is 6 / 56 / 217 us per step (62 M / 12.4 M / 3.2 M words/s), twice that in TF32.
+Neither binds at batch 20: the recurrence is a chain of 2 T L dependent steps ("chain") of tiny
+matmuls (20 x H x 4H), so its floor is latency -- chain length x the cost of one step.  cuDNN's
+standard algorithm pays two kernel launches per step (GEMM + pointwise, several us each); this design pays one grid
+barrier (an L2 atomic round trip, about 1 us) plus one L2 read of h_{t-1} (B x H) per program per
+step, reads W_hh from HBM once per layer and direction, and keeps the GEMMs that are not on the
+chain (input projection, dx, dW_ih, decoder) large, where they run near the FLOP floor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from cells.base import RecurrentStack
+
+try:
+    import triton
+except ImportError as exc:  # the cell reports it through available()
+    triton = None
+    _TRITON_ERROR: ImportError | None = exc
+else:
+    _TRITON_ERROR = None
+
+PATHS = ("auto", "persistent", "blocked", "stepwise")  # see launch.py
+
+
+def interpreted(device: str | torch.device | None = None) -> bool:
+    """Whether the kernels run in Triton's interpreter on ``device`` (default: cuda if present, else cpu)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class TritonLSTM(RecurrentStack):
+    """Multi-layer LSTM on the fused Triton kernels; see :mod:`cells` for the interface.
+
+    Args:
+        input_size, hidden_size, num_layers, dropout: as ``torch.nn.LSTM``.
+        path: "auto" (persistent on CUDA when it fits the SMs, else blocked), "persistent", "blocked"
+            or "stepwise"; see :mod:`.launch`.
+        units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
+    """
+
+    mode = "LSTM"
+    interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+                 path: str = "auto", units: int | None = None):
+        super().__init__(input_size, hidden_size, num_layers, dropout)
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path, self.units = path, units
+
+    @classmethod
+    def available(cls, device: str | torch.device) -> str | None:
+        """None when the cell can run on ``device``, else the reason."""
+        device = torch.device(device)
+        if triton is None:
+            return f"triton is not importable: {_TRITON_ERROR}"
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "CUDA is not available on this machine"
+            if torch.cuda.get_device_capability(device) < (8, 0):
+                return "the compiled kernels need a GPU of compute capability 8.0 or newer"
+            return None
+        if device.type == "cpu":
+            return None
+        return f"runs compiled on CUDA or in Triton's interpreter on the CPU, not on {device.type}"
+
+    @classmethod
+    def training_refusal(cls, device: str | torch.device) -> str | None:
+        """A one-line reason to refuse training on ``device`` (the interpreter), or None."""
+        if interpreted(device) and not cls.interpreted_training_ok:
+            return ("triton_lstm would run in Triton's interpreter (no CUDA device, or TRITON_INTERPRET=1), "
+                    "hundreds of times slower; pass --allow-interpreter to train anyway")
+        return None
+
+    def describe_backend(self, device: str | torch.device, batch: int = 20) -> str:
+        """Which Triton runs the kernels and how: e.g. 'Triton 3.6.0 compiled (persistent, grid barrier ...)'."""
+        from . import launch
+
+        device = torch.device(device)
+        if interpreted(device):
+            return f"Triton {triton.__version__} interpreter (as TRITON_INTERPRET=1; one program per batch block)"
+        plan = launch.make_plan(batch, self.hidden_size, next(self.parameters()).dtype, device, self.path, self.units)
+        how = "persistent, grid barrier" if plan.sync else "one program per batch block"
+        return f"Triton {triton.__version__} compiled ({how}; at batch {batch}: {plan.describe()})"
+
+    def layer(self, k: int, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Layer ``k`` over x [T, B, in] from state (h, c), each [B, H]: (y [T, B, H], (h_T, c_T))."""
+        from .function import lstm_layer
+
+        w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
+        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", path={self.path!r}"

@@ -1,0 +1,76 @@
+"""The autograd Function of one LSTM layer, and the public function around it.
+
+Forward: ``xp = x W_ih^T`` for all timesteps in one GEMM, then the fused recurrence
+kernel (which adds ``b_ih + b_hh`` in float32).  Backward: the reverse-time kernel gives the gate
+gradients ``dA`` (and dW_hh, the bias gradient, dh_0, dc_0), then ``dx = dA W_ih``
+and ``dW_ih = dA^T x`` are two GEMMs.  Saved for the backward: x, h_0, c_0, the
+weights, y, the cell states and the activated gates -- nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import launch
+
+
+class LSTMLayerFunction(torch.autograd.Function):
+    """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+        T, B, _ = x.shape
+        xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        train = any(ctx.needs_input_grad)
+        h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
+        y, c, gates = launch.forward(xp, w_hh, b_ih.to(acc) + b_hh.to(acc), h0, c0, plan, save_gates=train)
+        if train:
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates)
+            ctx.plan = plan
+        return y, y[-1].clone(), c[-1].to(x.dtype, copy=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT, dcT):
+        x, h0, c0, w_ih, w_hh, y, c, gates = ctx.saved_tensors
+        T, B, _ = x.shape
+        da, dh0, dc0, dw_hh, db = launch.backward(w_hh, h0, c0, y, c, gates, dy.contiguous(), dhT.contiguous(),
+                                                  dcT.contiguous(), ctx.plan)
+        da = da.view(T * B, -1).to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype
+        need = ctx.needs_input_grad
+        dx = (da @ w_ih).view_as(x) if need[0] else None
+        dw_ih = da.t() @ x.reshape(T * B, -1) if need[3] else None
+        db = db.to(x.dtype)
+        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh.to(x.dtype), db, db.clone(), None
+
+
+def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+               b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto",
+               units: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One LSTM layer with the equations and parameter layout of ``torch.nn.LSTM``.
+
+    Args:
+        x: [T, B, I] input, T >= 1.
+        h0, c0: [B, H] initial state.
+        w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H]; gate order i, f, g, o.
+        path: "auto", "persistent", "blocked" or "stepwise" (see :mod:`.launch`).
+        units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
+
+    Returns:
+        y [T, B, H] and the final state (h [B, H], c [B, H]).  Computed in x's dtype (under autocast, the
+        autocast dtype) with float32 accumulation and cell state; float64 stays float64.
+    """
+    if x.dim() != 3 or x.shape[0] < 1:
+        raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"triton_lstm computes in float16, bfloat16, float32 or float64, not {dtype}")
+    args = [t.to(dtype) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units)
+    with torch.autocast(x.device.type, enabled=False):
+        y, h, c = LSTMLayerFunction.apply(*args, plan)
+    return y, (h, c)

@@ -1,0 +1,397 @@
+"""Triton kernels of the fused LSTM recurrence: forward and backward, time loop inside.
+
+Both kernels share one split of the work.  The grid is ``(P, NB)``: program
+``(p, nb)`` owns the hidden units ``[p * UNITS, min((p + 1) * UNITS, H))`` -- so
+the four gate rows ``g * H + j`` (g = i, f, g, o) of ``W_hh`` for each owned unit
+j -- and the batch rows ``[nb * BLOCK_B, (nb + 1) * BLOCK_B)``.
+
+* ``P == 1``: one program owns all of H for its batch rows and walks BLOCK_J-wide
+  unit tiles and BLOCK_K-wide reduction tiles every step; a CTA barrier orders a
+  step's stores before the next step's loads (the *blocked* path).
+* ``P > 1`` and ``SYNC``: the programs of one batch block meet at a grid-wide
+  barrier after every step (the *persistent* path; all programs must be resident).
+* ``P > 1`` without ``SYNC``: the launcher runs one step per launch and the launch
+  boundary is the barrier (the *stepwise* path, which the interpreter can run).
+
+``RESIDENT`` loads this program's slice of ``W_hh`` once, before the time loop, and
+(backward) keeps its ``dW_hh`` rows and bias gradient in registers until the end;
+it needs one unit tile and one reduction tile (``UNITS <= BLOCK_J``, ``BLOCK_K >= H``).
+Compiled for sm_90 it spills (the tl.dot operand layout replicates the slice across
+warps), so the launcher uses it only in the interpreter.  Otherwise the slice is
+re-read every step with ``evict_last``, so it stays in L1 (L2 at H = 1500 in float32),
+and ``dW_hh`` is accumulated in place in this program's own rows of a buffer in the
+accumulation dtype.  Data other programs wrote during the launch (h_{t-1}, dA_{t+1})
+is read with ``.cg``, from L2, never from a stale L1 line.
+
+This file is loaded twice by :mod:`cells.triton_lstm.launch`, once compiled and
+once under Triton's interpreter, because ``@triton.jit`` picks one at decoration time;
+``_ADD``, ``_bound`` and ``UPCAST`` below keep the interpreted flavour working whatever
+``TRITON_INTERPRET`` was when triton was imported, on Triton 3.6 and 3.9, without
+breaking compilation in the same process.
+"""
+
+import triton
+import triton.language as tl
+
+# Sums over the batch rows go through tl.reduce with triton.language's own add combiner, never through a
+# @jit function of triton.language such as tl.sum: from interpreted code such a call either fails (triton
+# imported compiled) or leaves tl.core patched for the interpreter, which breaks every later compilation in
+# the process (Triton 3.6 and 3.9).  The interpreter recognises this combiner and sums with NumPy.
+_ADD = getattr(tl.standard, "_sum_combine", None)
+if _ADD is None:
+
+    @triton.jit
+    def _ADD(a, b):  # stands in for triton.language.standard._sum_combine
+        return a + b
+
+if triton.knobs.runtime.interpret:
+
+    def _bound(x):
+        # A loop bound as a Python int.  Triton 3.6's interpreter takes int() of a one-element array for
+        # range(), which NumPy >= 2.4 refuses; 3.9 squeezes it first.
+        return int(x.handle.data.reshape(-1)[0]) if isinstance(x, tl.tensor) else int(x)
+
+else:
+
+    @triton.jit
+    def _bound(x):
+        return x
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # acc + a b.
+    if a.dtype != b.dtype:
+        # float32 gate gradients against 16-bit weights: TF32 keeps 3 more bits of dA than bfloat16 would,
+        # and takes bfloat16 / float16 weights exactly.
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="tf32", out_dtype=acc.dtype)
+    else:
+        if UPCAST:
+            # The interpreter keeps 16-bit floats as raw bits and would multiply those: go through float32
+            # (exact; the products of a bfloat16 tensor-core dot are exact too).
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        out = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return out
+
+
+@triton.jit
+def _grid_barrier(bar_ptr, target):
+    # Every program adds 1 once per step; the counter only grows, so step s waits for target = (s + 1) * P.
+    # The CTA barrier orders every thread's stores before thread 0's release (Triton issues a scalar
+    # atomic from one thread and broadcasts its result through shared memory).
+    tl.debug_barrier()
+    tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
+    # acc + dA[rows, :] W_hh[:, js]: the reduction over the 4H gate rows in BLOCK_K tiles.
+    # da_src: the [B, 4H] slab of dA; da_ok [BLOCK_B]: rows to read (others count as zero).
+    for k0 in range(0, _bound(H), BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        a_ptrs = da_src + row_g[:, None] + ks[None, :]
+        a_m = da_ok[:, None] & k_ok[None, :]
+        w_ptrs = w_ptr + ks[:, None] * H + js[None, :]
+        w_m = k_ok[:, None] & j_ok[None, :]
+        for g in tl.static_range(4):
+            a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
+            w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+            acc = _dot(a, w, acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _add_dw(ptrs, mask, keep, da, h, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # [BLOCK_J, BLOCK_K] tile of dW_hh += dA^T h_{t-1}, in place; where keep [BLOCK_J] is False, overwrite.
+    acc = tl.load(ptrs, mask=mask & keep[:, None], other=0.0)
+    acc = _dot(tl.trans(da), h, acc, PRECISION, UPCAST)
+    tl.store(ptrs, acc, mask=mask)
+
+
+@triton.jit
+def _add_db(ptrs, mask, keep, da):
+    # [BLOCK_J] slice of the bias gradient += sum of dA over the batch rows, in place; keep as for _add_dw.
+    acc = tl.load(ptrs, mask=mask & keep, other=0.0)
+    tl.store(ptrs, acc + tl.reduce(da, 0, _ADD), mask=mask)
+
+
+@triton.jit(do_not_specialize=["t_lo", "t_hi"])
+def lstm_fwd_kernel(
+    xp_ptr,  # [T, B, 4H] input projection x_t W_ih^T
+    w_ptr,  # [4H, H] recurrent weights W_hh, gate rows in the order i, f, g, o
+    bias_ptr,  # [4H] b_ih + b_hh in the accumulation dtype
+    h0_ptr,  # [B, H] initial hidden state, dtype of y
+    c0_ptr,  # [B, H] initial cell state, dtype of c
+    y_ptr,  # [T, B, H] out: hidden states h_t (h_{t-1} is read back from here)
+    c_ptr,  # [T, B, H] out: cell states c_t; its dtype is the accumulation dtype
+    gates_ptr,  # [T, B, 4H] out (SAVE_GATES): activated gates i, f, g, o, accumulation dtype
+    bar_ptr,  # [NB] int32 grid-barrier counters, one per batch block, zero at launch
+    t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
+    B, H,  # batch size, hidden size
+    UNITS,  # hidden units owned by one program along grid axis 0
+    BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
+    BLOCK_J: tl.constexpr,  # hidden units per tile
+    BLOCK_K: tl.constexpr,  # reduction tile over the H inputs of W_hh
+    RESIDENT: tl.constexpr,  # load this program's W_hh slice once, before the time loop
+    SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
+    SAVE_GATES: tl.constexpr,  # store the gates for the backward (off in inference)
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+):
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = c_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H  # row offsets in a [B, H] slab
+    row_g = rows * (4 * H)  # row offsets in a [B, 4H] slab
+    slab = tl.cast(B, tl.int64) * H  # elements in a [B, H] slab
+    u_lo = p * UNITS
+    u_hi = tl.minimum(u_lo + UNITS, H)
+    kr = tl.arange(0, BLOCK_K)
+    if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + js, :]^T as [BLOCK_K, BLOCK_J]
+        js = u_lo + tl.arange(0, BLOCK_J)
+        w_ptrs = w_ptr + js[None, :] * H + kr[:, None]
+        w_m = (js < u_hi)[None, :] & (kr < H)[:, None]
+        w_i = tl.load(w_ptrs, mask=w_m, other=0.0)
+        w_f = tl.load(w_ptrs + H * H, mask=w_m, other=0.0)
+        w_g = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0)
+        w_o = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0)
+    for t in range(_bound(t_lo), _bound(t_hi)):
+        t64 = tl.cast(t, tl.int64)
+        # State of step t - 1; .cg reads L2, since other programs wrote it during this launch.
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
+        c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            m = row_ok[:, None] & j_ok[None, :]
+            o_h = row_h[:, None] + js[None, :]
+            o_g = row_g[:, None] + js[None, :]
+            a_i = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            a_f = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            a_g = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            a_o = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            if RESIDENT:
+                h_m = row_ok[:, None] & (kr < H)[None, :]
+                h = tl.load(h_src + row_h[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                a_i = _dot(h, w_i, a_i, PRECISION, UPCAST)
+                a_f = _dot(h, w_f, a_f, PRECISION, UPCAST)
+                a_g = _dot(h, w_g, a_g, PRECISION, UPCAST)
+                a_o = _dot(h, w_o, a_o, PRECISION, UPCAST)
+            else:
+                for k0 in range(0, _bound(H), BLOCK_K):
+                    ks = k0 + kr
+                    k_ok = ks < H
+                    h_m = row_ok[:, None] & k_ok[None, :]
+                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                    w_ptrs = w_ptr + js[None, :] * H + ks[:, None]
+                    w_m = j_ok[None, :] & k_ok[:, None]
+                    w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
+                    a_i = _dot(h, w, a_i, PRECISION, UPCAST)
+                    w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                    a_f = _dot(h, w, a_f, PRECISION, UPCAST)
+                    w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                    a_g = _dot(h, w, a_g, PRECISION, UPCAST)
+                    w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                    a_o = _dot(h, w, a_o, PRECISION, UPCAST)
+            xp_t = xp_ptr + t64 * 4 * slab + o_g
+            b_j = bias_ptr + js
+            a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + tl.load(b_j, mask=j_ok)[None, :]
+            a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + H, mask=j_ok)[None, :]
+            a_g += tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + 2 * H, mask=j_ok)[None, :]
+            a_o += tl.load(xp_t + 3 * H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + 3 * H, mask=j_ok)[None, :]
+            # sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1 (neither overflows)
+            i = 1.0 / (1.0 + tl.exp(-a_i))
+            f = 1.0 / (1.0 + tl.exp(-a_f))
+            g = 2.0 / (1.0 + tl.exp(-2.0 * a_g)) - 1.0
+            o = 1.0 / (1.0 + tl.exp(-a_o))
+            c = f * tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg") + i * g
+            h_new = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+            tl.store(c_ptr + t64 * slab + o_h, c, mask=m)
+            tl.store(y_ptr + t64 * slab + o_h, h_new.to(y_ptr.dtype.element_ty), mask=m)
+            if SAVE_GATES:
+                g_t = gates_ptr + t64 * 4 * slab + o_g
+                tl.store(g_t, i, mask=m)
+                tl.store(g_t + H, f, mask=m)
+                tl.store(g_t + 2 * H, g, mask=m)
+                tl.store(g_t + 3 * H, o, mask=m)
+        if SYNC:
+            _grid_barrier(bar_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
+        else:
+            tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
+def lstm_bwd_kernel(
+    w_ptr,  # [4H, H] recurrent weights W_hh
+    h0_ptr,  # [B, H] initial hidden state
+    c0_ptr,  # [B, H] initial cell state, dtype of c
+    y_ptr,  # [T, B, H] forward hidden states (h_{t-1} feeds dW_hh)
+    c_ptr,  # [T, B, H] forward cell states, accumulation dtype
+    gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
+    dy_ptr,  # [T, B, H] gradient of the outputs y
+    dhT_ptr,  # [B, H] gradient of the final hidden state h_{T-1}
+    dc_ptr,  # [B, H] in: gradient of the final cell state; out: gradient of c_0 (accumulation dtype)
+    da_ptr,  # [T, B, 4H] out: gate pre-activation gradients, accumulation dtype (dA_{t+1} is read back)
+    dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
+    dw_ptr,  # [NB, 4H, H] out: dW_hh of each batch block, accumulation dtype
+    db_ptr,  # [NB, 4H] out: bias gradient of each batch block, accumulation dtype
+    bar_ptr,  # [NB] int32 grid-barrier counters, zero at launch
+    s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
+    DO_TAIL,  # nonzero: after the steps form dh_0 = dA_0 W_hh
+    T, B, H,  # sequence length, batch size, hidden size
+    UNITS,  # hidden units owned by one program along grid axis 0
+    BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
+    BLOCK_J: tl.constexpr,  # hidden units per tile
+    BLOCK_K: tl.constexpr,  # reduction tile over H
+    RESIDENT: tl.constexpr,  # W_hh column slice, dW_hh rows and bias gradient in registers
+    SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+):
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = c_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_g = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    u_hi = tl.minimum(u_lo + UNITS, H)
+    kr = tl.arange(0, BLOCK_K)
+    dw_base = dw_ptr + tl.cast(nb, tl.int64) * 4 * H * H
+    db_base = db_ptr + nb * 4 * H
+    if RESIDENT:  # one unit tile, one reduction tile
+        js = u_lo + tl.arange(0, BLOCK_J)
+        j_ok = js < u_hi
+        # W_hh[g * H + k, js] as [BLOCK_K, BLOCK_J]
+        v_ptrs = w_ptr + kr[:, None] * H + js[None, :]
+        v_m = (kr < H)[:, None] & j_ok[None, :]
+        v_i = tl.load(v_ptrs, mask=v_m, other=0.0)
+        v_f = tl.load(v_ptrs + H * H, mask=v_m, other=0.0)
+        v_g = tl.load(v_ptrs + 2 * H * H, mask=v_m, other=0.0)
+        v_o = tl.load(v_ptrs + 3 * H * H, mask=v_m, other=0.0)
+        # dW_hh[g * H + js, :] as [BLOCK_J, BLOCK_K], from what earlier launches left (stepwise) or zero.
+        # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
+        dw_offs = js[:, None] * H + kr[None, :]
+        dw_m = (j_ok & (js * 0 + s_lo > 0))[:, None] & (kr < H)[None, :]
+        dw_i = tl.load(dw_base + dw_offs, mask=dw_m, other=0.0)
+        dw_f = tl.load(dw_base + H * H + dw_offs, mask=dw_m, other=0.0)
+        dw_g = tl.load(dw_base + 2 * H * H + dw_offs, mask=dw_m, other=0.0)
+        dw_o = tl.load(dw_base + 3 * H * H + dw_offs, mask=dw_m, other=0.0)
+        db_m = j_ok & (js * 0 + s_lo > 0)
+        db_i = tl.load(db_base + js, mask=db_m, other=0.0)
+        db_f = tl.load(db_base + H + js, mask=db_m, other=0.0)
+        db_g = tl.load(db_base + 2 * H + js, mask=db_m, other=0.0)
+        db_o = tl.load(db_base + 3 * H + js, mask=db_m, other=0.0)
+    for s in range(_bound(s_lo), _bound(s_hi)):
+        t = T - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
+        c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
+        da_next = da_ptr + (t64 + 1) * 4 * slab  # dA_{t+1}: none after the last step
+        next_ok = row_ok & (rows * 0 + t + 1 < T)
+        last = (rows * 0 + t == T - 1)[:, None]
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            m = row_ok[:, None] & j_ok[None, :]
+            o_h = row_h[:, None] + js[None, :]
+            o_g = row_g[:, None] + js[None, :]
+            # dh_t = dy_t + dA_{t+1} W_hh (+ dh_T at the last step)
+            dh = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            if RESIDENT:
+                a_ptrs = da_next + row_g[:, None] + kr[None, :]
+                a_m = next_ok[:, None] & (kr < H)[None, :]
+                a = tl.load(a_ptrs, mask=a_m, other=0.0, cache_modifier=".cg")
+                dh = _dot(a, v_i, dh, PRECISION, UPCAST)
+                a = tl.load(a_ptrs + H, mask=a_m, other=0.0, cache_modifier=".cg")
+                dh = _dot(a, v_f, dh, PRECISION, UPCAST)
+                a = tl.load(a_ptrs + 2 * H, mask=a_m, other=0.0, cache_modifier=".cg")
+                dh = _dot(a, v_g, dh, PRECISION, UPCAST)
+                a = tl.load(a_ptrs + 3 * H, mask=a_m, other=0.0, cache_modifier=".cg")
+                dh = _dot(a, v_o, dh, PRECISION, UPCAST)
+            else:
+                dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, BLOCK_K, PRECISION, UPCAST)
+            dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
+            dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
+            g_t = gates_ptr + t64 * 4 * slab + o_g
+            i = tl.load(g_t, mask=m, other=0.0)
+            f = tl.load(g_t + H, mask=m, other=0.0)
+            g = tl.load(g_t + 2 * H, mask=m, other=0.0)
+            o = tl.load(g_t + 3 * H, mask=m, other=0.0)
+            tc = 2.0 / (1.0 + tl.exp(-2.0 * tl.load(c_ptr + t64 * slab + o_h, mask=m, other=0.0))) - 1.0
+            dc = tl.load(dc_ptr + o_h, mask=m, other=0.0) + dh * o * (1.0 - tc * tc)
+            c_prev = tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg")
+            da_i = tl.where(m, dc * g * i * (1.0 - i), 0.0)
+            da_f = tl.where(m, dc * c_prev * f * (1.0 - f), 0.0)
+            da_g = tl.where(m, dc * i * (1.0 - g * g), 0.0)
+            da_o = tl.where(m, dh * tc * o * (1.0 - o), 0.0)
+            tl.store(dc_ptr + o_h, dc * f, mask=m)
+            da_t = da_ptr + t64 * 4 * slab + o_g
+            tl.store(da_t, da_i, mask=m)
+            tl.store(da_t + H, da_f, mask=m)
+            tl.store(da_t + 2 * H, da_g, mask=m)
+            tl.store(da_t + 3 * H, da_o, mask=m)
+            # dW_hh[g * H + js, :] += dA_g^T h_{t-1};  db[g * H + js] += sum over the batch of dA_g
+            if RESIDENT:
+                h_m = row_ok[:, None] & (kr < H)[None, :]
+                h = tl.load(h_src + row_h[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                dw_i = _dot(tl.trans(da_i), h, dw_i, PRECISION, UPCAST)
+                dw_f = _dot(tl.trans(da_f), h, dw_f, PRECISION, UPCAST)
+                dw_g = _dot(tl.trans(da_g), h, dw_g, PRECISION, UPCAST)
+                dw_o = _dot(tl.trans(da_o), h, dw_o, PRECISION, UPCAST)
+                db_i += tl.reduce(da_i, 0, _ADD)
+                db_f += tl.reduce(da_f, 0, _ADD)
+                db_g += tl.reduce(da_g, 0, _ADD)
+                db_o += tl.reduce(da_o, 0, _ADD)
+            else:
+                keep_j = js * 0 + s > 0  # dW_hh and db are not zeroed: the first step overwrites them
+                for k0 in range(0, _bound(H), BLOCK_K):
+                    ks = k0 + kr
+                    k_ok = ks < H
+                    h_m = row_ok[:, None] & k_ok[None, :]
+                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                    ptrs = dw_base + js[:, None] * H + ks[None, :]
+                    w_m = j_ok[:, None] & k_ok[None, :]
+                    _add_dw(ptrs, w_m, keep_j, da_i, h, PRECISION, UPCAST)
+                    _add_dw(ptrs + H * H, w_m, keep_j, da_f, h, PRECISION, UPCAST)
+                    _add_dw(ptrs + 2 * H * H, w_m, keep_j, da_g, h, PRECISION, UPCAST)
+                    _add_dw(ptrs + 3 * H * H, w_m, keep_j, da_o, h, PRECISION, UPCAST)
+                _add_db(db_base + js, j_ok, keep_j, da_i)
+                _add_db(db_base + H + js, j_ok, keep_j, da_f)
+                _add_db(db_base + 2 * H + js, j_ok, keep_j, da_g)
+                _add_db(db_base + 3 * H + js, j_ok, keep_j, da_o)
+        if SYNC:
+            _grid_barrier(bar_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
+        else:
+            tl.debug_barrier()
+    if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
+                      BLOCK_K, PRECISION, UPCAST)
+            tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & j_ok[None, :])
+    if RESIDENT:
+        js = u_lo + tl.arange(0, BLOCK_J)
+        j_ok = js < u_hi
+        w_m = j_ok[:, None] & (kr < H)[None, :]
+        tl.store(dw_base + dw_offs, dw_i, mask=w_m)
+        tl.store(dw_base + H * H + dw_offs, dw_f, mask=w_m)
+        tl.store(dw_base + 2 * H * H + dw_offs, dw_g, mask=w_m)
+        tl.store(dw_base + 3 * H * H + dw_offs, dw_o, mask=w_m)
+        tl.store(db_base + js, db_i, mask=j_ok)
+        tl.store(db_base + H + js, db_f, mask=j_ok)
+        tl.store(db_base + 2 * H + js, db_g, mask=j_ok)
+        tl.store(db_base + 3 * H + js, db_o, mask=j_ok)
