@@ -83,7 +83,12 @@ def safe_exp(x: float) -> float:
 
 
 def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command: list[str] | None) -> dict:
+    """A run record before training; ``kind`` is None when the cell's module cannot be imported."""
     started = datetime.now(timezone.utc)
+    try:
+        kind = cells.kind(cell)
+    except ImportError:
+        kind = None
     return {
         "schema": 1,
         "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}-{device.type}-{uuid.uuid4().hex[:6]}",
@@ -92,9 +97,10 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         "started": started.isoformat(timespec="seconds"),
         "finished": None,
         "cell": cell,
-        "kind": cells.kind(cell),
+        "kind": kind,
         "backend": None,
         "config": cfg.as_dict(),
+        "vocab_size": None,
         "seed": seed,
         "steps_per_epoch": None,
         "env": env.environment(device),
@@ -215,6 +221,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         if max_steps is not None:
             n_steps = min(n_steps, max_steps)
         rec["steps_per_epoch"] = n_steps
+        rec["vocab_size"] = corpus.vocab_size
         every = checkpoint_every * 60.0
 
         def save_checkpoint(epoch: int, step: int, hidden, loss_sum, seconds: float) -> None:

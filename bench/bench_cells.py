@@ -1,0 +1,276 @@
+"""Micro-benchmarks: every cell at the PTB shapes; forward, forward + backward, and the LM training step.
+
+Shapes are the presets' (batch 20, 2 layers; small T20 H200, medium T35 H650,
+large T35 H1500).  Three passes, one benchmark group per shape and pass, so each
+table compares the cells directly:
+
+- ``fwd``: the cell stack's forward in training mode (autograd recording), no dropout;
+- ``fwdbwd``: the same forward plus the backward with a random upstream gradient;
+- ``step``: the whole LM training step as ``rnnbench train`` runs it with that preset
+  (embedding, cells, decoder, loss, backward, clipping, SGD step), vocabulary 10000.
+
+Ids read ``test_fwdbwd[medium-H650-T35-B20-loop_lstm]`` in group ``fwdbwd-medium-H650-T35-B20``.
+Every timed call ends with a device synchronize; before timing, each body runs
+twice untimed (Triton compilation and autotuning, allocator warm-up), and on CUDA
+pedantic mode adds three more warm-up rounds.  The number of rounds is chosen so
+that timing takes about ``--benchmark-max-time`` (at least ``--benchmark-min-rounds``).
+``extra_info`` holds words/sec, FLOP/s (:mod:`bench.flops`) and peak memory (CUDA:
+max allocated; CPU: the process's peak resident set, reset before timing).
+
+Run::
+
+    pytest bench --benchmark-only --benchmark-json results/bench/cpu/micro.json
+
+A plain ``pytest`` run executes each body once, as a test (see ``bench/conftest.py``);
+on the CPU it runs the small shape only, to stay quick.  On the CPU the large shape
+and cells that would run in Triton's interpreter are skipped with the reason, and
+at least 3 rounds (not 5) are timed unless ``--benchmark-min-rounds`` is given;
+``--bench-shapes`` and ``--bench-cells`` choose explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from pytest_benchmark.fixture import BenchmarkFixture
+from torch import nn
+
+import cells
+from bench import flops
+from bench.machine import default_device
+from lm import env
+from lm.config import PRESETS, Config
+from lm.model import LanguageModel
+
+SHAPES = ("small", "medium", "large")
+CPU_SHAPES = ("small", "medium")
+VOCAB = 10000  # PTB's
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _skip_reason(cell: str, shape: str, device: torch.device, shapes_chosen: bool, measuring: bool) -> str | None:
+    reason = cells.unavailable_reason(cell, device)
+    if reason:
+        return f"{cell} cannot run on {device.type}: {reason}"
+    refusal = getattr(cells.cell_class(cell), "training_refusal", None)
+    message = refusal(device) if refusal else None
+    if message:  # e.g. a Triton cell in the interpreter: its time would say nothing about the kernel
+        return f"{cell} is not timed on {device.type}: {message.split(';')[0]}"
+    if device.type == "cpu" and shape not in CPU_SHAPES and not shapes_chosen:
+        return (f"the {shape} shape is skipped on the CPU (seconds per call; keeps `pytest --benchmark-only` "
+                f"under 5 minutes); time it on a GPU or pass --bench-shapes {shape}")
+    if device.type == "cpu" and shape != SHAPES[0] and not shapes_chosen and not measuring:
+        return (f"plain run (benchmarks disabled): the {shape} shape is only timed; the small shape runs the same "
+                "code as a quick test")
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not {"shape", "cell"} <= set(metafunc.fixturenames):
+        return
+    config = metafunc.config
+    device = default_device(config.getoption("bench_device", None))
+    shapes, names = _split(config.getoption("bench_shapes", None)), _split(config.getoption("bench_cells", None))
+    for shape in shapes:
+        if shape not in PRESETS:
+            raise pytest.UsageError(f"--bench-shapes: unknown preset {shape!r}; known: {', '.join(PRESETS)}")
+    for name in names:
+        if name not in cells.REGISTRY:
+            raise pytest.UsageError(f"--bench-cells: unknown cell {name!r}; known: {', '.join(cells.names())}")
+    measuring = not config.getoption("benchmark_disable", False)
+    params = []
+    for shape in shapes or SHAPES:
+        cfg = PRESETS[shape]
+        for cell in names or cells.names():
+            reason = _skip_reason(cell, shape, device, bool(shapes), measuring)
+            params.append(pytest.param(shape, cell, id=f"{shape_id(shape, cfg)}-{cell}",
+                                       marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    metafunc.parametrize(("shape", "cell"), params)
+
+
+def shape_id(shape: str, cfg: Config) -> str:
+    return f"{shape}-H{cfg.hidden_size}-T{cfg.num_steps}-B{cfg.batch_size}"
+
+
+# --- what is timed -------------------------------------------------------------------------------------------
+
+Work = Callable[[], torch.Tensor]
+
+
+def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+    T, B, H = cfg.num_steps, cfg.batch_size, cfg.hidden_size
+    rnn = cells.build(cell, H, H, cfg.num_layers).to(device).train()
+    x = torch.randn(T, B, H, device=device, requires_grad=True)
+    if pass_ == "fwd":
+        def work() -> torch.Tensor:
+            return rnn(x)[0]
+
+        def check(y: torch.Tensor) -> None:
+            assert y.shape == (T, B, H) and torch.isfinite(y).all()
+
+        return work, check, rnn
+
+    dy = torch.randn(T, B, H, device=device)
+    params = list(rnn.parameters())
+
+    def work() -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        y = rnn(x)[0]
+        y.backward(dy)
+        return y.detach()
+
+    def check(y: torch.Tensor) -> None:
+        assert y.shape == (T, B, H) and torch.isfinite(y).all()
+        for t in [x, *params]:
+            assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+    return work, check, rnn
+
+
+def _step_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+    T, B = cfg.num_steps, cfg.batch_size
+    model = LanguageModel(cell, VOCAB, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    x = torch.randint(VOCAB, (T, B), device=device)
+    y = torch.randint(VOCAB, (T, B), device=device)
+    model.train()
+
+    def work() -> torch.Tensor:  # lm.train's inner loop, state starting from zeros
+        logits, _ = model(x)
+        loss = nn.functional.cross_entropy(logits.view(-1, VOCAB).float(), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        (loss * T).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        return loss.detach()
+
+    def check(loss: torch.Tensor) -> None:
+        assert torch.isfinite(loss)
+
+    return work, check, model.rnn
+
+
+# --- memory ----------------------------------------------------------------------------------------------------
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak_memory(device: torch.device) -> int | None:
+    """Start a new peak; returns the current usage (CUDA: allocated bytes; CPU: resident set)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:  # Linux: writing 5 resets the process's peak resident set (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_bytes("VmRSS")
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _status_bytes("VmHWM")
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+
+def _min_rounds(config: pytest.Config, device: torch.device) -> int:
+    """--benchmark-min-rounds when given; else pytest-benchmark's default (5), or 3 on the CPU."""
+    given = any(a.startswith("--benchmark-min-rounds") for a in config.invocation_params.args)
+    if device.type == "cpu" and not given:
+        return 3
+    return int(config.getoption("benchmark_min_rounds"))
+
+
+def _rounds(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device, timed: Work) -> tuple[int, int]:
+    """(rounds, warm-up rounds) for pedantic mode: untimed calls first, then about --benchmark-max-time of rounds."""
+    if not benchmark.enabled:
+        return 1, 0
+    max_time = float(config.getoption("benchmark_max_time"))
+    min_rounds = _min_rounds(config, device)
+    t0 = time.perf_counter()
+    timed()  # compilation, autotuning, allocator warm-up
+    probe = time.perf_counter() - t0
+    if probe * min_rounds < max_time:  # fast: the first call's time may be mostly warm-up, so time another
+        t0 = time.perf_counter()
+        timed()
+        probe = time.perf_counter() - t0
+    rounds = max(min_rounds, min(10_000, math.ceil(max_time / max(probe, 1e-9))))
+    # On CUDA a few more warm-up rounds are cheap (clocks, caches, cuDNN's algorithm choice).
+    return rounds, 3 if device.type == "cuda" else 0
+
+
+def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device, pass_: str, shape: str,
+        cell: str) -> None:
+    """Time ``pass_`` of ``cell`` at preset ``shape`` on ``device``; check the result; fill ``extra_info``."""
+    cfg = PRESETS[shape]
+    torch.manual_seed(0)
+    if pass_ == "step":
+        work, check, rnn = _step_work(cell, cfg, device)
+        per_token = flops.lm_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, VOCAB)
+    else:
+        work, check, rnn = _cell_work(pass_, cell, cfg, device)
+        per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, pass_)
+
+    def timed() -> torch.Tensor:
+        out = work()
+        env.synchronize(device)
+        return out
+
+    tokens = cfg.num_steps * cfg.batch_size
+    benchmark.group = f"{pass_}-{shape_id(shape, cfg)}"
+    info = benchmark.extra_info
+    info.update({
+        "pass": pass_, "shape": shape, "cell": cell, "kind": cells.kind(cell),
+        "backend": cells.detect_backend(rnn, device), "device": device.type, "device_name": env.device_name(device),
+        "hidden_size": cfg.hidden_size, "num_steps": cfg.num_steps, "batch_size": cfg.batch_size,
+        "num_layers": cfg.num_layers, "vocab_size": VOCAB if pass_ == "step" else None,
+        "dropout": cfg.dropout if pass_ == "step" else 0.0, "tokens_per_call": tokens,
+        "flops_per_call": per_token * tokens, "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    })
+    rounds, warmup = _rounds(benchmark, config, device, timed)
+    before = _reset_peak_memory(device)
+    result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    check(result)
+    if benchmark.enabled and benchmark.stats:
+        median = benchmark.stats.stats.median
+        peak = _peak_memory(device)
+        info.update({
+            "words_per_sec": tokens / median,
+            "flops_per_sec": per_token * tokens / median,
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process VmHWM",
+            "peak_memory_over_start_bytes": peak - before if peak is not None and before is not None else None,
+        })
+
+
+def test_fwd(benchmark, pytestconfig, device, cpu_threads, shape, cell):
+    run(benchmark, pytestconfig, device, "fwd", shape, cell)
+
+
+def test_fwdbwd(benchmark, pytestconfig, device, cpu_threads, shape, cell):
+    run(benchmark, pytestconfig, device, "fwdbwd", shape, cell)
+
+
+def test_step(benchmark, pytestconfig, device, cpu_threads, shape, cell):
+    run(benchmark, pytestconfig, device, "step", shape, cell)

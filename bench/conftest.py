@@ -1,0 +1,123 @@
+"""pytest settings for the micro-benchmarks in ``bench/``: device choice, plain-run mode, machine info.
+
+- A plain ``pytest`` run disables benchmarking (each benchmark body runs once, as
+  a test); any of ``--benchmark-only``, ``--benchmark-enable``, ``--benchmark-json``,
+  ``--benchmark-save``, ``--benchmark-autosave`` or ``--benchmark-compare`` turns it on.
+- ``--bench-device``, ``--bench-shapes`` and ``--bench-cells`` choose what runs; while timing,
+  torch uses ``--bench-threads`` CPU threads (default: all this process may use), so the
+  numbers do not depend on what ``tests/conftest.py`` sets for the tests.
+- ``machine_info`` in the JSON gains the device, GPU name, CUDA, cuDNN, torch and triton
+  versions and the thread count; what changes between runs of one machine, the
+  commit (``-dirty`` when edited) and the device's measured matmul rate
+  (:mod:`bench.machine`), goes in a top-level ``rnnbench`` entry, so that
+  ``--benchmark-compare`` does not warn about a different machine every time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton reads this at import: without a GPU its kernels run in the interpreter (as `rnnbench` does).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+# Options that say "measure": without one of them the run only checks that each body works.
+_MEASURE_OPTIONS = ("benchmark_only", "benchmark_enable", "benchmark_json", "benchmark_save", "benchmark_autosave",
+                    "benchmark_compare")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("rnnbench", "rnnbench micro-benchmarks")
+    g.addoption("--bench-device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    g.addoption("--bench-shapes", default=None,
+                help="comma-separated presets to time (default: small,medium,large; on the CPU small,medium)")
+    g.addoption("--bench-cells", default=None, help="comma-separated cells to time (default: every registered cell)")
+    g.addoption("--bench-threads", type=int, default=None,
+                help="torch CPU threads while timing (default: every CPU this process may use)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs before pytest-benchmark builds its session (its hook is trylast).
+    if not any(getattr(config.option, name, None) for name in _MEASURE_OPTIONS):
+        config.option.benchmark_disable = True
+
+
+def bench_device(config: pytest.Config) -> torch.device:
+    from bench.machine import default_device
+
+    return default_device(config.getoption("bench_device", None))
+
+
+def bench_threads(config: pytest.Config) -> int:
+    if config.getoption("bench_threads", None):
+        return config.getoption("bench_threads")
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    return bench_device(pytestconfig)
+
+
+@pytest.fixture
+def cpu_threads(pytestconfig: pytest.Config, benchmark) -> Iterator[int]:
+    """While timing, torch uses a fixed number of CPU threads, whatever other conftests set for the tests."""
+    if not benchmark.enabled:
+        yield torch.get_num_threads()
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(bench_threads(pytestconfig))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # On CUDA every micro-benchmark needs the GPU: let `-m gpu` select them too.
+    if bench_device(config).type == "cuda":
+        for item in items:
+            if item.nodeid.startswith("bench/"):
+                item.add_marker(pytest.mark.gpu)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    # Only what identifies the machine: `--benchmark-compare` warns when any of it differs.
+    from lm import env
+
+    device = bench_device(config)
+    e = env.environment(device)
+    machine_info.update({
+        "bench_device": device.type,
+        "device_name": e["device_name"],
+        "gpu_name": e["gpu_model"],
+        "cuda": e["cuda"],
+        "cudnn": e["cudnn"],
+        "torch": e["torch"],
+        "triton": e["triton"],
+        "torch_threads": bench_threads(config),
+    })
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    # What changes from run to run goes beside machine_info: the commit (with -dirty) and the measured matmul rate.
+    from bench import machine
+    from lm import env
+
+    device = bench_device(config)
+    old = torch.get_num_threads()
+    torch.set_num_threads(bench_threads(config))  # the matmul rate under the threads the benchmarks used
+    try:
+        matmul = machine.measured(device)
+    finally:
+        torch.set_num_threads(old)
+    output_json["rnnbench"] = {"commit": env.git_commit(), "matmul": matmul}

@@ -1,0 +1,569 @@
+"""``rnnbench report``: ``REPORT.md``, ``report.csv`` and plots from the records in a results folder.
+
+Inputs, all optional:
+
+- ``<results>/runs/*.json``: training run records (``rnnbench train`` / ``rnnbench sweep``);
+- ``<results>/bench/**/*.json``: pytest-benchmark JSON from ``bench/bench_cells.py``;
+- ``<results>/machine/*.json`` and the benchmark JSON's ``machine_info``: measured matmul rates.
+
+Outputs: ``<results>/REPORT.md``, ``<results>/report.csv`` (one row per run) and
+``<results>/plots/*.png``.  Every ratio is taken within one device (device type and
+name); every table is headed by its device and the dates of its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+import cells
+from bench import flops
+from bench.machine import load_all as load_machines
+from bench.machine import name_slug
+from lm import records
+
+BASELINE = "cudnn_lstm"
+BASELINE_OF_KIND = {"LSTM": "cudnn_lstm", "GRU": "cudnn_gru"}
+PTB_VOCAB = 10000
+PTB_PRESETS = ("small", "medium", "large")
+
+# Published perplexities.  Zaremba, Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization",
+# arXiv:1409.2329, Table 1 (small = their non-regularized LSTM).  TensorFlow's PTB tutorial,
+# tensorflow/models tutorials/rnn/ptb/ptb_word_lm.py, the results table in its docstring.
+PAPER = {
+    "small": {"epochs": 13, "paper": (120.7, 114.5), "tutorial": (37.99, 121.39, 115.91)},
+    "medium": {"epochs": 39, "paper": (86.2, 82.7), "tutorial": (48.45, 86.16, 82.07)},
+    "large": {"epochs": 55, "paper": (82.2, 78.4), "tutorial": (37.87, 82.62, 78.29)},
+}
+PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Regularization*, "
+                "[arXiv:1409.2329](https://arxiv.org/abs/1409.2329), Table 1 (small = the non-regularized LSTM); "
+                "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
+
+RUN_COLUMNS = [
+    "run_id", "started", "date", "config", "cell", "kind", "backend", "device", "device_name", "status", "error",
+    "epochs_planned", "epochs_done", "steps_per_epoch", "hidden_size", "num_layers", "num_steps", "batch_size",
+    "vocab_size", "train_words", "train_seconds", "words_per_sec", "peak_memory_mib", "final_train_ppl",
+    "final_valid_ppl", "best_valid_ppl", "test_ppl", "wall_minutes", "flops_per_token", "achieved_gflops",
+    "matmul_gflops", "matmul_fraction", "speed_vs_cudnn_lstm", "torch", "triton", "cuda", "cudnn", "commit",
+    "torch_threads", "load_average_start", "load_average_end", "record",
+]
+
+
+def _num(x) -> float:
+    """A finite float, else NaN (None, strings, inf and NaN all read as missing)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def _date(iso) -> str:
+    return str(iso)[:10] if iso else ""
+
+
+def _dates(values) -> str:
+    ds = sorted({_date(v) for v in values if v and not (isinstance(v, float) and math.isnan(v))})
+    if not ds:
+        return "unknown date"
+    return ds[0] if len(ds) == 1 else f"{ds[0]} to {ds[-1]}"
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+def load_bench(results: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Micro-benchmark rows (one per benchmark of ``bench/bench_cells.py``) and the files' machine infos."""
+    rows, machines = [], []
+    for path in sorted(Path(results, "bench").rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            benches, info = doc["benchmarks"], doc.get("machine_info") or {}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        name = info.get("device_name") or (info.get("cpu") or {}).get("brand_raw") or "unknown"
+        device = info.get("bench_device") or "cpu"
+        matmul = (doc.get("rnnbench") or {}).get("matmul") or info.get("matmul")
+        if isinstance(matmul, dict):
+            machines.append(matmul)
+        for b in benches:
+            extra, stats = b.get("extra_info") or {}, b.get("stats") or {}
+            if not extra.get("pass") or not extra.get("cell"):
+                continue  # not one of ours
+            rows.append({
+                "device": extra.get("device") or device,
+                "device_name": extra.get("device_name") or name,
+                "date": doc.get("datetime"),
+                "file": str(path),
+                "pass": extra["pass"], "shape": extra.get("shape"), "cell": extra["cell"],
+                "kind": extra.get("kind"), "backend": extra.get("backend"),
+                "hidden_size": _num(extra.get("hidden_size")), "num_steps": _num(extra.get("num_steps")),
+                "batch_size": _num(extra.get("batch_size")),
+                "median_ms": _num(stats.get("median")) * 1e3, "min_ms": _num(stats.get("min")) * 1e3,
+                "rounds": stats.get("rounds"),
+                "words_per_sec": _num(extra.get("words_per_sec")),
+                "flops_per_call": _num(extra.get("flops_per_call")),
+                "peak_memory_mib": _num(extra.get("peak_memory_bytes")) / 2**20,
+                "torch": info.get("torch"), "torch_threads": extra.get("torch_threads") or info.get("torch_threads"),
+                "load_average": _num(extra.get("load_average_1min")),
+            })
+    cols = ["device", "device_name", "date", "file", "pass", "shape", "cell", "kind", "backend", "hidden_size",
+            "num_steps", "batch_size", "median_ms", "min_ms", "rounds", "words_per_sec", "flops_per_call",
+            "peak_memory_mib", "torch", "torch_threads", "load_average"]
+    df = pd.DataFrame(rows, columns=cols)
+    if len(df):  # the newest measurement of each (device, pass, shape, cell)
+        df = (df.sort_values("date").drop_duplicates(["device", "device_name", "pass", "shape", "cell"], keep="last")
+              .reset_index(drop=True))
+    return df, machines
+
+
+def matmul_rates(results: str | Path, extra: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(device type, device name) -> its matmul measurements, oldest first."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for m in [*load_machines(results), *extra]:
+        if not math.isnan(_num(m.get("fp32_matmul_flops"))):
+            out.setdefault((m.get("device"), m.get("device_name")), []).append(m)
+    for ms in out.values():
+        ms.sort(key=lambda m: str(m.get("measured")))
+    return out
+
+
+def rate_for(rates: dict, device, device_name, threads=None) -> dict | None:
+    """The newest measurement for the device, preferring one taken with the same number of CPU threads."""
+    ms = rates.get((device, device_name)) or []
+    same = [m for m in ms if threads is not None and str(m.get("torch_threads")) == str(threads)]
+    return (same or ms or [None])[-1]
+
+
+def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None = None) -> pd.DataFrame:
+    """One row per run record, with FLOP/s, matmul fraction and speed relative to cudnn_lstm (same device)."""
+    rates = rates or {}
+    rows = []
+    for r in runs:
+        env, cfg = r.get("env") or {}, r.get("config") or {}
+        epochs = [e for e in (r.get("epochs") or []) if isinstance(e, dict)]
+        valid = [_num(e.get("valid_ppl")) for e in epochs]
+        kind = r.get("kind") or _kind(r.get("cell"))
+        hidden, layers = _num(cfg.get("hidden_size")), _num(cfg.get("num_layers"))
+        vocab = _num(r.get("vocab_size") or cfg.get("vocab_size"))
+        if math.isnan(vocab) and cfg.get("name") in PTB_PRESETS:
+            vocab = PTB_VOCAB  # records do not store the vocabulary size; the presets train on PTB
+        per_token = (flops.lm_flops_per_token(kind, int(hidden), int(layers), int(vocab))
+                     if kind in flops.GATES and not any(map(math.isnan, (hidden, layers, vocab))) else math.nan)
+        wps = _num(r.get("words_per_sec"))
+        rate = rate_for(rates, env.get("device"), env.get("device_name"), env.get("torch_threads")) or {}
+        matmul = _num(rate.get("fp32_matmul_flops"))
+        load, load_end = r.get("load_average_start"), r.get("load_average_end")
+        rows.append({
+            "run_id": r.get("run_id"), "started": r.get("started"), "date": _date(r.get("started")),
+            "config": cfg.get("name"), "cell": r.get("cell"), "kind": kind, "backend": r.get("backend"),
+            "device": env.get("device"), "device_name": env.get("device_name"), "status": r.get("status"),
+            "error": r.get("error"), "epochs_planned": cfg.get("epochs"), "epochs_done": len(epochs),
+            "steps_per_epoch": r.get("steps_per_epoch"), "hidden_size": hidden, "num_layers": layers,
+            "num_steps": cfg.get("num_steps"), "batch_size": cfg.get("batch_size"), "vocab_size": vocab,
+            "train_words": _num(r.get("train_words")), "train_seconds": _num(r.get("train_seconds")),
+            "words_per_sec": wps, "peak_memory_mib": _num(r.get("peak_memory_bytes")) / 2**20,
+            "final_train_ppl": _num(epochs[-1].get("train_ppl")) if epochs else math.nan,
+            "final_valid_ppl": valid[-1] if valid else math.nan,
+            "best_valid_ppl": min((v for v in valid if not math.isnan(v)), default=math.nan),
+            "test_ppl": _num(r.get("test_ppl")), "wall_minutes": _num(r.get("wall_seconds")) / 60,
+            "flops_per_token": per_token, "achieved_gflops": wps * per_token / 1e9,
+            "matmul_gflops": matmul / 1e9, "matmul_fraction": wps * per_token / matmul,
+            "speed_vs_cudnn_lstm": math.nan, "torch": env.get("torch"), "triton": env.get("triton"),
+            "cuda": env.get("cuda"), "cudnn": env.get("cudnn"), "commit": (env.get("commit") or "")[:12],
+            "torch_threads": env.get("torch_threads"),
+            "load_average_start": _num(load[0]) if isinstance(load, (list, tuple)) and load else math.nan,
+            "load_average_end": _num(load_end[0]) if isinstance(load_end, (list, tuple)) and load_end else math.nan,
+            "record": r.get("record_path") or r.get("_path"),
+        })
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for _, group in df.groupby(["config", "device", "device_name"], dropna=False):
+        base = _baseline(group)
+        if base is not None:
+            df.loc[group.index, "speed_vs_cudnn_lstm"] = group["words_per_sec"] / base["words_per_sec"]
+    return df.sort_values(["config", "device", "device_name", "cell", "started"], na_position="last")
+
+
+def _kind(cell) -> str | None:
+    try:
+        return cells.kind(cell)
+    except Exception:  # unknown here, or its module does not import on this machine
+        return None
+
+
+def _baseline(group: pd.DataFrame) -> pd.Series | None:
+    """The latest finished cudnn_lstm run with a words/sec figure in ``group`` (one preset on one device)."""
+    ok = group[(group["cell"] == BASELINE) & (group["status"] == "ok") & group["words_per_sec"].notna()]
+    return ok.sort_values("started").iloc[-1] if len(ok) else None
+
+
+# --- markdown -------------------------------------------------------------------------------------------------
+
+def _fmt(v, spec: str = ".4g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _table(df: pd.DataFrame, formats: dict[str, str]) -> str:
+    out = pd.DataFrame({c: [_fmt(v, formats.get(c, ".4g")) for v in df[c]] for c in df.columns})
+    return out.to_markdown(index=False, disable_numparse=True)
+
+
+def _device_title(device, device_name) -> str:
+    return f"{device}: {device_name}" if isinstance(device_name, str) and device_name else str(device)
+
+
+def _slug(device, device_name) -> str:
+    return name_slug(str(device), device_name if isinstance(device_name, str) else None)
+
+
+def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
+    md = ["## Training runs", "",
+          "One table per preset and device; per cell the latest run of each planned length (all runs are in "
+          "`report.csv`). words/sec: training tokens over training time (evaluation excluded). "
+          f"**vs {BASELINE}**: words/sec over that of the latest finished `{BASELINE}` run of the same preset on the "
+          "same device (>1 is faster). Peak memory: GPU max allocated, or the training process's peak resident "
+          "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
+          "average at the start and end of the run; on a CPU, runs under different load are not comparable.", ""]
+    if runs.empty:
+        return md + ["(no training runs under `runs/`)", ""]
+    for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
+        latest = (group.sort_values("started").drop_duplicates(["cell", "epochs_planned", "steps_per_epoch"],
+                                                               keep="last")
+                  .sort_values(["cell", "epochs_planned"], key=_sort_key))
+        missing = [c for c in cells.names() if c not in set(latest["cell"])]
+        base = _baseline(group)
+        threads = sorted({str(t) for t in latest["torch_threads"].dropna()})
+        md += [f"### {config} on {_device_title(device, name)}", "",
+               f"Runs started {_dates(latest['started'])} (UTC)"
+               + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "") + ". "
+               + (f"Baseline: `{base['run_id']}` ({_date(base['started'])}, {base['words_per_sec']:.0f} words/sec)."
+                  if base is not None else f"No finished `{BASELINE}` run here: the ratio column is empty.")
+               + _rate_note(rate_for(rates, device, name, _common(latest["torch_threads"]))), ""]
+        t = latest.assign(epochs=[f"{d}/{p}" for d, p in zip(latest["epochs_done"], latest["epochs_planned"],
+                                                               strict=True)],
+                          pct=latest["matmul_fraction"] * 100,
+                          load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
+                                                            strict=True)])
+        t = t[["cell", "backend", "status", "epochs", "words_per_sec", "speed_vs_cudnn_lstm", "peak_memory_mib",
+               "final_valid_ppl", "test_ppl", "achieved_gflops", "pct", "load", "date"]]
+        if missing:
+            t = pd.concat([t, pd.DataFrame({"cell": missing, "status": ["no run"] * len(missing)})], ignore_index=True)
+        t.columns = ["cell", "backend", "status", "epochs", "words/sec", f"vs {BASELINE}", "peak MiB",
+                     "valid ppl", "test ppl", "GFLOP/s", "% matmul", "load", "date"]
+        md += [_table(t, {"words/sec": ".0f", f"vs {BASELINE}": ".3g", "peak MiB": ".0f", "valid ppl": ".2f",
+                          "test ppl": ".2f", "GFLOP/s": ".3g", "% matmul": ".2g"}), ""]
+        notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
+                 if r.status != "ok" and isinstance(r.error, str) and r.error]
+        if missing:
+            notes.append(f"- no run here for: {', '.join(f'`{c}`' for c in missing)}")
+        md += notes + ([""] if notes else [])
+    return md
+
+
+def _common(values: pd.Series):
+    """The most frequent value, or None."""
+    values = values.dropna()
+    return values.mode().iloc[0] if len(values) else None
+
+
+def _load(start: float, end: float) -> str:
+    """The machine's 1-minute load average at the start and the end of a run, e.g. ``2.0→3.1``."""
+    if math.isnan(start):
+        return "—"
+    return f"{start:.1f}" if math.isnan(end) else f"{start:.1f}→{end:.1f}"
+
+
+def _rate_note(rate: dict | None) -> str:
+    if not rate:
+        return " No matmul rate measured for this device: the % matmul column is empty."
+    cpu_threads = rate.get("device") == "cpu" and rate.get("torch_threads")
+    threads = f", {rate['torch_threads']} thread(s)" if cpu_threads else ""
+    return (f" Matmul rate (fp32, {rate.get('fp32_matmul_n')}²{threads}): "
+            f"{_num(rate.get('fp32_matmul_flops')) / 1e9:.4g} GFLOP/s, measured {_date(rate.get('measured'))}.")
+
+
+def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
+    md = ["## Micro-benchmarks", "",
+          "Median time per call (pytest-benchmark, `bench/bench_cells.py`; batch 20, 2 layers). fwd: the cell "
+          "stack's forward with autograd recording; fwd+bwd: plus the backward; step: the whole LM training step "
+          "(vocabulary 10000). **vs cuDNN**: the time of the cuDNN cell of the same kind (`cudnn_lstm` or "
+          "`cudnn_gru`; on the CPU torch's oneDNN/ATen kernels behind the same modules) over the cell's time, on "
+          "the same device (>1 is faster). GFLOP/s of fwd+bwd and **% matmul**: see *FLOP/s*. Step peak MiB: "
+          "CUDA max allocated; on the CPU the pytest process's peak resident set while timing, which includes the "
+          "few hundred MiB the process holds anyway.", ""]
+    if bench.empty:
+        return md + ["(no micro-benchmark JSON under `bench/`)", ""]
+    wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "step": "step ms"}
+    for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
+        rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
+        threads = sorted({str(t) for t in dev["torch_threads"].dropna()})
+        md += [f"### Micro-benchmarks on {_device_title(device, name)}", "",
+               f"Timed {_dates(dev['date'])} (UTC), torch {', '.join(sorted(set(dev['torch'].dropna())))}"
+               + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "")
+               + (f", 1-min load average {dev['load_average'].min():.1f} to {dev['load_average'].max():.1f}"
+                  if dev["load_average"].notna().any() else "") + "." + _rate_note(rate), ""]
+        for shape, sh in sorted(dev.groupby("shape"), key=lambda kv: kv[1]["hidden_size"].max()):
+            wide = sh.pivot_table(index="cell", columns="pass", values="median_ms", aggfunc="first")
+            t = pd.DataFrame(index=wide.index)
+            t["backend"] = sh.groupby("cell")["backend"].first()
+            for p, label in wide_cols.items():
+                t[label] = wide[p] if p in wide else math.nan
+            kinds = sh.groupby("cell")["kind"].first()
+            for p, label in (("fwdbwd", "fwd+bwd vs cuDNN"), ("step", "step vs cuDNN")):
+                t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
+            fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
+            gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
+            t["fwd+bwd GFLOP/s"] = gflops
+            t["% matmul"] = gflops * 1e9 / _num((rate or {}).get("fp32_matmul_flops")) * 100
+            st = sh[sh["pass"] == "step"].set_index("cell")
+            t["step words/sec"] = st["words_per_sec"]
+            t["step peak MiB"] = st["peak_memory_mib"]
+            t = t.reset_index().sort_values("cell", key=lambda s: s.map(_cell_order))
+            row = sh.iloc[0]
+            md += [f"#### {shape}: H{row['hidden_size']:.0f}, T{row['num_steps']:.0f}, B{row['batch_size']:.0f} "
+                   f"— {_device_title(device, name)}, {_dates(sh['date'])}", "",
+                   _table(t, {"fwd ms": ".4g", "fwd+bwd ms": ".4g", "step ms": ".4g", "fwd+bwd vs cuDNN": ".3g",
+                              "step vs cuDNN": ".3g", "fwd+bwd GFLOP/s": ".3g", "% matmul": ".2g",
+                              "step words/sec": ".0f", "step peak MiB": ".0f"}), ""]
+    return md
+
+
+def _micro_ratio(wide: pd.DataFrame, pass_: str, cell: str, kind) -> float:
+    base = BASELINE_OF_KIND.get(kind)
+    if pass_ not in wide or base not in wide.index:
+        return math.nan
+    return _num(wide.at[base, pass_]) / _num(wide.at[cell, pass_])
+
+
+def _cell_order(cell: str) -> int:
+    names = cells.names()
+    return names.index(cell) if cell in names else len(names)
+
+
+def flops_section(rates: dict) -> list[str]:
+    md = ["## FLOP/s", "",
+          "Work per token, counting each multiply-add as 2 FLOPs and the backward pass as twice the forward "
+          "(`bench/flops.py`): an L-layer LSTM with H units trains at **48·L·H²** FLOPs per token (a GRU, with 3 "
+          "gates instead of 4, at 36·L·H²), and the decoder over a vocabulary V (embedding size H) adds **6·H·V**; "
+          "the training rows use 48·L·H² + 6·H·V with V = 10000 for the PTB presets. Achieved GFLOP/s = words/sec × "
+          "work per token; **% matmul** divides it by the device's measured fp32 matmul rate (`bench/machine.py`: "
+          "a large square matmul, median of several, synchronized), measured on the same device under the same "
+          "conditions (a busy CPU measures lower).", ""]
+    if not rates:
+        return md + ["(no matmul rate measured: run the micro-benchmarks or a sweep)", ""]
+    newest = {}  # per device and thread count
+    for (dev, name), ms in rates.items():
+        for m in ms:
+            newest[(str(dev), str(name), str(m.get("torch_threads")))] = m
+    t = pd.DataFrame([{
+        "device": _device_title(m.get("device"), m.get("device_name")), "measured": _date(m.get("measured")),
+        "threads": m.get("torch_threads"), "fp32 GFLOP/s": _num(m.get("fp32_matmul_flops")) / 1e9,
+        "bf16 GFLOP/s": _num(m.get("bf16_matmul_flops")) / 1e9, "copy GB/s": _num(m.get("copy_bytes_per_s")) / 1e9,
+        "torch": m.get("torch")} for _, m in sorted(newest.items())])
+    return md + [_table(t, {"fp32 GFLOP/s": ".4g", "bf16 GFLOP/s": ".4g", "copy GB/s": ".4g"}), ""]
+
+
+def paper_section(runs: pd.DataFrame) -> list[str]:
+    md = ["## Perplexities beside the published ones", "",
+          f"Sources: {PAPER_SOURCE}. Ours: the latest finished run of each cell per preset and device; runs with "
+          "fewer epochs than the published schedule are not comparable (the epochs column says how many).", ""]
+    rows = []
+    for preset, ref in PAPER.items():
+        ours = runs[(runs["config"] == preset) & (runs["status"] == "ok")]
+        if ours.empty:
+            continue
+        rows.append({"preset": preset, "source": "Zaremba et al. 2014, Table 1", "epochs": str(ref["epochs"]),
+                     "train ppl": math.nan, "valid ppl": ref["paper"][0], "test ppl": ref["paper"][1], "date": ""})
+        rows.append({"preset": preset, "source": "TF tutorial ptb_word_lm.py", "epochs": str(ref["epochs"]),
+                     "train ppl": ref["tutorial"][0], "valid ppl": ref["tutorial"][1],
+                     "test ppl": ref["tutorial"][2], "date": ""})
+        latest = ours.sort_values("started").drop_duplicates(["cell", "device", "device_name", "epochs_planned"],
+                                                             keep="last")
+        for r in latest.sort_values(["device", "cell", "epochs_planned"], key=_sort_key).itertuples():
+            rows.append({"preset": preset, "source": f"ours: `{r.cell}` on {r.device} ({r.device_name})",
+                         "epochs": f"{r.epochs_done}/{r.epochs_planned}", "train ppl": r.final_train_ppl,
+                         "valid ppl": r.final_valid_ppl, "test ppl": r.test_ppl, "date": r.date})
+    if not rows:
+        return md + ["(no finished run of a paper preset yet)", ""]
+    return md + [_table(pd.DataFrame(rows), {"train ppl": ".2f", "valid ppl": ".2f", "test ppl": ".2f"}), ""]
+
+
+def _sort_key(s: pd.Series) -> pd.Series:
+    return s.map(_cell_order) if s.name == "cell" else s
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+STYLES = [dict(marker=m, linestyle=ls) for ls, m in (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"),
+                                                       ("--", "P"), ("-.", "X"), (":", "*"))]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plain_log_axis(axis) -> None:
+    """Label a log axis with plain numbers (100, 200, 500) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """Validation perplexity per epoch, one line per cell (latest run of each length), per preset and device."""
+    plt = _plt()
+    by_id = {r.get("run_id"): r for r in raw_runs}
+    out = []
+    for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False):
+        latest = group.sort_values("started").drop_duplicates(["cell", "epochs_planned", "steps_per_epoch"],
+                                                              keep="last")
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        drawn, epochs_seen = 0, set()
+        for i, r in enumerate(latest.sort_values("cell", key=lambda s: s.map(_cell_order)).itertuples()):
+            epochs = [e for e in (by_id.get(r.run_id, {}).get("epochs") or []) if isinstance(e, dict)]
+            pts = [(e.get("epoch"), _num(e.get("valid_ppl"))) for e in epochs]
+            pts = [(x, y) for x, y in pts if x is not None and not math.isnan(y)]
+            if not pts:
+                continue
+            label = f"{r.cell}: {pts[-1][1]:.1f} ({r.epochs_done}/{r.epochs_planned} ep, {r.status})"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, alpha=0.85, **STYLES[i % len(STYLES)])
+            epochs_seen.update(p[0] for p in pts)
+            drawn += 1
+        if not drawn:
+            plt.close(fig)
+            continue
+        from matplotlib.ticker import MaxNLocator
+
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        if len(epochs_seen) <= 15:
+            ax.set_xticks(sorted(epochs_seen))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation perplexity (log scale)")
+        ax.set_title(f"{config}: validation perplexity per epoch\n{_device_title(device, name)}, "
+                     f"{_dates(latest['started'])}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        path = folder / f"valid_ppl-{config}-{_slug(device, name)}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """Training words/sec per cell, grouped by preset, one figure per device."""
+    plt = _plt()
+    out = []
+    have = runs[runs["words_per_sec"].notna()]
+    for (device, name), dev in have.groupby(["device", "device_name"], dropna=False):
+        latest = dev.sort_values("started").drop_duplicates(["config", "cell"], keep="last")
+        configs = sorted(set(latest["config"]), key=lambda c: (PTB_PRESETS + (c,)).index(c))
+        names = sorted(set(latest["cell"]), key=_cell_order)
+        fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(configs) * len(names) ** 0.5 + 4), 4.5))
+        width = 0.8 / len(names)
+        for i, cell in enumerate(names):
+            vals = [latest[(latest["config"] == c) & (latest["cell"] == cell)]["words_per_sec"] for c in configs]
+            ys = [v.iloc[0] if len(v) else 0 for v in vals]
+            xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(configs))]
+            bars = ax.bar(xs, ys, width, label=cell)
+            ax.bar_label(bars, labels=[f"{y:.0f}" if y else "" for y in ys], fontsize=7)
+        ax.set_xticks(range(len(configs)), configs)
+        ax.set_ylabel("training words/sec")
+        ax.set_title(f"Training speed per cell (latest run per preset)\n{_device_title(device, name)}, "
+                     f"{_dates(latest['started'])}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(True, axis="y", alpha=0.3)
+        path = folder / f"words_per_sec-{_slug(device, name)}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
+    """Forward + backward time of the cell stack against hidden size, one line per cell, per device."""
+    plt = _plt()
+    out = []
+    fb = bench[(bench["pass"] == "fwdbwd") & bench["median_ms"].notna()] if len(bench) else bench
+    for (device, name), dev in fb.groupby(["device", "device_name"]):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, cell in enumerate(sorted(set(dev["cell"]), key=_cell_order)):
+            d = dev[dev["cell"] == cell].sort_values("hidden_size")
+            ax.plot(d["hidden_size"], d["median_ms"], label=cell, **STYLES[i % len(STYLES)])
+        hs = sorted(set(dev["hidden_size"]))
+        steps = {h: int(dev[dev["hidden_size"] == h]["num_steps"].iloc[0]) for h in hs}
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        ax.set_xticks(hs, [f"H{h:.0f}\nT{steps[h]}" for h in hs])
+        ax.minorticks_off()
+        ax.set_xlabel("hidden size (and sequence length); batch 20, 2 layers")
+        ax.set_ylabel("forward + backward, median ms (log scale)")
+        ax.set_title(f"Cell stack forward + backward time\n{_device_title(device, name)}, {_dates(dev['date'])}",
+                     fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        path = folder / f"fwdbwd_vs_hidden-{_slug(device, name)}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+# --- the report -----------------------------------------------------------------------------------------------
+
+def write_report(results: str | Path = "results") -> Path:
+    """Write ``REPORT.md``, ``report.csv`` and ``plots/*.png`` under ``results``; returns the REPORT.md path."""
+    from datetime import datetime, timezone
+
+    results = Path(results)
+    if not results.is_dir():
+        from lm.errors import UsageError
+
+        raise UsageError(f"results folder {results} does not exist; run `rnnbench sweep` or `rnnbench train` first")
+    raw_runs = records.load_runs(results)
+    bench, bench_machines = load_bench(results)
+    rates = matmul_rates(results, bench_machines)
+    runs = runs_frame(raw_runs, rates)
+
+    plots = results / "plots"
+    plots.mkdir(exist_ok=True)
+    for old in plots.glob("*.png"):  # plots of devices or presets that no longer have data go away
+        old.unlink()
+    pngs = [*plot_valid_ppl(raw_runs, runs, plots), *plot_words_per_sec(runs, plots),
+            *plot_fwdbwd_vs_hidden(bench, plots)]
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    md = ["# rnnbench report", "",
+          f"Generated {now} by `rnnbench report` from {len(raw_runs)} run record(s) under `runs/`, "
+          f"{len(bench)} micro-benchmark(s) under `bench/` and {len(rates)} matmul measurement(s). "
+          "Regenerate with `rnnbench report`; every number below comes from those files. Ratios compare runs on "
+          "the same device only. `report.csv` has one row per run with every column.", ""]
+    md += training_section(runs, rates) + micro_section(bench, rates) + flops_section(rates) + paper_section(runs)
+    md += ["## Plots", ""]
+    md += [f"![{p.stem}](plots/{p.name})" for p in pngs] or ["(nothing to plot yet)"]
+    md.append("")
+    csv = runs.to_csv(index=False, float_format="%.6g")
+    records.atomic_write(results / "report.csv", csv)
+    records.atomic_write(results / "REPORT.md", "\n".join(md))
+    return results / "REPORT.md"

@@ -1,0 +1,218 @@
+"""``rnnbench report`` on hand-made records: failed, missing and NaN runs; ratios within one device only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import flops, report
+from lm.cli import main
+from lm.config import preset
+from lm.errors import UsageError
+from lm.train import new_record
+
+CPU = "Test CPU 9000"
+GPU = "Test GPU X1"
+
+
+def record(results: Path, cell: str, config: str = "small", device: str = "cpu", name: str = CPU,
+           status: str = "ok", wps: float | None = 1000.0, valid: list[float] | None = None, test: float | None = 150.0,
+           started: str = "2026-01-02T03:04:05+00:00", error: str | None = None, epochs: int = 2,
+           threads: int = 2) -> dict:
+    """A run record in lm.train's layout, written as rnnbench would (NaN is kept, as a hand-edited file might)."""
+    rec = new_record(preset(config, epochs=epochs), cell, torch.device("cpu"), 0, ["rnnbench", "train"])
+    valid = [300.0, 200.0][:epochs] if valid is None else valid
+    rec.update(status=status, started=started, words_per_sec=wps, test_ppl=test, error=error,
+               peak_memory_bytes=512 * 2**20, wall_seconds=120.0, steps_per_epoch=100,
+               epochs=[{"epoch": i + 1, "lr": 1.0, "train_ppl": v * 0.8, "valid_ppl": v, "train_seconds": 10.0,
+                        "words_per_sec": wps} for i, v in enumerate(valid)])
+    rec["run_id"] = f"{started[:10]}-{config}-{cell}-{device}-{status}"
+    rec["env"].update(device=device, device_name=name, torch_threads=threads)
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    (results / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))  # allow_nan: NaN stays NaN
+    return rec
+
+
+def bench_json(results: Path, device: str, name: str, medians: dict, matmul: float | None = 1e11,
+               date: str = "2026-01-03T00:00:00+00:00", folder: str = "cpu") -> Path:
+    """A pytest-benchmark JSON as bench/bench_cells.py writes it; ``medians`` maps (pass, shape, cell) -> seconds."""
+    shapes = {"small": (200, 20), "medium": (650, 35)}
+    benches = []
+    for (pass_, shape, cell), median in medians.items():
+        hidden, steps = shapes[shape]
+        kind = "GRU" if "gru" in cell else "LSTM"
+        per_token = flops.cell_flops_per_token(kind, hidden, 2, pass_) if pass_ != "step" else \
+            flops.lm_flops_per_token(kind, hidden, 2, 10000)
+        benches.append({
+            "group": f"{pass_}-{shape}", "name": f"test_{pass_}[{shape}-{cell}]",
+            "fullname": f"bench/bench_cells.py::test_{pass_}[{shape}-{cell}]",
+            "stats": {"median": median, "min": median * 0.9, "mean": median, "rounds": 5},
+            "extra_info": {"pass": pass_, "shape": shape, "cell": cell, "kind": kind, "backend": "test",
+                           "device": device, "device_name": name, "hidden_size": hidden, "num_steps": steps,
+                           "batch_size": 20, "flops_per_call": per_token * steps * 20,
+                           "words_per_sec": steps * 20 / median, "peak_memory_bytes": 2**30, "torch_threads": 2,
+                           "load_average_1min": 0.5}})
+    machine = {"bench_device": device, "device_name": name, "torch": "2.x", "torch_threads": 2}
+    doc = {"machine_info": machine, "commit_info": {}, "benchmarks": benches, "datetime": date, "version": "5.0"}
+    if matmul:
+        doc["rnnbench"] = {"commit": "abc", "matmul": {
+            "device": device, "device_name": name, "measured": date, "fp32_matmul_flops": matmul,
+            "fp32_matmul_n": 1024, "torch_threads": 2, "torch": "2.x"}}
+    path = results / "bench" / folder / "micro.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def csv_rows(results: Path) -> pd.DataFrame:
+    return pd.read_csv(results / "report.csv")
+
+
+def row(df: pd.DataFrame, **match) -> pd.Series:
+    sel = df
+    for k, v in match.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, (match, sel)
+    return sel.iloc[0]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    r = tmp_path / "results"
+    r.mkdir()
+    return r
+
+
+def test_ratios_failed_missing_and_nan_runs(results):
+    record(results, "cudnn_lstm", wps=2000.0)
+    record(results, "loop_lstm", wps=500.0)
+    record(results, "loop_gru", status="failed", wps=None, valid=[], test=None, error="RuntimeError: boom")
+    record(results, "cudnn_gru", status="diverged", wps=float("nan"), valid=[300.0, float("nan")],
+           test=float("nan"), error="loss became NaN in epoch 2")
+    record(results, "triton_lstm", status="unavailable", wps=None, valid=[], test=None,
+           error="cell triton_lstm cannot run on cpu: needs CUDA")
+    # The same cells on another device: ratios must use that device's own baseline.
+    record(results, "cudnn_lstm", device="cuda", name=GPU, wps=100000.0)
+    record(results, "loop_lstm", device="cuda", name=GPU, wps=10000.0)
+    # A preset with no baseline at all.
+    record(results, "loop_lstm", config="medium", wps=100.0)
+    (results / "runs" / "garbage.json").write_text("{not json")
+
+    md = report.write_report(results).read_text()
+    df = csv_rows(results)
+    assert len(df) == 8  # one row per readable record
+
+    assert row(df, cell="loop_lstm", config="small", device="cpu")["speed_vs_cudnn_lstm"] == pytest.approx(0.25)
+    assert row(df, cell="loop_lstm", config="small", device="cuda")["speed_vs_cudnn_lstm"] == pytest.approx(0.1)
+    assert math.isnan(row(df, cell="loop_lstm", config="medium")["speed_vs_cudnn_lstm"])  # no baseline: empty
+    nan_run = row(df, cell="cudnn_gru")
+    assert math.isnan(nan_run["words_per_sec"]) and math.isnan(nan_run["test_ppl"])
+    assert nan_run["best_valid_ppl"] == 300.0 and nan_run["status"] == "diverged"
+    assert row(df, cell="loop_gru")["epochs_done"] == 0
+
+    # Training FLOP/s: 48 L H^2 + 6 H V per token for the LSTM, with PTB's vocabulary for the presets.
+    assert row(df, cell="cudnn_lstm", device="cpu")["flops_per_token"] == 48 * 2 * 200**2 + 6 * 200 * 10000
+
+    # One table per preset and device, each naming the device and the date.
+    assert f"### small on cpu: {CPU}" in md and f"### small on cuda: {GPU}" in md
+    assert f"### medium on cpu: {CPU}" in md and "No finished `cudnn_lstm` run here" in md
+    assert "Runs started 2026-01-02 (UTC)" in md
+    assert "RuntimeError: boom" in md and "loss became NaN" in md and "needs CUDA" in md
+    small_cpu = md.split(f"### small on cpu: {CPU}")[1].split("###")[0]
+    assert "| loop_lstm" in small_cpu and "0.25" in small_cpu
+    medium_cpu = md.split(f"### medium on cpu: {CPU}")[1].split("###")[0]
+    assert "no run" in medium_cpu and "`cudnn_lstm`" in medium_cpu  # registered cells without a run are listed
+    # No matmul rate was measured anywhere: the fraction is empty, not a crash.
+    assert "No matmul rate measured for this device" in md
+
+    # The paper's numbers beside ours, with the source.
+    assert "120.7" in md and "114.5" in md and "121.39" in md and "arXiv:1409.2329" in md
+
+    plots = {p.name for p in (results / "plots").glob("*.png")}
+    assert "valid_ppl-small-cpu-test-9000.png" in plots and "words_per_sec-cuda-test-gpu-x1.png" in plots
+    assert all((results / "plots" / p).stat().st_size > 1000 for p in plots)
+    for p in plots:
+        assert f"plots/{p}" in md
+
+
+def test_micro_benchmarks_and_matmul_fraction(results):
+    medians = {}
+    for shape, scale in (("small", 1.0), ("medium", 5.0)):
+        for cell, slow in (("cudnn_lstm", 1.0), ("loop_lstm", 4.0), ("cudnn_gru", 1.0), ("loop_gru", 2.0)):
+            for pass_, f in (("fwd", 0.01), ("fwdbwd", 0.03), ("step", 0.05)):
+                medians[(pass_, shape, cell)] = f * scale * slow
+    bench_json(results, "cpu", CPU, medians, matmul=1e11)
+    # A GPU with micro-benchmarks but no training runs, and no cudnn_lstm timing: no ratio, no crash.
+    bench_json(results, "cuda", GPU, {("fwdbwd", "small", "loop_lstm"): 0.002}, matmul=None, folder="gpu")
+    record(results, "cudnn_lstm", wps=8000.0)  # training on the CPU only
+
+    md = report.write_report(results).read_text()
+    b, _ = report.load_bench(results)
+    assert len(b) == 25
+    assert f"### Micro-benchmarks on cpu: {CPU}" in md and f"### Micro-benchmarks on cuda: {GPU}" in md
+    assert "Timed 2026-01-03 (UTC)" in md
+    small = md.split("#### small")[1].split("####")[0]
+    loop = next(line for line in small.splitlines() if line.startswith("| loop_lstm"))
+    assert "| 0.25 " in loop  # fwd+bwd and step: 4x slower than cudnn_lstm
+    gru = next(line for line in small.splitlines() if line.startswith("| loop_gru"))
+    assert "| 0.5 " in gru  # compared with cudnn_gru, its own kind
+    # fwd+bwd GFLOP/s = 3 * 16 * L * H^2 * tokens / time; % of the 100 GFLOP/s matmul rate.
+    gflops = 3 * 16 * 2 * 200**2 * 400 / 0.03 / 1e9
+    assert f"{gflops:.3g}" in small and f"{gflops:.2g}" in small
+    gpu = md.split(f"### Micro-benchmarks on cuda: {GPU}")[1].split("## FLOP/s")[0]
+    assert "No matmul rate measured" in gpu and "| loop_lstm" in gpu
+    assert f"### small on cuda: {GPU}" not in md  # no training runs there, no table
+
+    # The training run's FLOP fraction uses the CPU's measured rate.
+    cpu_run = row(csv_rows(results), cell="cudnn_lstm")
+    assert cpu_run["matmul_gflops"] == pytest.approx(100.0)
+    assert cpu_run["matmul_fraction"] == pytest.approx(8000 * (48 * 2 * 200**2 + 6 * 200 * 10000) / 1e11)
+
+    plots = {p.name for p in (results / "plots").glob("*.png")}
+    assert {"fwdbwd_vs_hidden-cpu-test-9000.png", "fwdbwd_vs_hidden-cuda-test-gpu-x1.png"} <= plots
+
+
+def test_matmul_rate_prefers_the_same_thread_count(results):
+    (results / "machine").mkdir()
+    for threads, rate, date in ((1, 5e10, "2026-01-05"), (2, 9e10, "2026-01-01")):
+        (results / "machine" / f"cpu-{threads}.json").write_text(json.dumps({
+            "device": "cpu", "device_name": CPU, "measured": date, "fp32_matmul_flops": rate,
+            "fp32_matmul_n": 1024, "torch_threads": threads}))
+    record(results, "cudnn_lstm", wps=1000.0, threads=2)
+    record(results, "loop_lstm", wps=1000.0, threads=1)
+    report.write_report(results)
+    df = csv_rows(results)
+    assert row(df, cell="cudnn_lstm")["matmul_gflops"] == pytest.approx(90.0)
+    assert row(df, cell="loop_lstm")["matmul_gflops"] == pytest.approx(50.0)
+
+
+def test_empty_results_folder(results):
+    md = report.write_report(results).read_text()
+    assert "(no training runs" in md and "(no micro-benchmark JSON" in md and "(nothing to plot yet)" in md
+    assert (results / "report.csv").read_text().startswith("run_id,")
+
+
+def test_cli_report(results, capsys):
+    record(results, "cudnn_lstm")
+    assert main(["report", "--results", str(results)]) == 0
+    assert "REPORT.md" in capsys.readouterr().out
+    assert (results / "REPORT.md").is_file() and (results / "report.csv").is_file()
+
+
+def test_missing_results_folder_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+    with pytest.raises(UsageError):
+        report.write_report(tmp_path / "nope")
+
+
+def test_flops_formula():
+    assert flops.lm_flops_per_token("LSTM", 650, 2, 10000) == 48 * 2 * 650**2 + 6 * 650 * 10000
+    assert flops.lm_flops_per_token("GRU", 650, 2, 10000) == 36 * 2 * 650**2 + 6 * 650 * 10000
+    assert flops.cell_flops_per_token("LSTM", 200, 2, "fwd") * 3 == flops.cell_flops_per_token("LSTM", 200, 2)
