@@ -33,15 +33,17 @@ breaking compilation in the same process.
 import triton
 import triton.language as tl
 
-# Sums over the batch rows go through tl.reduce with triton.language's own add combiner, never through a
-# @jit function of triton.language such as tl.sum: from interpreted code such a call either fails (triton
-# imported compiled) or leaves tl.core patched for the interpreter, which breaks every later compilation in
-# the process (Triton 3.6 and 3.9).  The interpreter recognises this combiner and sums with NumPy.
-_ADD = getattr(tl.standard, "_sum_combine", None)
+# Sums over the batch rows go through tl.reduce with an add combiner, never through a @jit function of
+# triton.language such as tl.sum: from interpreted code such a call either fails (triton imported compiled) or
+# leaves tl.core patched for the interpreter, which breaks every later compilation in the process (Triton 3.6 and
+# 3.9).  The interpreted flavour uses triton.language's own add combiner, which the interpreter recognises and sums
+# with NumPy.  The compiled flavour uses its own combiner: an interpreted run can leave triton.language's one
+# wrapped for the interpreter, and a compiled kernel that referenced it would then fail to compile.
+_ADD = getattr(tl.standard, "_sum_combine", None) if triton.knobs.runtime.interpret else None
 if _ADD is None:
 
     @triton.jit
-    def _ADD(a, b):  # stands in for triton.language.standard._sum_combine
+    def _ADD(a, b):
         return a + b
 
 if triton.knobs.runtime.interpret:
