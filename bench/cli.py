@@ -21,23 +21,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` and ``report`` subcommands to the ``rnnbench`` subparsers ``sub``."""
-    from lm.config import PRESETS
+    from lm.cli import add_run_args
 
     s = sub.add_parser("sweep", help="train every chosen cell, each in its own process, and summarise",
                        description="One full training per cell, each in its own process (`rnnbench train`), "
                                    "writing the usual run records; cells that cannot train here get an "
                                    "`unavailable` record, crashed ones a `failed` record.")
     s.add_argument("--cells", default="all", help="all (default), or comma-separated cells (see `rnnbench cells`)")
-    s.add_argument("--config", default="small", help=f"preset: {', '.join(PRESETS)} (default small)")
+    add_run_args(s)
     s.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
-                                                    "else the cache folder, downloading)")
-    s.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
-    s.add_argument("--results", default="results", help="results folder (default results)")
-    s.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
     s.add_argument("--quiet", action="store_true", help="no progress bars from the training processes")
     s.set_defaults(func=cmd_sweep)
 

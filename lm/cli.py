@@ -74,23 +74,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"rnnbench: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options every training command shares (train, sweep)."""
     from lm.config import PRESETS
+
+    p.add_argument("--config", default="small", help=f"preset: {', '.join(PRESETS)} (default small)")
+    p.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
+                                                    "else the cache folder, downloading)")
+    p.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
+    p.add_argument("--results", default="results", help="results folder (default results)")
+
+
+def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train the PTB language model with one cell and write a run record")
     t.add_argument("--cell", required=True, help="a registered cell (see `rnnbench cells`)")
-    t.add_argument("--config", default="small", help=f"preset: {', '.join(PRESETS)} (default small)")
-    t.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
-                                                    "else the cache folder, downloading)")
-    t.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
-    t.add_argument("--results", default="results", help="results folder (default results)")
+    add_run_args(t)
     t.add_argument("--allow-interpreter", action="store_true",
                    help="train a Triton cell in Triton's CPU interpreter (very slow)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -108,12 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None)
     c.set_defaults(func=cmd_cells)
 
-    try:
-        from bench.cli import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
+    from bench.cli import add_commands
+
+    add_commands(sub)
     return p
 
 
