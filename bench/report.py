@@ -422,6 +422,13 @@ def _plain_log_axis(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path) -> list[Path]:
     """Validation perplexity per epoch, one line per cell (latest run of each length), per preset and device."""
     plt = _plt()
@@ -461,10 +468,7 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path) -> li
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         path = folder / f"valid_ppl-{config}-{_slug(device, name)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, path))
     return out
 
 
@@ -492,10 +496,7 @@ def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[Path]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(True, axis="y", alpha=0.3)
         path = folder / f"words_per_sec-{_slug(device, name)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, path))
     return out
 
 
@@ -523,10 +524,7 @@ def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         path = folder / f"fwdbwd_vs_hidden-{_slug(device, name)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, path))
     return out
 
 

@@ -95,7 +95,7 @@ def write_run(results: str | os.PathLike, record: dict) -> Path:
 
 
 def load_runs(results: str | os.PathLike) -> list[dict]:
-    """Every readable record under ``<results>/runs`` (unreadable ones are skipped with their path noted)."""
+    """Every readable record under ``<results>/runs``; unreadable files are skipped."""
     out = []
     for p in sorted(Path(results, "runs").glob("*.json")):
         try:
