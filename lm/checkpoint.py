@@ -70,7 +70,8 @@ def load(path: str | os.PathLike) -> dict:
 def check_compatible(ckpt: dict, path: Path, config: dict, kind: str, vocab_size: int, train_tokens: int) -> None:
     """Refuse to resume from a checkpoint of another config, cell kind or corpus."""
     saved = ckpt["record"]["config"]
-    diff = sorted(k for k in set(saved) | set(config) if k != "epochs" and saved.get(k) != config.get(k))
+    free = ("epochs", "target_valid_ppl")  # may change between sessions of one run
+    diff = sorted(k for k in set(saved) | set(config) if k not in free and saved.get(k) != config.get(k))
     if diff:
         shown = ", ".join(f"{k} {saved.get(k)!r} vs {config.get(k)!r}" for k in diff[:4])
         raise UsageError(f"checkpoint {path} is from another config ({shown}); resume with the same config")

@@ -171,13 +171,34 @@ def epoch_size(data: torch.Tensor, batch_size: int, num_steps: int) -> int:
     return (len(data) // batch_size - 1) // num_steps
 
 
-def batches(data: torch.Tensor, batch_size: int, num_steps: int, start: int = 0):
-    """Yield (i, x, y) for windows ``start, start+1, ...``; x, y [num_steps, batch_size], y shifted by one."""
+def _rows(data: torch.Tensor, batch_size: int, num_steps: int) -> tuple[torch.Tensor, int]:
+    """The batch rows ``[batch_size, batch_len]`` and the epoch's window count; UsageError when too short."""
     n = epoch_size(data, batch_size, num_steps)
     if n <= 0:
         raise UsageError(f"{len(data)} tokens are too few for batch_size {batch_size} x num_steps {num_steps}; "
                          f"need at least {batch_size * (num_steps + 1)}")
-    rows = data[: batch_size * (len(data) // batch_size)].view(batch_size, -1)
+    return data[: batch_size * (len(data) // batch_size)].view(batch_size, -1), n
+
+
+def batches(data: torch.Tensor, batch_size: int, num_steps: int, start: int = 0):
+    """Yield (i, x, y) for windows ``start, start+1, ...``; x, y [num_steps, batch_size], y shifted by one."""
+    rows, n = _rows(data, batch_size, num_steps)
     for i in range(start, n):
         window = rows[:, i * num_steps: (i + 1) * num_steps + 1]
         yield i, window[:, :-1].t().contiguous(), window[:, 1:].t().contiguous()
+
+
+def spans(data: torch.Tensor, batch_size: int, num_steps: int, span: int):
+    """The words of ``batches(data, batch_size, num_steps)`` in longer windows of ``span`` steps.
+
+    Yields (x, y) [<= span, batch_size] covering exactly the columns the epoch's windows cover
+    (``epoch_size * num_steps`` of them; the last span is shorter), so running a carried-state model
+    over these scores every word that the tutorial's windows score, once each, in the same order.
+    """
+    if span <= 0:
+        raise UsageError(f"evaluation span must be a positive number of steps, got {span}")
+    rows, n = _rows(data, batch_size, num_steps)
+    end = n * num_steps
+    for a in range(0, end, span):
+        b = min(a + span, end)
+        yield rows[:, a:b].t().contiguous(), rows[:, a + 1:b + 1].t().contiguous()
