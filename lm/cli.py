@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
                 progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
                 checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                deterministic=args.deterministic)
+                deterministic=args.deterministic, heartbeat=args.heartbeat)
     ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
     wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
     where = f"; record {rec['record_path']}" if "record_path" in rec else ""
@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(t)
     t.add_argument("--allow-interpreter", action="store_true",
                    help="train a Triton cell in Triton's CPU interpreter (very slow)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--quiet", action="store_true", help="no progress bars (the heartbeat stays)")
+    t.add_argument("--heartbeat", type=float, default=10.0, metavar="SEC",
+                   help="seconds between one-line heartbeats on stderr: phase, epoch, step, words/sec (0: none)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     t.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")

@@ -29,6 +29,7 @@ from lm import checkpoint as ckpt_mod
 from lm import data, env, records
 from lm.config import Config
 from lm.errors import UsageError
+from lm.heartbeat import Heartbeat, Silent
 from lm.model import LanguageModel, detach
 
 
@@ -63,7 +64,8 @@ EVAL_WORDS = 8192
 
 
 def evaluate(model: LanguageModel, tokens: torch.Tensor, batch_size: int, num_steps: int,
-             device: torch.device, desc: str = "eval", progress: bool = True, span: int | None = None) -> float:
+             device: torch.device, desc: str = "eval", progress: bool = True, span: int | None = None,
+             heartbeat: Heartbeat | None = None) -> float:
     """Perplexity of ``model`` on ``tokens`` as the tutorial defines it, computed in long windows.
 
     The tutorial scores ``epoch_size`` windows of ``num_steps`` at ``batch_size`` with the state carried
@@ -78,10 +80,14 @@ def evaluate(model: LanguageModel, tokens: torch.Tensor, batch_size: int, num_st
     if span is None:
         span = max(num_steps, EVAL_WORDS // batch_size)
     n = data.epoch_size(tokens, batch_size, num_steps)
+    windows = -(-n * num_steps // span)
+    hb = heartbeat or Silent()
+    hb.update(phase=desc, step=0, steps=windows)
     total, count, state = torch.zeros((), device=device, dtype=torch.float64), 0, None
     with torch.no_grad():
-        for x, y in tqdm(data.spans(tokens, batch_size, num_steps, span), total=-(-n * num_steps // span),
-                         desc=desc, leave=False, disable=not progress, mininterval=1.0):
+        for i, (x, y) in enumerate(tqdm(data.spans(tokens, batch_size, num_steps, span), total=windows,
+                                        desc=desc, leave=False, disable=not progress, mininterval=1.0)):
+            hb.update(step=i, words=count)
             x, y = x.to(device), y.to(device)
             logits, state = model(x, state)
             total += nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1),
@@ -178,7 +184,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
           results_dir: str | os.PathLike | None = "results", max_steps: int | None = None,
           progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32,
           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: float = 10.0, resume: bool = False,
-          deterministic: bool = False) -> dict:
+          deterministic: bool = False, heartbeat: float = 0.0) -> dict:
     """Train and evaluate one model; write its record under ``results_dir`` (None: write nothing).
 
     Args:
@@ -188,6 +194,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         checkpoint_every: minutes between mid-epoch checkpoints (0: only at the end of every epoch).
         resume: continue from ``checkpoint_path``; the finished run keeps the interrupted run's id.
         deterministic: PyTorch's deterministic algorithms.
+        heartbeat: seconds between heartbeat lines on stderr (``lm.heartbeat``); 0: none.
 
     Returns the record; its ``status`` is ok, failed, diverged, oom or interrupted.
     """
@@ -217,6 +224,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     first_epoch, start_step, carried = 1, 0, None
+    hb = Heartbeat(f"{cfg.name} {cell} {device.type}", heartbeat).__enter__()
     try:
         model = LanguageModel(cell, corpus.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.dropout,
                               cfg.init_scale).to(device=device, dtype=dtype)
@@ -266,6 +274,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
                     loss_sum += carried["loss_sum"]
                     before = carried["seconds"]
                 first = start_step if epoch == first_epoch else 0
+                hb.update(phase="train", epoch=epoch, epochs=cfg.epochs, step=first, steps=n_steps)
                 bar = tqdm(total=n_steps, initial=first, desc=f"{cell} epoch {epoch}/{cfg.epochs}",
                            disable=not progress, mininterval=1.0, dynamic_ncols=True)
                 pending: list[tuple[int, torch.Tensor]] = []
@@ -286,6 +295,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
                     opt.step()
                     state = detach(state)
                     loss_sum += loss.detach()
+                    hb.update(step=step + 1, words=(step + 1 - first) * x.numel())
                     pending.append((step, torch.stack([loss.detach().float(), norm.detach().float()])))
                     now = time.perf_counter()
                     stopping = stop["signal"] is not None
@@ -318,7 +328,8 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
                 rec["train_seconds"] += seconds
                 mean = loss_sum.item() / n_steps
                 v0 = time.perf_counter()
-                valid = evaluate(model, corpus.valid, cfg.batch_size, cfg.num_steps, device, "valid", progress)
+                valid = evaluate(model, corpus.valid, cfg.batch_size, cfg.num_steps, device, "valid", progress,
+                                 heartbeat=hb)
                 valid_seconds = time.perf_counter() - v0
                 rec["valid_seconds"] = rec.get("valid_seconds", 0.0) + valid_seconds
                 total_seconds = before + seconds
@@ -335,7 +346,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
                 save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
         t0 = time.perf_counter()
         rec["test_ppl"] = evaluate(model, corpus.test, cfg.test_batch_size, cfg.test_num_steps, device, "test",
-                                   progress)
+                                   progress, heartbeat=hb)
         rec["test_seconds"] = time.perf_counter() - t0
         rec["status"] = "ok"
     except UsageError:
@@ -360,6 +371,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         rec["traceback"] = traceback.format_exc()
         print(traceback.format_exc(), file=sys.stderr)
     finally:
+        hb.__exit__(None, None, None)
         rec["words_per_sec"] = rec["train_words"] / rec["train_seconds"] if rec["train_seconds"] else None
         rec["peak_memory_bytes"] = env.peak_memory_bytes(device)
         rec["wall_seconds"] = time.perf_counter() - wall0
