@@ -3,9 +3,10 @@
 The line is written by a daemon thread, so a run stuck inside one call (a hung
 kernel, a compile, a barrier) still says in which phase and at which step it
 stopped moving.  It is written with ``--quiet`` too; a sweep keeps the last one
-of a child that it has to end.  Format (one line, parsed by ``parse``)::
+of a child that it has to end (``last_line``).  Format, on one line::
 
-    rnnbench heartbeat: small loop_lstm cpu | phase train | epoch 2/13 | step 120/2323 | 95 s | 3,912 words/sec | last progress 0 s ago
+    rnnbench heartbeat: small loop_lstm cpu | phase train | epoch 2/13 | step 120/2323 | 95 s |
+    3,912 words/sec | last progress 0 s ago
 """
 
 from __future__ import annotations
