@@ -29,6 +29,7 @@ from pathlib import Path
 import cells
 from lm import config as lm_config
 from lm import data, records
+from lm.env import relative_command
 from lm.errors import UsageError
 from lm.train import check_cell, new_record, resolve_device
 
@@ -145,7 +146,7 @@ def run_cell(cell: str, args: argparse.Namespace, cfg: lm_config.Config, device)
     """Check, then train one cell in a child process; make sure it ends with a record."""
     results = Path(args.results)
     targs = train_args(cell, args)
-    command = "rnnbench " + " ".join(targs)
+    command = relative_command(["rnnbench", *targs])  # as the child's record states it
     try:
         check_cell(cell, device)
     except UsageError as exc:

@@ -22,17 +22,42 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """HEAD of the checkout the code runs from, with '-dirty' when tracked files differ; 'unknown' outside git."""
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the project's own git checkout, with '-dirty' when tracked source files differ.
+
+    None when the source tree is not itself a git checkout of the project -- an exported copy, or a
+    copy inside some other repository, whose HEAD would say nothing about this code -- or git is missing.
+    """
+    root = Path(root or ROOT).resolve()
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
-            return "unknown"
+            return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cells", "lm", "bench"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10)
+                               cwd=root, capture_output=True, text=True, timeout=10)
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        return None
+
+
+def relative_command(argv: list[str], cwd: str | os.PathLike | None = None) -> str:
+    """``argv`` joined, with absolute paths (also in ``--flag=PATH``) made relative to ``cwd``.
+
+    A record then says how the run was asked for without the layout of the machine that ran it.
+    """
+    cwd = os.fspath(cwd or os.getcwd())
+
+    def rel(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if os.path.isabs(value):
+            value = os.path.relpath(value, cwd)
+        return f"{flag}{eq}{value}" if eq else value
+
+    return " ".join(rel(a) for a in argv)
 
 
 def triton_version() -> str | None:
@@ -68,6 +93,8 @@ def environment(device: str | torch.device) -> dict:
         "platform": platform.platform(),
         "hostname": platform.node(),
         "commit": git_commit(),
+        # Set by whoever runs an exported copy of the tree (the GPU check does): what they say it is, unverified.
+        "commit_declared": os.environ.get("RNNBENCH_DECLARED_COMMIT") or None,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }
 

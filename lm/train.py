@@ -111,7 +111,7 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
     return {
         "schema": 1,
         "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}-{device.type}-{uuid.uuid4().hex[:6]}",
-        "command": " ".join(command) if command else None,
+        "command": env.relative_command(command) if command else None,
         "status": "running",
         "started": started.isoformat(timespec="seconds"),
         "finished": None,
