@@ -52,10 +52,10 @@ def relative_command(argv: list[str], cwd: str | os.PathLike | None = None) -> s
     cwd = os.fspath(cwd or os.getcwd())
 
     def rel(arg: str) -> str:
-        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
         if os.path.isabs(value):
             value = os.path.relpath(value, cwd)
-        return f"{flag}{eq}{value}" if eq else value
+        return f"{flag}{eq}{value}"
 
     return " ".join(rel(a) for a in argv)
 

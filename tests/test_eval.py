@@ -66,8 +66,8 @@ def test_long_windows_equal_the_tutorials_loop(trained, cell, batch_size, num_st
 @pytest.mark.parametrize(("n", "batch_size", "num_steps", "span"), [(101, 1, 1, 8), (101, 3, 5, 7), (64, 4, 3, 100)])
 def test_spans_cover_exactly_the_words_of_the_windows(n, batch_size, num_steps, span):
     tokens = torch.arange(n)
-    xs, ys = zip(*[(x, y) for _, x, y in data.batches(tokens, batch_size, num_steps)])
-    sx, sy = zip(*data.spans(tokens, batch_size, num_steps, span))
+    xs, ys = zip(*[(x, y) for _, x, y in data.batches(tokens, batch_size, num_steps)], strict=True)
+    sx, sy = zip(*data.spans(tokens, batch_size, num_steps, span), strict=True)
     assert torch.equal(torch.cat(xs), torch.cat(sx)) and torch.equal(torch.cat(ys), torch.cat(sy))
     assert all(len(x) <= span for x in sx)
 
