@@ -27,6 +27,16 @@ IDS = [f"T{t}-B{b}-I{i}-H{h}-L{n}-{'state' if s else 'nostate'}" for t, b, i, h,
 # Cells with their own, longer test file run here on the smallest shapes only.
 HEAVY = {"triton_lstm"}
 
+# float32 against the float64 reference, relative error of the norm (TF32 off): 1e-5 is ~100 float32 ulps,
+# ample for the chains here when every product and sum is float32.  cuDNN's float32 RNN (FMA math with TF32 off)
+# is looser: measured on one NVIDIA H200 (cuDNN 91900, 2026-11-27, ../shared/gpu-runs/2026-11-27-h200/) its worst
+# error over these shapes was 1.74e-05 (gradient of x, cudnn_lstm T6-B1-I13-H9-L3-state, batch 1 through 3
+# layers); its bound is 5e-5, about 3x that worst case because every test draws fresh random inputs.  Every
+# measured error is kept in the JUnit report (``record_property``), so each GPU check re-measures the spread.
+# The Triton bounds stay at 1e-5.
+FLOAT32_TOL = 1e-5
+FLOAT32_TOL_CUDNN_ON_CUDA = 5e-5
+
 
 def reference(kind: str, cell: torch.nn.Module) -> torch.nn.Module:
     ref = getattr(torch.nn, kind)(cell.input_size, cell.hidden_size, cell.num_layers)
@@ -53,7 +63,7 @@ def run(module, x, state, gy, gstate):
     return y, finals, grads
 
 
-def check(name, shape, device, dtype, tol):
+def check(name, shape, device, dtype, tol, record=None):
     t, b, i, h, n, with_state = shape
     if cells.unavailable_reason(name, device):
         pytest.skip(f"{name} cannot run on {device}: {cells.unavailable_reason(name, device)}")
@@ -73,14 +83,19 @@ def check(name, shape, device, dtype, tol):
     y_ref, finals_ref, grads_ref = run(ref, x, state, gy, gstate)
 
     assert y.shape == (t, b, h) and y.dtype == dtype
-    assert rel(y, y_ref) < tol, "output"
+    assert grads.keys() == grads_ref.keys()
+    errors = {"output": rel(y, y_ref)}
     for k, (f, f_ref) in enumerate(zip(finals, finals_ref, strict=True)):
         assert f.shape == (n, b, h)
-        assert rel(f, f_ref) < tol, f"final state {k}"
-    assert grads.keys() == grads_ref.keys()
+        errors[f"final state {k}"] = rel(f, f_ref)
     for key in grads_ref:
         assert grads[key] is not None, f"no gradient for {key}"
-        assert rel(grads[key], grads_ref[key]) < tol, f"gradient of {key}: {rel(grads[key], grads_ref[key]):.3g}"
+        errors[f"gradient of {key}"] = rel(grads[key], grads_ref[key])
+    if record is not None:
+        record("max_rel_error", f"{max(errors.values()):.3e}")
+        record("worst", max(errors, key=errors.get))
+    for what, err in errors.items():
+        assert err < tol, f"{what}: {err:.3g} (bound {tol:g})"
 
 
 def shapes_for(name):
@@ -98,8 +113,9 @@ def test_float64_matches_torch(name, shape, device):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize(("name", "shape"), PARAMS)
-def test_float32_against_float64_reference(name, shape, device):
-    check(name, shape, device, torch.float32, 1e-5)
+def test_float32_against_float64_reference(name, shape, device, record_property):
+    tol = FLOAT32_TOL_CUDNN_ON_CUDA if name.startswith("cudnn_") and device == "cuda" else FLOAT32_TOL
+    check(name, shape, device, torch.float32, tol, record_property)
 
 
 @pytest.mark.parametrize("name", cells.names())
