@@ -38,6 +38,8 @@ PAPER = {
     "medium": {"epochs": 39, "paper": (86.2, 82.7), "tutorial": (48.45, 86.16, 82.07)},
     "large": {"epochs": 55, "paper": (82.2, 78.4), "tutorial": (37.87, 82.62, 78.29)},
 }
+# Time to quality: the paper's validation perplexity + 5% (lm/config.py; here for records made before the field).
+TARGET_VALID_PPL = {"small": 126.7, "medium": 90.5, "large": 86.3}
 PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Regularization*, "
                 "[arXiv:1409.2329](https://arxiv.org/abs/1409.2329), Table 1 (small = the non-regularized LSTM); "
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
@@ -45,8 +47,9 @@ PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Re
 RUN_COLUMNS = [
     "run_id", "started", "date", "config", "cell", "kind", "backend", "device", "device_name", "status", "error",
     "epochs_planned", "epochs_done", "steps_per_epoch", "hidden_size", "num_layers", "num_steps", "batch_size",
-    "vocab_size", "train_words", "train_seconds", "words_per_sec", "peak_memory_mib", "final_train_ppl",
-    "final_valid_ppl", "best_valid_ppl", "test_ppl", "wall_minutes", "flops_per_token", "achieved_gflops",
+    "vocab_size", "train_words", "train_seconds", "valid_seconds", "test_seconds", "words_per_sec", "peak_memory_mib",
+    "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
+    "time_to_quality_epoch", "wall_minutes", "flops_per_token", "achieved_gflops",
     "matmul_gflops", "matmul_fraction", "speed_vs_cudnn_lstm", "torch", "triton", "cuda", "cudnn", "commit",
     "torch_threads", "load_average_start", "load_average_end", "record",
 ]
@@ -156,6 +159,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
         rate = rate_for(rates, env.get("device"), env.get("device_name"), env.get("torch_threads")) or {}
         matmul = _num(rate.get("fp32_matmul_flops"))
         load, load_end = r.get("load_average_start"), r.get("load_average_end")
+        ttq = quality(r)
         rows.append({
             "run_id": r.get("run_id"), "started": r.get("started"), "date": _date(r.get("started")),
             "config": cfg.get("name"), "cell": r.get("cell"), "kind": kind, "backend": r.get("backend"),
@@ -164,15 +168,19 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "steps_per_epoch": r.get("steps_per_epoch"), "hidden_size": hidden, "num_layers": layers,
             "num_steps": cfg.get("num_steps"), "batch_size": cfg.get("batch_size"), "vocab_size": vocab,
             "train_words": _num(r.get("train_words")), "train_seconds": _num(r.get("train_seconds")),
+            "valid_seconds": _num(r.get("valid_seconds")),
+            "test_seconds": _num(r.get("test_seconds")),
             "words_per_sec": wps, "peak_memory_mib": _num(r.get("peak_memory_bytes")) / 2**20,
             "final_train_ppl": _num(epochs[-1].get("train_ppl")) if epochs else math.nan,
             "final_valid_ppl": valid[-1] if valid else math.nan,
             "best_valid_ppl": min((v for v in valid if not math.isnan(v)), default=math.nan),
-            "test_ppl": _num(r.get("test_ppl")), "wall_minutes": _num(r.get("wall_seconds")) / 60,
+            "test_ppl": _num(r.get("test_ppl")), "target_valid_ppl": ttq["target_valid_ppl"],
+            "time_to_quality_s": ttq["seconds"], "time_to_quality_epoch": ttq["epoch"],
+            "wall_minutes": _num(r.get("wall_seconds")) / 60,
             "flops_per_token": per_token, "achieved_gflops": wps * per_token / 1e9,
             "matmul_gflops": matmul / 1e9, "matmul_fraction": wps * per_token / matmul,
             "speed_vs_cudnn_lstm": math.nan, "torch": env.get("torch"), "triton": env.get("triton"),
-            "cuda": env.get("cuda"), "cudnn": env.get("cudnn"), "commit": (env.get("commit") or "")[:12],
+            "cuda": env.get("cuda"), "cudnn": env.get("cudnn"), "commit": commit_text(env),
             "torch_threads": env.get("torch_threads"),
             "load_average_start": _num(load[0]) if isinstance(load, (list, tuple)) and load else math.nan,
             "load_average_end": _num(load_end[0]) if isinstance(load_end, (list, tuple)) and load_end else math.nan,
@@ -184,6 +192,30 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
         if base is not None:
             df.loc[group.index, "speed_vs_cudnn_lstm"] = group["words_per_sec"] / base["words_per_sec"]
     return df.sort_values(["config", "device", "device_name", "cell", "started"], na_position="last")
+
+
+def commit_text(env: dict) -> str:
+    """The record's commit (12 hex digits), or why there is none."""
+    commit = env.get("commit")
+    if commit and commit != "unknown":
+        return commit[:12] + (" (exported tree)" if env.get("provenance") else "")
+    declared = env.get("commit_declared")
+    return "none: not a git checkout" + (f" (declared {declared[:12]})" if declared else "")
+
+
+def quality(r: dict) -> dict:
+    """Time to quality of one record: seconds (training + evaluation, start-up excluded) and the epoch at which
+    validation perplexity first reached the preset's target, NaN when never; from the record's own
+    ``time_to_quality`` or, for records older than it, from its epochs when they carry ``elapsed_seconds``."""
+    cfg = r.get("config") or {}
+    target = _num(cfg.get("target_valid_ppl"))
+    if math.isnan(target):
+        target = _num(TARGET_VALID_PPL.get(cfg.get("name")))
+    epochs = [e for e in (r.get("epochs") or []) if isinstance(e, dict)]
+    for e in epochs:
+        if not math.isnan(target) and _num(e.get("valid_ppl")) <= target:
+            return {"target_valid_ppl": target, "seconds": _num(e.get("elapsed_seconds")), "epoch": e.get("epoch")}
+    return {"target_valid_ppl": target, "seconds": math.nan, "epoch": math.nan}
 
 
 def _kind(cell) -> str | None:
@@ -229,7 +261,11 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
           f"**vs {BASELINE}**: words/sec over that of the latest finished `{BASELINE}` run of the same preset on the "
           "same device (>1 is faster). Peak memory: GPU max allocated, or the training process's peak resident "
           "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
-          "average at the start and end of the run; on a CPU, runs under different load are not comparable.", ""]
+          "average at the start and end of the run; on a CPU, runs under different load are not comparable. "
+          "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
+          "perplexity first reached the preset's target (the paper's validation perplexity + 5%: small 126.7, "
+          "medium 90.5, large 86.3), with the epoch; — when never reached. **train s / valid s / test s**: the "
+          "seconds spent in each phase (evaluation runs the tutorial's definition in long windows).", ""]
     if runs.empty:
         return md + ["(no training runs under `runs/`)", ""]
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
@@ -250,20 +286,34 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                           pct=latest["matmul_fraction"] * 100,
                           load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
                                                             strict=True)])
+        t = t.assign(ttq=[_ttq(r) for r in latest.itertuples()])
         t = t[["cell", "backend", "status", "epochs", "words_per_sec", "speed_vs_cudnn_lstm", "peak_memory_mib",
-               "final_valid_ppl", "test_ppl", "achieved_gflops", "pct", "load", "date"]]
+               "final_valid_ppl", "test_ppl", "ttq", "train_seconds", "valid_seconds", "test_seconds",
+               "achieved_gflops", "pct", "load", "date"]]
         if missing:
             t = pd.concat([t, pd.DataFrame({"cell": missing, "status": ["no run"] * len(missing)})], ignore_index=True)
         t.columns = ["cell", "backend", "status", "epochs", "words/sec", f"vs {BASELINE}", "peak MiB",
-                     "valid ppl", "test ppl", "GFLOP/s", "% matmul", "load", "date"]
+                     "valid ppl", "test ppl", "time to quality", "train s", "valid s", "test s", "GFLOP/s",
+                     "% matmul", "load", "date"]
         md += [_table(t, {"words/sec": ".0f", f"vs {BASELINE}": ".3g", "peak MiB": ".0f", "valid ppl": ".2f",
-                          "test ppl": ".2f", "GFLOP/s": ".3g", "% matmul": ".2g"}), ""]
+                          "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "GFLOP/s": ".3g",
+                          "% matmul": ".2g"}), ""]
         notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
                  if r.status != "ok" and isinstance(r.error, str) and r.error]
         if missing:
             notes.append(f"- no run here for: {', '.join(f'`{c}`' for c in missing)}")
         md += notes + ([""] if notes else [])
     return md
+
+
+def _ttq(r) -> str:
+    """Time to quality of one row: ``812 s (ep 3)``, ``— (ep 3, not timed)`` for records older than phase
+    timing, ``—`` when the target was never reached."""
+    if isinstance(r.time_to_quality_epoch, (int, float)) and not math.isnan(r.time_to_quality_epoch):
+        if math.isnan(r.time_to_quality_s):
+            return f"— (ep {r.time_to_quality_epoch:.0f}, not timed)"
+        return f"{r.time_to_quality_s:.0f} s (ep {r.time_to_quality_epoch:.0f})"
+    return "—"
 
 
 def _common(values: pd.Series):
@@ -370,28 +420,39 @@ def flops_section(rates: dict) -> list[str]:
 
 
 def paper_section(runs: pd.DataFrame) -> list[str]:
-    md = ["## Perplexities beside the published ones", "",
-          f"Sources: {PAPER_SOURCE}. Ours: the latest finished run of each cell per preset and device; runs with "
-          "fewer epochs than the published schedule are not comparable (the epochs column says how many).", ""]
-    rows = []
+    """Per preset: our finished runs beside the published perplexities, with wall time and time to quality."""
+    md = ["## Convergence: perplexities beside the published ones, and time to quality", "",
+          f"Sources: {PAPER_SOURCE}. Ours: the latest finished run of each cell per preset, device and planned "
+          "length; runs with fewer epochs than the published schedule are not comparable (the epochs column says "
+          "how many). **test − paper**: our test perplexity minus the paper's. **wall min**: the whole run, "
+          "start-up and evaluation included. **time to quality** as in the training tables (target: the paper's "
+          "validation perplexity + 5%). The plots *valid_ppl-…* and *valid_ppl_vs_time-…* below show every epoch.",
+          ""]
+    drawn = False
     for preset, ref in PAPER.items():
         ours = runs[(runs["config"] == preset) & (runs["status"] == "ok")]
         if ours.empty:
             continue
-        rows.append({"preset": preset, "source": "Zaremba et al. 2014, Table 1", "epochs": str(ref["epochs"]),
-                     "train ppl": math.nan, "valid ppl": ref["paper"][0], "test ppl": ref["paper"][1], "date": ""})
-        rows.append({"preset": preset, "source": "TF tutorial ptb_word_lm.py", "epochs": str(ref["epochs"]),
-                     "train ppl": ref["tutorial"][0], "valid ppl": ref["tutorial"][1],
-                     "test ppl": ref["tutorial"][2], "date": ""})
+        drawn = True
+        rows = [{"source": "Zaremba et al. 2014, Table 1", "epochs": str(ref["epochs"]), "valid ppl": ref["paper"][0],
+                 "test ppl": ref["paper"][1], "test − paper": math.nan, "wall min": math.nan,
+                 "time to quality": "", "date": ""},
+                {"source": "TF tutorial ptb_word_lm.py", "epochs": str(ref["epochs"]), "valid ppl": ref["tutorial"][1],
+                 "test ppl": ref["tutorial"][2], "test − paper": ref["tutorial"][2] - ref["paper"][1],
+                 "wall min": math.nan, "time to quality": "", "date": ""}]
         latest = ours.sort_values("started").drop_duplicates(["cell", "device", "device_name", "epochs_planned"],
                                                              keep="last")
-        for r in latest.sort_values(["device", "cell", "epochs_planned"], key=_sort_key).itertuples():
-            rows.append({"preset": preset, "source": f"ours: `{r.cell}` on {r.device} ({r.device_name})",
-                         "epochs": f"{r.epochs_done}/{r.epochs_planned}", "train ppl": r.final_train_ppl,
-                         "valid ppl": r.final_valid_ppl, "test ppl": r.test_ppl, "date": r.date})
-    if not rows:
+        for r in latest.sort_values(["device", "device_name", "cell", "epochs_planned"], key=_sort_key).itertuples():
+            rows.append({"source": f"ours: `{r.cell}` on {_device_title(r.device, r.device_name)}",
+                         "epochs": f"{r.epochs_done}/{r.epochs_planned}", "valid ppl": r.final_valid_ppl,
+                         "test ppl": r.test_ppl, "test − paper": r.test_ppl - ref["paper"][1],
+                         "wall min": r.wall_minutes, "time to quality": _ttq(r), "date": r.date})
+        md += [f"### {preset} (target validation perplexity {TARGET_VALID_PPL[preset]})", "",
+               _table(pd.DataFrame(rows), {"valid ppl": ".2f", "test ppl": ".2f", "test − paper": "+.2f",
+                                           "wall min": ".1f"}), ""]
+    if not drawn:
         return md + ["(no finished run of a paper preset yet)", ""]
-    return md + [_table(pd.DataFrame(rows), {"train ppl": ".2f", "valid ppl": ".2f", "test ppl": ".2f"}), ""]
+    return md
 
 
 def _sort_key(s: pd.Series) -> pd.Series:
@@ -429,8 +490,13 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path) -> list[Path]:
-    """Validation perplexity per epoch, one line per cell (latest run of each length), per preset and device."""
+def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: str = "epoch") -> list[Path]:
+    """Validation perplexity of every cell (latest run of each length), one figure per preset and device.
+
+    ``x="epoch"``: per epoch; ``x="seconds"``: against wall-clock seconds of training and evaluation (runs
+    recorded before phase timing are left out, and the figure says so).  The paper's final validation
+    perplexity and the time-to-quality target are drawn as lines.
+    """
     plt = _plt()
     by_id = {r.get("run_id"): r for r in raw_runs}
     out = []
@@ -438,37 +504,52 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path) -> li
         latest = group.sort_values("started").drop_duplicates(["cell", "epochs_planned", "steps_per_epoch"],
                                                               keep="last")
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        drawn, epochs_seen = 0, set()
+        drawn, xs_seen, untimed = 0, set(), []
         for i, r in enumerate(latest.sort_values("cell", key=lambda s: s.map(_cell_order)).itertuples()):
             epochs = [e for e in (by_id.get(r.run_id, {}).get("epochs") or []) if isinstance(e, dict)]
-            pts = [(e.get("epoch"), _num(e.get("valid_ppl"))) for e in epochs]
-            pts = [(x, y) for x, y in pts if x is not None and not math.isnan(y)]
+            key = "epoch" if x == "epoch" else "elapsed_seconds"
+            pts = [(_num(e.get(key)), _num(e.get("valid_ppl"))) for e in epochs]
+            pts = [(a, b) for a, b in pts if not math.isnan(a) and not math.isnan(b)]
             if not pts:
+                if epochs:
+                    untimed.append(r.cell)
                 continue
             label = f"{r.cell}: {pts[-1][1]:.1f} ({r.epochs_done}/{r.epochs_planned} ep, {r.status})"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, alpha=0.85, **STYLES[i % len(STYLES)])
-            epochs_seen.update(p[0] for p in pts)
+            xs_seen.update(p[0] for p in pts)
             drawn += 1
         if not drawn:
             plt.close(fig)
             continue
         from matplotlib.ticker import MaxNLocator
 
+        if config in PAPER:
+            ax.axhline(PAPER[config]["paper"][0], color="black", linewidth=0.8, linestyle=":",
+                       label=f"paper's final valid ppl {PAPER[config]['paper'][0]}")
+        target = _num(latest["target_valid_ppl"].dropna().iloc[-1]) if latest["target_valid_ppl"].notna().any() \
+            else math.nan
+        if not math.isnan(target):
+            ax.axhline(target, color="grey", linewidth=0.8, linestyle="--", label=f"time-to-quality target {target:g}")
         ax.set_yscale("log")
         _plain_log_axis(ax.yaxis)
-        if len(epochs_seen) <= 15:
-            ax.set_xticks(sorted(epochs_seen))
+        if x == "epoch":
+            if len(xs_seen) <= 15:
+                ax.set_xticks(sorted(xs_seen))
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(min(xs_seen) - 0.5, max(xs_seen) + 0.5)
+            ax.set_xlabel("epoch")
         else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)
-        ax.set_xlabel("epoch")
+            ax.set_xlabel("wall-clock seconds of training and evaluation (start-up excluded)"
+                          + (f"\nnot timed (older records): {', '.join(untimed)}" if untimed else ""))
         ax.set_ylabel("validation perplexity (log scale)")
-        ax.set_title(f"{config}: validation perplexity per epoch\n{_device_title(device, name)}, "
+        what = "per epoch" if x == "epoch" else "against time"
+        ax.set_title(f"{config}: validation perplexity {what}\n{_device_title(device, name)}, "
                      f"{_dates(latest['started'])}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        path = folder / f"valid_ppl-{config}-{_slug(device, name)}.png"
-        out.append(_save(plt, fig, path))
+        ax.legend(fontsize=7)
+        stem = "valid_ppl" if x == "epoch" else "valid_ppl_vs_time"
+        out.append(_save(plt, fig, folder / f"{stem}-{config}-{_slug(device, name)}.png"))
     return out
 
 
@@ -548,7 +629,8 @@ def write_report(results: str | Path = "results") -> Path:
     plots.mkdir(exist_ok=True)
     for old in plots.glob("*.png"):  # plots of devices or presets that no longer have data go away
         old.unlink()
-    pngs = [*plot_valid_ppl(raw_runs, runs, plots), *plot_words_per_sec(runs, plots),
+    pngs = [*plot_valid_ppl(raw_runs, runs, plots), *plot_valid_ppl(raw_runs, runs, plots, x="seconds"),
+            *plot_words_per_sec(runs, plots),
             *plot_fwdbwd_vs_hidden(bench, plots)]
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
