@@ -1,4 +1,4 @@
-"""The one prepared GPU check: everything the suite claims about GPUs, gathered in one run of about 8 minutes.
+"""The one prepared GPU check: everything the suite claims about GPUs, gathered in one run of at most 6 minutes.
 
 Usage (from the repository root; nothing is installed, the checkout is put on PYTHONPATH)::
 
@@ -6,7 +6,8 @@ Usage (from the repository root; nothing is installed, the checkout is put on PY
     bash bench/gpu_check.sh --dry-run PTB_DIR OUT   # the same steps on the CPU at tiny sizes (CI)
     python -m bench.gpu_check merge OUT results     # fold a check's output into results/, then `rnnbench report`
 
-Steps, most valuable first, each with its own time limit; each writes its output as
+Steps, most valuable first, each with its own time limit, all within one budget of ``BUDGET_S``
+(a step gets at most what is left of it, less what the report needs); each writes its output as
 soon as it finishes, a failing or timed-out step is recorded in ``gpu/<slug>/steps.json``
 and the check goes on:
 
@@ -14,9 +15,15 @@ and the check goes on:
 2. ``tests``  the correctness tests on CUDA (``-m gpu``): every cell against the float64 reference,
               the Triton kernels compiled, not interpreted.
 3. ``bench``  the micro-benchmarks at the PTB shapes for every cell (pytest-benchmark JSON).
-4. ``train-small``, ``train-medium``  one epoch of the small preset for every cell, then one epoch
-              of the medium preset for ``cudnn_lstm`` and ``triton_lstm`` (run records, via ``rnnbench sweep``).
+4. ``train-small``       one epoch of the small preset for the fast cells (``FAST_CELLS``);
+   ``train-small-slow``  the other cells for ``SLOW_STEPS`` steps (the record's ``steps_per_epoch``
+                         and command say so: one epoch of a per-op loop cell is about a minute);
+   ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``
+   (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
+   recorded as ``timeout`` with its last heartbeat and the others still train).
 5. ``report`` ``rnnbench report`` over what the check produced.
+
+Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
 ``OUT`` is laid out like ``results/`` (``runs/``, ``bench/<slug>/``, ``machine/``, and ``gpu/<slug>/``
 for the environment, test logs and step statuses), so merging is copying; the report then
@@ -38,6 +45,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 355  # the whole check, on one H100 or H200
+REPORT_RESERVE_S = 20
+# Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
+FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
+SLOW_STEPS = 300
 
 
 @dataclass
@@ -53,23 +65,39 @@ def now() -> str:
 
 
 def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
+    import cells
+
     py = [sys.executable]
     gpu = out / "gpu" / slug
+    fast = ",".join(FAST_CELLS)
+    slow = ",".join(c for c in cells.names() if c not in FAST_CELLS)
     if dry_run:
         device, common = "cpu", ["--data-dir", str(ptb), "--no-verify", "--max-steps", "3"]
-        small, medium = "tiny", "tiny"
+        small, medium, slow_steps = "tiny", "tiny", []
         medium_cells = "cudnn_lstm"  # triton_lstm cannot train on the CPU; the small sweep shows its record
         tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "float64 and T1-B1"]
         bench = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--benchmark-max-time", "0.02",
                  "--benchmark-min-rounds", "1"]
-        limits = {"env": 60, "tests": 60, "bench": 90, "train-small": 120, "train-medium": 60, "report": 60}
+        limits = {"env": 60, "tests": 60, "bench": 90, "train-small": 120, "train-small-slow": 120,
+                  "train-medium": 60, "report": 60}
+        cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
-        small, medium = "small", "medium"
+        small, medium, slow_steps = "small", "medium", ["--max-steps", str(SLOW_STEPS)]
         medium_cells = "cudnn_lstm,triton_lstm"
         tests = ["-m", "gpu", "tests"]
-        bench = ["--bench-device", "cuda", "--benchmark-max-time", "0.3"]
-        limits = {"env": 45, "tests": 150, "bench": 110, "train-small": 150, "train-medium": 100, "report": 45}
+        bench = ["--bench-device", "cuda", "--benchmark-max-time", "0.15"]
+        # Measured on the H200 (2026-11-27): env 5 s, tests 49 s, bench 41 s at --benchmark-max-time 0.3,
+        # cudnn_lstm one epoch of small 10 s of training (+ start-up and evaluation), medium 9 s.
+        limits = {"env": 20, "tests": 70, "bench": 60, "train-small": 90, "train-small-slow": 45,
+                  "train-medium": 60, "report": REPORT_RESERVE_S}
+        cell_timeout = "60"
+
+    def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
+        return Step(name, [*py, "-m", "lm.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
+                           "--device", device, "--results", str(out), "--quiet", "--cell-timeout", cell_timeout,
+                           *common, *extra], limits[name])
+
     return [
         Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"]),
         Step("tests", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests,
@@ -77,19 +105,22 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
         Step("bench", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "bench",
                        "--benchmark-only", *bench, f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"],
              limits["bench"]),
-        Step("train-small", [*py, "-m", "lm.cli", "sweep", "--cells", "all", "--config", small, "--epochs", "1",
-                             "--device", device, "--results", str(out), "--quiet", *common], limits["train-small"]),
-        Step("train-medium", [*py, "-m", "lm.cli", "sweep", "--cells", medium_cells, "--config", medium,
-                              "--epochs", "1", "--device", device, "--results", str(out), "--quiet", *common],
-             limits["train-medium"]),
+        sweep("train-small", fast, small, []),
+        sweep("train-small-slow", slow, small, slow_steps),
+        sweep("train-medium", medium_cells, medium, []),
         Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"]),
     ]
 
 
-def run_step(step: Step, log: Path) -> dict:
-    """Run one step in its own process group; kill the whole group at its time limit."""
+def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
+    """Run one step in its own process group; kill the whole group at its time limit (``limit_s`` if given)."""
     t0 = time.monotonic()
-    print(f"[gpu-check] {now()} step {step.name} (limit {step.limit_s:.0f} s): {' '.join(step.argv[1:])}",
+    limit = step.limit_s if limit_s is None else limit_s
+    if limit < 5:
+        print(f"[gpu-check] step {step.name}: skipped, the check's budget of {BUDGET_S} s is spent", flush=True)
+        return {"step": step.name, "status": "skipped", "exit_code": None, "seconds": 0.0, "limit_s": limit,
+                "log": None, "command": " ".join(step.argv[1:]), "reason": f"budget of {BUDGET_S} s spent"}
+    print(f"[gpu-check] {now()} step {step.name} (limit {limit:.0f} s): {' '.join(step.argv[1:])}",
           flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            **step.env}
@@ -97,7 +128,7 @@ def run_step(step: Step, log: Path) -> dict:
         proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            rc = proc.wait(timeout=step.limit_s)
+            rc = proc.wait(timeout=limit)
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -112,7 +143,7 @@ def run_step(step: Step, log: Path) -> dict:
     print(f"[gpu-check] step {step.name}: {status} (exit {rc}) in {seconds:.0f} s; " + " | ".join(tail)[-300:],
           flush=True)
     return {"step": step.name, "status": status, "exit_code": rc, "seconds": round(seconds, 1),
-            "limit_s": step.limit_s, "log": log.name, "command": " ".join(step.argv[1:])}
+            "limit_s": round(limit, 1), "log": log.name, "command": " ".join(step.argv[1:])}
 
 
 def check(ptb: Path, out: Path, dry_run: bool) -> int:
@@ -132,11 +163,16 @@ def check(ptb: Path, out: Path, dry_run: bool) -> int:
     gpu = out / "gpu" / slug
     for folder in (gpu, out / "bench" / slug):
         folder.mkdir(parents=True, exist_ok=True)
-    summary = {"started": now(), "dry_run": dry_run, "slug": slug, "steps": []}
+    summary = {"started": now(), "dry_run": dry_run, "slug": slug, "budget_s": BUDGET_S, "steps": []}
+    t0 = time.monotonic()
     for step in steps(ptb.resolve(), out.resolve(), slug, dry_run):
-        summary["steps"].append(run_step(step, gpu / f"{step.name}.log"))
+        left = BUDGET_S - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
+        limit = step.limit_s if dry_run else min(step.limit_s, left)
+        summary["steps"].append(run_step(step, gpu / f"{step.name}.log", limit))
         atomic_write(gpu / "steps.json", json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # scratch; OUT is meant to be shipped
     summary["finished"] = now()
+    summary["seconds"] = round(time.monotonic() - t0, 1)
     atomic_write(gpu / "steps.json", json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in summary["steps"] if s["status"] != "ok"]
     print(f"[gpu-check] done: {len(summary['steps']) - len(failed)} of {len(summary['steps'])} steps ok"
@@ -175,18 +211,56 @@ def env_step(device: str, out: Path) -> int:
     return 0
 
 
-def merge(src: Path, dest: Path) -> int:
-    """Copy a check's output (laid out like results/) into ``dest``; files of the same name are replaced."""
+def merge(src: Path, dest: Path, commit: str | None = None, note: str | None = None) -> int:
+    """Copy a check's output (laid out like results/) into ``dest``; files of the same name are replaced.
+
+    ``commit``: the project commit the check ran, for output made from an exported copy of the tree (whose
+    records have no commit, or a wrong one): written into every run record's ``env.commit`` and every
+    benchmark file's ``rnnbench.commit``, with ``note`` (how it was run) as ``provenance`` beside it.
+    """
+    if commit is not None:
+        commit = _full_commit(commit)
     copied = 0
     for sub in ("runs", "bench", "machine", "gpu"):
         for path in sorted((src / sub).rglob("*")) if (src / sub).is_dir() else []:
             if path.is_file() and not path.name.endswith(".tmp"):
                 target = dest / path.relative_to(src)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+                if commit is not None and path.suffix == ".json" and sub in ("runs", "bench"):
+                    _restamp(path, target, sub, commit, note)
+                else:
+                    shutil.copy2(path, target)
                 copied += 1
     print(f"merged {copied} files from {src} into {dest}; now run: rnnbench report --results {dest}")
     return 0
+
+
+def _full_commit(commit: str) -> str:
+    """``commit`` as 40 hex digits, resolved in this checkout; UsageError when it is not one of ours."""
+    from lm.errors import UsageError
+
+    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UsageError(f"--commit {commit} is not a commit of this checkout")
+    return r.stdout.strip()
+
+
+def _restamp(path: Path, target: Path, sub: str, commit: str, note: str | None) -> None:
+    from lm.records import atomic_write
+
+    doc = json.loads(path.read_text())
+    if sub == "runs":
+        env = doc.setdefault("env", {})
+        if env.get("commit") and env["commit"] != commit:
+            env["commit_recorded"] = env["commit"]  # what the run itself found: kept, not shown
+        env["commit"], env["provenance"] = commit, note
+    else:
+        info = doc.setdefault("rnnbench", {})
+        if info.get("commit") and info["commit"] != commit:
+            info["commit_recorded"] = info["commit"]
+        info["commit"], info["provenance"] = commit, note
+    atomic_write(target, json.dumps(doc, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,11 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("merge", help="copy a check's output into a results folder")
     m.add_argument("src", type=Path)
     m.add_argument("dest", type=Path)
+    m.add_argument("--commit", default=None,
+                   help="the project commit the check ran, for output made from an exported tree")
+    m.add_argument("--note", default=None, help="how it was run (stored as provenance beside the commit)")
     args = p.parse_args(argv)
     if args.cmd == "env":
         return env_step(args.device, args.out)
     if args.cmd == "merge":
-        return merge(args.src, args.dest)
+        if args.note and not args.commit:
+            p.error("--note goes with --commit")
+        from lm.errors import UsageError
+
+        try:
+            return merge(args.src, args.dest, args.commit, args.note)
+        except (UsageError, OSError, ValueError) as exc:
+            print(f"rnnbench: error: {exc}", file=sys.stderr)
+            return 2
     if args.cmd == "run":
         return check(args.ptb, args.out, args.dry_run)
     p.print_help()
