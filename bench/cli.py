@@ -23,14 +23,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` and ``report`` subcommands to the ``rnnbench`` subparsers ``sub``."""
     from lm.cli import add_run_args
 
-    s = sub.add_parser("sweep", help="train every chosen cell, each in its own process, and summarise",
-                       description="One full training per cell, each in its own process (`rnnbench train`), "
-                                   "writing the usual run records; cells that cannot train here get an "
-                                   "`unavailable` record, crashed ones a `failed` record.")
+    s = sub.add_parser("sweep", help="train every chosen cell, preset and seed, each in its own process",
+                       description="One full training per (preset, cell, seed), each in its own process "
+                                   "(`rnnbench train`), writing the usual run records; cells that cannot train here "
+                                   "get an `unavailable` record, crashed ones a `failed` record, ones past "
+                                   "--cell-timeout a `timeout` record. --config takes several presets, "
+                                   "comma-separated.")
     s.add_argument("--cells", default="all", help="all (default), or comma-separated cells (see `rnnbench cells`)")
     add_run_args(s)
     s.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     s.add_argument("--quiet", action="store_true", help="no progress bars from the training processes")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one run after another here (default); ray: runs side by side as Ray tasks")
+    s.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --engine ray: the cluster to join (default $RAY_ADDRESS, else a new one on this "
+                        "machine)")
+    s.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="end a run past this many seconds and record it as `timeout` (default: no limit)")
+    s.add_argument("--kill-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between SIGTERM (checkpoint and stop) and SIGKILL when ending a run (default 30)")
+    s.add_argument("--heartbeat", type=float, default=10.0, metavar="SEC",
+                   help="seconds between the runs' heartbeat lines (default 10)")
+    s.add_argument("--checkpoint-every", type=float, default=None, metavar="MIN",
+                   help="minutes between mid-epoch checkpoints of each run (default: train's, 10)")
+    s.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="where runs checkpoint, in a sweep-<id> folder (default <results>/checkpoints); on a "
+                        "multi-node Ray cluster a folder every node mounts at the same path")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="write REPORT.md, report.csv and plots from the results folder",

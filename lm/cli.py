@@ -26,12 +26,94 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "name"}
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]: distinct non-negative integers (an argparse ``type``)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") \
+            from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes distinct non-negative integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The seeds a train or sweep command asked for: ``--seeds``, else ``[--seed]``."""
+    return list(args.seeds) if getattr(args, "seeds", None) else [args.seed]
+
+
+def _without_seeds(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--seeds LIST`` / ``--seeds=LIST``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--seeds":
+            skip = True
+        elif not a.startswith("--seeds="):
+            out.append(a)
+    return out
+
+
+def _train_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
+    """``rnnbench train --seeds 0,1,2``: one ``rnnbench train --seed S`` process per seed, one after another
+    (each with its own peak memory); stops at an interrupted one.  Exit status: 0 when every seed ended ok."""
+    import signal
+    import subprocess
+    import threading
+
+    if args.checkpoint is not None:
+        raise UsageError("--checkpoint names one file; with --seeds each seed checkpoints to its own default path")
+    argv, worst = _without_seeds(args.argv), 0
+    for i, seed in enumerate(seeds, 1):
+        print(f"rnnbench train: seed {seed} ({i} of {len(seeds)})", flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "lm.cli", *argv, "--seed", str(seed)], start_new_session=True)
+        stopped = []
+
+        def hand_on(signum, frame, proc=proc, stopped=stopped):  # once per signal, as a sweep does
+            stopped.append(signum)
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, hand_on) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            rc = proc.wait()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if rc == 2:  # bad input: the same for every seed
+            return 2
+        worst = worst or rc
+        if stopped or rc in (130, 143):
+            print(f"rnnbench train: stopped at seed {seed}; the remaining seeds were not run", file=sys.stderr)
+            return rc or 130
+    return 1 if worst else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from lm import config, data
     from lm.train import check_cell, resolve_device, train
 
+    seeds = seeds_of(args)
+    if len(seeds) > 1:
+        return _train_seeds(args, seeds)
+    args.seed = seeds[0]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # recorded as env.torch_threads
     cfg = config.preset(args.config, **_overrides(args))
     device = resolve_device(args.device)
     check_cell(args.cell, device, args.allow_interpreter)
@@ -44,11 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
                 progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
                 checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                deterministic=args.deterministic, heartbeat=args.heartbeat)
+                deterministic=args.deterministic, heartbeat=args.heartbeat, step_mode=args.step)
     ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
     wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
     where = f"; record {rec['record_path']}" if "record_path" in rec else ""
-    print(f"{rec['cell']} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
+    mode = "" if rec.get("step_mode", "eager") == "eager" else f" --step {rec['step_mode']}"
+    print(f"{rec['cell']}{mode} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
           f"test ppl {ppl}, {wps} words/sec{where}")
     if rec["status"] != "ok":
         print(f"rnnbench: {rec['status']}: {rec['error']}", file=sys.stderr)
@@ -82,7 +165,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",
+                       help="several seeds, e.g. 0,1,2: one run each (the report gives mean ± sd over them)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch CPU threads of the training process (default: torch's choice; recorded)")
     p.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
                                                     "else the cache folder, downloading)")
     p.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
@@ -107,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")
     t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
                    help="minutes between mid-epoch checkpoints; 0: only at epoch ends (default 10)")
+    t.add_argument("--step", default="eager", choices=["eager", "compile", "cuda-graph"],
+                   help="how the training step runs: eager; compile (torch.compile of forward and loss); "
+                        "cuda-graph (the whole step captured once and replayed; CUDA only)")
     t.add_argument("--deterministic", action="store_true",
                    help="PyTorch's deterministic algorithms (ops without one raise)")
     _config_args(t)

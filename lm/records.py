@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lm.errors import UsageError
 
-STATUSES = ("ok", "failed", "diverged", "oom", "interrupted", "unavailable")
+STATUSES = ("ok", "failed", "diverged", "oom", "interrupted", "unavailable", "timeout")
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 import torch
 
 from cells.loop import LoopLSTM
@@ -17,3 +22,30 @@ class OutOfMemoryLSTM(LoopLSTM):
 class CrashingLSTM(LoopLSTM):
     def forward(self, x, state=None):
         raise RuntimeError("this cell crashes on purpose")
+
+
+class HangingLSTM(LoopLSTM):
+    """A cell that never returns: its forward sleeps forever (a hung kernel, a deadlock). It ignores the
+    training loop's request to stop after the step, so only SIGKILL ends it."""
+
+    def forward(self, x, state=None):
+        while True:
+            time.sleep(1.0)
+
+
+class MarkedSlowLSTM(LoopLSTM):
+    """``LoopLSTM``'s numbers, 0.05 s slower per call; at its third training step it writes
+    ``$RNNBENCH_TEST_MARKERS/<pid>.json`` with its pid and its parent's, so a test can kill the parent mid-run."""
+
+    calls = 0
+
+    def forward(self, x, state=None):
+        time.sleep(0.05)
+        if self.training:
+            MarkedSlowLSTM.calls += 1
+            folder = os.environ.get("RNNBENCH_TEST_MARKERS")
+            if folder and MarkedSlowLSTM.calls == 3:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                Path(folder, f"{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(),
+                                                                           "ppid": os.getppid()}))
+        return super().forward(x, state)

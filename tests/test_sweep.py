@@ -8,10 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from bench import child, runs
 from bench import sweep as sweep_mod
 from lm.cli import main
 
@@ -136,9 +139,54 @@ def test_ctrl_c_stops_the_running_cell_cleanly_and_the_sweep(corpus_dir, tmp_pat
     assert "interrupted" in out
 
 
+TESTS = Path(__file__).resolve().parent
+FAKE_CELLS_ENV = {"RNNBENCH_EXTRA_CELLS": "hang=fake_cells:HangingLSTM",
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_run_past_the_cell_timeout_is_ended_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm.cli", "sweep", "--cells", "hang,loop_lstm", "--config", "tiny", "--epochs", "1",
+         "--max-steps", "2", "--device", "cpu", "--data-dir", str(corpus_dir), "--no-verify", "--results",
+         str(results), "--quiet", "--cell-timeout", "12", "--kill-grace", "1", "--heartbeat", "0.5"],
+        capture_output=True, text=True, env={**os.environ, **FAKE_CELLS_ENV}, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    recs = _records(results)
+    hang = recs["hang"]
+    assert hang["status"] == "timeout"
+    # Asked to stop after its step (SIGTERM), it never finished the step: SIGKILL a grace period later.
+    assert "--cell-timeout 12 s" in hang["error"] and "SIGKILL" in hang["error"] and hang["exit_code"] == -9
+    # Where it was: the last heartbeat, in the record and in the reason.
+    assert "phase train | epoch 1/1 | step 0/2" in hang["last_heartbeat"], hang["last_heartbeat"]
+    assert hang["last_heartbeat"] in hang["error"] and "heartbeat" in hang["stderr_tail"]
+    assert hang["config"]["name"] == "tiny" and hang["env"]["device"] == "cpu"
+    # The sweep went on; with --quiet it still passed the heartbeats on, naming the run.
+    assert recs["loop_lstm"]["status"] == "ok"
+    assert "[hang tiny seed 0] rnnbench heartbeat: tiny hang cpu | phase train" in proc.stderr
+    assert "timeout" in proc.stdout.split("FAILED", 1)[1]
+
+
+@pytest.mark.parametrize(("handler", "ended_with", "rc"), [
+    ("signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))", "SIGTERM", 143),
+    ("signal.signal(signal.SIGTERM, signal.SIG_IGN)", "SIGKILL", -9),
+], ids=["stops-on-sigterm", "ignores-sigterm"])
+def test_ending_a_child_sigterm_first_then_sigkill(handler, ended_with, rc):
+    code = (f"import signal, sys, time; {handler}; "
+            "print('rnnbench heartbeat: where I was', file=sys.stderr, flush=True); "
+            "print('some later output', flush=True); time.sleep(60)")
+    t0 = time.monotonic()
+    res = child.run([sys.executable, "-c", code], echo="none", timeout=1.5, grace=0.5, handle_signals=False)
+    assert time.monotonic() - t0 < 10
+    assert res.timed_out and res.ended_with == ended_with and res.returncode == rc
+    assert res.last_heartbeat == "where I was" and "some later output" in res.stderr_tail
+
+
 def _args(**kw) -> argparse.Namespace:
-    base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", seed=0, data_dir=None,
-                no_verify=True, results="results", max_steps=2, quiet=True)
+    base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", seed=0, seeds=None,
+                data_dir=None, no_verify=True, results="results", max_steps=2, quiet=True, threads=None,
+                engine="local", ray_address=None, cell_timeout=None, kill_grace=30.0, heartbeat=10.0,
+                checkpoint_every=None, checkpoint_dir=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -148,25 +196,34 @@ def _args(**kw) -> argparse.Namespace:
     ("cudnn_lstm,loop_lstm", {"cudnn_lstm": "unavailable"}, 1),  # a cell asked for by name must train
     ("all", {"loop_gru": "diverged"}, 1),
     ("all", {"loop_gru": "oom"}, 1),
+    ("all", {"loop_gru": "timeout"}, 1),
     ("all", {}, 0),
-], ids=["all-unavailable", "named-unavailable", "diverged", "oom", "all-ok"])
+], ids=["all-unavailable", "named-unavailable", "diverged", "oom", "timeout", "all-ok"])
 def test_exit_status_says_whether_anything_failed(monkeypatch, corpus_dir, tmp_path, capsys, cells, statuses,
                                                   expected):
     ran = []
 
-    def fake_run_cell(cell, args, cfg, device):
-        ran.append(cell)
-        status = statuses.get(cell, "ok")
-        return sweep_mod.Outcome(cell, status, None if status == "ok" else f"{cell} was {status}")
+    def fake_execute(spec, opts):
+        ran.append(spec.cell)
+        status = statuses.get(spec.cell, "ok")
+        rec = runs.base_record(spec, opts, torch.device("cpu"), ["rnnbench", "train"])
+        return runs.Outcome(spec, status, None if status == "ok" else f"{spec.cell} was {status}", rec)
 
-    monkeypatch.setattr(sweep_mod, "run_cell", fake_run_cell)
-    monkeypatch.setattr(sweep_mod, "_measure_machine", lambda args: None)
+    monkeypatch.setattr(runs, "execute", fake_execute)
+    monkeypatch.setattr(sweep_mod, "measure_machine", lambda opts: None)
     rc = sweep_mod.sweep(_args(cells=cells, data_dir=str(corpus_dir), results=str(tmp_path / "r")))
     assert rc == expected
     out = capsys.readouterr().out
     assert ran == sweep_mod.parse_cells(cells)  # one failure does not stop the rest
     for cell, status in statuses.items():
         assert f"{cell} was {status}" in out
+
+
+def test_the_sweep_is_presets_times_seeds_times_cells():
+    specs = sweep_mod.plan(["tiny", "small"], ["loop_lstm", "loop_gru"], [0, 1])
+    assert len(specs) == 8 and len(set(specs)) == 8
+    assert [str(s) for s in specs[:3]] == ["loop_lstm tiny seed 0", "loop_gru tiny seed 0", "loop_lstm tiny seed 1"]
+    assert specs[0].train_flags() == ["--cell", "loop_lstm", "--config", "tiny", "--seed", "0"]
 
 
 def test_unknown_cell_is_one_line_exit_2(corpus_dir, tmp_path, capsys):
@@ -178,6 +235,46 @@ def test_unknown_cell_is_one_line_exit_2(corpus_dir, tmp_path, capsys):
     assert not (tmp_path / "r" / "runs").exists() or not list((tmp_path / "r" / "runs").iterdir())
 
 
+@pytest.mark.parametrize("bad", [["--seeds", "0,x"], ["--seeds", "1,1"], ["--seed", "1", "--seeds", "2,3"],
+                                 ["--threads", "0"], ["--cell-timeout", "0"], ["--config", "tiny,nope"]],
+                         ids=["seeds-not-int", "seeds-repeated", "seed-and-seeds", "threads-0", "timeout-0",
+                              "bad-preset"])
+def test_bad_sweep_options_are_one_line_exit_2(corpus_dir, tmp_path, capsys, bad):
+    args = ["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+            "--results", str(tmp_path / "r"), *bad]
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert not list((tmp_path / "r" / "runs").glob("*.json"))
+
+
+def test_engine_ray_places_runs_on_gpus_itself(tmp_path, capsys):
+    rc = main(["sweep", "--engine", "ray", "--cells", "loop_lstm", "--config", "tiny", "--device", "cuda:1",
+               "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--device cuda" in err, err
+
+
+def test_engine_ray_without_ray_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on the GPU machine, which has no Ray
+    rc = main(["sweep", "--engine", "ray", "--cells", "loop_lstm", "--config", "tiny", "--results",
+               str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "needs Ray" in err, err
+
+
+def test_the_local_engine_never_imports_ray(corpus_dir, tmp_path, broken_env):
+    code = ("import sys; from lm.cli import main; "
+            f"rc = main(['sweep', '--cells', 'absent', '--config', 'tiny', '--data-dir', {str(corpus_dir)!r}, "
+            f"'--no-verify', '--results', {str(tmp_path / 'r')!r}, '--device', 'cpu']); "
+            "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=broken_env, timeout=120)
+    assert proc.returncode == 1 and "unavailable" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_bad_data_dir_fails_before_any_cell_runs(tmp_path, capsys):
     rc = main(["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(tmp_path / "missing"),
                "--results", str(tmp_path / "r")])
@@ -186,8 +283,9 @@ def test_bad_data_dir_fails_before_any_cell_runs(tmp_path, capsys):
 
 
 def test_child_command_passes_the_arguments_through():
-    args = _args(epochs=3, max_steps=5, data_dir="/data/ptb", results="out", seed=7, device="cuda:1")
-    assert sweep_mod.train_args("loop_gru", args) == [
-        "train", "--cell", "loop_gru", "--config", "tiny", "--device", "cuda:1", "--results", "out", "--seed", "7",
-        "--dtype", "float32", "--epochs", "3", "--max-steps", "5", "--data-dir", "/data/ptb", "--no-verify",
-        "--quiet"]
+    opts = runs.Options(results="out", checkpoints="ck", sweep_id="s", epochs=3, max_steps=5, data_dir="/data/ptb",
+                        device="cuda:1", threads=2, heartbeat=0.5, checkpoint_every=1.5)
+    assert runs.train_args(runs.RunSpec("tiny", "loop_gru", 7), opts, checkpoint="ck/x.pt") == [
+        "train", "--cell", "loop_gru", "--config", "tiny", "--seed", "7", "--device", "cuda:1", "--results", "out",
+        "--dtype", "float32", "--epochs", "3", "--max-steps", "5", "--data-dir", "/data/ptb", "--threads", "2",
+        "--checkpoint", "ck/x.pt", "--checkpoint-every", "1.5", "--heartbeat", "0.5"]
