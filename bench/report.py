@@ -45,7 +45,8 @@ PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Re
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
 
 RUN_COLUMNS = [
-    "run_id", "started", "date", "config", "cell", "kind", "backend", "device", "device_name", "status", "error",
+    "run_id", "started", "date", "config", "cell", "seed", "mode", "kind", "backend", "device", "device_name",
+    "status", "error",
     "epochs_planned", "epochs_done", "steps_per_epoch", "hidden_size", "num_layers", "num_steps", "batch_size",
     "vocab_size", "train_words", "train_seconds", "valid_seconds", "test_seconds", "words_per_sec", "peak_memory_mib",
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
@@ -163,6 +164,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
         rows.append({
             "run_id": r.get("run_id"), "started": r.get("started"), "date": _date(r.get("started")),
             "config": cfg.get("name"), "cell": r.get("cell"), "kind": kind, "backend": r.get("backend"),
+            "seed": r.get("seed"), "mode": run_mode(r),
             "device": env.get("device"), "device_name": env.get("device_name"), "status": r.get("status"),
             "error": r.get("error"), "epochs_planned": cfg.get("epochs"), "epochs_done": len(epochs),
             "steps_per_epoch": r.get("steps_per_epoch"), "hidden_size": hidden, "num_layers": layers,
@@ -298,6 +300,7 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
         md += [_table(t, {"words/sec": ".0f", f"vs {BASELINE}": ".3g", "peak MiB": ".0f", "valid ppl": ".2f",
                           "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "GFLOP/s": ".3g",
                           "% matmul": ".2g"}), ""]
+        md += seed_table(group)
         notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
                  if r.status != "ok" and isinstance(r.error, str) and r.error]
         if missing:
@@ -314,6 +317,84 @@ def _ttq(r) -> str:
             return f"— (ep {r.time_to_quality_epoch:.0f}, not timed)"
         return f"{r.time_to_quality_s:.0f} s (ep {r.time_to_quality_epoch:.0f})"
     return "—"
+
+
+# --- repeated seeds -------------------------------------------------------------------------------------------
+
+# Runs that differ only in their seed: one preset on one device, one execution mode, one planned length, one cell.
+SEED_GROUP = ["config", "device", "device_name", "mode", "epochs_planned", "steps_per_epoch"]
+SEED_METRICS = {"words_per_sec": "words/sec", "peak_memory_mib": "peak MiB", "final_valid_ppl": "valid ppl",
+                "test_ppl": "test ppl"}
+
+
+def run_mode(r: dict) -> str:
+    """The record's execution mode of the training step; records made before modes existed ran eager."""
+    return r.get("step_mode") or r.get("mode") or "eager"
+
+
+def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample standard deviation and n of each ``SEED_METRICS`` column over the finished (``ok``) runs
+    of each cell within each ``SEED_GROUP``, with the seeds; ``vs_baseline``: mean words/sec over that of
+    ``cudnn_lstm`` in the same group, ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
+    overlap (the seeds do not separate them; None when either has fewer than two runs)."""
+    keys = [*SEED_GROUP, "cell"]
+    cols = [*keys, "n", "seeds", *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")), "vs_baseline",
+            "within_spread"]
+    ok = runs[runs["status"] == "ok"]
+    rows = []
+    for key, g in ok.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, key, strict=True), n=len(g),
+                   seeds=",".join(str(int(s)) for s in sorted(g["seed"].dropna().unique())))
+        for m in SEED_METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1) if len(g) > 1 else math.nan
+        rows.append(row)
+    group_of = lambda r: tuple(str(r[k]) for k in SEED_GROUP)  # noqa: E731 - NaN-safe key
+    base = {group_of(r): r for r in rows if r["cell"] == BASELINE}
+    for r in rows:
+        b = base.get(group_of(r))
+        r["vs_baseline"], r["within_spread"] = math.nan, None
+        if b is not None:
+            r["vs_baseline"] = r["words_per_sec_mean"] / b["words_per_sec_mean"]
+            if r["n"] > 1 and b["n"] > 1:
+                gap = abs(r["words_per_sec_mean"] - b["words_per_sec_mean"])
+                r["within_spread"] = bool(gap <= r["words_per_sec_std"] + b["words_per_sec_std"])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _mean_sd(mean: float, sd: float, spec: str) -> str:
+    if math.isnan(mean):
+        return "—"
+    return format(mean, spec) + ("" if math.isnan(sd) else f" ± {format(sd, spec)}")
+
+
+def seed_table(group: pd.DataFrame) -> list[str]:
+    """For one preset and device: mean ± sd over repeated seeds, when any cell there has more than one run."""
+    stats = seed_stats(group)
+    if stats.empty or stats["n"].max() < 2:
+        return []
+    t = pd.DataFrame({
+        "cell": stats["cell"], "mode": stats["mode"],
+        "length": [f"{e:.0f} ep × {s:.0f} steps" for e, s in zip(stats["epochs_planned"], stats["steps_per_epoch"],
+                                                                strict=True)],
+        "n": stats["n"], "seeds": stats["seeds"],
+        **{label: [_mean_sd(a, b, ".0f" if m in ("words_per_sec", "peak_memory_mib") else ".2f")
+                   for a, b in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
+           for m, label in SEED_METRICS.items()},
+        f"vs {BASELINE}": [_spread_ratio(v, w, c) for v, w, c in zip(stats["vs_baseline"], stats["within_spread"],
+                                                                    stats["cell"], strict=True)],
+    })
+    return [f"Repeated runs: mean ± sample standard deviation over the n finished runs (seeds listed) of each "
+            f"cell; every run is a row of `report.csv`. **vs {BASELINE}**: mean words/sec over `{BASELINE}`'s "
+            "mean; *within spread* when the two cells' mean ± sd ranges overlap, i.e. the seeds do not tell "
+            "them apart.", "", _table(t.sort_values(["mode", "length", "cell"], key=_sort_key), {}), ""]
+
+
+def _spread_ratio(ratio, within, cell: str) -> str:
+    if cell == BASELINE or ratio is None or math.isnan(_num(ratio)):
+        return "—"
+    if within is None or (isinstance(within, float) and math.isnan(within)):
+        return f"{ratio:.3g} (n < 2: spread unknown)"
+    return f"{ratio:.3g}" + (" (within spread)" if within else "")
 
 
 def _common(values: pd.Series):

@@ -1,0 +1,102 @@
+"""``rnnbench sweep --engine ray`` on a local Ray cluster started by each test (2 CPUs), shut down after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+import cells
+from lm.cli import main
+
+TESTS = Path(__file__).resolve().parent
+PLANTED = {"slow": "fake_cells:MarkedSlowLSTM", "hang": "fake_cells:HangingLSTM"}
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch, tmp_path):
+    """A fresh two-CPU Ray cluster whose workers know the planted cells; shut down after the test."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RNNBENCH_EXTRA_CELLS", ",".join(f"{k}={v}" for k, v in PLANTED.items()))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("RNNBENCH_TEST_MARKERS", str(tmp_path / "markers"))
+    for name, target in PLANTED.items():
+        monkeypatch.setitem(cells.REGISTRY, name, target)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def sweep_args(corpus: Path, results: Path, *extra: str) -> list[str]:
+    return ["sweep", "--config", "tiny", "--device", "cpu", "--threads", "1", "--data-dir", str(corpus),
+            "--no-verify", "--results", str(results), "--quiet", *extra]
+
+
+def by_run(results: Path) -> dict[tuple[str, int], dict]:
+    out = {}
+    for p in (results / "runs").glob("*.json"):
+        rec = json.loads(p.read_text())
+        assert (rec["cell"], rec["seed"]) not in out, "one record per run"
+        out[rec["cell"], rec["seed"]] = rec
+    return out
+
+
+def perplexities(rec: dict) -> list:
+    return [(e["train_ppl"], e["valid_ppl"]) for e in rec["epochs"]] + [rec["test_ppl"]]
+
+
+def test_ray_sweep_gives_the_local_engines_perplexities(ray_cluster, corpus_dir, tmp_path):
+    runs = ["--cells", "loop_lstm,cudnn_gru", "--seeds", "0,1", "--epochs", "1", "--max-steps", "3"]
+    assert main(sweep_args(corpus_dir, tmp_path / "local", *runs)) == 0
+    assert main(sweep_args(corpus_dir, tmp_path / "ray", *runs, "--engine", "ray")) == 0
+    local, on_ray = by_run(tmp_path / "local"), by_run(tmp_path / "ray")
+    assert set(local) == set(on_ray) == {(c, s) for c in ("loop_lstm", "cudnn_gru") for s in (0, 1)}
+    for key, rec in on_ray.items():
+        assert rec["status"] == "ok" and rec["sweep"]["engine"] == "ray" and rec["sweep"]["attempt"] == 1
+        assert perplexities(rec) == perplexities(local[key]), key
+        assert rec["env"]["torch_threads"] == 1 and "--threads 1" in rec["command"]
+        assert str(tmp_path / "ray") in rec["command"]  # the run's own command, not the worker's scratch folder
+    assert perplexities(on_ray["loop_lstm", 0]) != perplexities(on_ray["loop_lstm", 1])  # the seeds differ
+    assert list((tmp_path / "ray" / "machine").glob("*.json")), "the node's matmul rate was measured"
+    assert not list((tmp_path / "ray" / "checkpoints").rglob("*.pt")), "finished runs leave no checkpoint"
+
+
+def test_a_killed_worker_is_retried_and_resumes_with_the_same_perplexities(ray_cluster, corpus_dir, tmp_path):
+    markers, killed = tmp_path / "markers", []
+
+    def kill_the_worker():  # SIGKILL the Ray worker that runs the `slow` cell, mid-epoch, once
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for marker in markers.glob("*.json"):
+                worker = json.loads(marker.read_text())["ppid"]
+                assert worker not in (os.getpid(), 1)
+                os.kill(worker, signal.SIGKILL)
+                killed.append(worker)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    results = tmp_path / "results"
+    rc = main(sweep_args(corpus_dir, results, "--engine", "ray", "--cells", "slow,loop_lstm,hang", "--seed", "3",
+                         "--epochs", "2", "--max-steps", "8", "--checkpoint-every", "0.001", "--cell-timeout", "25",
+                         "--kill-grace", "1", "--heartbeat", "0.5"))
+    killer.join(timeout=5)
+    assert killed, "the slow cell never reached its third step"
+    assert rc == 1  # the hanging cell timed out; the others are ok
+    recs = by_run(results)
+    slow, reference, hang = recs["slow", 3], recs["loop_lstm", 3], recs["hang", 3]
+    assert reference["status"] == "ok" and slow["status"] == "ok"
+    assert slow["sweep"]["attempt"] == 2 and slow.get("resumes"), "the retried task continued from the checkpoint"
+    assert perplexities(slow) == perplexities(reference)
+    assert len(slow["epochs"]) == 2
+    # --cell-timeout under Ray too: ended, recorded with its last heartbeat, and the sweep went on.
+    assert hang["status"] == "timeout" and "phase train" in hang["last_heartbeat"]

@@ -1,0 +1,95 @@
+"""The report over repeated seeds: mean ± sd and n per (preset, device, mode, length, cell), every run in the CSV."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import report
+from lm import records
+from lm.config import preset
+from lm.train import new_record
+
+
+def record(results: Path, cell: str, seed: int, wps: float, test: float, mode: str | None = None,
+           status: str = "ok", device_name: str = "Test CPU 9000") -> dict:
+    """A finished small run (2 epochs of 100 steps) in lm.train's layout; ``mode=None``: a record from before
+    execution modes existed."""
+    rec = new_record(preset("small", epochs=2), cell, torch.device("cpu"), seed, ["rnnbench", "train"])
+    rec.pop("step_mode", None)
+    if mode is not None:
+        rec["step_mode"] = mode
+    rec.update(status=status, words_per_sec=wps, test_ppl=test, peak_memory_bytes=(500 + seed) * 2**20,
+               steps_per_epoch=100, epochs=[{"epoch": 1, "valid_ppl": test + 20}, {"epoch": 2, "valid_ppl": test + 5}])
+    rec["run_id"] = f"{cell}-{mode}-{seed}-{status}-{device_name[-4:]}"
+    rec["env"].update(device="cpu", device_name=device_name)
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    (results / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return rec
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    # cudnn_lstm: three seeds (one an old record without a mode, one with mode "eager": the same group).
+    record(tmp_path, "cudnn_lstm", 0, 1000.0, 120.0)
+    record(tmp_path, "cudnn_lstm", 1, 1100.0, 122.0, mode="eager")
+    record(tmp_path, "cudnn_lstm", 2, 1200.0, 124.0, mode="eager")
+    # loop_lstm: far slower than the spread (resolved); loop_gru: inside it (not resolved); triton_lstm: one run.
+    for seed, wps in enumerate((500.0, 520.0, 540.0)):
+        record(tmp_path, "loop_lstm", seed, wps, 121.0 + seed)
+    for seed, wps in enumerate((1050.0, 1150.0)):
+        record(tmp_path, "loop_gru", seed, wps, 130.0)
+    record(tmp_path, "triton_lstm", 0, 3000.0, 121.0)
+    # Not part of the statistics: a failed seed, another mode, another device.
+    record(tmp_path, "loop_lstm", 3, 10.0, 999.0, status="failed")
+    record(tmp_path, "cudnn_lstm", 0, 5000.0, 120.0, mode="compile")
+    record(tmp_path, "cudnn_lstm", 0, 9000.0, 120.0, device_name="Other CPU 1")
+    return tmp_path
+
+
+def _stats(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = report.runs_frame(records.load_runs(results))
+    return runs, report.seed_stats(runs)
+
+
+def test_mean_sd_and_n_per_cell_mode_and_device(results):
+    runs, stats = _stats(results)
+    assert len(runs) == 12 and set(runs["mode"]) == {"eager", "compile"}  # every run is a row
+    base = stats[(stats["cell"] == "cudnn_lstm") & (stats["mode"] == "eager")
+                 & (stats["device_name"] == "Test CPU 9000")].iloc[0]
+    assert base["n"] == 3 and base["seeds"] == "0,1,2"  # the record without a mode counts as eager
+    assert base["words_per_sec_mean"] == pytest.approx(1100.0)
+    assert base["words_per_sec_std"] == pytest.approx(100.0)  # sample standard deviation (n - 1)
+    assert base["test_ppl_mean"] == pytest.approx(122.0) and base["test_ppl_std"] == pytest.approx(2.0)
+    assert base["peak_memory_mib_mean"] == pytest.approx(501.0)
+    loop = stats[stats["cell"] == "loop_lstm"].iloc[0]
+    assert loop["n"] == 3, "the failed seed is not averaged in"
+    compile_ = stats[(stats["cell"] == "cudnn_lstm") & (stats["mode"] == "compile")].iloc[0]
+    assert compile_["n"] == 1 and math.isnan(compile_["words_per_sec_std"])
+
+
+def test_ratio_says_whether_the_seeds_separate_the_cells(results):
+    _, stats = _stats(results)
+    eager = stats[(stats["mode"] == "eager") & (stats["device_name"] == "Test CPU 9000")].set_index("cell")
+    assert eager.at["loop_lstm", "vs_baseline"] == pytest.approx(520 / 1100)
+    assert eager.at["loop_lstm", "within_spread"] is False  # 520 ± 20 vs 1100 ± 100: resolved
+    assert eager.at["loop_gru", "within_spread"] is True  # 1100 ± 71 vs 1100 ± 100: not resolved
+    assert eager.at["triton_lstm", "within_spread"] is None  # one run: no spread to compare
+
+
+def test_report_shows_the_repeated_runs(results):
+    path = report.write_report(results)
+    md = path.read_text()
+    assert "Repeated runs: mean ± sample standard deviation" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| loop_gru ") and "±" in ln)
+    assert "1100 ± 71" in line and "(within spread)" in line and "| 2 " in line
+    line = next(ln for ln in md.splitlines() if ln.startswith("| loop_lstm ") and "±" in ln)
+    assert "520 ± 20" in line and "0.473" in line and "within" not in line
+    assert "n < 2: spread unknown" in md
+    csv = pd.read_csv(results / "report.csv")
+    assert len(csv) == 12 and {"seed", "mode"} <= set(csv.columns)
