@@ -1,15 +1,20 @@
-"""Micro-benchmarks: every cell at the PTB shapes; forward, forward + backward, and the LM training step.
+"""Micro-benchmarks: every cell at the PTB shapes; forward, forward + backward, the LM training step, latency.
 
 Shapes are the presets' (batch 20, 2 layers; small T20 H200, medium T35 H650,
-large T35 H1500).  Three passes, one benchmark group per shape and pass, so each
+large T35 H1500).  Four passes, one benchmark group per shape and pass, so each
 table compares the cells directly:
 
 - ``fwd``: the cell stack's forward in training mode (autograd recording), no dropout;
 - ``fwdbwd``: the same forward plus the backward with a random upstream gradient;
 - ``step``: the whole LM training step as ``rnnbench train`` runs it with that preset
-  (embedding, cells, decoder, loss, backward, clipping, SGD step), vocabulary 10000.
+  (embedding, cells, decoder, loss, backward, clipping, SGD step), vocabulary 10000;
+- ``latency``: the per-call cost -- the cell stack's forward at the preset's hidden size and
+  layers but batch 1 and one step, under ``torch.no_grad()``, with the state carried from call
+  to call (one-token-at-a-time inference), so host overhead (launches, allocations, Python)
+  is what it measures.
 
-Ids read ``test_fwdbwd[medium-H650-T35-B20-loop_lstm]`` in group ``fwdbwd-medium-H650-T35-B20``.
+Ids read ``test_fwdbwd[medium-H650-T35-B20-loop_lstm]`` in group ``fwdbwd-medium-H650-T35-B20``; the
+latency pass keeps the preset's id (its records say batch 1, 1 step) in group ``latency-medium-H650-T1-B1``.
 Every timed call ends with a device synchronize; before timing, each body runs
 twice untimed (Triton compilation and autotuning, allocator warm-up), and on CUDA
 pedantic mode adds three more warm-up rounds.  The number of rounds is chosen so
@@ -138,6 +143,24 @@ def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device) -> tupl
     return work, check, rnn
 
 
+def _latency_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+    H = cfg.hidden_size
+    rnn = cells.build(cell, H, H, cfg.num_layers).to(device).eval()
+    x = torch.randn(1, 1, H, device=device)
+    state = None
+
+    def work() -> torch.Tensor:  # one token, no autograd, the state carried as in one-token-at-a-time inference
+        nonlocal state
+        with torch.no_grad():
+            y, state = rnn(x, state)
+        return y
+
+    def check(y: torch.Tensor) -> None:
+        assert y.shape == (1, 1, H) and torch.isfinite(y).all()
+
+    return work, check, rnn
+
+
 def _step_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
     T, B = cfg.num_steps, cfg.batch_size
     model = LanguageModel(cell, VOCAB, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).to(device)
@@ -224,9 +247,13 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
     """Time ``pass_`` of ``cell`` at preset ``shape`` on ``device``; check the result; fill ``extra_info``."""
     cfg = PRESETS[shape]
     torch.manual_seed(0)
+    steps, batch = (1, 1) if pass_ == "latency" else (cfg.num_steps, cfg.batch_size)
     if pass_ == "step":
         work, check, rnn = _step_work(cell, cfg, device)
         per_token = flops.lm_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, VOCAB)
+    elif pass_ == "latency":
+        work, check, rnn = _latency_work(cell, cfg, device)
+        per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, "fwd")
     else:
         work, check, rnn = _cell_work(pass_, cell, cfg, device)
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, pass_)
@@ -236,13 +263,13 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         env.synchronize(device)
         return out
 
-    tokens = cfg.num_steps * cfg.batch_size
-    benchmark.group = f"{pass_}-{shape_id(shape, cfg)}"
+    tokens = steps * batch
+    benchmark.group = f"{pass_}-{shape}-H{cfg.hidden_size}-T{steps}-B{batch}"
     info = benchmark.extra_info
     info.update({
         "pass": pass_, "shape": shape, "cell": cell, "kind": cells.kind(cell),
         "backend": cells.detect_backend(rnn, device), "device": device.type, "device_name": env.device_name(device),
-        "hidden_size": cfg.hidden_size, "num_steps": cfg.num_steps, "batch_size": cfg.batch_size,
+        "hidden_size": cfg.hidden_size, "num_steps": steps, "batch_size": batch,
         "num_layers": cfg.num_layers, "vocab_size": VOCAB if pass_ == "step" else None,
         "dropout": cfg.dropout if pass_ == "step" else 0.0, "tokens_per_call": tokens,
         "flops_per_call": per_token * tokens, "torch_threads": torch.get_num_threads(),
@@ -274,3 +301,7 @@ def test_fwdbwd(benchmark, pytestconfig, device, cpu_threads, shape, cell):
 
 def test_step(benchmark, pytestconfig, device, cpu_threads, shape, cell):
     run(benchmark, pytestconfig, device, "step", shape, cell)
+
+
+def test_latency(benchmark, pytestconfig, device, cpu_threads, shape, cell):
+    run(benchmark, pytestconfig, device, "latency", shape, cell)

@@ -28,8 +28,8 @@ import cells
 
 triton = pytest.importorskip("triton", reason="triton_lstm needs triton (a dependency on Linux)")
 
-from cells.triton_lstm import TritonLSTM, interpreted, launch  # noqa: E402
-from cells.triton_lstm.function import LSTMLayerFunction  # noqa: E402
+from cells.triton_lstm import TritonLSTM, interpreted, launch, sm90  # noqa: E402
+from cells.triton_lstm.function import LSTMLayerFunction, _inference  # noqa: E402
 
 FP32_TOL = 3e-5
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -228,14 +228,31 @@ def test_no_uninitialised_memory_reaches_results(monkeypatch):
 
 # ---- the module around the kernels -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("t", [3, 4])
 @pytest.mark.parametrize("device", devices())
-def test_inference_without_grad_matches_training_forward(device):
+def test_inference_without_grad_matches_training_forward(device, t):
+    """Without autograd the layer stores no gates and keeps c in two slabs (c_t in slot t % 2): odd and even T."""
     cell = TritonLSTM(5, 13, 2).to(device)
-    x = torch.randn(4, 3, 5, device=device)
+    x = torch.randn(t, 3, 5, device=device)
     with torch.no_grad():
         y_eval, (h_eval, c_eval) = cell(x)
     y, (h, c) = cell(x)
     assert torch.equal(y_eval, y.detach()) and torch.equal(h_eval, h.detach()) and torch.equal(c_eval, c.detach())
+
+
+def test_inference_on_the_stepwise_path_matches_reference():
+    """The two-slab cell state across one launch per step (the persistent split, as the interpreter runs it)."""
+    t, b, i, h = 5, 3, 4, 24
+    plan = launch.make_plan(b, h, torch.float32, torch.device("cpu"), "stepwise", units=8)
+    args = [torch.randn(t, b, i, dtype=torch.float64), torch.randn(b, h, dtype=torch.float64),
+            torch.randn(b, h, dtype=torch.float64)]
+    args += [torch.randn(4 * h, k, dtype=torch.float64) / math.sqrt(h) for k in (i, h)]
+    args += [torch.randn(4 * h, dtype=torch.float64) / math.sqrt(h) for _ in range(2)]
+    want = naive_layer(*args)
+    with torch.no_grad():
+        got = _inference(*[a.float() for a in args], plan)
+    for key, g, w in zip(("y", "h_T", "c_T"), got, want, strict=True):
+        assert rel(g, w) < FP32_TOL, f"{key}: {rel(g, w):.3g}"
 
 
 def test_dropout_between_layers_only():
@@ -270,6 +287,89 @@ def test_interpreter_is_reported_and_training_refused(monkeypatch):
     assert TritonLSTM.training_refusal("cpu") is None
 
 
+def test_float32_precision_is_exact_unless_asked_and_said_in_the_backend():
+    """float32 recurrent matmuls are exact ("ieee") by default; "tf32" only when asked, only compiled; the backend
+    description names the arithmetic."""
+    assert "exact float32 (ieee)" in TritonLSTM(4, 6, 1).describe_backend("cpu")
+    assert "bfloat16 tensor cores" in TritonLSTM(4, 6, 1).to(torch.bfloat16).describe_backend("cpu")
+    assert launch.plan_for(20, 650, torch.float32, 132).precision == "ieee"
+    assert launch.plan_for(20, 650, torch.float32, 132, fp32_precision="tf32").precision == "tf32"
+    assert launch.plan_for(20, 650, torch.bfloat16, 132, fp32_precision="tf32").precision == "ieee"
+    assert launch.plan_for(20, 650, torch.float32, None, fp32_precision="tf32").precision == "ieee"  # interpreter
+    with pytest.raises(ValueError, match="fp32_precision"):
+        TritonLSTM(4, 6, 1, fp32_precision="fast")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("hidden", [200, 650, 1500])
+def test_ptb_presets_take_their_tiles_from_the_table(hidden, dtype):
+    for batch in (1, 20):
+        plan = launch.plan_for(batch, hidden, dtype, launch.TILES_SMS)
+        tile = launch.TILES[(hidden, dtype)]
+        assert plan.source == "table" and plan.path == "persistent" and plan.sync
+        assert (plan.units, plan.block_k, plan.num_warps, plan.num_warps_bwd) == (
+            tile.units, tile.block_k, tile.num_warps, tile.num_warps_bwd)
+        assert plan.programs * plan.batch_blocks <= launch.TILES_SMS and plan.block_j >= plan.units
+    assert launch.plan_for(20, hidden, dtype, 100).source == "heuristic"  # fewer SMs than the table assumes
+
+
+class _FakeKernel:
+    """Stands in for a compiled kernel: records each launch instead of running it."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.calls.append((grid, args, meta))
+
+
+def test_per_call_host_work_is_cached(monkeypatch):
+    """The CUDA launch path, run on CPU tensors with the kernels replaced by recorders: after the first call no
+    device query, no plan building, no counter allocation or zeroing; without grad no gates and two slabs of c;
+    the same counters for every launch on a stream."""
+    calls: list = []
+    fake = type("FakeKernels", (), {"lstm_fwd_kernel": _FakeKernel(calls), "lstm_bwd_kernel": _FakeKernel(calls)})
+    queries = []
+    monkeypatch.setattr(launch, "runs_interpreted", lambda device: False)
+    monkeypatch.setattr(launch, "kernels", lambda interpret: fake)
+    monkeypatch.setattr(launch.torch.cuda, "get_device_properties",
+                        lambda device: queries.append(device) or type("P", (), {"multi_processor_count": 132}))
+    launch.sm_count.cache_clear()
+    launch.plan_for.cache_clear()
+    cell = TritonLSTM(200, 200, 2)
+    x, state = torch.randn(1, 1, 200), (torch.zeros(2, 1, 200), torch.zeros(2, 1, 200))
+    with torch.no_grad():
+        cell(x, state)
+    assert len(queries) == 1
+    calls.clear()
+    zeros = []
+    real_zeros = torch.zeros
+    monkeypatch.setattr(launch.torch, "zeros", lambda *a, **k: zeros.append(a) or real_zeros(*a, **k))
+    misses = launch.plan_for.cache_info().misses
+    with torch.no_grad():
+        for _ in range(3):
+            y, state = cell(x, state)
+    assert len(queries) == 1 and not zeros and launch.plan_for.cache_info().misses == misses
+    assert len(calls) == 6  # one launch per layer and call
+    for grid, args, meta in calls:
+        assert grid == (50, 1) and meta["TRAIN"] is False and meta["SYNC"] and meta["launch_cooperative_grid"]
+        c, gates, arrive, done = args[7], args[8], args[9], args[10]
+        assert c.shape[0] == 2 and gates is c  # no gates buffer; the cell state in two slabs
+        assert arrive is calls[0][1][9] and done is calls[0][1][10]  # counters reused, never reallocated
+    calls.clear()
+    x = torch.randn(3, 20, 200, requires_grad=True)
+    cell(x)
+    assert [m["TRAIN"] for _, _, m in calls] == [True, True] and calls[0][1][8].shape == (3, 20, 800)
+    launch.sm_count.cache_clear()
+    launch.plan_for.cache_clear()
+
+
+def test_barrier_counters_are_kept_per_device_and_stream():
+    a = launch.counters(torch.device("cpu"))
+    assert a[0] is launch.counters(torch.device("cpu"))[0] and a[1] is launch.counters(torch.device("cpu"))[1]
+    assert a[0].dtype == torch.int32 and a[0].numel() == launch.COUNTER_SLOTS and not a[0].any() and not a[1].any()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reason given when CUDA is absent")
 def test_cuda_unavailable_reason():
     assert "CUDA" in TritonLSTM.available("cuda")
@@ -290,29 +390,72 @@ def test_cuda_runs_compiled_and_persistent_at_ptb_shapes():
         assert "compiled (persistent, grid barrier" in cell.describe_backend("cuda"), cell.describe_backend("cuda")
 
 
-def test_kernels_compile_for_hopper_without_a_gpu(tmp_path, monkeypatch):
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+def test_cuda_barrier_counters_are_left_zero_and_reused():
+    """Many persistent launches in a row on one stream share one pair of counters, which each launch must leave
+    zero: the results repeat exactly, and the counters read zero afterwards.  A counter left nonzero would let a
+    later launch pass its barriers early (wrong results), one never reaching its target would hang."""
+    device = torch.device("cuda")
+    plan = launch.make_plan(20, 200, torch.float32, device, "persistent")
+    assert plan.sync
+    args = [torch.randn(35, 20, 200, device=device) for _ in range(1)] + [torch.randn(20, 200, device=device)
+                                                                           for _ in range(2)]
+    args += [torch.randn(800, 200, device=device) / 15 for _ in range(2)] + [torch.randn(800, device=device) / 15
+                                                                              for _ in range(2)]
+    args = [a.requires_grad_(True) for a in args]
+    first = None
+    for _ in range(20):
+        for a in args:
+            a.grad = None
+        out = LSTMLayerFunction.apply(*args, plan)
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        with torch.no_grad():
+            infer = _inference(*args, plan)
+        got = [o.detach().clone() for o in (*out, *infer)] + [a.grad.clone() for a in args]
+        first = first or got
+        assert all(torch.equal(g, f) for g, f in zip(got, first, strict=True))
+    torch.cuda.synchronize()
+    arrive, done = launch.counters(device)
+    assert not arrive.any() and not done.any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+@pytest.mark.parametrize(("t", "b"), [(8192, 1), (409, 20)], ids=["T8192-B1", "T409-B20"])
+def test_cuda_long_windows_without_grad_match_cudnn(t, b):
+    """Evaluation's shapes (lm.train.evaluate: batch 1 x 8192 steps, batch 20 x 409): no overflow, no hang, and
+    the same outputs as torch.nn.LSTM.  Round-off grows with T but the LSTM's forgetting bounds it: 1e-4."""
+    device = torch.device("cuda")
+    cell = TritonLSTM(200, 200, 2).to(device)
+    ref = cells.build("cudnn_lstm", 200, 200, 2).to(device)
+    ref.load_state_dict(cell.state_dict())
+    x = torch.randn(t, b, 200, device=device)
+    with torch.no_grad():
+        y, (h, c) = cell(x)
+        y_ref, (h_ref, c_ref) = ref(x)
+    for key, got, want in (("y", y, y_ref), ("h", h, h_ref), ("c", c, c_ref)):
+        assert rel(got, want) < 1e-4, f"{key}: {rel(got, want):.3g}"
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled flavour, which the interpreter never runs, must get through Triton's compiler: the persistent
     kernels of the PTB medium layer (bfloat16, 130 programs, grid barrier) built for sm_90 down to a cubin, no GPU
-    needed.  The barrier must lower to one predicated release atomic and acquire loads.  An empty cache makes it
-    compile for real, also after the interpreted tests above: an interpreted run must leave the compiler intact."""
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    compiler = pytest.importorskip("triton.compiler")
-    target = pytest.importorskip("triton.backends.compiler").GPUTarget("cuda", 90, 32)
+    needed, with no register spills.  The barrier must lower to one predicated release atomic and acquire loads, and
+    the last program out must reset the counters.  A fresh cache makes it compile for real, also after the
+    interpreted tests above: an interpreted run must leave the compiler intact."""
+    pytest.importorskip("triton.compiler")
     if "nvidia" not in pytest.importorskip("triton.backends").backends:
         pytest.skip("this triton build has no NVIDIA backend")
-    plan = dataclasses.replace(launch.make_plan(20, 650, torch.bfloat16, torch.device("cpu"), "stepwise", units=5),
-                               path="persistent", interpret=False, block_k=32, resident=False)
+    plan = launch.plan_for(20, 650, torch.bfloat16, 132)
     assert plan.sync and plan.programs == 130
-    acc_args = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "dw_ptr", "db_ptr", "da_ptr", "bias_ptr"}
-    k = launch.kernels(False)
-    for fn, extra in ((k.lstm_fwd_kernel, {"SAVE_GATES": True}), (k.lstm_bwd_kernel, {})):
-        consts = launch.constexprs(plan, torch.bfloat16) | extra
-        sig = {n: "constexpr" if n in consts else "*i32" if n == "bar_ptr" else "*fp32" if n in acc_args
-               else "*bf16" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
-        out = compiler.compile(compiler.ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                               options={"num_warps": plan.num_warps, "num_stages": plan.num_stages,
-                                        "launch_cooperative_grid": True, "enable_fp_fusion": True})
+    for kernel in ("fwd", "bwd"):
+        out, log = sm90.compile_kernel(kernel, plan, torch.bfloat16, train=True, batch=20, hidden=650)
         ptx = out.asm["ptx"]
         assert out.asm["cubin"]
-        assert len(re.findall(r"@%p\d+ (?:red|atom)\.global\.gpu\.release\.add", ptx)) == 1, fn.__name__
-        assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx, fn.__name__
+        assert len(re.findall(r"@%p\d+ (?:red|atom)\.global\.gpu\.release\.add", ptx)) == 1, kernel
+        assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx, kernel
+        assert len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)) == 1, kernel  # done += 1
+        assert len(re.findall(r"atom\.global\.gpu\.(?:relaxed\.)?exch", ptx)) == 2, kernel  # the reset
+        usage = sm90.usage(out, log)
+        assert usage.spill_stores == usage.spill_loads == 0, f"{kernel}: {usage}"

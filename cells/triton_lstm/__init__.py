@@ -75,6 +75,7 @@ else:
     _TRITON_ERROR = None
 
 PATHS = ("auto", "persistent", "blocked", "stepwise")  # see launch.py
+FP32_PRECISIONS = ("ieee", "tf32")  # tl.dot input precision of float32 recurrent matmuls on CUDA
 
 
 def interpreted(device: str | torch.device | None = None) -> bool:
@@ -91,17 +92,23 @@ class TritonLSTM(RecurrentStack):
         path: "auto" (persistent on CUDA when it fits the SMs, else blocked), "persistent", "blocked"
             or "stepwise"; see :mod:`.launch`.
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
+        fp32_precision: the recurrent matmuls of float32 input on CUDA: "ieee" (exact float32 products, the
+            default) or "tf32" (tensor cores, 10-bit mantissas, as cuDNN's float32 RNN when torch allows TF32).
+            The backend description says which ran.  bfloat16 and float16 always use the tensor cores with
+            float32 accumulation; the interpreter always multiplies exactly.
     """
 
     mode = "LSTM"
     interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 path: str = "auto", units: int | None = None):
+                 path: str = "auto", units: int | None = None, fp32_precision: str = "ieee"):
         super().__init__(input_size, hidden_size, num_layers, dropout)
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        self.path, self.units = path, units
+        if fp32_precision not in FP32_PRECISIONS:
+            raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
+        self.path, self.units, self.fp32_precision = path, units, fp32_precision
 
     @classmethod
     def available(cls, device: str | torch.device) -> str | None:
@@ -127,16 +134,30 @@ class TritonLSTM(RecurrentStack):
                     "hundreds of times slower; pass --allow-interpreter to train anyway")
         return None
 
-    def describe_backend(self, device: str | torch.device, batch: int = 20) -> str:
-        """Which Triton runs the kernels and how: e.g. 'Triton 3.6.0 compiled (persistent, grid barrier ...)'."""
+    def describe_backend(self, device: str | torch.device, batch: int = 20, dtype: torch.dtype | None = None) -> str:
+        """Which Triton runs the kernels and how, with the arithmetic of the recurrent matmuls.
+
+        E.g. 'Triton 3.6.0 compiled (persistent, grid barrier; recurrent matmuls exact float32 (ieee); at batch 20:
+        ...)'.  ``dtype`` defaults to the parameters' dtype."""
         from . import launch
 
         device = torch.device(device)
+        dtype = dtype or next(self.parameters()).dtype
+        if dtype == torch.float32:
+            arith = "TF32 tensor cores" if self.fp32_precision == "tf32" and not interpreted(device) else \
+                "exact float32 (ieee)"
+        elif dtype == torch.float64:
+            arith = "float64"
+        else:
+            arith = f"{str(dtype).removeprefix('torch.')} tensor cores, float32 accumulation"
         if interpreted(device):
-            return f"Triton {triton.__version__} interpreter (as TRITON_INTERPRET=1; one program per batch block)"
-        plan = launch.make_plan(batch, self.hidden_size, next(self.parameters()).dtype, device, self.path, self.units)
+            return (f"Triton {triton.__version__} interpreter (as TRITON_INTERPRET=1; one program per batch block; "
+                    f"recurrent matmuls {arith})")
+        plan = launch.make_plan(batch, self.hidden_size, dtype, device, self.path, self.units,
+                                fp32_precision=self.fp32_precision)
         how = "persistent, grid barrier" if plan.sync else "one program per batch block"
-        return f"Triton {triton.__version__} compiled ({how}; at batch {batch}: {plan.describe()})"
+        return f"Triton {triton.__version__} compiled ({how}; recurrent matmuls {arith}; at batch {batch}: " \
+               f"{plan.describe()})"
 
     def layer(self, k: int, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -144,7 +165,7 @@ class TritonLSTM(RecurrentStack):
         from .function import lstm_layer
 
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units)
+        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", path={self.path!r}"
+        return super().extra_repr() + f", path={self.path!r}, fp32_precision={self.fp32_precision!r}"

@@ -2,9 +2,11 @@
 
 Forward: ``xp = x W_ih^T`` for all timesteps in one GEMM, then the fused recurrence
 kernel (which adds ``b_ih + b_hh`` in float32).  Backward: the reverse-time kernel gives the gate
-gradients ``dA`` (and dW_hh, the bias gradient, dh_0, dc_0), then ``dx = dA W_ih``
-and ``dW_ih = dA^T x`` are two GEMMs.  Saved for the backward: x, h_0, c_0, the
-weights, y, the cell states and the activated gates -- nothing is recomputed.
+gradients ``dA`` (and dh_0, dc_0); then ``dx = dA W_ih``, ``dW_ih = dA^T x`` and
+``dW_hh = dA^T [h_0; y_0 .. y_{T-2}]`` are GEMMs over all T and the bias gradient is one sum.
+Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates --
+nothing is recomputed.  Without autograd (``torch.no_grad()``, or no input that requires grad)
+the layer skips the Function, stores no gates and keeps only two slabs of cell state.
 """
 
 from __future__ import annotations
@@ -22,33 +24,49 @@ class LSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
         T, B, _ = x.shape
         xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         train = any(ctx.needs_input_grad)
         h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
-        y, c, gates = launch.forward(xp, w_hh, b_ih.to(acc) + b_hh.to(acc), h0, c0, plan, save_gates=train)
+        y, c, gates = launch.forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, c0, plan, train=train)
         if train:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates)
             ctx.plan = plan
-        return y, y[-1].clone(), c[-1].to(x.dtype, copy=True)
+        return y, y[-1].clone(), c[(T - 1) % len(c)].to(x.dtype, copy=True)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT, dcT):
         x, h0, c0, w_ih, w_hh, y, c, gates = ctx.saved_tensors
         T, B, _ = x.shape
-        da, dh0, dc0, dw_hh, db = launch.backward(w_hh, h0, c0, y, c, gates, dy.contiguous(), dhT.contiguous(),
-                                                  dcT.contiguous(), ctx.plan)
-        da = da.view(T * B, -1).to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype
+        H = w_hh.shape[1]
+        da, dh0, dc0 = launch.backward(w_hh, c0, c, gates, dy.contiguous(), dhT.contiguous(), dcT.contiguous(),
+                                       ctx.plan)
+        da = da.view(T * B, 4 * H)
+        db = da.sum(0).to(x.dtype)  # summed in the accumulation dtype
+        da = da.to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype
         need = ctx.needs_input_grad
         dx = (da @ w_ih).view_as(x) if need[0] else None
         dw_ih = da.t() @ x.reshape(T * B, -1) if need[3] else None
-        db = db.to(x.dtype)
-        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh.to(x.dtype), db, db.clone(), None
+        dw_hh = None
+        if need[4]:  # sum over t of dA_t^T h_{t-1}, with h_{-1} = h_0 and h_t = y_t
+            dw_hh = da[:B].t() @ h0
+            if T > 1:
+                dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, H))
+        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None
+
+
+def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+    """The forward without autograd: no gates stored, two slabs of cell state, h_T and c_T as views."""
+    T, B, _ = x.shape
+    xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+    y, c, _ = launch.forward(xp, w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(), h0.contiguous(),
+                             c0.contiguous(), plan, train=False)
+    c_last = c[(T - 1) % 2]
+    return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 
 
 def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-               b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto",
-               units: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+               b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto", units: int | None = None,
+               fp32_precision: str = "ieee") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One LSTM layer with the equations and parameter layout of ``torch.nn.LSTM``.
 
     Args:
@@ -57,20 +75,27 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
         w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H]; gate order i, f, g, o.
         path: "auto", "persistent", "blocked" or "stepwise" (see :mod:`.launch`).
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
+        fp32_precision: recurrent matmuls of float32 input on CUDA, "ieee" (exact) or "tf32".
 
     Returns:
         y [T, B, H] and the final state (h [B, H], c [B, H]).  Computed in x's dtype (under autocast, the
-        autocast dtype) with float32 accumulation and cell state; float64 stays float64.
+        autocast dtype) with float32 accumulation and cell state; float64 stays float64.  Without autograd the
+        final state may be views of y and of a cell-state buffer.
     """
     if x.dim() != 3 or x.shape[0] < 1:
         raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
     dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"triton_lstm computes in float16, bfloat16, float32 or float64, not {dtype}")
-    args = [t.to(dtype) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
-    plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units)
-    with torch.autocast(x.device.type, enabled=False):
-        y, h, c = LSTMLayerFunction.apply(*args, plan)
+    args = [t if t.dtype == dtype else t.to(dtype) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    if not autocast:
+        y, h, c = LSTMLayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
+    else:
+        with torch.autocast(x.device.type, enabled=False):
+            y, h, c = LSTMLayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
     return y, (h, c)

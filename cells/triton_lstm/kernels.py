@@ -9,42 +9,38 @@ j -- and the batch rows ``[nb * BLOCK_B, (nb + 1) * BLOCK_B)``.
   unit tiles and BLOCK_K-wide reduction tiles every step; a CTA barrier orders a
   step's stores before the next step's loads (the *blocked* path).
 * ``P > 1`` and ``SYNC``: the programs of one batch block meet at a grid-wide
-  barrier after every step (the *persistent* path; all programs must be resident).
+  barrier between steps (the *persistent* path; all programs must be resident).
 * ``P > 1`` without ``SYNC``: the launcher runs one step per launch and the launch
   boundary is the barrier (the *stepwise* path, which the interpreter can run).
 
-``RESIDENT`` loads this program's slice of ``W_hh`` once, before the time loop, and
-(backward) keeps its ``dW_hh`` rows and bias gradient in registers until the end;
-it needs one unit tile and one reduction tile (``UNITS <= BLOCK_J``, ``BLOCK_K >= H``).
+The backward kernel only carries dh and dc back in time and stores the gate
+gradients ``dA_t`` of every step; ``dW_hh = sum_t dA_t^T h_{t-1}`` and the bias
+gradient are one GEMM and one sum over all T after it (in :mod:`.function`), as
+``dW_ih`` is -- no per-step read-modify-write of weight-gradient rows.
+
+``RESIDENT`` loads this program's slice of ``W_hh`` once, before the time loop; it
+needs one unit tile and one reduction tile (``UNITS <= BLOCK_J``, ``BLOCK_K >= H``).
 Compiled for sm_90 it spills (the tl.dot operand layout replicates the slice across
 warps), so the launcher uses it only in the interpreter.  Otherwise the slice is
-re-read every step with ``evict_last``, so it stays in L1 (L2 at H = 1500 in float32),
-and ``dW_hh`` is accumulated in place in this program's own rows of a buffer in the
-accumulation dtype.  Data other programs wrote during the launch (h_{t-1}, dA_{t+1})
-is read with ``.cg``, from L2, never from a stale L1 line.
+re-read every step with ``evict_last``, so it stays in L1 (L2 at H = 1500 in float32).
+Data other programs wrote during the launch (h_{t-1}, dA_{t+1}) is read with ``.cg``,
+from L2, never from a stale L1 line.
+
+Grid barrier (``SYNC``): two int32 counters per batch block, kept by the launcher
+per device and stream and zero at every launch.  Each program adds 1 to ``arrive``
+after its step's stores and spins until it reaches ``(steps so far) * P``; at the end
+each program adds 1 to ``done``, and the last one out sets both back to zero, so
+the next launch on the stream finds them zeroed without a memset or an allocation.
 
 This file is loaded twice by :mod:`cells.triton_lstm.launch`, once compiled and
 once under Triton's interpreter, because ``@triton.jit`` picks one at decoration time;
-``_ADD``, ``_bound`` and ``UPCAST`` below keep the interpreted flavour working whatever
+``_bound`` and ``UPCAST`` below keep the interpreted flavour working whatever
 ``TRITON_INTERPRET`` was when triton was imported, on Triton 3.6 and 3.9, without
 breaking compilation in the same process.
 """
 
 import triton
 import triton.language as tl
-
-# Sums over the batch rows go through tl.reduce with an add combiner, never through a @jit function of
-# triton.language such as tl.sum: from interpreted code such a call either fails (triton imported compiled) or
-# leaves tl.core patched for the interpreter, which breaks every later compilation in the process (Triton 3.6 and
-# 3.9).  The interpreted flavour uses triton.language's own add combiner, which the interpreter recognises and sums
-# with NumPy.  The compiled flavour uses its own combiner: an interpreted run can leave triton.language's one
-# wrapped for the interpreter, and a compiled kernel that referenced it would then fail to compile.
-_ADD = getattr(tl.standard, "_sum_combine", None) if triton.knobs.runtime.interpret else None
-if _ADD is None:
-
-    @triton.jit
-    def _ADD(a, b):
-        return a + b
 
 if triton.knobs.runtime.interpret:
 
@@ -78,16 +74,26 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _grid_barrier(bar_ptr, target):
-    # Every program adds 1 once per step; the counter only grows, so step s waits for target = (s + 1) * P.
-    # The CTA barrier orders every thread's stores before thread 0's release (Triton issues a scalar
-    # atomic from one thread and broadcasts its result through shared memory).
+def _grid_barrier(arrive_ptr, target):
+    # Every program adds 1 once per barrier; the counter only grows within a launch, so the n-th barrier waits for
+    # target = n * P.  The CTA barrier orders every thread's stores before thread 0's release (Triton issues a
+    # scalar atomic from one thread and broadcasts its result through shared memory).
     tl.debug_barrier()
-    tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    tl.atomic_add(arrive_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(arrive_ptr, 0, sem="acquire", scope="gpu")
     while seen < target:
-        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        seen = tl.atomic_add(arrive_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def _leave_grid(arrive_ptr, done_ptr):
+    # A program counts itself out only after its last wait on arrive, so when done reaches P no program of this
+    # batch block reads arrive again: the last one out zeroes both counters for the next launch on the stream.
+    left = tl.atomic_add(done_ptr, 1, sem="acq_rel", scope="gpu")
+    last = left == tl.num_programs(0) - 1
+    tl.atomic_xchg(arrive_ptr, 0, mask=last, sem="relaxed", scope="gpu")
+    tl.atomic_xchg(done_ptr, 0, mask=last, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -110,31 +116,26 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, BLOCK_K: tl.constexpr, PR
 
 
 @triton.jit
-def _add_dw(ptrs, mask, keep, da, h, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # [BLOCK_J, BLOCK_K] tile of dW_hh += dA^T h_{t-1}, in place; where keep [BLOCK_J] is False, overwrite.
-    acc = tl.load(ptrs, mask=mask & keep[:, None], other=0.0)
-    acc = _dot(tl.trans(da), h, acc, PRECISION, UPCAST)
-    tl.store(ptrs, acc, mask=mask)
-
-
-@triton.jit
-def _add_db(ptrs, mask, keep, da):
-    # [BLOCK_J] slice of the bias gradient += sum of dA over the batch rows, in place; keep as for _add_dw.
-    acc = tl.load(ptrs, mask=mask & keep, other=0.0)
-    tl.store(ptrs, acc + tl.reduce(da, 0, _ADD), mask=mask)
+def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
+    # b_ih[js] + b_hh[js] in the accumulation dtype, as a [1, BLOCK_J] row.
+    b = tl.load(b_ih_ptr + js, mask=j_ok, other=0.0).to(acc_ty)
+    b += tl.load(b_hh_ptr + js, mask=j_ok, other=0.0).to(acc_ty)
+    return b[None, :]
 
 
 @triton.jit(do_not_specialize=["t_lo", "t_hi"])
 def lstm_fwd_kernel(
     xp_ptr,  # [T, B, 4H] input projection x_t W_ih^T
     w_ptr,  # [4H, H] recurrent weights W_hh, gate rows in the order i, f, g, o
-    bias_ptr,  # [4H] b_ih + b_hh in the accumulation dtype
+    b_ih_ptr,  # [4H] input bias, compute dtype (added to b_hh in the accumulation dtype)
+    b_hh_ptr,  # [4H] recurrent bias, compute dtype
     h0_ptr,  # [B, H] initial hidden state, dtype of y
     c0_ptr,  # [B, H] initial cell state, dtype of c
     y_ptr,  # [T, B, H] out: hidden states h_t (h_{t-1} is read back from here)
-    c_ptr,  # [T, B, H] out: cell states c_t; its dtype is the accumulation dtype
-    gates_ptr,  # [T, B, 4H] out (SAVE_GATES): activated gates i, f, g, o, accumulation dtype
-    bar_ptr,  # [NB] int32 grid-barrier counters, one per batch block, zero at launch
+    c_ptr,  # out: cell states in the accumulation dtype; TRAIN: [T, B, H], c_t at t; else [2, B, H], c_t at t % 2
+    gates_ptr,  # [T, B, 4H] out (TRAIN): activated gates i, f, g, o, accumulation dtype
+    arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
+    done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
     B, H,  # batch size, hidden size
     UNITS,  # hidden units owned by one program along grid axis 0
@@ -143,7 +144,7 @@ def lstm_fwd_kernel(
     BLOCK_K: tl.constexpr,  # reduction tile over the H inputs of W_hh
     RESIDENT: tl.constexpr,  # load this program's W_hh slice once, before the time loop
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
-    SAVE_GATES: tl.constexpr,  # store the gates for the backward (off in inference)
+    TRAIN: tl.constexpr,  # keep what the backward needs: the gates and every c_t (else c is a two-slab ring)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
 ):
@@ -168,9 +169,15 @@ def lstm_fwd_kernel(
         w_o = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
+        if TRAIN:
+            c_out = c_ptr + t64 * slab
+            c_prev = c_ptr + (t64 - 1) * slab
+        else:  # slot t % 2; c_{t-1} is in slot (t + 1) % 2
+            c_out = c_ptr + (t64 % 2) * slab
+            c_prev = c_ptr + ((t64 + 1) % 2) * slab
         # State of step t - 1; .cg reads L2, since other programs wrote it during this launch.
         h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
-        c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
+        c_src = tl.where(t > 0, c_prev, c0_ptr)
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
@@ -205,11 +212,13 @@ def lstm_fwd_kernel(
                     w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
                     a_o = _dot(h, w, a_o, PRECISION, UPCAST)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
-            b_j = bias_ptr + js
-            a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + tl.load(b_j, mask=j_ok)[None, :]
-            a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + H, mask=j_ok)[None, :]
-            a_g += tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + 2 * H, mask=j_ok)[None, :]
-            a_o += tl.load(xp_t + 3 * H, mask=m, other=0.0).to(acc_ty) + tl.load(b_j + 3 * H, mask=j_ok)[None, :]
+            a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
+            a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok,
+                                                                            acc_ty)
+            a_g += tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H,
+                                                                                js, j_ok, acc_ty)
+            a_o += tl.load(xp_t + 3 * H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H,
+                                                                                js, j_ok, acc_ty)
             # sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1 (neither overflows)
             i = 1.0 / (1.0 + tl.exp(-a_i))
             f = 1.0 / (1.0 + tl.exp(-a_f))
@@ -217,26 +226,27 @@ def lstm_fwd_kernel(
             o = 1.0 / (1.0 + tl.exp(-a_o))
             c = f * tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg") + i * g
             h_new = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
-            tl.store(c_ptr + t64 * slab + o_h, c, mask=m)
+            tl.store(c_out + o_h, c, mask=m)
             tl.store(y_ptr + t64 * slab + o_h, h_new.to(y_ptr.dtype.element_ty), mask=m)
-            if SAVE_GATES:
+            if TRAIN:
                 g_t = gates_ptr + t64 * 4 * slab + o_g
                 tl.store(g_t, i, mask=m)
                 tl.store(g_t + H, f, mask=m)
                 tl.store(g_t + 2 * H, g, mask=m)
                 tl.store(g_t + 3 * H, o, mask=m)
         if SYNC:
-            _grid_barrier(bar_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
+            if t + 1 < t_hi:  # nothing in this launch reads the last step's h and c
+                _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
         else:
             tl.debug_barrier()
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
 
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_kernel(
     w_ptr,  # [4H, H] recurrent weights W_hh
-    h0_ptr,  # [B, H] initial hidden state
     c0_ptr,  # [B, H] initial cell state, dtype of c
-    y_ptr,  # [T, B, H] forward hidden states (h_{t-1} feeds dW_hh)
     c_ptr,  # [T, B, H] forward cell states, accumulation dtype
     gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
     dy_ptr,  # [T, B, H] gradient of the outputs y
@@ -244,9 +254,8 @@ def lstm_bwd_kernel(
     dc_ptr,  # [B, H] in: gradient of the final cell state; out: gradient of c_0 (accumulation dtype)
     da_ptr,  # [T, B, 4H] out: gate pre-activation gradients, accumulation dtype (dA_{t+1} is read back)
     dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
-    dw_ptr,  # [NB, 4H, H] out: dW_hh of each batch block, accumulation dtype
-    db_ptr,  # [NB, 4H] out: bias gradient of each batch block, accumulation dtype
-    bar_ptr,  # [NB] int32 grid-barrier counters, zero at launch
+    arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
+    done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
     DO_TAIL,  # nonzero: after the steps form dh_0 = dA_0 W_hh
     T, B, H,  # sequence length, batch size, hidden size
@@ -254,7 +263,7 @@ def lstm_bwd_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
     BLOCK_J: tl.constexpr,  # hidden units per tile
     BLOCK_K: tl.constexpr,  # reduction tile over H
-    RESIDENT: tl.constexpr,  # W_hh column slice, dW_hh rows and bias gradient in registers
+    RESIDENT: tl.constexpr,  # W_hh column slice in registers for the whole time loop
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
@@ -270,37 +279,20 @@ def lstm_bwd_kernel(
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     kr = tl.arange(0, BLOCK_K)
-    dw_base = dw_ptr + tl.cast(nb, tl.int64) * 4 * H * H
-    db_base = db_ptr + nb * 4 * H
-    if RESIDENT:  # one unit tile, one reduction tile
+    if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + k, js] as [BLOCK_K, BLOCK_J]
         js = u_lo + tl.arange(0, BLOCK_J)
-        j_ok = js < u_hi
-        # W_hh[g * H + k, js] as [BLOCK_K, BLOCK_J]
         v_ptrs = w_ptr + kr[:, None] * H + js[None, :]
-        v_m = (kr < H)[:, None] & j_ok[None, :]
+        v_m = (kr < H)[:, None] & (js < u_hi)[None, :]
         v_i = tl.load(v_ptrs, mask=v_m, other=0.0)
         v_f = tl.load(v_ptrs + H * H, mask=v_m, other=0.0)
         v_g = tl.load(v_ptrs + 2 * H * H, mask=v_m, other=0.0)
         v_o = tl.load(v_ptrs + 3 * H * H, mask=v_m, other=0.0)
-        # dW_hh[g * H + js, :] as [BLOCK_J, BLOCK_K], from what earlier launches left (stepwise) or zero.
-        # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
-        dw_offs = js[:, None] * H + kr[None, :]
-        dw_m = (j_ok & (js * 0 + s_lo > 0))[:, None] & (kr < H)[None, :]
-        dw_i = tl.load(dw_base + dw_offs, mask=dw_m, other=0.0)
-        dw_f = tl.load(dw_base + H * H + dw_offs, mask=dw_m, other=0.0)
-        dw_g = tl.load(dw_base + 2 * H * H + dw_offs, mask=dw_m, other=0.0)
-        dw_o = tl.load(dw_base + 3 * H * H + dw_offs, mask=dw_m, other=0.0)
-        db_m = j_ok & (js * 0 + s_lo > 0)
-        db_i = tl.load(db_base + js, mask=db_m, other=0.0)
-        db_f = tl.load(db_base + H + js, mask=db_m, other=0.0)
-        db_g = tl.load(db_base + 2 * H + js, mask=db_m, other=0.0)
-        db_o = tl.load(db_base + 3 * H + js, mask=db_m, other=0.0)
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
-        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
         c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
         da_next = da_ptr + (t64 + 1) * 4 * slab  # dA_{t+1}: none after the last step
+        # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
         next_ok = row_ok & (rows * 0 + t + 1 < T)
         last = (rows * 0 + t == T - 1)[:, None]
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
@@ -333,48 +325,15 @@ def lstm_bwd_kernel(
             o = tl.load(g_t + 3 * H, mask=m, other=0.0)
             tc = 2.0 / (1.0 + tl.exp(-2.0 * tl.load(c_ptr + t64 * slab + o_h, mask=m, other=0.0))) - 1.0
             dc = tl.load(dc_ptr + o_h, mask=m, other=0.0) + dh * o * (1.0 - tc * tc)
-            c_prev = tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg")
-            da_i = tl.where(m, dc * g * i * (1.0 - i), 0.0)
-            da_f = tl.where(m, dc * c_prev * f * (1.0 - f), 0.0)
-            da_g = tl.where(m, dc * i * (1.0 - g * g), 0.0)
-            da_o = tl.where(m, dh * tc * o * (1.0 - o), 0.0)
-            tl.store(dc_ptr + o_h, dc * f, mask=m)
+            c_prev = tl.load(c_src + o_h, mask=m, other=0.0)  # written before this launch
             da_t = da_ptr + t64 * 4 * slab + o_g
-            tl.store(da_t, da_i, mask=m)
-            tl.store(da_t + H, da_f, mask=m)
-            tl.store(da_t + 2 * H, da_g, mask=m)
-            tl.store(da_t + 3 * H, da_o, mask=m)
-            # dW_hh[g * H + js, :] += dA_g^T h_{t-1};  db[g * H + js] += sum over the batch of dA_g
-            if RESIDENT:
-                h_m = row_ok[:, None] & (kr < H)[None, :]
-                h = tl.load(h_src + row_h[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                dw_i = _dot(tl.trans(da_i), h, dw_i, PRECISION, UPCAST)
-                dw_f = _dot(tl.trans(da_f), h, dw_f, PRECISION, UPCAST)
-                dw_g = _dot(tl.trans(da_g), h, dw_g, PRECISION, UPCAST)
-                dw_o = _dot(tl.trans(da_o), h, dw_o, PRECISION, UPCAST)
-                db_i += tl.reduce(da_i, 0, _ADD)
-                db_f += tl.reduce(da_f, 0, _ADD)
-                db_g += tl.reduce(da_g, 0, _ADD)
-                db_o += tl.reduce(da_o, 0, _ADD)
-            else:
-                keep_j = js * 0 + s > 0  # dW_hh and db are not zeroed: the first step overwrites them
-                for k0 in range(0, _bound(H), BLOCK_K):
-                    ks = k0 + kr
-                    k_ok = ks < H
-                    h_m = row_ok[:, None] & k_ok[None, :]
-                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                    ptrs = dw_base + js[:, None] * H + ks[None, :]
-                    w_m = j_ok[:, None] & k_ok[None, :]
-                    _add_dw(ptrs, w_m, keep_j, da_i, h, PRECISION, UPCAST)
-                    _add_dw(ptrs + H * H, w_m, keep_j, da_f, h, PRECISION, UPCAST)
-                    _add_dw(ptrs + 2 * H * H, w_m, keep_j, da_g, h, PRECISION, UPCAST)
-                    _add_dw(ptrs + 3 * H * H, w_m, keep_j, da_o, h, PRECISION, UPCAST)
-                _add_db(db_base + js, j_ok, keep_j, da_i)
-                _add_db(db_base + H + js, j_ok, keep_j, da_f)
-                _add_db(db_base + 2 * H + js, j_ok, keep_j, da_g)
-                _add_db(db_base + 3 * H + js, j_ok, keep_j, da_o)
+            tl.store(dc_ptr + o_h, dc * f, mask=m)
+            tl.store(da_t, dc * g * i * (1.0 - i), mask=m)
+            tl.store(da_t + H, dc * c_prev * f * (1.0 - f), mask=m)
+            tl.store(da_t + 2 * H, dc * i * (1.0 - g * g), mask=m)
+            tl.store(da_t + 3 * H, dh * tc * o * (1.0 - o), mask=m)
         if SYNC:
-            _grid_barrier(bar_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
+            _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
         else:
             tl.debug_barrier()
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
@@ -385,15 +344,5 @@ def lstm_bwd_kernel(
                       BLOCK_K, PRECISION, UPCAST)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
-    if RESIDENT:
-        js = u_lo + tl.arange(0, BLOCK_J)
-        j_ok = js < u_hi
-        w_m = j_ok[:, None] & (kr < H)[None, :]
-        tl.store(dw_base + dw_offs, dw_i, mask=w_m)
-        tl.store(dw_base + H * H + dw_offs, dw_f, mask=w_m)
-        tl.store(dw_base + 2 * H * H + dw_offs, dw_g, mask=w_m)
-        tl.store(dw_base + 3 * H * H + dw_offs, dw_o, mask=w_m)
-        tl.store(db_base + js, db_i, mask=j_ok)
-        tl.store(db_base + H + js, db_f, mask=j_ok)
-        tl.store(db_base + 2 * H + js, db_g, mask=j_ok)
-        tl.store(db_base + 3 * H + js, db_o, mask=j_ok)
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -19,6 +19,7 @@ The kernels are interpreted when the tensors are not on CUDA, or when
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -29,11 +30,43 @@ from types import ModuleType
 import torch
 import triton
 
-from . import PATHS
+from . import FP32_PRECISIONS, PATHS
 
 # Largest per-program W_hh slice (4 * BLOCK_J * padded H elements) kept in registers by default.  Compiled,
 # none: ptxas spills even at H = 13, since the tl.dot operand layout replicates the slice across warps.
 RESIDENT_MAX = {"interpreter": 1 << 18, "compiled": 0}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """How one layer is split on the GPU: P = ceil(H / units) programs per batch block, NB = ceil(B / block_b)."""
+
+    units: int  # hidden units per program
+    block_j: int  # hidden units per tile (>= units: one tile per program)
+    block_k: int  # reduction tile over H
+    num_warps: int  # forward kernel
+    num_warps_bwd: int  # backward kernel
+    num_stages: int  # software pipelining of the K loop (1: none)
+
+
+# The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
+# max(16, next power of two of B) up to 64, so B = 20 runs in one batch block of 32 and B = 1 in one of 16.
+# Programs x units x batch blocks at B = 20: 50 x 4 x 1 (small), 130 x 5 x 1 (medium), 125 x 12 x 1 (large).
+# AWAITING GPU MEASUREMENT -- none of these entries is timed.  Each is the split the earlier heuristic chose, with
+# the reduction tile and warps for which ptxas (sm_90, Triton 3.9) reports no spills in any of the three kernels
+# (training forward, backward, forward without grad at B = 1; the package docstring lists registers and spills):
+# bfloat16 keeps the heuristic's K tile of 32; exact float32 needs 16 (a K tile of 32 spills at large and, without
+# grad, at small and medium).  Replace an entry only with a measured one, and write the measurement (file under
+# results/bench/, figure) beside it.
+TILES: dict[tuple[int, torch.dtype], Tile] = {
+    (200, torch.float32): Tile(units=4, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (200, torch.bfloat16): Tile(units=4, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (650, torch.float32): Tile(units=5, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (650, torch.bfloat16): Tile(units=5, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (1500, torch.bfloat16): Tile(units=12, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=1),
+}
+TILES_SMS = 132  # the SM count the table was made for; a GPU with fewer uses the heuristic
 
 
 def runs_interpreted(device: torch.device) -> bool:
@@ -59,12 +92,32 @@ def kernels(interpret: bool) -> ModuleType:
     return sys.modules[name]
 
 
-def tf32_allowed() -> bool:
-    """TF32 in the recurrent matmuls follows cuDNN's RNN setting, as for the cuDNN LSTM it replaces."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    if rnn is not None and hasattr(rnn, "fp32_precision"):
-        return rnn.fp32_precision == "tf32"
-    return bool(torch.backends.cudnn.allow_tf32)
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (queried once per device)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+COUNTER_SLOTS = 1024  # batch blocks one launch may have (NB <= the SM count)
+_COUNTERS: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def counters(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid-barrier counters (arrive, done), int32 [COUNTER_SLOTS] each, of ``device``'s current stream.
+
+    Allocated and zeroed once per device and stream; every launch leaves them zero (the last program out resets
+    them, see the kernels' docstring), so launches in order on one stream share them with no memset.  Launches that
+    may overlap run on different streams and so get different counters.
+    """
+    stream = 0
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        stream = torch._C._cuda_getCurrentRawStream(index)  # what Triton launches on; no Stream object
+    found = _COUNTERS.get((device, stream))
+    if found is None:
+        buf = torch.zeros(2, COUNTER_SLOTS, dtype=torch.int32, device=device)
+        found = _COUNTERS[(device, stream)] = (buf[0], buf[1])
+    return found
 
 
 @dataclass(frozen=True)
@@ -79,15 +132,20 @@ class Plan:
     units: int  # hidden units per program along grid axis 0
     programs: int  # P: programs per batch block
     batch_blocks: int  # NB
-    resident: bool  # W_hh slice (and dW_hh rows) in registers for the whole time loop
-    precision: str  # tl.dot input precision for float32
+    resident: bool  # W_hh slice in registers for the whole time loop
+    precision: str  # tl.dot input precision for float32: "ieee" (exact) or "tf32"
     num_warps: int = 4  # forward kernel
     num_warps_bwd: int = 4
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
+    source: str = "heuristic"  # "table" when the tiles come from TILES
 
     @property
     def sync(self) -> bool:
         return self.path == "persistent" and self.programs > 1
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.programs, self.batch_blocks)
 
     def describe(self) -> str:
         if self.path == "blocked":
@@ -96,7 +154,12 @@ class Plan:
             how = f"{self.programs} programs x {self.units} units per batch block, " + (
                 "grid barrier" if self.path == "persistent" else "one launch per step")
         where = "registers" if self.resident else "L1/L2, re-read each step"
-        return f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
+        return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}, "
+                f"tiles from the {source_name(self.source)}")
+
+
+def source_name(source: str) -> str:
+    return "tile table (awaiting GPU measurement)" if source == "table" else "heuristic"
 
 
 def _pow2(n: int) -> int:
@@ -104,58 +167,93 @@ def _pow2(n: int) -> int:
 
 
 def make_plan(batch: int, hidden: int, dtype: torch.dtype, device: torch.device, path: str = "auto",
-              units: int | None = None, resident: bool | None = None) -> Plan:
-    """Choose the path and the tiles for one layer.
+              units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee") -> Plan:
+    """Choose the path and the tiles for one layer; cached per (shape, dtype, device, options).
 
     Args:
         batch, hidden: B and H.
-        dtype: the compute dtype (float32 uses TF32 only where :func:`tf32_allowed`).
+        dtype: the compute dtype.
         device: where the tensors live; the interpreter runs for anything but CUDA.
         path: one of :data:`PATHS`; "auto" is persistent on CUDA when its grid fits the SMs, else blocked.
-        units: hidden units per program on the persistent and stepwise paths (default: H spread over the
-            SMs on CUDA, over 4 programs in the interpreter).
+        units: hidden units per program on the persistent and stepwise paths (default: :data:`TILES` for the PTB
+            presets on a GPU with at least :data:`TILES_SMS` SMs, else H spread over the SMs on CUDA, over 4
+            programs in the interpreter).
         resident: force the W_hh slice in or out of registers (default: in when it is small enough).
+        fp32_precision: for float32 on CUDA, "ieee" (exact float32 products, the default) or "tf32" (tensor-core
+            TF32, as cuDNN does when torch allows it).  The interpreter always multiplies exactly.
 
     Returns:
         The :class:`Plan`.
     """
+    interpret = runs_interpreted(device)
+    sms = None if interpret else sm_count(device)
+    return plan_for(batch, hidden, dtype, sms, path, units, resident, fp32_precision)
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path: str = "auto",
+             units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee") -> Plan:
+    """:func:`make_plan` for a GPU with ``sms`` SMs, or for the interpreter when ``sms`` is None (cached)."""
+    interpret = sms is None
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    interpret = runs_interpreted(device)
+    if fp32_precision not in FP32_PRECISIONS:
+        raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
     if path == "persistent" and interpret:
         raise ValueError("the persistent path needs compiled kernels on CUDA: its grid barrier deadlocks in "
                          "Triton's interpreter, which runs programs one after another")
-    precision = "tf32" if dtype == torch.float32 and not interpret and tf32_allowed() else "ieee"
+    precision = "tf32" if dtype == torch.float32 and not interpret and fp32_precision == "tf32" else "ieee"
     block_b = max(16, min(_pow2(batch), 64))  # tl.dot needs at least 16 rows
     batch_blocks = triton.cdiv(batch, block_b)
     kp = max(16, _pow2(hidden))  # the reduction over H is at least 16 wide for tl.dot
     auto = path == "auto"
     if auto:
         path = "blocked" if interpret else "persistent"
+    if interpret:
+        sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
+    tile = None if interpret or units is not None or sms < TILES_SMS else TILES.get((hidden, dtype))
     if path in ("persistent", "stepwise"):
-        sms = 4 * batch_blocks if interpret else torch.cuda.get_device_properties(device).multi_processor_count
-        units = units or max(4, triton.cdiv(hidden, max(1, sms // batch_blocks)))
+        units = tile.units if tile else units or max(4, triton.cdiv(hidden, max(1, sms // batch_blocks)))
         programs = triton.cdiv(hidden, units)
-        block_j = max(8, _pow2(units))
+        block_j = tile.block_j if tile else max(8, _pow2(units))
         if path == "persistent" and (programs * batch_blocks > sms or block_j > 64):
             if not auto:
                 raise ValueError(f"the persistent grid ({programs} x {batch_blocks} programs, {block_j} units "
                                  f"each) does not fit {sms} SMs")
-            path = "blocked"
+            path, tile = "blocked", None
         elif path == "persistent" and programs == 1:
-            path = "blocked"  # one program per batch block needs no grid barrier
+            path, tile = "blocked", None  # one program per batch block needs no grid barrier
     if path == "blocked":
-        units, programs = hidden, 1
+        units, programs, tile = hidden, 1, None
         block_j = min(kp, 256 if interpret else 16)
     if resident is None:
         resident = 4 * block_j * kp <= RESIDENT_MAX["interpreter" if interpret else "compiled"]
     resident = resident and block_j >= units  # one unit tile per program
+    if tile:
+        return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
+                    batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table")
     block_k = kp if resident else min(kp, 256 if interpret else 32)
-    # Tiles and warps for which ptxas (sm_90, Triton 3.6 and 3.9) reports at most 8 bytes of spills at batch 20
-    # and H = 200, 650, 1500 in float32 and bfloat16.  Untimed: the GPU run should tune them.
+    # Tiles and warps for which ptxas (sm_90, Triton 3.6 and 3.9) reports no spills at batch 20 and
+    # H = 200, 650, 1500 in float32 and bfloat16 (package docstring).  Untimed: the GPU run should tune them.
     num_warps_bwd = 4 if block_j <= 8 or path == "blocked" else 8
     return Plan(path, interpret, block_b, block_j, block_k, units, programs, batch_blocks, resident, precision,
                 num_warps=4, num_warps_bwd=num_warps_bwd)
+
+
+@functools.lru_cache(maxsize=1024)
+def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool = True) -> dict:
+    """Keyword arguments of one kernel launch for ``plan`` and compute dtype ``dtype``: the compile-time
+    arguments and, compiled, the compiler options.  Cached; callers must not change the dict."""
+    meta = constexprs(plan, dtype)
+    if not backward:
+        meta["TRAIN"] = train
+    if not plan.interpret:
+        # FMA contraction stated, not left to the version's default (Triton 3.10 turns it off by default).
+        meta.update(num_warps=plan.num_warps_bwd if backward else plan.num_warps, num_stages=plan.num_stages,
+                    enable_fp_fusion=True)
+        if plan.sync:
+            meta["launch_cooperative_grid"] = True
+    return meta
 
 
 def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
@@ -164,76 +262,71 @@ def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
                 SYNC=plan.sync, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2)
 
 
-def _launch(kernel, plan: Plan, num_warps: int, dtype: torch.dtype, *args, **meta) -> None:
-    grid = (plan.programs, plan.batch_blocks)
-    meta.update(constexprs(plan, dtype))
-    if not plan.interpret:
-        # FMA contraction stated, not left to the version's default (Triton 3.10 turns it off by default).
-        meta.update(num_warps=num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
-        if plan.sync:
-            meta["launch_cooperative_grid"] = True
-    kernel[grid](*args, **meta)
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Cell state, gates and gate gradients: float32, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def forward(xp: torch.Tensor, w_hh: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-            plan: Plan, save_gates: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
+            c0: torch.Tensor, plan: Plan, train: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the recurrence of one layer.
 
     Args:
         xp: [T, B, 4H] input projection x W_ih^T, contiguous, compute dtype.
         w_hh: [4H, H] contiguous.  h0, c0: [B, H] contiguous, compute dtype.
-        bias: [4H] b_ih + b_hh (added in float32: one rounding less than adding it to xp in bfloat16).
+        b_ih, b_hh: [4H] contiguous, compute dtype; the kernel adds them in the accumulation dtype (one rounding
+            less than adding them to xp in bfloat16).
         plan: from :func:`make_plan`.
-        save_gates: store the activated gates for the backward.
+        train: keep what the backward needs (the gates and every c_t).  Without it c holds two slabs, c_t in
+            slot t % 2, and no gates are stored.
 
     Returns:
-        y [T, B, H] (compute dtype), c [T, B, H] (float32, float64 for float64 input),
-        gates [T, B, 4H] (same dtype as c) or None.
+        y [T, B, H] (compute dtype); c, [T, B, H] or [2, B, H] (float32, float64 for float64 input), so that
+        c_T is ``c[(T - 1) % len(c)]``; gates [T, B, 4H] (c's dtype), None without ``train``.
     """
     T, B, G = xp.shape
     H = G // 4
-    acc = torch.float64 if xp.dtype == torch.float64 else torch.float32
-    c0 = c0.to(acc)  # the kernel selects between c0 and c[t - 1] by pointer: one dtype
-    bias = bias.to(acc).contiguous()
+    acc = accumulation_dtype(xp.dtype)
+    if c0.dtype != acc:
+        c0 = c0.to(acc)  # the kernel selects between c0 and c[t - 1] by pointer: one dtype
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
-    c = torch.empty(T, B, H, dtype=acc, device=xp.device)
-    gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if save_gates else None
-    bar = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=xp.device)
+    c = torch.empty(T if train else 2, B, H, dtype=acc, device=xp.device)
+    gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
+    arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).lstm_fwd_kernel
+    meta = launch_options(plan, w_hh.dtype, False, train)
     spans = [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
     for lo, hi in spans:
-        _launch(kernel, plan, plan.num_warps, w_hh.dtype, xp, w_hh, bias, h0, c0, y, c,
-                c if gates is None else gates, bar, lo, hi, B, H, plan.units, SAVE_GATES=save_gates)
+        kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
+                          B, H, plan.units, **meta)
     return y, c, gates
 
 
-def backward(w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
-             gates: torch.Tensor, dy: torch.Tensor, dhT: torch.Tensor, dcT: torch.Tensor,
-             plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Walk one layer backward in time.
+def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
+             dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Walk one layer backward in time: the gate gradients and the gradient of the initial state.
 
     Args:
-        w_hh, h0, c0: as for :func:`forward`.  y, c, gates: what :func:`forward` returned.
+        w_hh, c0: as for :func:`forward`.  c, gates: what :func:`forward` returned with ``train``.
         dy: [T, B, H] gradient of y.  dhT, dcT: [B, H] gradients of the final h and c.  All contiguous.
         plan: the plan the forward ran with.
 
     Returns:
-        da [T, B, 4H] gate pre-activation gradients (c's dtype), dh0 [B, H] (compute dtype), and in c's
-        dtype dc0 [B, H], dw_hh [4H, H] and db [4H] (the gradient of b_ih and of b_hh alike).
+        da [T, B, 4H] gate pre-activation gradients (c's dtype), dh0 [B, H] (compute dtype), dc0 [B, H] (c's
+        dtype).  dW_hh and the bias gradient are left to GEMMs over da (:mod:`.function`).
     """
-    T, B, H = y.shape
+    T, B, H = dy.shape
     dc = dcT.to(c.dtype, copy=True)
-    c0 = c0.to(c.dtype)
-    da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=y.device)
-    dh0 = torch.empty(B, H, dtype=y.dtype, device=y.device)
-    dw = torch.empty(plan.batch_blocks, 4 * H, H, dtype=c.dtype, device=y.device)
-    db = torch.empty(plan.batch_blocks, 4 * H, dtype=c.dtype, device=y.device)
-    bar = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=y.device)
+    if c0.dtype != c.dtype:
+        c0 = c0.to(c.dtype)
+    da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
+    dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
+    meta = launch_options(plan, w_hh.dtype, True)
     spans = [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
     for lo, hi, tail in spans:
-        _launch(kernel, plan, plan.num_warps_bwd, w_hh.dtype, w_hh, h0, c0, y, c, gates, dy, dhT, dc, da, dh0, dw,
-                db, bar, lo, hi, tail, T, B, H, plan.units)
-    if plan.batch_blocks > 1:
-        return da, dh0, dc, dw.sum(0), db.sum(0)
-    return da, dh0, dc, dw[0], db[0]
+        kernel[plan.grid](w_hh, c0, c, gates, dy, dhT, dc, da, dh0, arrive, done, lo, hi, tail, T, B, H, plan.units,
+                          **meta)
+    return da, dh0, dc

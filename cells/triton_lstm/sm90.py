@@ -1,0 +1,125 @@
+"""Compile the kernels for Hopper (sm_90) with no GPU: PTX, cubin, and ptxas's registers and spills.
+
+Triton compiles for a target it is told, down to a cubin, without a device; this module does that for
+the plan a launch would use on a 132-SM GPU (H100 SXM, H200), with the argument specialization a real
+launch gets (16-byte aligned pointers, integers divisible by 16 marked so), and reads ptxas's own report.
+The package docstring's register table comes from::
+
+    python -m cells.triton_lstm.sm90
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from . import launch
+
+PRESETS = {"small": 200, "medium": 650, "large": 1500}  # hidden sizes; batch 20, embedding = H
+SMS = 132
+ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr"}  # accumulation dtype
+COUNTER_ARGS = {"arrive_ptr", "done_ptr"}
+TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
+
+@dataclass
+class Usage:
+    """What ptxas reported for one kernel."""
+
+    registers: int
+    spill_stores: int  # bytes
+    spill_loads: int  # bytes
+    stack: int  # bytes of stack frame
+    shared: int  # bytes of shared memory Triton allocated
+
+
+def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bool = True, batch: int = 20,
+                   hidden: int = 650, cache_dir: str | None = None):
+    """Compile ``kernel`` ("fwd" or "bwd") of ``plan`` for sm_90 as a launch with these shapes would.
+
+    Args:
+        kernel: "fwd" or "bwd".
+        plan: a compiled-flavour plan (``plan.interpret`` False), e.g. from :func:`launch.plan_for`.
+        dtype: the compute dtype.
+        train: the forward's TRAIN flag.
+        batch, hidden: B and H, for the integer specialization (divisible by 16 or not).
+        cache_dir: Triton's cache for this compilation (default: a fresh temporary folder, so it compiles).
+
+    Returns:
+        (Triton's compiled kernel, with ``asm["ptx"]`` and ``asm["cubin"]``, and the ptxas log).
+    """
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile, make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    k = launch.kernels(False)
+    fn = k.lstm_bwd_kernel if kernel == "bwd" else k.lstm_fwd_kernel
+    meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
+    consts = {n: v for n, v in meta.items() if n in fn.arg_names}
+    options = {n: v for n, v in meta.items() if n not in fn.arg_names}
+    ints = {"B": batch, "H": hidden, "UNITS": plan.units}
+    elem = TRITON_DTYPES[dtype]
+    acc = TRITON_DTYPES[launch.accumulation_dtype(dtype)]
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name in COUNTER_ARGS else f"*{acc}" if name in ACC_ARGS else f"*{elem}"
+            attrs[(i,)] = backend.parse_attr("D")  # fresh allocations are 256-byte aligned
+        else:
+            sig[name] = "i32"
+            if ints.get(name, 1) % 16 == 0:
+                attrs[(i,)] = backend.parse_attr("D")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        old = os.environ.get("TRITON_CACHE_DIR")
+        os.environ["TRITON_CACHE_DIR"] = cache_dir or tmp
+        stack.callback(lambda: os.environ.__setitem__("TRITON_CACHE_DIR", old) if old is not None
+                       else os.environ.pop("TRITON_CACHE_DIR", None))
+        log = io.StringIO()
+        with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+            knobs.nvidia.dump_ptxas_log = True
+            out = compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
+                          options=options)
+    return out, log.getvalue()
+
+
+def usage(compiled, ptxas_log: str) -> Usage:
+    """Registers, spills and stack from ptxas's log; shared memory from Triton's metadata."""
+    regs = re.search(r"Used (\d+) registers", ptxas_log)
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    if not regs or not frame:
+        raise RuntimeError(f"no ptxas report in the compiler's output (the kernel came from a cache?):\n{ptxas_log}")
+    return Usage(int(regs.group(1)), int(frame.group(2)), int(frame.group(3)), int(frame.group(1)),
+                 int(getattr(compiled.metadata, "shared", 0)))
+
+
+def table(batch: int = 20, dtypes=(torch.float32, torch.bfloat16)) -> list[str]:
+    """Rows "kernel | preset | dtype | plan | registers | spills | stack | smem" for the PTB presets."""
+    rows = []
+    for dtype in dtypes:
+        for preset, hidden in PRESETS.items():
+            for kernel, train, b in (("fwd", True, batch), ("bwd", True, batch), ("fwd", False, 1)):
+                plan = launch.plan_for(b, hidden, dtype, SMS)
+                out, log = compile_kernel(kernel, plan, dtype, train, b, hidden)
+                u = usage(out, log)
+                warps = plan.num_warps_bwd if kernel == "bwd" else plan.num_warps
+                name = kernel if kernel == "bwd" else f"fwd ({'train' if train else 'no grad'})"
+                rows.append(f"{name:15} {preset:6} {TRITON_DTYPES[dtype]:4} B{b:<3} {plan.programs:3}x{plan.units:<3} "
+                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps}  {u.registers:4} regs  "
+                            f"{u.spill_stores:4} B spill st / {u.spill_loads:4} ld  stack {u.stack:4}  "
+                            f"smem {u.shared}")
+                print(rows[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    table()
