@@ -113,7 +113,8 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
         grace: seconds between SIGTERM and SIGKILL when ending it.
         handle_signals: in the main thread, hand SIGINT and SIGTERM sent to us on to the child, once per
             signal: the first asks it to stop after its current step and write its record, a second stops it
-            at once.  A KeyboardInterrupt (e.g. Ray cancelling the task) ends the child and is raised again.
+            at once.  A KeyboardInterrupt (Ray cancelling the task) ends the child as a time limit does and
+            counts as the user asking to stop.
         on_start: called with the child's pid once it has started.
 
     Returns the exit status (negative: killed by that signal), the output's tail, the last heartbeat line, whether
@@ -137,14 +138,17 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
             on_start(proc.pid)
         deadline = None if not timeout else time.monotonic() + timeout
         while True:
-            try:
-                proc.wait(timeout=None if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+            try:  # never block for long: Ray delivers its cancellation between bytecodes
+                proc.wait(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
                 break
             except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     result.timed_out = True
                     result.ended_with = end(proc, grace)
                     break
+    except KeyboardInterrupt:  # outside the main thread's handlers: Ray cancelling the task
+        result.stopped_by_user = True
+        result.ended_with = end(proc, grace)
     except BaseException:
         if proc.poll() is None:
             end(proc, grace)

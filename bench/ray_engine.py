@@ -123,7 +123,7 @@ def _collect(ray, ref, spec: RunSpec, opts: Options) -> Outcome:
     except ray.exceptions.TaskCancelledError:
         reason = "interrupted by the user; the Ray task was cancelled"
         return Outcome(spec, "interrupted", reason, _driver_record(spec, opts, "interrupted", reason),
-                       stopped_by_user=True)
+                       stopped_by_user=True, extra={"cancelled": True})
     except ray.exceptions.RayError as exc:  # the task raised, or its worker died more often than it is retried
         first = (str(exc).strip().splitlines() or [""])[0]
         reason = f"the Ray task failed ({MAX_RETRIES} retries for a dead worker): {type(exc).__name__}: {first}"
@@ -177,7 +177,7 @@ def run(specs: list[RunSpec], opts: Options, address: str | None = None) -> list
             for ref, spec in pending.items():
                 outcome = _collect(ray, ref, spec, opts)
                 outcome.stopped_by_user = True
-                if outcome.status == "interrupted" and not _started(spec, opts):
+                if outcome.extra.get("cancelled") and not _started(spec, opts):
                     outcome.reason, outcome.record = "cancelled before it started (no record)", None
                 else:
                     write(outcome, opts.results)

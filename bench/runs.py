@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import child
 from lm import config as lm_config
-from lm import records
+from lm import env, records
 from lm.errors import UsageError
 
 
@@ -82,6 +82,7 @@ class Options:
     checkpoint_every: float | None = None
     cell_timeout: float | None = None
     kill_grace: float = 30.0
+    cwd: str | None = None  # where the sweep was started: the records' commands are relative to it
 
 
 @dataclass
@@ -221,7 +222,7 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     rec = found[0] if found else None
     if rec is not None:
         rec.pop("_path", None)
-    hint = f"; continue with: {' '.join(command)} --resume" if ckpt.is_file() else ""
+    hint = f"; to continue: {env.relative_command(command, opts.cwd)} --resume" if ckpt.is_file() else ""
     seen = {"exit_code": res.returncode, "last_heartbeat": res.last_heartbeat, "stderr_tail": res.stderr_tail}
     if res.timed_out:
         beat = f"last heartbeat: {res.last_heartbeat}" if res.last_heartbeat else "no heartbeat seen"
@@ -230,13 +231,15 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     elif rec is not None:
         if rec["status"] != "ok":
             rec.update({k: v for k, v in seen.items() if k not in rec})
+        if rec["status"] == "interrupted" and res.stopped_by_user:
+            rec["error"] = f"the sweep was interrupted; {rec.get('error')}{hint}"
     else:
         reason = child.exit_reason(res.returncode, res.stderr_tail)
         if res.stopped_by_user:
             reason = "interrupted by the user; " + reason
         rec = finish(base_record(spec, opts, device, command), "interrupted" if res.stopped_by_user else "failed",
                      reason + hint, **seen)
-    rec["command"] = " ".join(command)  # the child wrote into a scratch folder; this is the run's own command
+    rec["command"] = env.relative_command(command, opts.cwd)  # the child wrote into a scratch folder
     out = Outcome(spec, rec["status"], rec.get("error"), rec, None, res.returncode, res.stopped_by_user)
     if out.status == "ok":
         for path in (ckpt, _owner_file(ckpt)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -80,9 +81,11 @@ def options(args: argparse.Namespace) -> Options:
     checkpoints = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else results / "checkpoints"
     return Options(results=str(results), checkpoints=str(checkpoints / f"sweep-{sweep_id}"), sweep_id=sweep_id,
                    engine=args.engine, device=args.device, dtype=args.dtype, epochs=args.epochs,
-                   max_steps=args.max_steps, data_dir=args.data_dir, no_verify=args.no_verify, quiet=args.quiet,
+                   max_steps=args.max_steps, no_verify=args.no_verify, quiet=args.quiet,
+                   data_dir=str(Path(args.data_dir).resolve()) if args.data_dir and args.engine == "ray" else
+                   args.data_dir,  # a Ray worker's working directory is not ours
                    threads=args.threads, heartbeat=args.heartbeat, checkpoint_every=args.checkpoint_every,
-                   cell_timeout=args.cell_timeout, kill_grace=args.kill_grace)
+                   cell_timeout=args.cell_timeout, kill_grace=args.kill_grace, cwd=os.getcwd())
 
 
 def write(outcome: Outcome, results: str | Path) -> Outcome:

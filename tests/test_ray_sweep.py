@@ -63,7 +63,7 @@ def test_ray_sweep_gives_the_local_engines_perplexities(ray_cluster, corpus_dir,
         assert rec["status"] == "ok" and rec["sweep"]["engine"] == "ray" and rec["sweep"]["attempt"] == 1
         assert perplexities(rec) == perplexities(local[key]), key
         assert rec["env"]["torch_threads"] == 1 and "--threads 1" in rec["command"]
-        assert str(tmp_path / "ray") in rec["command"]  # the run's own command, not the worker's scratch folder
+        assert f"--results {os.path.relpath(tmp_path / 'ray')} " in rec["command"]  # not the worker's scratch
     assert perplexities(on_ray["loop_lstm", 0]) != perplexities(on_ray["loop_lstm", 1])  # the seeds differ
     assert list((tmp_path / "ray" / "machine").glob("*.json")), "the node's matmul rate was measured"
     assert not list((tmp_path / "ray" / "checkpoints").rglob("*.pt")), "finished runs leave no checkpoint"
