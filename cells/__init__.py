@@ -120,8 +120,9 @@ def detect_backend(module: torch.nn.Module, device: str | torch.device, dtype: t
 
     Cells that know their backend say so (``describe_backend``); for torch's own
     RNN modules one small forward is run with autograd on and the backward
-    nodes it recorded name the kernel that ran (cuDNN with its version, oneDNN,
-    MIOpen), or else ATen's native loop.
+    nodes it recorded name the kernel that ran (cuDNN with its version and, in
+    float32, whether its matmuls may use TF32; oneDNN, MIOpen), or else ATen's
+    native loop.
     """
     device = torch.device(device)
     describe = getattr(module, "describe_backend", None)
@@ -139,6 +140,25 @@ def detect_backend(module: torch.nn.Module, device: str | torch.device, dtype: t
         seen.add(node)
         for key, label in _GRAPH_NODES.items():
             if type(node).__name__.startswith(key):
-                return f"cuDNN {torch.backends.cudnn.version()}" if label == "cuDNN" else label
+                if label != "cuDNN":
+                    return label
+                arith = "" if dtype != torch.float32 else \
+                    "; float32 RNN matmuls in TF32" if cudnn_rnn_tf32() else "; exact float32 RNN matmuls"
+                return f"cuDNN {torch.backends.cudnn.version()}{arith}"
         todo.extend(n for n, _ in node.next_functions)
     return f"ATen native ({device.type})"
+
+
+def cudnn_rnn_tf32() -> bool:
+    """Whether cuDNN's float32 RNNs may use TF32 (torch's default): the first of torch.backends.cudnn.rnn,
+    torch.backends.cudnn and torch.backends whose fp32_precision is not "none", where torch has that API, else
+    torch.backends.cudnn.allow_tf32."""
+    cudnn = torch.backends.cudnn
+    levels = (getattr(cudnn, "rnn", None), cudnn, torch.backends)
+    if not hasattr(levels[0], "fp32_precision"):
+        return bool(cudnn.allow_tf32)
+    for level in levels:
+        precision = getattr(level, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False

@@ -441,9 +441,9 @@ def test_cuda_long_windows_without_grad_match_cudnn(t, b):
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled flavour, which the interpreter never runs, must get through Triton's compiler: the persistent
     kernels of the PTB medium layer (bfloat16, 130 programs, grid barrier) built for sm_90 down to a cubin, no GPU
-    needed, with no register spills.  The barrier must lower to one predicated release atomic and acquire loads, and
-    the last program out must reset the counters.  A fresh cache makes it compile for real, also after the
-    interpreted tests above: an interpreted run must leave the compiler intact."""
+    needed, on the tensor cores and with no register spills.  The barrier must lower to one predicated release
+    atomic and acquire loads, and the last program out must reset the counters.  A fresh cache makes it compile for
+    real, also after the interpreted tests above: an interpreted run must leave the compiler intact."""
     pytest.importorskip("triton.compiler")
     if "nvidia" not in pytest.importorskip("triton.backends").backends:
         pytest.skip("this triton build has no NVIDIA backend")
@@ -457,5 +457,6 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx, kernel
         assert len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)) == 1, kernel  # done += 1
         assert len(re.findall(r"atom\.global\.gpu\.(?:relaxed\.)?exch", ptx)) == 2, kernel  # the reset
+        assert "mma" in ptx, f"{kernel}: bfloat16 recurrent matmuls off the tensor cores"
         usage = sm90.usage(out, log)
         assert usage.spill_stores == usage.spill_loads == 0, f"{kernel}: {usage}"

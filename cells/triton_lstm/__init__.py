@@ -10,28 +10,90 @@ Design, per layer
 -----------------
 * Forward: ``xp = x W_ih^T`` for all T steps is one GEMM; one kernel launch then runs the whole
   recurrence (``h_{t-1} W_hh^T``, ``b_ih + b_hh`` in float32, gates, cell update), time loop inside.
-* Backward: one launch walks time in reverse, forms the gate gradients ``dA_t``, propagates
-  ``dh_{t-1} = dA_t W_hh`` and accumulates ``dW_hh`` and the bias gradient in each program's own
-  rows (no atomics); ``dx = dA W_ih`` and ``dW_ih = dA^T x`` are two GEMMs outside.
+* Backward: one launch walks time in reverse, carries dh and dc and stores the gate gradients ``dA_t``
+  of every step; ``dx = dA W_ih``, ``dW_ih = dA^T x`` and ``dW_hh = dA^T [h_0; y_0 .. y_{T-2}]`` are
+  GEMMs over all T after it and the bias gradient is one sum (no per-step read-modify-write of weight
+  gradient rows, as cuDNN splits backward-data and backward-weights).
 * Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates
   (float32); nothing is recomputed.  float32 accumulation and cell state for float32, bfloat16
-  and float16; float64 stays float64 (for gradcheck).
+  and float16; float64 stays float64 (for gradcheck).  Without autograd (``torch.no_grad()``, or no
+  input that requires grad) the Function is skipped, no gates are stored and the cell state lives in
+  two slabs (``c_t`` in slot ``t % 2``), so evaluation windows of 8192 steps cost y and xp only.
+* Arithmetic of the recurrent matmuls (``tl.dot``, float32 accumulation): bfloat16 and float16 on the
+  tensor cores (``mma.sync``: the batch block of 16 or 32 rows is below wgmma's 64); float32 exact by
+  default (``input_precision="ieee"``, FMA, no tensor cores), TF32 only with ``fp32_precision="tf32"``;
+  :meth:`TritonLSTM.describe_backend`, hence every record, says which.  Note that cuDNN's float32 RNN
+  uses TF32 unless torch is told otherwise (:func:`cells.cudnn_rnn_tf32`, also in its backend string).
 * Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one
-  program per SM (H100, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500), each program
-  keeps its slice of ``W_hh`` on chip (3-72 K values, re-read each step from L1 with
-  ``evict_last``; only H = 1500 in float32, 288 KB a program, falls back to L2; the
-  register-resident variant spills, see ``RESIDENT``), and the programs
-  of a batch block meet at a grid barrier each step: a release ``atomic_add`` on a per-launch
-  counter, then spinning on acquire loads until it reaches ``(step + 1) * P``.  The grid is no
-  larger than the SM count and is launched cooperatively (``launch_cooperative_grid``), so all
-  programs are resident or the launch fails -- it cannot deadlock.  *blocked*: one program per
+  program per SM (132 SMs, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500, from the tile
+  table ``launch.TILES``, which awaits GPU measurement), each program keeps its slice of ``W_hh``
+  on chip as far as it fits (4 x units x H values: 6 / 26 / 144 KB in bfloat16, 13 / 52 / 288 KB in
+  float32; re-read each step from L1 with ``evict_last``, L2 for the largest; the register-resident
+  variant spills, see ``RESIDENT``), and the programs of a batch block meet at a grid barrier between
+  steps: a release ``atomic_add`` on a counter, then spinning on acquire loads until it reaches
+  ``(barriers so far) * P``.  The counters (arrive, done) are allocated and zeroed once per device and
+  stream; the last program to leave a launch zeroes them, so a launch needs no memset or allocation.
+  The grid is no larger than the SM count and is launched cooperatively (``launch_cooperative_grid``),
+  so all programs are resident or the launch fails -- it cannot deadlock.  *blocked*: one program per
   batch block owns all of H, no grid barrier; always used by the interpreter (which runs programs
   one after another, so a grid barrier would deadlock) and the CUDA fallback.  *stepwise*: the
   persistent split with one launch per step, so the interpreter can test it.
+* Per call, only what depends on the data: the plan (path, tiles), the SM count, the launch options
+  and the barrier counters are cached per shape, dtype and device (and stream); a layer call is the xp
+  GEMM, y and c allocated, and one kernel launch (two GEMMs, a sum and the backward launch in training).
+  Host time of a 2-layer, batch-1, one-step call without grad on the CUDA path with the launches
+  mocked (``python -m cells.triton_lstm.hostcost``; 2 shared CPU cores under a load of 7, best of 3
+  runs): 178 us, of it about 60 in Triton's own launch path, against 442 us before this design
+  (ATen ops 32 -> 22, device queries 2 -> 0; kernels launched on a GPU 14 -> 6: the xp GEMM and the
+  recurrence per layer, and the two stacks of the final state).  The GPU figure is the ``latency``
+  micro-benchmark (``bench/bench_cells.py``).
 * Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on
   CPU tensors.  ``@triton.jit`` chooses compiled or interpreted when it decorates, so
   ``kernels.py`` is loaded once per flavour (:func:`.launch.kernels`) and the choice follows the
   tensors' device, whatever the environment was when triton was imported.
+
+Registers and spills on sm_90 (``python -m cells.triton_lstm.sm90``; Triton 3.9, its ptxas, no GPU)
+---------------------------------------------------------------------------------------------------
+The plans of a 132-SM GPU; "fwd" at batch 20 with the gates stored, "bwd" at batch 20, "nograd" the
+forward without grad at batch 1 (evaluation and latency).  Spills in bytes stored / loaded; smem is
+Triton's scratch (layout conversions), not a resident slice.  Untimed: what these cost is for the GPU.
+
+======  ======  ============  =====  =====  ===  ========  ======  =====  ======
+kernel  preset  arithmetic    P x u  J, K   w    MMA       regs    spill  smem B
+======  ======  ============  =====  =====  ===  ========  ======  =====  ======
+fwd     small   fp32 (ieee)   50x4   8,16   4    FMA       124     0/0    2560
+bwd     small   fp32 (ieee)   50x4   8,16   4    FMA       56      0/0    2560
+nograd  small   fp32 (ieee)   50x4   8,16   4    FMA       84      0/0    1536
+fwd     medium  fp32 (ieee)   130x5  8,16   4    FMA       124     0/0    2560
+bwd     medium  fp32 (ieee)   130x5  8,16   4    FMA       56      0/0    2560
+nograd  medium  fp32 (ieee)   130x5  8,16   4    FMA       84      0/0    1536
+fwd     large   fp32 (ieee)   125x12 16,16  4    FMA       130     0/0    3072
+bwd     large   fp32 (ieee)   125x12 16,16  4    FMA       80      0/0    3072
+nograd  large   fp32 (ieee)   125x12 16,16  4    FMA       96      0/0    2048
+fwd     small   fp32 (tf32)   50x4   8,16   4    mma.sync  72      8/8    2560
+bwd     small   fp32 (tf32)   50x4   8,16   4    mma.sync  80      0/0    2560
+nograd  small   fp32 (tf32)   50x4   8,16   4    mma.sync  72      0/0    1536
+fwd     medium  fp32 (tf32)   130x5  8,16   4    mma.sync  72      8/8    2560
+bwd     medium  fp32 (tf32)   130x5  8,16   4    mma.sync  80      0/0    2560
+nograd  medium  fp32 (tf32)   130x5  8,16   4    mma.sync  72      0/0    1536
+fwd     large   fp32 (tf32)   125x12 16,16  4    mma.sync  128     0/0    3072
+bwd     large   fp32 (tf32)   125x12 16,16  4    mma.sync  115     0/0    3072
+nograd  large   fp32 (tf32)   125x12 16,16  4    mma.sync  106     0/0    2048
+fwd     small   bf16          50x4   8,32   4    mma.sync  80      0/0    2560
+bwd     small   bf16          50x4   8,32   4    mma.sync  80      0/0    4608
+nograd  small   bf16          50x4   8,32   4    mma.sync  72      0/0    1536
+fwd     medium  bf16          130x5  8,32   4    mma.sync  80      0/0    2560
+bwd     medium  bf16          130x5  8,32   4    mma.sync  80      0/0    4608
+nograd  medium  bf16          130x5  8,32   4    mma.sync  72      0/0    1536
+fwd     large   bf16          125x12 16,32  4    mma.sync  148     0/0    3072
+bwd     large   bf16          125x12 16,32  8    mma.sync  106     0/0    5120
+nograd  large   bf16          125x12 16,32  4    mma.sync  128     0/0    2048
+======  ======  ============  =====  =====  ===  ========  ======  =====  ======
+
+Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
+TF32 and 106 / 106 / 182 in bfloat16 at small / medium / large, with 9-14 KB of smem; and the float32
+forward, then TF32 by default (it followed cuDNN's TF32 flag), 96 / 96 / 140 with a 4-byte spill at
+small and medium.  A K tile of 32 in exact float32 spills (255 registers, 40 bytes at large).
 
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------

@@ -102,21 +102,24 @@ def usage(compiled, ptxas_log: str) -> Usage:
                  int(getattr(compiled.metadata, "shared", 0)))
 
 
-def table(batch: int = 20, dtypes=(torch.float32, torch.bfloat16)) -> list[str]:
-    """Rows "kernel | preset | dtype | plan | registers | spills | stack | smem" for the PTB presets."""
+def table(batch: int = 20) -> list[str]:
+    """One row per kernel, PTB preset and arithmetic (float32 exact, float32 TF32, bfloat16): the plan (programs x
+    units, J and K tiles, warps) and what ptxas reports (registers, spill bytes, stack) and Triton's shared memory."""
     rows = []
-    for dtype in dtypes:
+    for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")):
+        arith = {"ieee": "fp32", "tf32": "tf32"}[precision] if dtype == torch.float32 else TRITON_DTYPES[dtype]
         for preset, hidden in PRESETS.items():
             for kernel, train, b in (("fwd", True, batch), ("bwd", True, batch), ("fwd", False, 1)):
-                plan = launch.plan_for(b, hidden, dtype, SMS)
+                plan = launch.plan_for(b, hidden, dtype, SMS, fp32_precision=precision)
                 out, log = compile_kernel(kernel, plan, dtype, train, b, hidden)
                 u = usage(out, log)
+                ptx = out.asm["ptx"]
+                mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "fma"
                 warps = plan.num_warps_bwd if kernel == "bwd" else plan.num_warps
-                name = kernel if kernel == "bwd" else f"fwd ({'train' if train else 'no grad'})"
-                rows.append(f"{name:15} {preset:6} {TRITON_DTYPES[dtype]:4} B{b:<3} {plan.programs:3}x{plan.units:<3} "
-                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps}  {u.registers:4} regs  "
-                            f"{u.spill_stores:4} B spill st / {u.spill_loads:4} ld  stack {u.stack:4}  "
-                            f"smem {u.shared}")
+                name = kernel if kernel == "bwd" else f"fwd{'' if train else '-nograd'}"
+                rows.append(f"{name:10} {preset:6} {arith:4} B{b:<3} {plan.programs:3}x{plan.units:<3} "
+                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps} {mma:8} {u.registers:4} regs "
+                            f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
                 print(rows[-1], flush=True)
     return rows
 

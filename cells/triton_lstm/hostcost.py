@@ -1,0 +1,147 @@
+"""Host time of one call of the cell on its CUDA launch path, measured on a CPU with the launches mocked.
+
+The kernels are compiled for sm_90 for real (no GPU needed); a stand-in Triton driver answers device 0,
+stream 0, target sm_90, and its launcher does nothing, so Triton's launch path (argument binding,
+specialization, cache lookup) runs in full but no kernel runs.  The launchers take their CUDA path with
+CPU tensors (``launch.runs_interpreted`` -> False, 132 SMs), and ``torch.mm`` returns an uninitialised
+result of the right shape (its arithmetic is the GPU's, not host cost).  Also counted per call: ATen ops
+(each a kernel launch or an allocation on the GPU, or tensor metadata) and device-property queries.
+
+    python -m cells.triton_lstm.hostcost            # 2 layers, H = 200, 650, 1500, batch 1, one step, no grad
+    python -m cells.triton_lstm.hostcost --no-triton  # the same with Triton's launch path skipped too
+
+It patches torch and triton for the whole process: run it on its own, never import it into a program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import types
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        self.ops[str(func)] = self.ops.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _fake_cuda(skip_triton: bool) -> dict:
+    """Patch triton and torch as the module docstring says; returns the counters."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    from . import launch
+
+    seen = {"launches": 0, "queries": 0}
+
+    class Utils:
+        def get_device_properties(self, device):
+            return {"max_shared_mem": 232448, "multiprocessor_count": 132}
+
+        def load_binary(self, name, kernel, shared, device):
+            return "module", 0, 0, 0, 1024
+
+        def unload_module(self, module):
+            pass
+
+    class Driver:
+        utils = Utils()
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+        def launcher_cls(self, src, metadata):
+            def run(*args):
+                seen["launches"] += 1
+            return run
+
+    driver.set_active(Driver())
+    if skip_triton:  # after its first (compiling) call, each launch returns at once
+        run = JITFunction.run
+
+        def quick(self, *args, grid, warmup, **kwargs):
+            if getattr(self, "_hostcost_warm", False):
+                seen["launches"] += 1
+                return None
+            self._hostcost_warm = True
+            return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+        JITFunction.run = quick
+
+    def properties(device=None):
+        seen["queries"] += 1
+        return types.SimpleNamespace(multi_processor_count=132)
+
+    torch.cuda.get_device_properties = properties
+    launch.runs_interpreted = lambda device: False
+    launch.sm_count.cache_clear()
+    launch.plan_for.cache_clear()
+    torch.mm = lambda a, b, *rest, **kw: a.new_empty(a.shape[0], b.shape[1])
+    assert triton is not None
+    return seen
+
+
+def measure(hidden: int, layers: int = 2, calls: int = 2000, seen: dict | None = None) -> dict:
+    """Median host time of one call (best of 5 batches), ATen ops, device queries and launches per call."""
+    from . import TritonLSTM
+
+    cell = TritonLSTM(hidden, hidden, layers)
+    x = torch.randn(1, 1, hidden)
+    state = (torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden))
+    with torch.no_grad():
+        for _ in range(3):  # compile, fill the caches
+            _, state = cell(x, state)
+        before = dict(seen)
+        with _Count() as count:
+            _, state = cell(x, state)
+        one = {k: seen[k] - before[k] for k in seen}
+        medians = []
+        for _ in range(5):
+            times = []
+            for _ in range(calls // 5):
+                t0 = time.perf_counter()
+                _, state = cell(x, state)
+                times.append(time.perf_counter() - t0)
+            medians.append(statistics.median(times))
+    return {"us": min(medians) * 1e6, "aten_ops": sum(count.ops.values()), "ops": count.ops,
+            "queries": one["queries"], "launches": one["launches"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-triton", action="store_true", help="skip Triton's launch path too (our code alone)")
+    parser.add_argument("--hidden", default="200,650,1500")
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)
+    torch.set_num_threads(1)
+    seen = _fake_cuda(args.no_triton)
+    for hidden in (int(h) for h in args.hidden.split(",")):
+        r = measure(hidden, calls=args.calls, seen=seen)
+        print(f"H{hidden} B1 T1 no grad, 2 layers: {r['us']:.1f} us/call, {r['aten_ops']} ATen ops, "
+              f"{r['queries']} device queries, {r['launches']} launches  {r['ops']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
