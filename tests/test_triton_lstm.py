@@ -311,6 +311,8 @@ def test_ptb_presets_take_their_tiles_from_the_table(hidden, dtype):
             tile.units, tile.block_k, tile.num_warps, tile.num_warps_bwd)
         assert plan.programs * plan.batch_blocks <= launch.TILES_SMS and plan.block_j >= plan.units
     assert launch.plan_for(20, hidden, dtype, 100).source == "heuristic"  # fewer SMs than the table assumes
+    wide = launch.plan_for(128, hidden, dtype, launch.TILES_SMS)  # two batch blocks of 64
+    assert wide.path == "persistent" and wide.programs * wide.batch_blocks <= launch.TILES_SMS
 
 
 class _FakeKernel:

@@ -212,6 +212,8 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if interpret:
         sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
     tile = None if interpret or units is not None or sms < TILES_SMS else TILES.get((hidden, dtype))
+    if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
+        tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
     if path in ("persistent", "stepwise"):
         units = tile.units if tile else units or max(4, triton.cdiv(hidden, max(1, sms // batch_blocks)))
         programs = triton.cdiv(hidden, units)
@@ -232,9 +234,9 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if tile:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table")
-    block_k = kp if resident else min(kp, 256 if interpret else 32)
-    # Tiles and warps for which ptxas (sm_90, Triton 3.6 and 3.9) reports no spills at batch 20 and
-    # H = 200, 650, 1500 in float32 and bfloat16 (package docstring).  Untimed: the GPU run should tune them.
+    # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
+    block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
+    # Untimed, like TILES: the GPU run should tune them.
     num_warps_bwd = 4 if block_j <= 8 or path == "blocked" else 8
     return Plan(path, interpret, block_b, block_j, block_k, units, programs, batch_blocks, resident, precision,
                 num_warps=4, num_warps_bwd=num_warps_bwd)
