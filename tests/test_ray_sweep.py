@@ -16,7 +16,7 @@ import cells
 from lm.cli import main
 
 TESTS = Path(__file__).resolve().parent
-PLANTED = {"slow": "fake_cells:MarkedSlowLSTM", "hang": "fake_cells:HangingLSTM"}
+PLANTED = {"slow": "fake_cells:MarkedSlowLSTM", "hang": "fake_cells:HangingLSTM", "crash": "fake_cells:CrashingLSTM"}
 
 
 @pytest.fixture
@@ -86,12 +86,12 @@ def test_a_killed_worker_is_retried_and_resumes_with_the_same_perplexities(ray_c
     killer = threading.Thread(target=kill_the_worker, daemon=True)
     killer.start()
     results = tmp_path / "results"
-    rc = main(sweep_args(corpus_dir, results, "--engine", "ray", "--cells", "slow,loop_lstm,hang", "--seed", "3",
-                         "--epochs", "2", "--max-steps", "8", "--checkpoint-every", "0.001", "--cell-timeout", "25",
-                         "--kill-grace", "1", "--heartbeat", "0.5"))
+    rc = main(sweep_args(corpus_dir, results, "--engine", "ray", "--cells", "slow,loop_lstm,hang,crash", "--seed",
+                         "3", "--epochs", "2", "--max-steps", "8", "--checkpoint-every", "0.001", "--cell-timeout",
+                         "25", "--kill-grace", "1", "--heartbeat", "0.5"))
     killer.join(timeout=5)
     assert killed, "the slow cell never reached its third step"
-    assert rc == 1  # the hanging cell timed out; the others are ok
+    assert rc == 1  # the hanging cell timed out, the crashing one failed; the others are ok
     recs = by_run(results)
     slow, reference, hang = recs["slow", 3], recs["loop_lstm", 3], recs["hang", 3]
     assert reference["status"] == "ok" and slow["status"] == "ok"
@@ -100,3 +100,6 @@ def test_a_killed_worker_is_retried_and_resumes_with_the_same_perplexities(ray_c
     assert len(slow["epochs"]) == 2
     # --cell-timeout under Ray too: ended, recorded with its last heartbeat, and the sweep went on.
     assert hang["status"] == "timeout" and "phase train" in hang["last_heartbeat"]
+    # A failing cell is recorded (by its own training process, on the worker) and is not retried.
+    assert recs["crash", 3]["status"] == "failed" and "crashes on purpose" in recs["crash", 3]["error"]
+    assert recs["crash", 3]["sweep"]["attempt"] == 1
