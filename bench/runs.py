@@ -196,15 +196,16 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
 
     device = resolve_device(opts.device)
     host = platform.node()
+    command = ["rnnbench", *train_args(spec, opts)]
     try:
         check_cell(spec.cell, device)
     except UsageError as exc:
-        rec = finish(base_record(spec, opts, device, ["rnnbench", *train_args(spec, opts)]), "unavailable", str(exc))
-        return _done(Outcome(spec, "unavailable", str(exc), rec), opts, host, 1, None)
+        rec = finish(base_record(spec, opts, device, command), "unavailable", str(exc))
+        return _done(Outcome(spec, "unavailable", str(exc), rec), opts, host, 1, None, command)
     except Exception as exc:  # the cell's module is broken (not merely missing a library): this run fails
         reason = f"checking the cell failed: {type(exc).__name__}: {exc}"
-        rec = finish(base_record(spec, opts, device, ["rnnbench", *train_args(spec, opts)]), "failed", reason)
-        return _done(Outcome(spec, "failed", reason, rec), opts, host, 1, None)
+        rec = finish(base_record(spec, opts, device, command), "failed", reason)
+        return _done(Outcome(spec, "failed", reason, rec), opts, host, 1, None, command)
 
     ckpt = checkpoint_file(spec, opts)
     attempt, resume = take_over(ckpt, opts.kill_grace)
@@ -239,7 +240,6 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
             reason = "interrupted by the user; " + reason
         rec = finish(base_record(spec, opts, device, command), "interrupted" if res.stopped_by_user else "failed",
                      reason + hint, **seen)
-    rec["command"] = env.relative_command(command, opts.cwd)  # the child wrote into a scratch folder
     out = Outcome(spec, rec["status"], rec.get("error"), rec, None, res.returncode, res.stopped_by_user)
     if out.status == "ok":
         for path in (ckpt, _owner_file(ckpt)):
@@ -248,10 +248,12 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     else:
         with contextlib.suppress(OSError):
             _owner_file(ckpt).unlink()
-    return _done(out, opts, host, attempt, ckpt)
+    return _done(out, opts, host, attempt, ckpt, command)
 
 
-def _done(out: Outcome, opts: Options, host: str, attempt: int, ckpt: Path | None) -> Outcome:
+def _done(out: Outcome, opts: Options, host: str, attempt: int, ckpt: Path | None, command: list[str]) -> Outcome:
+    # The run's own command (the child wrote into a scratch folder), relative to where the sweep started.
+    out.record["command"] = env.relative_command(command, opts.cwd)
     out.record["sweep"] = {"id": opts.sweep_id, "engine": opts.engine, "host": host, "attempt": attempt,
                            "checkpoint": str(ckpt) if ckpt is not None and ckpt.is_file() else None}
     return out
