@@ -33,6 +33,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_run_args(s)
     s.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     s.add_argument("--quiet", action="store_true", help="no progress bars from the training processes")
+    s.add_argument("--steps", default="eager", metavar="MODES",
+                   help="step modes, comma-separated: eager (default), compile, cuda-graph (see train --step)")
     s.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: one run after another here (default); ray: runs side by side as Ray tasks")
     s.add_argument("--ray-address", default=None, metavar="ADDRESS",

@@ -46,6 +46,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs before pytest-benchmark builds its session (its hook is trylast).
     if not any(getattr(config.option, name, None) for name in _MEASURE_OPTIONS):
         config.option.benchmark_disable = True
+    # float32 is compared as exact float32 for every cell: cuDNN's RNNs would otherwise use TF32 (torch's default
+    # for cuDNN) while the Triton cell and cuBLAS matmuls do not.  Backend strings say which arithmetic ran.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def bench_device(config: pytest.Config) -> torch.device:

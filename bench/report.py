@@ -48,7 +48,8 @@ RUN_COLUMNS = [
     "run_id", "started", "date", "config", "cell", "seed", "mode", "kind", "backend", "device", "device_name",
     "status", "error",
     "epochs_planned", "epochs_done", "steps_per_epoch", "hidden_size", "num_layers", "num_steps", "batch_size",
-    "vocab_size", "train_words", "train_seconds", "valid_seconds", "test_seconds", "words_per_sec", "peak_memory_mib",
+    "vocab_size", "train_words", "train_seconds", "compile_seconds", "valid_seconds", "test_seconds", "words_per_sec",
+    "peak_memory_mib",
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
     "time_to_quality_epoch", "wall_minutes", "flops_per_token", "achieved_gflops",
     "matmul_gflops", "matmul_fraction", "speed_vs_cudnn_lstm", "torch", "triton", "cuda", "cudnn", "commit",
@@ -170,6 +171,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "steps_per_epoch": r.get("steps_per_epoch"), "hidden_size": hidden, "num_layers": layers,
             "num_steps": cfg.get("num_steps"), "batch_size": cfg.get("batch_size"), "vocab_size": vocab,
             "train_words": _num(r.get("train_words")), "train_seconds": _num(r.get("train_seconds")),
+            "compile_seconds": _num(r.get("compile_seconds")),
             "valid_seconds": _num(r.get("valid_seconds")),
             "test_seconds": _num(r.get("test_seconds")),
             "words_per_sec": wps, "peak_memory_mib": _num(r.get("peak_memory_bytes")) / 2**20,
@@ -189,7 +191,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "record": r.get("record_path") or r.get("_path"),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for _, group in df.groupby(["config", "device", "device_name"], dropna=False):
+    for _, group in df.groupby(["config", "device", "device_name", "mode"], dropna=False):  # like with like
         base = _baseline(group)
         if base is not None:
             df.loc[group.index, "speed_vs_cudnn_lstm"] = group["words_per_sec"] / base["words_per_sec"]
@@ -271,9 +273,9 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
     if runs.empty:
         return md + ["(no training runs under `runs/`)", ""]
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
-        latest = (group.sort_values("started").drop_duplicates(["cell", "epochs_planned", "steps_per_epoch"],
+        latest = (group.sort_values("started").drop_duplicates(["cell", "mode", "epochs_planned", "steps_per_epoch"],
                                                                keep="last")
-                  .sort_values(["cell", "epochs_planned"], key=_sort_key))
+                  .sort_values(["mode", "cell", "epochs_planned"], key=_sort_key))
         missing = [c for c in cells.names() if c not in set(latest["cell"])]
         base = _baseline(group)
         threads = sorted({str(t) for t in latest["torch_threads"].dropna()})
@@ -288,17 +290,18 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                           pct=latest["matmul_fraction"] * 100,
                           load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
                                                             strict=True)])
-        t = t.assign(ttq=[_ttq(r) for r in latest.itertuples()])
+        t = t.assign(ttq=[_ttq(r) for r in latest.itertuples()], cell=[_cell_label(r) for r in latest.itertuples()])
         t = t[["cell", "backend", "status", "epochs", "words_per_sec", "speed_vs_cudnn_lstm", "peak_memory_mib",
                "final_valid_ppl", "test_ppl", "ttq", "train_seconds", "valid_seconds", "test_seconds",
-               "achieved_gflops", "pct", "load", "date"]]
+               "compile_seconds", "achieved_gflops", "pct", "load", "date"]]
         if missing:
             t = pd.concat([t, pd.DataFrame({"cell": missing, "status": ["no run"] * len(missing)})], ignore_index=True)
         t.columns = ["cell", "backend", "status", "epochs", "words/sec", f"vs {BASELINE}", "peak MiB",
-                     "valid ppl", "test ppl", "time to quality", "train s", "valid s", "test s", "GFLOP/s",
-                     "% matmul", "load", "date"]
+                     "valid ppl", "test ppl", "time to quality", "train s", "valid s", "test s", "compile s",
+                     "GFLOP/s", "% matmul", "load", "date"]
         md += [_table(t, {"words/sec": ".0f", f"vs {BASELINE}": ".3g", "peak MiB": ".0f", "valid ppl": ".2f",
-                          "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "GFLOP/s": ".3g",
+                          "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "compile s": ".1f",
+                          "GFLOP/s": ".3g",
                           "% matmul": ".2g"}), ""]
         md += seed_table(group)
         notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
@@ -307,6 +310,13 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
             notes.append(f"- no run here for: {', '.join(f'`{c}`' for c in missing)}")
         md += notes + ([""] if notes else [])
     return md
+
+
+def _cell_label(r) -> str:
+    """The cell, with its step mode when that is not eager (``compiled_lstm [compile]``)."""
+    mode = getattr(r, "mode", "eager")
+    return r.cell if mode in ("eager", None) or (isinstance(mode, float) and math.isnan(mode)) \
+        else f"{r.cell} [{mode}]"
 
 
 def _ttq(r) -> str:
@@ -524,10 +534,11 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
                 {"source": "TF tutorial ptb_word_lm.py", "epochs": str(ref["epochs"]), "valid ppl": ref["tutorial"][1],
                  "test ppl": ref["tutorial"][2], "test − paper": ref["tutorial"][2] - ref["paper"][1],
                  "wall min": math.nan, "time to quality": "", "date": ""}]
-        latest = ours.sort_values("started").drop_duplicates(["cell", "device", "device_name", "epochs_planned"],
+        latest = ours.sort_values("started").drop_duplicates(["cell", "mode", "device", "device_name",
+                                                              "epochs_planned"],
                                                              keep="last")
         for r in latest.sort_values(["device", "device_name", "cell", "epochs_planned"], key=_sort_key).itertuples():
-            rows.append({"source": f"ours: `{r.cell}` on {_device_title(r.device, r.device_name)}",
+            rows.append({"source": f"ours: `{_cell_label(r)}` on {_device_title(r.device, r.device_name)}",
                          "epochs": f"{r.epochs_done}/{r.epochs_planned}", "valid ppl": r.final_valid_ppl,
                          "test ppl": r.test_ppl, "test − paper": r.test_ppl - ref["paper"][1],
                          "wall min": r.wall_minutes, "time to quality": _ttq(r), "date": r.date})
@@ -585,7 +596,7 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: st
     by_id = {r.get("run_id"): r for r in raw_runs}
     out = []
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False):
-        latest = group.sort_values("started").drop_duplicates(["cell", "epochs_planned", "steps_per_epoch"],
+        latest = group.sort_values("started").drop_duplicates(["cell", "mode", "epochs_planned", "steps_per_epoch"],
                                                               keep="last")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         drawn, xs_seen, untimed = 0, set(), []
@@ -598,7 +609,7 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: st
                 if epochs:
                     untimed.append(r.cell)
                 continue
-            label = f"{r.cell}: {pts[-1][1]:.1f} ({r.epochs_done}/{r.epochs_planned} ep, {r.status})"
+            label = f"{_cell_label(r)}: {pts[-1][1]:.1f} ({r.epochs_done}/{r.epochs_planned} ep, {r.status})"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, alpha=0.85, **STYLES[i % len(STYLES)])
             xs_seen.update(p[0] for p in pts)
             drawn += 1
@@ -643,13 +654,14 @@ def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[Path]:
     out = []
     have = runs[runs["words_per_sec"].notna()]
     for (device, name), dev in have.groupby(["device", "device_name"], dropna=False):
-        latest = dev.sort_values("started").drop_duplicates(["config", "cell"], keep="last")
+        dev = dev.assign(label=[_cell_label(r) for r in dev.itertuples()])
+        latest = dev.sort_values("started").drop_duplicates(["config", "label"], keep="last")
         configs = sorted(set(latest["config"]), key=lambda c: (PTB_PRESETS + (c,)).index(c))
-        names = sorted(set(latest["cell"]), key=_cell_order)
+        names = sorted(set(latest["label"]), key=lambda label: (_cell_order(label.split(" ")[0]), label))
         fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(configs) * len(names) ** 0.5 + 4), 4.5))
         width = 0.8 / len(names)
         for i, cell in enumerate(names):
-            vals = [latest[(latest["config"] == c) & (latest["cell"] == cell)]["words_per_sec"] for c in configs]
+            vals = [latest[(latest["config"] == c) & (latest["label"] == cell)]["words_per_sec"] for c in configs]
             ys = [v.iloc[0] if len(v) else 0 for v in vals]
             xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(configs))]
             bars = ax.bar(xs, ys, width, label=cell)

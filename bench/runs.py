@@ -39,27 +39,27 @@ from lm.errors import UsageError
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What makes one run of a sweep different from another: the preset, the cell and the seed.
-
-    An execution mode (eager / compile / cuda-graph) joins as one more field here, with its
-    ``train`` flag in :meth:`train_flags` and its part of :attr:`slug`.
-    """
+    """What makes one run of a sweep different from another: the preset, the cell, the seed and the step mode
+    (``lm.step.MODES``: eager, compile, cuda-graph)."""
 
     preset: str
     cell: str
     seed: int
+    mode: str = "eager"
 
     def train_flags(self) -> list[str]:
         """This run's own ``rnnbench train`` options."""
-        return ["--cell", self.cell, "--config", self.preset, "--seed", str(self.seed)]
+        return ["--cell", self.cell, "--config", self.preset, "--seed", str(self.seed), "--step", self.mode]
 
     @property
     def slug(self) -> str:
         """A file-name-safe name, unique within a sweep."""
-        return f"{self.preset}-{self.cell}-seed{self.seed}"
+        mode = "" if self.mode == "eager" else f"-{self.mode}"
+        return f"{self.preset}-{self.cell}{mode}-seed{self.seed}"
 
     def __str__(self) -> str:
-        return f"{self.cell} {self.preset} seed {self.seed}"
+        mode = "" if self.mode == "eager" else f" --step {self.mode}"
+        return f"{self.cell}{mode} {self.preset} seed {self.seed}"
 
 
 @dataclass
@@ -131,7 +131,8 @@ def base_record(spec: RunSpec, opts: Options, device, command: list[str]) -> dic
     """A record for a run whose training process wrote none (never started, killed, cancelled)."""
     from lm.train import new_record
 
-    return new_record(lm_config.preset(spec.preset, epochs=opts.epochs), spec.cell, device, spec.seed, command)
+    return new_record(lm_config.preset(spec.preset, epochs=opts.epochs), spec.cell, device, spec.seed, command,
+                      spec.mode)
 
 
 # --- checkpoints and earlier attempts --------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def _claim(ckpt: Path, pid: int, attempt: int) -> None:
 
 def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcome:
     """Check, then train one run in a child process; always returns an Outcome with a record (not yet written)."""
+    from lm.step import refusal as step_refusal
     from lm.train import check_cell, resolve_device
 
     device = resolve_device(opts.device)
@@ -199,6 +201,9 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     command = ["rnnbench", *train_args(spec, opts)]
     try:
         check_cell(spec.cell, device)
+        why = step_refusal(spec.mode, device, spec.cell)
+        if why:
+            raise UsageError(why)
     except UsageError as exc:
         rec = finish(base_record(spec, opts, device, command), "unavailable", str(exc))
         return _done(Outcome(spec, "unavailable", str(exc), rec), opts, host, 1, None, command)

@@ -64,9 +64,21 @@ def parse_presets(spec: str, epochs: int | None) -> list[str]:
     return names
 
 
-def plan(presets: list[str], names: list[str], seeds: list[int]) -> list[RunSpec]:
-    """Every run of the sweep, in the order the local engine runs them: per preset, per seed, every cell."""
-    return [RunSpec(p, c, s) for p in presets for s in seeds for c in names]
+def parse_modes(spec: str) -> list[str]:
+    """One step mode or several, comma-separated (``lm.step.MODES``)."""
+    from lm.step import MODES
+
+    modes = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise UsageError(f"--steps {spec!r}: give one or more of {', '.join(MODES)}")
+    return modes
+
+
+def plan(presets: list[str], names: list[str], seeds: list[int], modes: tuple[str, ...] = ("eager",)) -> list[RunSpec]:
+    """Every run of the sweep, in the order the local engine runs them: per preset, per seed, per mode, every
+    cell."""
+    return [RunSpec(p, c, s, m) for p in presets for s in seeds for m in modes for c in names]
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -169,7 +181,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     names = parse_cells(args.cells)
     explicit = args.cells.strip() != "all"
-    specs = plan(parse_presets(args.config, args.epochs), names, seeds_of(args))
+    specs = plan(parse_presets(args.config, args.epochs), names, seeds_of(args), parse_modes(args.steps))
     opts = options(args)
     records.ensure_writable(opts.results)
     t0 = time.perf_counter()

@@ -22,8 +22,10 @@ from lm.records import atomic_write
 FORMAT = 1
 
 
-def default_path(results: str | os.PathLike, config: str, cell: str, device: torch.device, seed: int) -> Path:
-    return Path(results) / "checkpoints" / f"{config}-{cell}-{device.type}-seed{seed}.pt"
+def default_path(results: str | os.PathLike, config: str, cell: str, device: torch.device, seed: int,
+                 step_mode: str = "eager") -> Path:
+    mode = "" if step_mode == "eager" else f"-{step_mode}"
+    return Path(results) / "checkpoints" / f"{config}-{cell}{mode}-{device.type}-seed{seed}.pt"
 
 
 def rng_state() -> dict:
@@ -67,8 +69,12 @@ def load(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def check_compatible(ckpt: dict, path: Path, config: dict, kind: str, vocab_size: int, train_tokens: int) -> None:
-    """Refuse to resume from a checkpoint of another config, cell kind or corpus."""
+def check_compatible(ckpt: dict, path: Path, config: dict, kind: str, vocab_size: int, train_tokens: int,
+                     step_mode: str = "eager") -> None:
+    """Refuse to resume from a checkpoint of another config, cell kind, step mode or corpus."""
+    saved_mode = ckpt["record"].get("step_mode") or "eager"
+    if saved_mode != step_mode:
+        raise UsageError(f"checkpoint {path} is of a --step {saved_mode} run; resume it with --step {saved_mode}")
     saved = ckpt["record"]["config"]
     free = ("epochs", "target_valid_ppl")  # may change between sessions of one run
     diff = sorted(k for k in set(saved) | set(config) if k not in free and saved.get(k) != config.get(k))

@@ -126,11 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
                 progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
                 checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                deterministic=args.deterministic, heartbeat=args.heartbeat)
+                deterministic=args.deterministic, heartbeat=args.heartbeat, step_mode=args.step)
     ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
     wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
     where = f"; record {rec['record_path']}" if "record_path" in rec else ""
-    print(f"{rec['cell']} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
+    mode = "" if rec.get("step_mode", "eager") == "eager" else f" --step {rec['step_mode']}"
+    print(f"{rec['cell']}{mode} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
           f"test ppl {ppl}, {wps} words/sec{where}")
     if rec["status"] != "ok":
         print(f"rnnbench: {rec['status']}: {rec['error']}", file=sys.stderr)
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")
     t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
                    help="minutes between mid-epoch checkpoints; 0: only at epoch ends (default 10)")
+    t.add_argument("--step", default="eager", choices=["eager", "compile", "cuda-graph"],
+                   help="how the training step runs: eager; compile (torch.compile of forward and loss); "
+                        "cuda-graph (the whole step captured once and replayed; CUDA only)")
     t.add_argument("--deterministic", action="store_true",
                    help="PyTorch's deterministic algorithms (ops without one raise)")
     _config_args(t)

@@ -27,10 +27,11 @@ from torch import nn
 import cells
 from lm import checkpoint as ckpt_mod
 from lm import data, env, records
+from lm import step as step_mod
 from lm.config import Config
 from lm.errors import UsageError
 from lm.heartbeat import Heartbeat, Silent
-from lm.model import LanguageModel, detach
+from lm.model import LanguageModel
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -101,8 +102,11 @@ def safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 
 
-def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command: list[str] | None) -> dict:
-    """A run record before training; ``kind`` is None when the cell's module cannot be imported."""
+def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command: list[str] | None,
+               step_mode: str = "eager") -> dict:
+    """A run record before training; ``kind`` is None when the cell's module cannot be imported.
+
+    The step mode is part of the run's identity: in its id (unless eager) and in ``step_mode``."""
     started = datetime.now(timezone.utc)
     try:
         kind = cells.kind(cell)
@@ -110,14 +114,17 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         kind = None
     return {
         "schema": 1,
-        "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}-{device.type}-{uuid.uuid4().hex[:6]}",
+        "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}{'' if step_mode == 'eager' else '-' + step_mode}-"
+                  f"{device.type}-{uuid.uuid4().hex[:6]}",
         "command": env.relative_command(command) if command else None,
         "status": "running",
         "started": started.isoformat(timespec="seconds"),
         "finished": None,
         "cell": cell,
         "kind": kind,
+        "step_mode": step_mode,
         "backend": None,
+        "step": None,
         "config": cfg.as_dict(),
         "vocab_size": None,
         "seed": seed,
@@ -128,6 +135,8 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         "test_ppl": None,
         "train_words": 0,
         "train_seconds": 0.0,
+        "compile_seconds": 0.0,
+        "compile_steps": 0,
         "valid_seconds": 0.0,
         "test_seconds": None,
         "time_to_quality": None,
@@ -184,204 +193,251 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
           results_dir: str | os.PathLike | None = "results", max_steps: int | None = None,
           progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32,
           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: float = 10.0, resume: bool = False,
-          deterministic: bool = False, heartbeat: float = 0.0) -> dict:
+          deterministic: bool = False, heartbeat: float = 0.0, step_mode: str = "eager") -> dict:
     """Train and evaluate one model; write its record under ``results_dir`` (None: write nothing).
 
     Args:
         max_steps: truncate every epoch to this many windows.
-        checkpoint_path: where checkpoints go (default ``<results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt``;
-            none are written when both this and ``results_dir`` are None).
+        checkpoint_path: where checkpoints go (default ``<results>/checkpoints/<config>-<cell>[-<mode>]-<device>-
+            seed<S>.pt``; none are written when both this and ``results_dir`` are None).
         checkpoint_every: minutes between mid-epoch checkpoints (0: only at the end of every epoch).
         resume: continue from ``checkpoint_path``; the finished run keeps the interrupted run's id.
         deterministic: PyTorch's deterministic algorithms.
         heartbeat: seconds between heartbeat lines on stderr (``lm.heartbeat``); 0: none.
+        step_mode: how the training step executes (``lm.step.MODES``): eager, compile or cuda-graph.
 
     Returns the record; its ``status`` is ok, failed, diverged, oom or interrupted.
     """
-    from tqdm import tqdm
-
     if max_steps is not None and max_steps <= 0:
         raise UsageError(f"--max-steps must be a positive integer, got {max_steps}")
     if checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be >= 0 minutes, got {checkpoint_every}")
+    if step_mode not in step_mod.MODES:
+        raise UsageError(f"unknown step mode {step_mode!r}; accepted: {', '.join(step_mod.MODES)}")
     if results_dir is not None:
         records.ensure_writable(results_dir)
     if checkpoint_path is None and results_dir is not None:
-        checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed)
+        checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed, step_mode)
     ckpt = None
     if resume:
         if checkpoint_path is None:
             raise UsageError("--resume needs a checkpoint: pass --checkpoint PATH or --results DIR")
         ckpt = ckpt_mod.load(checkpoint_path)
         ckpt_mod.check_compatible(ckpt, Path(checkpoint_path), cfg.as_dict(), cells.kind(cell), corpus.vocab_size,
-                                  len(corpus.train))
+                                  len(corpus.train), step_mode)
     if deterministic:
         set_deterministic(device)
     torch.manual_seed(seed)
-    rec = new_record(cfg, cell, device, seed, command)
+    rec = new_record(cfg, cell, device, seed, command, step_mode)
     rec["deterministic"] = deterministic
-    wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    first_epoch, start_step, carried = 1, 0, None
-    hb = Heartbeat(f"{cfg.name} {cell} {device.type}", heartbeat).__enter__()
-    try:
-        model = LanguageModel(cell, corpus.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.dropout,
-                              cfg.init_scale).to(device=device, dtype=dtype)
-        rec["backend"] = cells.detect_backend(model.rnn, device, dtype)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            ckpt_mod.set_rng_state(ckpt["rng"])
-            resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
-                       "step": ckpt["step"], "cell": cell, "env": rec["env"]}
-            rec = {**ckpt["record"], "config": cfg.as_dict(), "cell": cell, "backend": rec["backend"]}
-            rec["resumes"] = [*rec.get("resumes", []), resumed]
-            wall0 -= rec.get("wall_seconds") or 0.0
-            first_epoch, start_step = ckpt["epoch"], ckpt["step"]
-            carried = ckpt["carried"]
-        n_steps = data.epoch_size(corpus.train, cfg.batch_size, cfg.num_steps)
-        if max_steps is not None:
-            n_steps = min(n_steps, max_steps)
-        rec["steps_per_epoch"] = n_steps
-        rec["vocab_size"] = corpus.vocab_size
-        every = checkpoint_every * 60.0
-
-        def save_checkpoint(epoch: int, step: int, hidden, loss_sum, seconds: float) -> None:
-            if checkpoint_path is None:
-                return
-            rec["wall_seconds"] = time.perf_counter() - wall0
-            ckpt_mod.save(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": ckpt_mod.rng_state(),
-                "epoch": epoch, "step": step,
-                "carried": {"hidden": None if hidden is None else tuple(h.cpu() for h in as_tuple(hidden)),
-                            "loss_sum": float(loss_sum), "seconds": seconds},
-                "record": rec, "vocab_size": corpus.vocab_size, "train_tokens": len(corpus.train)})
-
-        with stop_requests() as stop:
-            for epoch in range(first_epoch, cfg.epochs + 1):
-                lr = cfg.lr_at(epoch)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                model.train()
-                state, loss_sum, before = None, torch.zeros((), device=device, dtype=torch.float64), 0.0
-                if epoch == first_epoch and carried is not None:
-                    hidden = carried["hidden"]
-                    if hidden is not None:
-                        hidden = tuple(h.to(device=device, dtype=dtype) for h in hidden)
-                        state = hidden if model.kind == "LSTM" else hidden[0]
-                    loss_sum += carried["loss_sum"]
-                    before = carried["seconds"]
-                first = start_step if epoch == first_epoch else 0
-                hb.update(phase="train", epoch=epoch, epochs=cfg.epochs, step=first, steps=n_steps)
-                bar = tqdm(total=n_steps, initial=first, desc=f"{cell} epoch {epoch}/{cfg.epochs}",
-                           disable=not progress, mininterval=1.0, dynamic_ncols=True)
-                pending: list[tuple[int, torch.Tensor]] = []
-                last_loss = None
-                env.synchronize(device)
-                t0 = time.perf_counter()
-                last_sync = last_ckpt = t0
-                step = first
-                for step, x, y in data.batches(corpus.train, cfg.batch_size, cfg.num_steps, start=first):
-                    if step >= n_steps:
-                        break
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    logits, state = model(x, state)
-                    loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1))
-                    opt.zero_grad(set_to_none=True)
-                    (loss * cfg.num_steps).backward()
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    opt.step()
-                    state = detach(state)
-                    loss_sum += loss.detach()
-                    hb.update(step=step + 1, words=(step + 1 - first) * x.numel())
-                    pending.append((step, torch.stack([loss.detach().float(), norm.detach().float()])))
-                    now = time.perf_counter()
-                    stopping = stop["signal"] is not None
-                    due_ckpt = every > 0 and now - last_ckpt >= every
-                    if stopping or due_ckpt or now - last_sync >= 1.0 or step + 1 == n_steps:
-                        # One synchronizing read per second: divergence check and progress display.
-                        last_loss = check_finite(pending, last_loss, epoch)
-                        pending.clear()
-                        last_sync = time.perf_counter()
-                        done = step + 1 - first
-                        bar.set_postfix(ppl=f"{math.exp(min(loss_sum.item() / (step + 1), 50)):.1f}",
-                                        wps=f"{done * x.numel() / (last_sync - t0):.0f}", lr=f"{lr:.3g}")
-                        bar.update(step + 1 - bar.n)
-                        if stopping or due_ckpt:
-                            save_checkpoint(epoch, step + 1, state, loss_sum,
-                                            before + time.perf_counter() - t0)
-                            last_ckpt = time.perf_counter()
-                        if stopping:
-                            name = signal.Signals(stop["signal"]).name
-                            rec["error"] = (f"interrupted by {name} in epoch {epoch} after step {step + 1}; "
-                                            f"continue with --resume")
-                            rec["exit_code"] = 128 + stop["signal"]
-                            raise Interrupted
-                env.synchronize(device)
-                seconds = time.perf_counter() - t0
-                bar.close()
-                steps_done = min(step + 1, n_steps) - first
-                words = steps_done * cfg.batch_size * cfg.num_steps
-                rec["train_words"] += words
-                rec["train_seconds"] += seconds
-                mean = loss_sum.item() / n_steps
-                v0 = time.perf_counter()
-                valid = evaluate(model, corpus.valid, cfg.batch_size, cfg.num_steps, device, "valid", progress,
-                                 heartbeat=hb)
-                valid_seconds = time.perf_counter() - v0
-                rec["valid_seconds"] = rec.get("valid_seconds", 0.0) + valid_seconds
-                total_seconds = before + seconds
-                elapsed = ((rec["epochs"][-1].get("elapsed_seconds") or 0.0) if rec["epochs"] else 0.0) + \
-                    total_seconds + valid_seconds
-                rec["epochs"].append({"epoch": epoch, "lr": lr, "train_ppl": safe_exp(mean), "valid_ppl": valid,
-                                      "train_seconds": total_seconds, "valid_seconds": valid_seconds,
-                                      "elapsed_seconds": elapsed,
-                                      "words_per_sec": n_steps * cfg.batch_size * cfg.num_steps / total_seconds})
-                rec["time_to_quality"] = time_to_quality(rec["epochs"], cfg.target_valid_ppl)
-                if progress:
-                    tqdm.write(f"{cell} epoch {epoch}: lr {lr:.4g}  train ppl {safe_exp(mean):.2f}  "
-                               f"valid ppl {valid:.2f}  {rec['epochs'][-1]['words_per_sec']:.0f} words/sec")
-                save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
-        t0 = time.perf_counter()
-        rec["test_ppl"] = evaluate(model, corpus.test, cfg.test_batch_size, cfg.test_num_steps, device, "test",
-                                   progress, heartbeat=hb)
-        rec["test_seconds"] = time.perf_counter() - t0
-        rec["status"] = "ok"
-    except UsageError:
-        raise
-    except Interrupted:
-        rec["status"] = "interrupted"
-    except Diverged as exc:
-        rec["status"] = "diverged"
-        rec["error"] = exc.args[0]
-        rec["diverged_at"] = exc.args[1]
-    except torch.OutOfMemoryError as exc:
-        rec["status"] = "oom"
-        rec["error"] = (f"out of memory with batch {cfg.batch_size}, {cfg.num_steps} steps, hidden {cfg.hidden_size}, "
-                        f"{cfg.num_layers} layers, vocabulary {corpus.vocab_size}, {dtype}: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'OutOfMemoryError'}")
-        model = opt = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    except Exception as exc:
-        rec["status"] = "failed"
-        rec["error"] = f"{type(exc).__name__}: {exc}"
-        rec["traceback"] = traceback.format_exc()
-        print(traceback.format_exc(), file=sys.stderr)
-    finally:
-        hb.__exit__(None, None, None)
-        rec["words_per_sec"] = rec["train_words"] / rec["train_seconds"] if rec["train_seconds"] else None
-        rec["peak_memory_bytes"] = env.peak_memory_bytes(device)
-        rec["wall_seconds"] = time.perf_counter() - wall0
-        rec["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        rec["load_average_end"] = os.getloadavg()
+    hb = Heartbeat(f"{cfg.name} {cell}{'' if step_mode == 'eager' else ' ' + step_mode} {device.type}", heartbeat)
+    run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, max_steps)
+    with hb:
+        try:
+            run.setup(step_mode, ckpt)
+            with stop_requests() as stop:
+                for epoch in range(run.first_epoch, cfg.epochs + 1):
+                    run.train_epoch(epoch, stop)
+                    run.validate(epoch)
+            run.test()
+            run.rec["status"] = "ok"
+        except UsageError:
+            raise
+        except Interrupted:
+            run.rec["status"] = "interrupted"
+        except Diverged as exc:
+            run.rec.update(status="diverged", error=exc.args[0], diverged_at=exc.args[1])
+        except torch.OutOfMemoryError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "OutOfMemoryError"
+            run.rec.update(status="oom", error=f"out of memory with batch {cfg.batch_size}, {cfg.num_steps} steps, "
+                           f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocabulary {corpus.vocab_size}, "
+                           f"{dtype}: {first}")
+            run.release()
+        except Exception as exc:
+            run.rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            print(traceback.format_exc(), file=sys.stderr)
+        finally:
+            run.finish()
+    rec = run.rec
     if results_dir is not None:
         rec["record_path"] = str(records.write_run(results_dir, rec))
     if checkpoint_path is not None:
         rec["checkpoint"] = str(checkpoint_path)
     return rec
+
+
+class Run:
+    """One training run's state: model, step, record, heartbeat, checkpoints; ``train`` drives it."""
+
+    def __init__(self, cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, dtype: torch.dtype,
+                 rec: dict, hb: Heartbeat, progress: bool, checkpoint_path, checkpoint_every: float,
+                 max_steps: int | None):
+        self.cfg, self.cell, self.corpus, self.device, self.dtype = cfg, cell, corpus, device, dtype
+        self.rec, self.hb, self.progress = rec, hb, progress
+        self.checkpoint_path, self.every = checkpoint_path, checkpoint_every * 60.0
+        self.max_steps = max_steps
+        self.wall0 = time.perf_counter()
+        self.first_epoch, self.start_step, self.carried = 1, 0, None
+        self.model = self.step = None
+        self.rec.setdefault("compile_seconds", 0.0)
+        self.rec.setdefault("compile_steps", 0)
+
+    def setup(self, step_mode: str, ckpt: dict | None) -> None:
+        cfg, rec = self.cfg, self.rec
+        self.model = LanguageModel(self.cell, self.corpus.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.dropout,
+                                   cfg.init_scale).to(device=self.device, dtype=self.dtype)
+        rec["backend"] = cells.detect_backend(self.model.rnn, self.device, self.dtype)
+        self.step = step_mod.make_step(step_mode, self.model, cfg, self.device)
+        rec["step"] = self.step.describe()
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.step.opt.load_state_dict(ckpt["optimizer"])
+            ckpt_mod.set_rng_state(ckpt["rng"])
+            resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
+                       "step": ckpt["step"], "cell": self.cell, "env": rec["env"]}
+            self.rec = rec = {**ckpt["record"], "config": cfg.as_dict(), "cell": self.cell, "backend": rec["backend"],
+                              "step": rec["step"]}
+            rec["resumes"] = [*rec.get("resumes", []), resumed]
+            self.wall0 -= rec.get("wall_seconds") or 0.0
+            self.first_epoch, self.start_step, self.carried = ckpt["epoch"], ckpt["step"], ckpt["carried"]
+        n = data.epoch_size(self.corpus.train, cfg.batch_size, cfg.num_steps)
+        self.n_steps = min(n, self.max_steps) if self.max_steps is not None else n
+        rec["steps_per_epoch"] = self.n_steps
+        rec["vocab_size"] = self.corpus.vocab_size
+
+    def save_checkpoint(self, epoch: int, step: int, hidden, loss_sum, seconds: float) -> None:
+        if self.checkpoint_path is None:
+            return
+        self.rec["wall_seconds"] = time.perf_counter() - self.wall0
+        ckpt_mod.save(self.checkpoint_path, {
+            "model": self.model.state_dict(), "optimizer": self.step.opt.state_dict(), "rng": ckpt_mod.rng_state(),
+            "epoch": epoch, "step": step,
+            "carried": {"hidden": None if hidden is None else tuple(h.cpu() for h in as_tuple(hidden)),
+                        "loss_sum": float(loss_sum), "seconds": seconds},
+            "record": self.rec, "vocab_size": self.corpus.vocab_size, "train_tokens": len(self.corpus.train)})
+
+    def _carried_in(self, epoch: int):
+        """(state, loss sum, seconds already trained) at the start of ``epoch``: from a checkpoint when resuming."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        if epoch != self.first_epoch or self.carried is None:
+            return None, loss_sum, 0.0
+        state, hidden = None, self.carried["hidden"]
+        if hidden is not None:
+            hidden = tuple(h.to(device=self.device, dtype=self.dtype) for h in hidden)
+            state = hidden if self.model.kind == "LSTM" else hidden[0]
+        return state, loss_sum + self.carried["loss_sum"], self.carried["seconds"]
+
+    def train_epoch(self, epoch: int, stop: dict) -> None:
+        """One epoch of training steps; one synchronizing read a second checks divergence and shows progress.
+
+        A step that compiled, captured or was the run's first is timed on the host and counted as compile
+        time, not as training time, and its words leave the words/sec figure.
+        """
+        from tqdm import tqdm
+
+        cfg, rec, step_fn = self.cfg, self.rec, self.step
+        lr = cfg.lr_at(epoch)
+        step_fn.set_lr(lr)
+        self.model.train()
+        state, loss_sum, before = self._carried_in(epoch)
+        first = self.start_step if epoch == self.first_epoch else 0
+        self.hb.update(phase="train", epoch=epoch, epochs=cfg.epochs, step=first, steps=self.n_steps)
+        bar = tqdm(total=self.n_steps, initial=first, desc=f"{self.cell} epoch {epoch}/{cfg.epochs}",
+                   disable=not self.progress, mininterval=1.0, dynamic_ncols=True)
+        pending: list[tuple[int, torch.Tensor]] = []
+        last_loss, excluded, excluded_s = None, 0, 0.0
+        env.synchronize(self.device)
+        t0 = time.perf_counter()
+        last_sync = last_ckpt = t0
+        step = first
+        for step, x, y in data.batches(self.corpus.train, cfg.batch_size, cfg.num_steps, start=first):
+            if step >= self.n_steps:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            mark, c0 = time.perf_counter(), step_fn.compiling()
+            loss, norm, state = step_fn(x, y, state)
+            if step_fn.compiling() != c0 or step_fn.calls == 1:  # one-time work: compile time, not training
+                dt = time.perf_counter() - mark
+                excluded, excluded_s = excluded + 1, excluded_s + dt
+                rec["compile_seconds"] += dt
+                rec["compile_steps"] += 1
+            loss_sum += loss
+            words = (step + 1 - first - excluded) * x.numel()
+            self.hb.update(step=step + 1, words=words)
+            pending.append((step, torch.stack([loss.float(), norm.float()])))
+            now = time.perf_counter()
+            stopping = stop["signal"] is not None
+            due_ckpt = self.every > 0 and now - last_ckpt >= self.every
+            if stopping or due_ckpt or now - last_sync >= 1.0 or step + 1 == self.n_steps:
+                last_loss = check_finite(pending, last_loss, epoch)
+                pending.clear()
+                last_sync = time.perf_counter()
+                bar.set_postfix(ppl=f"{math.exp(min(loss_sum.item() / (step + 1), 50)):.1f}",
+                                wps=f"{words / max(last_sync - t0 - excluded_s, 1e-9):.0f}", lr=f"{lr:.3g}")
+                bar.update(step + 1 - bar.n)
+                if stopping or due_ckpt:
+                    self.save_checkpoint(epoch, step + 1, state, loss_sum,
+                                         before + time.perf_counter() - t0 - excluded_s)
+                    last_ckpt = time.perf_counter()
+                if stopping:
+                    name = signal.Signals(stop["signal"]).name
+                    rec["error"] = (f"interrupted by {name} in epoch {epoch} after step {step + 1}; "
+                                    "continue with --resume")
+                    rec["exit_code"] = 128 + stop["signal"]
+                    raise Interrupted
+        env.synchronize(self.device)
+        seconds = time.perf_counter() - t0 - excluded_s
+        bar.close()
+        steps_done = min(step + 1, self.n_steps) - first - excluded
+        rec["train_words"] += steps_done * cfg.batch_size * cfg.num_steps
+        rec["train_seconds"] += seconds
+        if hasattr(step_fn, "graph_breaks"):
+            rec["graph_breaks"] = step_fn.graph_breaks()
+        self._epoch = {"epoch": epoch, "lr": lr, "train_ppl": safe_exp(loss_sum.item() / self.n_steps),
+                       "train_seconds": before + seconds,
+                       "words_per_sec": (self.n_steps - excluded) * cfg.batch_size * cfg.num_steps / (before + seconds)}
+
+    def validate(self, epoch: int) -> None:
+        cfg, rec = self.cfg, self.rec
+        v0 = time.perf_counter()
+        valid = evaluate(self.model, self.corpus.valid, cfg.batch_size, cfg.num_steps, self.device, "valid",
+                         self.progress, heartbeat=self.hb)
+        valid_seconds = time.perf_counter() - v0
+        rec["valid_seconds"] = rec.get("valid_seconds", 0.0) + valid_seconds
+        e = self._epoch
+        prior = (rec["epochs"][-1].get("elapsed_seconds") or 0.0) if rec["epochs"] else 0.0
+        rec["epochs"].append({**e, "valid_ppl": valid, "valid_seconds": valid_seconds,
+                              "elapsed_seconds": prior + e["train_seconds"] + valid_seconds})
+        rec["time_to_quality"] = time_to_quality(rec["epochs"], cfg.target_valid_ppl)
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(f"{self.cell} epoch {epoch}: lr {e['lr']:.4g}  train ppl {e['train_ppl']:.2f}  "
+                       f"valid ppl {valid:.2f}  {e['words_per_sec']:.0f} words/sec")
+        self.save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
+
+    def test(self) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.rec["test_ppl"] = evaluate(self.model, self.corpus.test, cfg.test_batch_size, cfg.test_num_steps,
+                                        self.device, "test", self.progress, heartbeat=self.hb)
+        self.rec["test_seconds"] = time.perf_counter() - t0
+
+    def release(self) -> None:
+        """Drop the model and step (after running out of memory), so the record can still be written."""
+        self.model = self.step = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def finish(self) -> None:
+        rec = self.rec
+        rec["words_per_sec"] = rec["train_words"] / rec["train_seconds"] if rec["train_seconds"] else None
+        rec["peak_memory_bytes"] = env.peak_memory_bytes(self.device)
+        rec["wall_seconds"] = time.perf_counter() - self.wall0
+        rec["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rec["load_average_end"] = os.getloadavg()
 
 
 def time_to_quality(epochs: list[dict], target: float) -> dict:

@@ -11,7 +11,7 @@ from torch import nn
 
 from lm import config, data, train
 from lm.heartbeat import Heartbeat, last_line
-from lm.model import LanguageModel
+from lm.model import LanguageModel, detach
 from tests.test_train import cli
 
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            state = train.detach(state)
+            state = detach(state)
         models[cell] = model
     return corpus, models
 

@@ -36,7 +36,7 @@ def test_dry_run_runs_every_step_and_writes_its_outputs(tmp_path):
     by_cell = {}
     for rec in runs:
         by_cell.setdefault(rec["cell"], []).append(rec["status"])
-    assert by_cell["triton_lstm"] == ["unavailable"]  # interpreted Triton is not trained
+    assert "triton_lstm" not in by_cell  # interpreted Triton is not trained; on a GPU it is named and must train
     assert by_cell["cudnn_lstm"] == ["ok", "ok"] and by_cell["loop_lstm"] == ["ok"] and by_cell["loop_gru"] == ["ok"]
     assert (out / "REPORT.md").is_file()
     assert not (out / "checkpoints").exists(), "scratch checkpoints are not shipped"
