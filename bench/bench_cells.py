@@ -8,6 +8,10 @@ table compares the cells directly:
 - ``fwdbwd``: the same forward plus the backward with a random upstream gradient;
 - ``step``: the whole LM training step as ``rnnbench train`` runs it with that preset
   (embedding, cells, decoder, loss, backward, clipping, SGD step), vocabulary 10000;
+- ``step-compile``, ``step-cuda-graph``: the same training step in the other execution modes
+  (:mod:`lm.step`: forward and loss under ``torch.compile``; the whole step captured in a CUDA
+  graph and replayed).  Timed on CUDA by default; on the CPU only when ``--bench-modes`` names them
+  (compilation takes minutes there); cuda-graph never on the CPU;
 - ``latency``: the per-call cost -- the cell stack's forward at the preset's hidden size and
   layers but batch 1 and one step, under ``torch.no_grad()``, with the state carried from call
   to call (one-token-at-a-time inference), so host overhead (launches, allocations, Python)
@@ -161,22 +165,21 @@ def _latency_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, C
     return work, check, rnn
 
 
-def _step_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager") -> tuple[Work, Callable, nn.Module]:
+    from lm.step import make_step
+
     T, B = cfg.num_steps, cfg.batch_size
     model = LanguageModel(cell, VOCAB, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    step = make_step(mode, model, cfg, device)
     x = torch.randint(VOCAB, (T, B), device=device)
     y = torch.randint(VOCAB, (T, B), device=device)
     model.train()
+    state = None
 
-    def work() -> torch.Tensor:  # lm.train's inner loop, state starting from zeros
-        logits, _ = model(x)
-        loss = nn.functional.cross_entropy(logits.view(-1, VOCAB).float(), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        (loss * T).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        return loss.detach()
+    def work() -> torch.Tensor:  # lm.train's step, the state carried from window to window
+        nonlocal state
+        loss, _, state = step(x, y, state)
+        return loss
 
     def check(loss: torch.Tensor) -> None:
         assert torch.isfinite(loss)
@@ -248,8 +251,8 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
     cfg = PRESETS[shape]
     torch.manual_seed(0)
     steps, batch = (1, 1) if pass_ == "latency" else (cfg.num_steps, cfg.batch_size)
-    if pass_ == "step":
-        work, check, rnn = _step_work(cell, cfg, device)
+    if pass_.startswith("step"):
+        work, check, rnn = _step_work(cell, cfg, device, pass_.removeprefix("step-") if "-" in pass_ else "eager")
         per_token = flops.lm_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, VOCAB)
     elif pass_ == "latency":
         work, check, rnn = _latency_work(cell, cfg, device)
@@ -270,8 +273,8 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         "pass": pass_, "shape": shape, "cell": cell, "kind": cells.kind(cell),
         "backend": cells.detect_backend(rnn, device), "device": device.type, "device_name": env.device_name(device),
         "hidden_size": cfg.hidden_size, "num_steps": steps, "batch_size": batch,
-        "num_layers": cfg.num_layers, "vocab_size": VOCAB if pass_ == "step" else None,
-        "dropout": cfg.dropout if pass_ == "step" else 0.0, "tokens_per_call": tokens,
+        "num_layers": cfg.num_layers, "vocab_size": VOCAB if pass_.startswith("step") else None,
+        "dropout": cfg.dropout if pass_.startswith("step") else 0.0, "tokens_per_call": tokens,
         "flops_per_call": per_token * tokens, "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
     })
@@ -305,3 +308,16 @@ def test_step(benchmark, pytestconfig, device, cpu_threads, shape, cell):
 
 def test_latency(benchmark, pytestconfig, device, cpu_threads, shape, cell):
     run(benchmark, pytestconfig, device, "latency", shape, cell)
+
+
+@pytest.mark.parametrize("mode", ["compile", "cuda-graph"])
+def test_step_mode(benchmark, pytestconfig, device, cpu_threads, shape, cell, mode):
+    from lm.step import refusal
+
+    why = refusal(mode, device, cell)
+    if why:
+        pytest.skip(why)
+    chosen = _split(pytestconfig.getoption("bench_modes", None))
+    if mode not in chosen and (chosen or device.type == "cpu"):
+        pytest.skip(f"step mode {mode} is timed on CUDA by default; on the CPU pass --bench-modes {mode}")
+    run(benchmark, pytestconfig, device, f"step-{mode}", shape, cell)

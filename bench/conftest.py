@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-shapes", default=None,
                 help="comma-separated presets to time (default: small,medium,large; on the CPU small,medium)")
     g.addoption("--bench-cells", default=None, help="comma-separated cells to time (default: every registered cell)")
+    g.addoption("--bench-modes", default=None,
+                help="step modes to time besides eager: compile, cuda-graph (default: both on CUDA, none on the CPU)")
     g.addoption("--bench-threads", type=int, default=None,
                 help="torch CPU threads while timing (default: every CPU this process may use)")
 

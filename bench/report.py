@@ -433,15 +433,18 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
     md = ["## Micro-benchmarks", "",
           "Median time per call (pytest-benchmark, `bench/bench_cells.py`; batch 20, 2 layers). fwd: the cell "
           "stack's forward with autograd recording; fwd+bwd: plus the backward; step: the whole LM training step "
-          "(vocabulary 10000); latency: the stack's forward at batch 1, one step, no grad, state carried (per-call "
-          "cost). **vs cuDNN**: the time of the cuDNN cell of the same kind (`cudnn_lstm` or "
+          "(vocabulary 10000), eager, and where timed "
+          "compiled (`step compiled`) or as one CUDA graph (`step graph`), the same cell in each row; latency: "
+          "the stack's forward at batch 1, one step, no grad, state carried (per-call cost). **vs cuDNN**: the "
+          "time of the cuDNN cell of the same kind (`cudnn_lstm` or "
           "`cudnn_gru`; on the CPU torch's oneDNN/ATen kernels behind the same modules) over the cell's time, on "
           "the same device (>1 is faster). GFLOP/s of fwd+bwd and **% matmul**: see *FLOP/s*. Step peak MiB: "
           "CUDA max allocated; on the CPU the pytest process's peak resident set while timing, which includes the "
           "few hundred MiB the process holds anyway.", ""]
     if bench.empty:
         return md + ["(no micro-benchmark JSON under `bench/`)", ""]
-    wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "step": "step ms", "latency": "latency ms"}
+    wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "step": "step ms", "step-compile": "step compiled ms",
+                 "step-cuda-graph": "step graph ms", "latency": "latency ms"}
     for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
         rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
         threads = sorted({str(t) for t in dev["torch_threads"].dropna()})
@@ -455,7 +458,8 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             t = pd.DataFrame(index=wide.index)
             t["backend"] = sh.groupby("cell")["backend"].first()
             for p, label in wide_cols.items():
-                t[label] = wide[p] if p in wide else math.nan
+                if p in wide or not p.startswith("step-"):  # mode columns only where a mode was timed
+                    t[label] = wide[p] if p in wide else math.nan
             kinds = sh.groupby("cell")["kind"].first()
             for p, label in (("fwdbwd", "fwd+bwd vs cuDNN"), ("step", "step vs cuDNN"),
                              ("latency", "latency vs cuDNN")):
@@ -474,6 +478,7 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                    _table(t, {"fwd ms": ".4g", "fwd+bwd ms": ".4g", "step ms": ".4g", "fwd+bwd vs cuDNN": ".3g",
                               "step vs cuDNN": ".3g", "fwd+bwd GFLOP/s": ".3g", "% matmul": ".2g",
                               "step words/sec": ".0f", "step peak MiB": ".0f", "latency ms": ".4g",
+                              "step compiled ms": ".4g", "step graph ms": ".4g",
                               "latency vs cuDNN": ".3g"}), ""]
     return md
 
