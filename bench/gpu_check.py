@@ -21,7 +21,9 @@ and the check goes on:
    ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``
    (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
    recorded as ``timeout`` with its last heartbeat and the others still train).
-5. ``report`` ``rnnbench report`` over what the check produced.
+5. ``bench-modes`` the LM step at small in the compile and cuda-graph modes for ``MODE_CELLS``
+   (``bench/<slug>/modes.json``), with what is left of the budget.
+6. ``report`` ``rnnbench report`` over what the check produced.
 
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
@@ -50,6 +52,9 @@ REPORT_RESERVE_S = 20
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 300
+# The LM step of these, at small, compiled and as one CUDA graph (issue targets: cudnn_lstm's graph step, and
+# compiled_lstm against loop_lstm).
+MODE_CELLS = "cudnn_lstm,loop_lstm,triton_lstm"
 
 
 @dataclass
@@ -81,19 +86,26 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
         tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "float64 and T1-B1"]
         bench = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--benchmark-max-time", "0.02",
                  "--benchmark-min-rounds", "1"]
+        # cuda-graph is refused on the CPU, so the dry run only proves the step's plumbing (tests/test_step.py
+        # trains in compile mode; compiling here too would cost CI a minute).
+        modes = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--bench-cells", "cudnn_lstm", "--bench-modes",
+                 "cuda-graph", "--benchmark-max-time", "0.02", "--benchmark-min-rounds", "1"]
         limits = {"env": 60, "tests": 60, "bench": 90, "train-small": 120, "train-small-slow": 120,
-                  "train-medium": 60, "report": 60}
+                  "train-medium": 60, "bench-modes": 240, "report": 60}
         cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
         small, medium, slow_steps = "small", "medium", ["--max-steps", str(SLOW_STEPS)]
         medium_cells = "cudnn_lstm,triton_lstm"
         tests = ["-m", "gpu", "tests"]
-        bench = ["--bench-device", "cuda", "--benchmark-max-time", "0.15"]
+        bench = ["--bench-device", "cuda", "--bench-modes", "eager", "--benchmark-max-time", "0.1"]
+        modes = ["--bench-device", "cuda", "--bench-shapes", "small", "--bench-cells", MODE_CELLS, "--bench-modes",
+                 "compile,cuda-graph", "--benchmark-max-time", "0.1"]
         # Measured on the H200 (2026-11-27): env 5 s, tests 49 s, bench 41 s at --benchmark-max-time 0.3,
-        # cudnn_lstm one epoch of small 10 s of training (+ start-up and evaluation), medium 9 s.
-        limits = {"env": 20, "tests": 70, "bench": 60, "train-small": 90, "train-small-slow": 45,
-                  "train-medium": 60, "report": REPORT_RESERVE_S}
+        # cudnn_lstm one epoch of small 10 s of training (+ start-up and evaluation), medium 9 s.  The step
+        # modes come last: they get what the budget has left.
+        limits = {"env": 20, "tests": 60, "bench": 50, "train-small": 70, "train-small-slow": 40,
+                  "train-medium": 50, "bench-modes": 60, "report": REPORT_RESERVE_S}
         cell_timeout = "60"
 
     def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
@@ -112,6 +124,9 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
         sweep("train-small", fast, small, []),
         sweep("train-small-slow", slow, small, slow_steps),
         sweep("train-medium", medium_cells, medium, []),
+        Step("bench-modes", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "bench",
+                             "-k", "step_mode", "--benchmark-only", *modes,
+                             f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
         Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"]),
     ]
 
