@@ -77,6 +77,9 @@ def _skip_reason(cell: str, shape: str, device: torch.device, shapes_chosen: boo
     if device.type == "cpu" and shape not in CPU_SHAPES and not shapes_chosen:
         return (f"the {shape} shape is skipped on the CPU (seconds per call; keeps `pytest --benchmark-only` "
                 f"under 5 minutes); time it on a GPU or pass --bench-shapes {shape}")
+    if device.type == "cpu" and not measuring and getattr(cells.cell_class(cell), "compiles_per_shape", False):
+        return ("plain run (benchmarks disabled): a compiled cell compiles 20-30 s per shape on the CPU; "
+                "tests/test_cells.py checks it, --benchmark-only times it")
     if device.type == "cpu" and shape != SHAPES[0] and not shapes_chosen and not measuring:
         return (f"plain run (benchmarks disabled): the {shape} shape is only timed; the small shape runs the same "
                 "code as a quick test")
@@ -282,6 +285,7 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
     before = _reset_peak_memory(device)
     result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
     check(result)
+    info["compile_seconds"] = getattr(rnn, "compile_seconds", None)  # compiled cells: in the untimed warm-up
     if benchmark.enabled and benchmark.stats:
         median = benchmark.stats.stats.median
         peak = _peak_memory(device)

@@ -38,6 +38,8 @@ REGISTRY: dict[str, str] = {
     "loop_lstm": "cells.loop:LoopLSTM",
     "loop_gru": "cells.loop:LoopGRU",
     "triton_lstm": "cells.triton_lstm:TritonLSTM",
+    "compiled_lstm": "cells.compiled:CompiledLSTM",
+    "compiled_gru": "cells.compiled:CompiledGRU",
 }
 
 # Cells kept outside this package (the sweep's tests use it for deliberately broken cells):

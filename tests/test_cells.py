@@ -26,6 +26,10 @@ IDS = [f"T{t}-B{b}-I{i}-H{h}-L{n}-{'state' if s else 'nostate'}" for t, b, i, h,
 
 # Cells with their own, longer test file run here on the smallest shapes only.
 HEAVY = {"triton_lstm"}
+# Compiled cells compile a graph per dtype and shape (about 5 s each): two awkward shapes, batch 1 and batch > 1,
+# 2+ layers, with and without initial state (tests/test_compiled.py has the cell-specific tests).
+COMPILED = {"compiled_lstm", "compiled_gru"}
+COMPILED_SHAPES = ("T6-B1-I13-H9-L3-state", "T5-B4-I6-H13-L2-nostate")
 
 # float32 against the float64 reference, relative error of the norm (TF32 off): 1e-5 is ~100 float32 ulps,
 # ample for the chains here when every product and sum is float32.  cuDNN's float32 RNN (FMA math with TF32 off)
@@ -99,6 +103,8 @@ def check(name, shape, device, dtype, tol, record=None):
 
 
 def shapes_for(name):
+    if name in COMPILED:
+        return [(s, i) for s, i in zip(SHAPES, IDS, strict=True) if i in COMPILED_SHAPES]
     return [(s, i) for s, i in zip(SHAPES, IDS, strict=True) if name not in HEAVY or s[0] * s[1] * s[4] <= 8]
 
 

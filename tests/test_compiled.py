@@ -1,0 +1,110 @@
+"""compiled_lstm / compiled_gru: one graph for every sequence length, compile time reported, no silent eager.
+
+The float64 / float32 reference tests are in test_cells.py (sequences shorter than a chunk: one-step graphs).
+These tests run 2-step chunks, so that several chunks and a padded one run, at batch 4 and hidden size 13 in
+float64, as test_cells.py's T5-B4-I6-H13-L2-nostate.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cells
+from cells import compiled
+
+B, IN, H = 4, 6, 13  # test_cells.py's T5-B4-I6-H13-L2-nostate
+NAMES = ["compiled_lstm", "compiled_gru"]
+LOOP = {"compiled_lstm": "loop_lstm", "compiled_gru": "loop_gru"}
+
+pytestmark = pytest.mark.skipif(cells.unavailable_reason("compiled_lstm", "cpu") is not None,
+                                reason=f"{cells.unavailable_reason('compiled_lstm', 'cpu')}")
+
+
+def pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The compiled cell (2-step chunks) and its loop cell with the same float64 weights."""
+    cell = cells.build(name, IN, H, 2, chunk=2).double()
+    loop = cells.build(LOOP[name], IN, H, 2).double()
+    loop.load_state_dict(cell.state_dict())
+    return cell, loop
+
+
+def outputs_and_grads(module, x, state):
+    x = x.detach().clone().requires_grad_(True)
+    y, final = module(x, state)
+    finals = final if isinstance(final, tuple) else (final,)
+    loss = (y * y.detach().sin()).sum() + sum((f * f.detach().cos()).sum() for f in finals)
+    grads = torch.autograd.grad(loss, [x, *module.parameters()])
+    return [y, *finals, *grads]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_graph_for_every_length_matches_the_loop_cell(name):
+    """T below (one-step graph), at and above the chunk length (exact, padded): the loop cell's results."""
+    torch.manual_seed(0)
+    cell, loop = pair(name)
+    k = cell.chunk
+    for t in (1, k, 2 * k + 1):
+        x = torch.randn(t, B, IN, dtype=torch.float64)
+        state = None if t == 1 else tuple(torch.randn(2, B, H, dtype=torch.float64) for _ in range(2))
+        if state is not None and name == "compiled_gru":
+            state = state[0]
+        for got, want in zip(outputs_and_grads(cell, x, state), outputs_and_grads(loop, x, state), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert [what for what, _ in cell.compiles] in (["float64 B=4 train"], ["float64 B=4 train"] * 2)  # 1 and 2 steps
+
+    # Evaluation: no grad, a carried state, windows of any length (the harness uses 409 and 8192 steps).
+    before = len(cell.compiles)
+    with torch.no_grad():
+        x = torch.randn(3 * k + 1, B, IN, dtype=torch.float64)
+        y, state = cell(x[:k + 3])
+        y2, state2 = cell(x[k + 3:], state)
+        want, want_state = loop(x)
+        torch.testing.assert_close(torch.cat([y, y2]), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state2, want_state, rtol=1e-12, atol=1e-12)
+    assert [what for what, _ in cell.compiles[before:]] in ([], ["float64 B=4 no_grad"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_seconds_count_only_calls_that_compiled(name):
+    cell = cells.build(name, IN, H, 1, chunk=2).double()
+    assert cell.compile_seconds == 0.0 and cell.compiles == []
+    with torch.no_grad():
+        cell(torch.randn(2, B, IN, dtype=torch.float64))
+        after_first = cell.compile_seconds
+        cell(torch.randn(7, B, IN, dtype=torch.float64))
+    assert cell.compile_seconds == after_first == sum(s for _, s in cell.compiles)
+    assert len(cell.compiles) <= 1 and all(s > 0 for _, s in cell.compiles)
+
+
+def test_recompiling_past_the_limit_is_an_error_not_eager(monkeypatch):
+    monkeypatch.setattr(compiled, "RECOMPILE_LIMIT", 1)
+    cell = cells.build("compiled_lstm", IN, H, 1, chunk=2).double()
+    with torch.no_grad(), pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+        for batch in (B, B + 1, B + 2):  # the first may reuse a graph; a new batch size must compile
+            cell(torch.randn(2, batch, IN, dtype=torch.float64))
+
+
+def test_chunk_length_is_the_chunk_or_one_step_for_short_sequences():
+    assert [compiled.chunk_length(t, 20) for t in (1, 5, 19, 20, 35, 409, 8192)] == [1, 1, 1, 20, 20, 20, 20]
+
+
+def test_a_stance_that_would_run_eagerly_is_refused():
+    cell = cells.build("compiled_gru", IN, H, 1)
+    with torch.compiler.set_stance("force_eager"), pytest.raises(RuntimeError, match="'force_eager' would run"):
+        cell(torch.randn(3, 2, IN))
+
+
+def test_available_and_backend(monkeypatch):
+    assert compiled.CompiledLSTM.available("cpu") is None
+    text = cells.detect_backend(cells.build("compiled_lstm", 4, 4), "cpu")
+    assert text.startswith("torch.compile(loop cell in 20-step chunks, inductor C++") and "mode=default" in text
+    monkeypatch.setattr(compiled, "_cpu_compiler", lambda: (None, "InvalidCxxCompiler: no working C++ compiler found"))
+    assert "no C++ compiler" in compiled.CompiledGRU.available("cpu")
+    assert "not on meta" in compiled.CompiledGRU.available("meta")
+
+
+@pytest.mark.parametrize("bad", [dict(chunk=0), dict(compile_mode="fast"), dict(dynamic="yes")])
+def test_bad_options_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        cells.build("compiled_lstm", 4, 4, **bad)
