@@ -54,7 +54,7 @@ FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 300
 # The LM step of these, at small, compiled and as one CUDA graph (issue targets: cudnn_lstm's graph step, and
 # compiled_lstm against loop_lstm).
-MODE_CELLS = "cudnn_lstm,loop_lstm,triton_lstm"
+MODE_CELLS = "cudnn_lstm,loop_lstm,compiled_lstm,triton_lstm"
 
 
 @dataclass

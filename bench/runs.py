@@ -49,7 +49,8 @@ class RunSpec:
 
     def train_flags(self) -> list[str]:
         """This run's own ``rnnbench train`` options."""
-        return ["--cell", self.cell, "--config", self.preset, "--seed", str(self.seed), "--step", self.mode]
+        return ["--cell", self.cell, "--config", self.preset, "--seed", str(self.seed),
+                *([] if self.mode == "eager" else ["--step", self.mode])]
 
     @property
     def slug(self) -> str:

@@ -433,6 +433,10 @@ class Run:
 
     def finish(self) -> None:
         rec = self.rec
+        rnn = getattr(self.model, "rnn", None)
+        if rnn is not None and hasattr(rnn, "compile_seconds"):  # a compiled cell: every graph it built, any phase
+            rec["cell_compile_seconds"] = rnn.compile_seconds
+            rec["cell_compiles"] = [list(c) for c in getattr(rnn, "compiles", [])]
         rec["words_per_sec"] = rec["train_words"] / rec["train_seconds"] if rec["train_seconds"] else None
         rec["peak_memory_bytes"] = env.peak_memory_bytes(self.device)
         rec["wall_seconds"] = time.perf_counter() - self.wall0

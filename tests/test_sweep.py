@@ -17,6 +17,7 @@ import torch
 from bench import child, runs
 from bench import sweep as sweep_mod
 from lm.cli import main
+from lm.errors import UsageError
 
 # Cells that fail in the ways a real one can: an exception inside training, a process killed from outside
 # (as the out-of-memory killer does), and a cell that cannot run on this machine.
@@ -186,7 +187,7 @@ def _args(**kw) -> argparse.Namespace:
     base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", seed=0, seeds=None,
                 data_dir=None, no_verify=True, results="results", max_steps=2, quiet=True, threads=None,
                 engine="local", ray_address=None, cell_timeout=None, kill_grace=30.0, heartbeat=10.0,
-                checkpoint_every=None, checkpoint_dir=None)
+                checkpoint_every=None, checkpoint_dir=None, steps="eager")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -224,6 +225,11 @@ def test_the_sweep_is_presets_times_seeds_times_cells():
     assert len(specs) == 8 and len(set(specs)) == 8
     assert [str(s) for s in specs[:3]] == ["loop_lstm tiny seed 0", "loop_gru tiny seed 0", "loop_lstm tiny seed 1"]
     assert specs[0].train_flags() == ["--cell", "loop_lstm", "--config", "tiny", "--seed", "0"]
+    modes = sweep_mod.plan(["tiny"], ["loop_lstm"], [0], sweep_mod.parse_modes("eager,compile"))
+    assert [s.mode for s in modes] == ["eager", "compile"] and modes[1].slug == "tiny-loop_lstm-compile-seed0"
+    assert modes[1].train_flags()[-2:] == ["--step", "compile"]
+    with pytest.raises(UsageError, match="give one or more of eager, compile, cuda-graph"):
+        sweep_mod.parse_modes("eager,turbo")
 
 
 def test_unknown_cell_is_one_line_exit_2(corpus_dir, tmp_path, capsys):
