@@ -230,8 +230,11 @@ def _min_rounds(config: pytest.Config, device: torch.device) -> int:
     return int(config.getoption("benchmark_min_rounds"))
 
 
-def _rounds(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device, timed: Work) -> tuple[int, int]:
-    """(rounds, warm-up rounds) for pedantic mode: untimed calls first, then about --benchmark-max-time of rounds."""
+def _rounds(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device, timed: Work,
+            compiles: bool = False) -> tuple[int, int]:
+    """(rounds, warm-up rounds) for pedantic mode: untimed calls first, then about --benchmark-max-time of rounds.
+
+    ``compiles``: the first call compiles (a compiled cell), so its time says nothing about the next ones."""
     if not benchmark.enabled:
         return 1, 0
     max_time = float(config.getoption("benchmark_max_time"))
@@ -239,7 +242,7 @@ def _rounds(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.de
     t0 = time.perf_counter()
     timed()  # compilation, autotuning, allocator warm-up
     probe = time.perf_counter() - t0
-    if probe * min_rounds < max_time:  # fast: the first call's time may be mostly warm-up, so time another
+    if probe * min_rounds < max_time or compiles:  # the first call's time may be mostly warm-up: time another
         t0 = time.perf_counter()
         timed()
         probe = time.perf_counter() - t0
@@ -281,7 +284,7 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         "flops_per_call": per_token * tokens, "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
     })
-    rounds, warmup = _rounds(benchmark, config, device, timed)
+    rounds, warmup = _rounds(benchmark, config, device, timed, hasattr(rnn, "compile_seconds"))
     before = _reset_peak_memory(device)
     result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
     check(result)

@@ -2,63 +2,66 @@
 
 What is compiled
 ----------------
-The recurrence of :mod:`cells.loop` -- the same :func:`~cells.loop.lstm_step` / :func:`~cells.loop.gru_step`,
-parameters, input projection (one matmul per layer, eager) and layer stacking -- in *chunks* of
-``chunk`` timesteps (default 20): one compiled graph runs ``chunk`` steps unrolled (recurrent
-``addmm`` as an ATen extern call, the gate arithmetic as one fused inductor kernel per step; forward
-and backward).  A sequence of any length T runs as ceil(T / chunk) calls of that one graph; the last
-chunk is padded with zero inputs and its extra steps are dropped (outputs and final state are taken at
-step T, so the result is exact; the padded steps are wasted work, at most ``chunk - 1`` per layer
-call).  So compiling does not depend on T: training at T 20 or 35 and evaluation windows of 409 or
-8192 steps use the same graph.  The per-step inputs and outputs are separate tensors, not slices of
-one ``[chunk, B, G*H]`` tensor, so every step's kernel reads and writes at offset 0 and inductor emits
-the same few kernels for every step: compile time does not grow with ``chunk`` (a 20-step chunk
-compiles 6 C++ kernels, as a 5-step one does; with stacked steps it was 25).
+The recurrence of :mod:`cells.loop` -- the same :func:`~cells.loop.lstm_step` / :func:`~cells.loop.gru_step`;
+parameters, input projection (one eager matmul per layer) and layer stacking are the loop cell's -- in
+*chunks* of ``chunk`` timesteps (default 20): one graph runs ``chunk`` steps unrolled (the recurrent
+``addmm`` as an ATen call, the gate arithmetic as one fused inductor kernel per step; forward and
+backward), and a sequence of T >= ``chunk`` steps is ceil(T / chunk) calls of it.  The last chunk is
+padded with zero inputs and its extra steps are dropped (outputs and final state are taken at step T:
+exact; at most ``chunk - 1`` wasted steps per layer call).  So the graph does not depend on T: training
+at T 20 or 35 and evaluation windows of 409 or 8192 steps run the same one.  A sequence shorter than a
+chunk runs a one-step graph T times (:func:`chunk_length`).  Steps go in and out as separate tensors,
+not slices of one ``[chunk, B, G*H]`` tensor, so every step's kernel reads and writes at offset 0 and
+inductor emits the same six kernels for every step: compile time does not grow with the chunk (with
+stacked steps a 20-step graph had 25 kernels and took twice as long).
 
-How many compilations: one graph per (device, dtype, grad mode, batch 1 or not) with the default
-``dynamic=True`` (sizes symbolic; batch 1 is specialised by torch).  In grad mode every input is made
-to require grad (a state or padding that does not gets a grad-requiring alias, whose gradient is
-dropped), so the first chunk after a detached state uses the same graph as the rest.  A training run
-compiles three graphs: training at batch 20, no-grad evaluation at batch 20 and at test batch 1.
-Recompiling more than ``RECOMPILE_LIMIT`` times is an error, never a silent fall-back to eager
-(``fullgraph=True`` and ``fail_on_recompile_limit_hit`` while the cell runs); so is a
-``torch.compiler`` stance that would run the chunks eagerly.
+Graphs: one per (device, dtype, grad mode, batch, hidden size, steps per call); ``dynamic=False``.  In
+grad mode every input is made to require grad (a detached carried state gets an alias that does, its
+gradient dropped), so the first chunk uses the same graph as the rest.  A training run compiles three:
+training at batch 20, evaluation (no grad) at batch 20 and at test batch 1.  Compiling more than
+``RECOMPILE_LIMIT`` graphs is an error, never a silent fall-back to eager (``fullgraph=True`` and
+``fail_on_recompile_limit_hit`` while the cell runs); so is a ``torch.compiler`` stance that would run
+the chunks eagerly.  Inside another ``torch.compile`` (a compiled training step) the plain steps are
+traced into that graph instead.
 
 Compile time
 ------------
-``module.compile_seconds`` (float, starts at 0.0) accumulates the wall seconds of every call that
-compiled a graph (Dynamo, AOTAutograd, inductor and the C++ build; the backward is compiled together
-with the forward, not lazily at the first ``backward()``); ``module.compiles`` lists
-``(what, seconds)`` for each, e.g. ``("float32 B=20 train", 21.3)``.  Read ``compile_seconds`` before
-and after a step: the difference is that step's compile time, to record apart and to exclude from
-words/sec.  Compiled graphs are shared by every instance in the process (and inductor caches them on
-disk), so a second model of the same shapes reports 0 and a second process reports the cache hit's
-time.
+``module.compile_seconds`` (float, from 0.0) accumulates the wall seconds of every call that compiled a
+graph: Dynamo, AOTAutograd, inductor, the C++ build, and a process's first import of Dynamo and inductor;
+the backward is compiled with the forward, not at the first ``backward()``.  ``module.compiles`` lists
+``(what, seconds)`` per graph, e.g. ``("float32 B=20 H=200 20-step train", 24.1)``.  Read
+``compile_seconds`` before and after a step: the difference is that step's compile time, to record apart
+and exclude from words/sec.  Graphs are shared by every instance in the process and cached on disk by
+inductor, so a second model of the same shapes reports 0 and a later process the cache hit's seconds.
 
-Measured (choice of design), CPU, 1 thread, small shape (H 200, T 20, B 20, 2 layers, float32),
-training-mode forward and forward+backward, medians of 30-40 interleaved rounds, thread CPU time
-(wall time was about 1.5-2x that: the machine had 2 cores at load average 6-8 from other jobs).
-AMD EPYC (AVX2), torch 2.13.0, 2026-11-27:
+Measured: CPU, 1 thread, small shape (H 200, T 20, B 20, 2 layers, float32), training-mode forward and
+forward+backward, medians of 60 interleaved rounds of thread CPU time, AMD EPYC (AVX2) 2 cores at load
+average 3.3-4.2 from other jobs, torch 2.13.0, 2026-11-27 (ms):
 
-==========================================  =========  ==========  =================================
-variant                                     fwd ms     fwd+bwd ms  compile, training graph (loaded)
-==========================================  =========  ==========  =================================
-``loop_lstm`` (eager)                       13.1       40.0        --
-``cudnn_lstm`` (oneDNN)                     11.3       29.5        --
-per-step graph (``lstm_step`` compiled)     18.7       49.1        23 s
-5-step chunks                               13.9       38.1        25-40 s
-10-step chunks                              12.7       34.7        28-33 s
-20-step chunks                              11.7       32.4        69 s (stacked), ~37 s (unstacked)
-whole layer with ``scan`` (dynamic T)       --         ~70 / layer 58 s, and it recompiled per T
-==========================================  =========  ==========  =================================
+===========================================================  =====  =======  ===========================
+variant                                                      fwd    fwd+bwd  compile (cold cache, loaded)
+===========================================================  =====  =======  ===========================
+``loop_lstm`` (eager)                                        17.0   50.7     --
+``cudnn_lstm`` (oneDNN)                                      13.5   35.2     --
+**compiled_lstm: 20-step chunks**                            16.3   41.7     24-37 s, the training graph
+10-step chunks                                               16.4   41.7     about the same
+the whole loop cell compiled (a graph per T: not usable)     13.4   36.1     44 s for T 20
+``loop_gru`` (eager)                                         12.1   36.2     --
+``cudnn_gru`` (ATen)                                         11.0   30.3     --
+**compiled_gru: 20-step chunks**                             12.0   28.5     24-26 s
+===========================================================  =====  =======  ===========================
 
-A compiled call costs about 0.3 ms forward + 0.3 ms backward of fixed overhead here (guards,
-AOTAutograd's wrappers) against about 0.13 ms per eager step, so one graph per step loses to eager
-and longer chunks win; past 20 steps the gain is small and the padding waste grows.
-``mode="max-autotune-no-cudagraphs"`` (inductor's C++ GEMM templates) measured no faster (10-step
-chunks: 40.6 vs 39.0 ms fwd+bwd) for 4x the compile time; ``cpp_wrapper`` about 3 % faster for 8x
-the compile time; ``dynamic=False`` the same speed as ``dynamic=True`` within noise but a graph per
-(batch, hidden size), so ``dynamic=True`` is the default.
+At T 35 (same H, B): ``loop_lstm`` 28.4 / 97.0, ``compiled_lstm`` 30.3 / 78.4 ms.  Rejected, measured
+earlier at load 6-8 (so slower overall): one graph per step (18.7 / 49.1 against eager's 13.1 / 40.0 --
+a compiled call costs about 0.3 ms forward + 0.3 ms backward of guards and AOTAutograd wrappers, more
+than the ~0.13 ms an eager step costs in dispatch); 5-step chunks (13.9 / 38.1); the whole layer as
+``torch._higher_order_ops.scan`` with dynamic T (70 ms fwd+bwd per layer, 58 s to compile, and it
+still recompiled for each T); ``dynamic=True`` (7 % slower fwd+bwd, 45.5 against 42.4 ms: symbolic sizes
+cost the pointwise kernels their static vectorisation, and views then need copies);
+``mode="max-autotune-no-cudagraphs"`` (no faster: 40.6 against 39.0 ms with 10-step chunks, 4x the
+compile time); ``cpp_wrapper`` (3 % faster, 8x the compile time).  The gap to the whole-graph compile is
+two calls instead of one and the per-step tensors' handling; what is left of the eager loop's cost is
+mostly the per-step matmuls, which compiling does not change.
 """
 
 from __future__ import annotations
@@ -123,7 +126,9 @@ def _graphs_compiled() -> int:
 def _strict_compile() -> contextlib.ExitStack:
     """While the cell runs: recompiling past the limit raises; a training graph's backward compiles with its forward."""
     stack = contextlib.ExitStack()
-    stack.enter_context(torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True))
+    settings = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+    stack.enter_context(torch._dynamo.config.patch({k: v for k, v in settings.items()
+                                                    if hasattr(torch._dynamo.config, k)}))
     if hasattr(torch._functorch.config, "force_non_lazy_backward_lowering"):
         stack.enter_context(torch._functorch.config.patch(force_non_lazy_backward_lowering=True))
     return stack
@@ -214,6 +219,7 @@ class _Compiled:
     def recur(self, xp: torch.Tensor, state: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, ...]
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Run the recurrence over xp [T, B, G*H] from ``state`` (tuple of [B, H]): (y [T, B, H], final state)."""
+        t0 = time.perf_counter()  # a compile counts from here: a process's first also imports Dynamo and inductor
         (n_steps, batch, width), k = xp.shape, chunk_length(xp.shape[0], self.chunk)
         if torch.compiler.is_compiling():  # inside someone else's torch.compile: let it trace the plain steps
             outs = type(self)._chunk_fn(list(xp.unbind(0)), *state, *weights)
@@ -236,16 +242,20 @@ class _Compiled:
                     part = torch.cat([part, part.new_zeros(k - n, batch, width)])
                 elif self.dynamic:  # with symbolic sizes Dynamo guards a view's base and offset: one base per chunk
                     part = part.clone()
-                before, t0 = _graphs_compiled(), time.perf_counter()
+                before = _graphs_compiled()
                 outs = fn(list(part.unbind(0)), *state, *weights)
                 if _graphs_compiled() != before:
-                    seconds = time.perf_counter() - t0
-                    self.compile_seconds += seconds
-                    what = f"{str(xp.dtype).removeprefix('torch.')} B={batch} {'train' if grad else 'no_grad'}"
-                    self.compiles.append((what if xp.device.type == "cpu" else f"{xp.device} {what}", seconds))
+                    self._record_compile(f"{xp.dtype} B={batch} H={state[0].shape[-1]} {k}-step "
+                                       f"{'train' if grad else 'no_grad'}", xp.device, time.perf_counter() - t0)
                 state = tuple(o[n - 1] for o in outs)
                 ys += outs[0][:n]
+                t0 = time.perf_counter()
         return torch.stack(ys), state
+
+    def _record_compile(self, what: str, device: torch.device, seconds: float) -> None:
+        self.compile_seconds += seconds
+        what = what.replace("torch.", "")
+        self.compiles.append((what if device.type == "cpu" else f"{device} {what}", seconds))
 
 
 class CompiledLSTM(_Compiled, LoopLSTM):
