@@ -21,7 +21,10 @@ and the check goes on:
    ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``
    (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
    recorded as ``timeout`` with its last heartbeat and the others still train).
-5. ``bench-modes`` the LM step at small in the compile and cuda-graph modes for ``MODE_CELLS``
+5. ``tests-compiled``, ``train-compiled``: the same for the cells that compile per shape
+   (``compiles_per_shape``: ``compiled_lstm``, ``compiled_gru``), kept late so their compilation
+   cannot crowd out the others;
+   ``bench-modes`` the LM step at small in the compile and cuda-graph modes for ``MODE_CELLS``
    (``bench/<slug>/modes.json``), with what is left of the budget.
 6. ``report`` ``rnnbench report`` over what the check produced.
 
@@ -77,35 +80,45 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
     # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, triton_lstm cannot.
     runnable = [c for c in cells.names() if not (dry_run and cells.unavailable_reason(c, "cpu"))
                 and not (dry_run and c == "triton_lstm")]
+    # Cells that compile per shape (torch.compile) get their own steps, late: on a GPU each of their shapes costs
+    # seconds of Triton compilation, which would crowd every other cell's correctness and timing out.
+    compiled = [c for c in runnable if getattr(cells.cell_class(c), "compiles_per_shape", False)]
     fast = ",".join(c for c in FAST_CELLS if c in runnable)
-    slow = ",".join(c for c in runnable if c not in FAST_CELLS)
+    slow = ",".join(c for c in runnable if c not in FAST_CELLS and c not in compiled)
+    not_compiled = ",".join(c for c in cells.names() if c not in compiled)
     if dry_run:
         device, common = "cpu", ["--data-dir", str(ptb), "--no-verify", "--max-steps", "3"]
         small, medium, slow_steps = "tiny", "tiny", []
         medium_cells = "cudnn_lstm"  # triton_lstm cannot train on the CPU
         tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "float64 and T1-B1"]
-        bench = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--benchmark-max-time", "0.02",
-                 "--benchmark-min-rounds", "1"]
+        compiled_tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "compiled and state_dict"]
+        compiled_cells = "compiled_gru"
+        bench = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--bench-cells", not_compiled,
+                 "--benchmark-max-time", "0.02", "--benchmark-min-rounds", "1"]
         # cuda-graph is refused on the CPU, so the dry run only proves the step's plumbing (tests/test_step.py
         # trains in compile mode; compiling here too would cost CI a minute).
         modes = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--bench-cells", "cudnn_lstm", "--bench-modes",
                  "cuda-graph", "--benchmark-max-time", "0.02", "--benchmark-min-rounds", "1"]
         limits = {"env": 60, "tests": 60, "bench": 90, "train-small": 120, "train-small-slow": 120,
-                  "train-medium": 60, "bench-modes": 240, "report": 60}
+                  "train-medium": 60, "tests-compiled": 60, "train-compiled": 180, "bench-modes": 240, "report": 60}
         cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
         small, medium, slow_steps = "small", "medium", ["--max-steps", str(SLOW_STEPS)]
         medium_cells = "cudnn_lstm,triton_lstm"
-        tests = ["-m", "gpu", "tests"]
-        bench = ["--bench-device", "cuda", "--bench-modes", "eager", "--benchmark-max-time", "0.1"]
+        tests = ["-m", "gpu", "tests", "-k", "not compiled"]
+        compiled_tests = ["-m", "gpu", "tests", "-k", "compiled"]
+        compiled_cells = ",".join(compiled)
+        bench = ["--bench-device", "cuda", "--bench-cells", not_compiled, "--bench-modes", "eager",
+                 "--benchmark-max-time", "0.1"]
         modes = ["--bench-device", "cuda", "--bench-shapes", "small", "--bench-cells", MODE_CELLS, "--bench-modes",
                  "compile,cuda-graph", "--benchmark-max-time", "0.1"]
         # Measured on the H200 (2026-11-27): env 5 s, tests 49 s, bench 41 s at --benchmark-max-time 0.3,
         # cudnn_lstm one epoch of small 10 s of training (+ start-up and evaluation), medium 9 s.  The step
         # modes come last: they get what the budget has left.
         limits = {"env": 20, "tests": 60, "bench": 50, "train-small": 70, "train-small-slow": 40,
-                  "train-medium": 50, "bench-modes": 60, "report": REPORT_RESERVE_S}
+                  "train-medium": 50, "tests-compiled": 60, "train-compiled": 60, "bench-modes": 60,
+                  "report": REPORT_RESERVE_S}
         cell_timeout = "60"
 
     def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
@@ -124,6 +137,9 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
         sweep("train-small", fast, small, []),
         sweep("train-small-slow", slow, small, slow_steps),
         sweep("train-medium", medium_cells, medium, []),
+        Step("tests-compiled", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *compiled_tests,
+                                f"--junitxml={gpu / 'tests-compiled-junit.xml'}"], limits["tests-compiled"]),
+        sweep("train-compiled", compiled_cells, small, slow_steps),
         Step("bench-modes", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "bench",
                              "-k", "step_mode", "--benchmark-only", *modes,
                              f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),

@@ -25,7 +25,8 @@ def test_dry_run_runs_every_step_and_writes_its_outputs(tmp_path):
     summary = json.loads(steps_file.read_text())
     assert summary["dry_run"] is True
     assert [s["step"] for s in summary["steps"]] == ["env", "tests", "bench", "train-small", "train-small-slow",
-                                                     "train-medium", "bench-modes", "report"]
+                                                     "train-medium", "tests-compiled", "train-compiled",
+                                                     "bench-modes", "report"]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
     slug = summary["slug"]
     assert json.loads((out / "gpu" / slug / "env.json").read_text())["measured"]["fp32_matmul_flops"] > 0
