@@ -23,7 +23,9 @@ import cells
 from bench import flops
 from bench.machine import load_all as load_machines
 from bench.machine import name_slug
+from lm import config as lm_config
 from lm import records
+from lm.train import time_to_quality
 
 BASELINE = "cudnn_lstm"
 BASELINE_OF_KIND = {"LSTM": "cudnn_lstm", "GRU": "cudnn_gru"}
@@ -38,8 +40,8 @@ PAPER = {
     "medium": {"epochs": 39, "paper": (86.2, 82.7), "tutorial": (48.45, 86.16, 82.07)},
     "large": {"epochs": 55, "paper": (82.2, 78.4), "tutorial": (37.87, 82.62, 78.29)},
 }
-# Time to quality: the paper's validation perplexity + 5% (lm/config.py; here for records made before the field).
-TARGET_VALID_PPL = {"small": 126.7, "medium": 90.5, "large": 86.3}
+# Time to quality: the presets' targets (lm/config.py), also for records made before the field existed.
+TARGET_VALID_PPL = {name: lm_config.PRESETS[name].target_valid_ppl for name in PTB_PRESETS}
 PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Regularization*, "
                 "[arXiv:1409.2329](https://arxiv.org/abs/1409.2329), Table 1 (small = the non-regularized LSTM); "
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
@@ -208,18 +210,17 @@ def commit_text(env: dict) -> str:
 
 
 def quality(r: dict) -> dict:
-    """Time to quality of one record: seconds (training + evaluation, start-up excluded) and the epoch at which
-    validation perplexity first reached the preset's target, NaN when never; from the record's own
-    ``time_to_quality`` or, for records older than it, from its epochs when they carry ``elapsed_seconds``."""
+    """Time to quality of one record (``lm.train.time_to_quality`` over its epochs), NaN where there is none;
+    records older than the field get their preset's target, and seconds only when their epochs carry
+    ``elapsed_seconds``."""
     cfg = r.get("config") or {}
     target = _num(cfg.get("target_valid_ppl"))
     if math.isnan(target):
         target = _num(TARGET_VALID_PPL.get(cfg.get("name")))
-    epochs = [e for e in (r.get("epochs") or []) if isinstance(e, dict)]
-    for e in epochs:
-        if not math.isnan(target) and _num(e.get("valid_ppl")) <= target:
-            return {"target_valid_ppl": target, "seconds": _num(e.get("elapsed_seconds")), "epoch": e.get("epoch")}
-    return {"target_valid_ppl": target, "seconds": math.nan, "epoch": math.nan}
+    epochs = [e for e in (r.get("epochs") or []) if isinstance(e, dict) and not math.isnan(_num(e.get("valid_ppl")))]
+    ttq = time_to_quality(epochs, target) if not math.isnan(target) else {"seconds": None, "epoch": None}
+    return {"target_valid_ppl": target, "seconds": _num(ttq["seconds"]),
+            "epoch": math.nan if ttq["epoch"] is None else ttq["epoch"]}
 
 
 def _kind(cell) -> str | None:
