@@ -39,3 +39,8 @@ def detach(state):
     if isinstance(state, tuple):
         return tuple(s.detach() for s in state)
     return state.detach()
+
+
+def as_tuple(state) -> tuple:
+    """A carried state as a tuple of tensors (an LSTM's (h, c) as it is, a GRU's h as (h,))."""
+    return state if isinstance(state, tuple) else (state,)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lm.errors import UsageError
-from lm.model import detach
+from lm.model import as_tuple, detach
 
 MODES = ("eager", "compile", "cuda-graph")
 
@@ -179,7 +179,7 @@ class GraphStep(Step):
         with torch.cuda.graph(graph):
             loss, norm, new_state = self._update(s["x"], s["y"], s["state"])
             s["loss"], s["norm"] = loss, norm
-            for dst, src in zip(_tuple(s["state"]), _tuple(new_state), strict=True):
+            for dst, src in zip(as_tuple(s["state"]), as_tuple(new_state), strict=True):
                 dst.copy_(src)  # the carried state stays in its static buffer
         self.graph, self.captured_lr = graph, self.lr
         self.captures += 1
@@ -195,8 +195,8 @@ class GraphStep(Step):
         s = self.static
         s["x"].copy_(x)
         s["y"].copy_(y)
-        if not all(a is b for a, b in zip(_tuple(state), _tuple(s["state"]), strict=True)):
-            for dst, src in zip(_tuple(s["state"]), _tuple(state), strict=True):
+        if not all(a is b for a, b in zip(as_tuple(state), as_tuple(s["state"]), strict=True)):
+            for dst, src in zip(as_tuple(s["state"]), as_tuple(state), strict=True):
                 dst.copy_(src)
         self.graph.replay()
         return s["loss"], s["norm"], s["state"]
@@ -210,10 +210,6 @@ class GraphStep(Step):
     def describe(self) -> str:
         return ("CUDA graph of the whole step (re-captured per learning rate); "
                 f"clip foreach, SGD {optimizer_path(self.opt)}")
-
-
-def _tuple(state) -> tuple:
-    return state if isinstance(state, tuple) else (state,)
 
 
 STEPS = {"eager": Step, "compile": CompiledStep, "cuda-graph": GraphStep}

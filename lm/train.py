@@ -31,7 +31,7 @@ from lm import step as step_mod
 from lm.config import Config
 from lm.errors import UsageError
 from lm.heartbeat import Heartbeat, Silent
-from lm.model import LanguageModel
+from lm.model import LanguageModel, as_tuple
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -451,10 +451,6 @@ def time_to_quality(epochs: list[dict], target: float) -> dict:
         if e.get("valid_ppl") is not None and e["valid_ppl"] <= target:
             return {"target_valid_ppl": target, "seconds": e.get("elapsed_seconds"), "epoch": e["epoch"]}
     return {"target_valid_ppl": target, "seconds": None, "epoch": None}
-
-
-def as_tuple(state) -> tuple:
-    return state if isinstance(state, tuple) else (state,)
 
 
 def check_finite(pending: list[tuple[int, torch.Tensor]], last_loss: float | None, epoch: int) -> float | None:
