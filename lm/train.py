@@ -297,8 +297,9 @@ class Run:
             ckpt_mod.set_rng_state(ckpt["rng"])
             resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
                        "step": ckpt["step"], "cell": self.cell, "env": rec["env"]}
-            self.rec = rec = {**ckpt["record"], "config": cfg.as_dict(), "cell": self.cell, "backend": rec["backend"],
-                              "step": rec["step"]}
+            # The fresh record first: a checkpoint written before a field existed resumes with its default.
+            self.rec = rec = {**rec, **ckpt["record"], "config": cfg.as_dict(), "cell": self.cell,
+                              "backend": rec["backend"], "step": rec["step"]}
             rec["resumes"] = [*rec.get("resumes", []), resumed]
             self.wall0 -= rec.get("wall_seconds") or 0.0
             self.first_epoch, self.start_step, self.carried = ckpt["epoch"], ckpt["step"], ckpt["carried"]

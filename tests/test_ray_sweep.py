@@ -10,10 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 import cells
 from lm.cli import main
+
+# The README's install brings Ray, and CI requires it (RNNBENCH_REQUIRE_RAY=1); the GPU machine has none, so there
+# these tests skip rather than break the collection of the whole suite.
+if os.environ.get("RNNBENCH_REQUIRE_RAY") == "1":
+    import ray
+else:
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
 TESTS = Path(__file__).resolve().parent
 PLANTED = {"slow": "fake_cells:MarkedSlowLSTM", "hang": "fake_cells:HangingLSTM", "crash": "fake_cells:CrashingLSTM"}

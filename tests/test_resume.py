@@ -242,3 +242,21 @@ def test_full_results_folder_keeps_earlier_results(corpus_dir, tmp_path, capsys,
     for p, content in before.items():
         assert p.read_bytes() == content, f"{p} changed"
     assert not list(results.rglob("*.tmp"))
+
+
+def test_resume_from_a_checkpoint_older_than_a_record_field(corpus_dir, tmp_path, capsys):
+    """A checkpoint written before the record gained a field (here the compile-time fields) resumes with the field's
+    default instead of failing at the first step."""
+    results = tmp_path / "r"
+    base = ["train", "--cell", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+            "--results", str(results), "--quiet"]
+    assert main([*base, "--epochs", "1"]) == 0
+    path = checkpoint.default_path(results, "tiny", "loop_lstm", torch.device("cpu"), 0)
+    ckpt = checkpoint.load(path)
+    for key in ("compile_seconds", "compile_steps", "step_mode", "time_to_quality"):
+        del ckpt["record"][key]
+    torch.save(ckpt, path)
+    assert main([*base, "--epochs", "2", "--resume"]) == 0, capsys.readouterr().err
+    rec = json.loads(max((results / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert rec["status"] == "ok" and [e["epoch"] for e in rec["epochs"]] == [1, 2]
+    assert rec["compile_seconds"] >= 0 and rec["step_mode"] == "eager"
