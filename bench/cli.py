@@ -40,6 +40,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --engine ray: the cluster to join (default $RAY_ADDRESS, else a new one on this "
                         "machine)")
+    s.add_argument("--no-measure", action="store_true",
+                   help="do not measure the device's matmul rate first (the report then uses the newest "
+                        "measurement under <results>/machine, e.g. from an earlier sweep)")
     s.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="end a run past this many seconds and record it as `timeout` (default: no limit)")
     s.add_argument("--kill-grace", type=float, default=30.0, metavar="SECONDS",

@@ -1,32 +1,42 @@
-"""The one prepared GPU check: everything the suite claims about GPUs, gathered in one run of at most 6 minutes.
+"""The prepared GPU check, and the timing part that follows it: each one call of at most 6 minutes.
 
 Usage (from the repository root; nothing is installed, the checkout is put on PYTHONPATH)::
 
-    bash bench/gpu_check.sh PTB_DIR OUT             # on a GPU machine
-    bash bench/gpu_check.sh --dry-run PTB_DIR OUT   # the same steps on the CPU at tiny sizes (CI)
-    python -m bench.gpu_check merge OUT results     # fold a check's output into results/, then `rnnbench report`
+    bash bench/gpu_check.sh PTB_DIR OUT                   # the check, on a GPU machine
+    bash bench/gpu_check.sh --perf PTB_DIR OUT            # then the timings, with what the session has left
+    bash bench/gpu_check.sh --dry-run [--perf] PTB_DIR OUT  # the same steps on the CPU at tiny sizes (CI)
+    python -m bench.gpu_check merge OUT results           # fold the output into results/, then `rnnbench report`
 
-Steps, most valuable first, each with its own time limit, all within one budget of ``BUDGET_S``
+Steps, most valuable first, each with its own time limit (``LIMITS``), all within one budget of ``BUDGET_S``
 (a step gets at most what is left of it, less what the report needs); each writes its output as
 soon as it finishes, a failing or timed-out step is recorded in ``gpu/<slug>/steps.json``
-and the check goes on:
+(``perf-steps.json``) and the run goes on.
+
+The check (correctness, and a finished training record for every cell):
 
 1. ``env``    GPU, driver, CUDA, cuDNN, torch and triton versions; measured matmul rate and bandwidth.
 2. ``tests``  the correctness tests on CUDA (``-m gpu``): every cell against the float64 reference,
-              the Triton kernels compiled, not interpreted.
-3. ``bench``  the micro-benchmarks at the PTB shapes for every cell (pytest-benchmark JSON).
-4. ``train-small``       one epoch of the small preset for the fast cells (``FAST_CELLS``);
-   ``train-small-slow``  the other cells for ``SLOW_STEPS`` steps (the record's ``steps_per_epoch``
-                         and command say so: one epoch of a per-op loop cell is about a minute);
-   ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``
+              the Triton kernels compiled, not interpreted (the compiled cells at one shape).
+3. ``train-small``       one epoch of the small preset for the fast cells (``FAST_CELLS``);
+   ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``;
+   ``train-small-slow``  every other cell for ``SLOW_STEPS`` steps, evaluated on the first
+                         ``SLOW_EVAL_WORDS`` words of each stream (the record and the report say so);
+                         the cells that compile per shape (``compiles_per_shape``) last, so their
+                         compilation cannot crowd out the others
    (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
    recorded as ``timeout`` with its last heartbeat and the others still train).
-5. ``tests-compiled``, ``train-compiled``: the same for the cells that compile per shape
-   (``compiles_per_shape``: ``compiled_lstm``, ``compiled_gru``), kept late so their compilation
-   cannot crowd out the others;
-   ``bench-modes`` the LM step at small in the compile and cuda-graph modes for ``MODE_CELLS``
-   (``bench/<slug>/modes.json``), with what is left of the budget.
-6. ``report`` ``rnnbench report`` over what the check produced.
+4. ``report`` ``rnnbench report`` over what the check produced.
+
+The timings (``--perf``):
+
+1. ``env`` as above (a later call may get another machine).
+2. ``bench``          the micro-benchmarks at the PTB shapes for every cell but the compiled ones
+                      (``bench/<slug>/micro.json``).
+3. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 and bfloat16
+                      (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
+4. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+5. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
+6. ``report``.
 
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
@@ -54,10 +64,15 @@ BUDGET_S = 355  # the whole check, on one H100 or H200
 REPORT_RESERVE_S = 20
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
-SLOW_STEPS = 300
-# The LM step of these, at small, compiled and as one CUDA graph (issue targets: cudnn_lstm's graph step, and
-# compiled_lstm against loop_lstm).
-MODE_CELLS = "cudnn_lstm,loop_lstm,compiled_lstm,triton_lstm"
+SLOW_STEPS = 200
+SLOW_EVAL_WORDS = 8192
+# Per-step limits on one H100/H200.  Measured on an H200 (2026-11-27, 8f4c6d9): env 7 s; the CUDA tests 36 s without
+# the compiled cells'; one epoch of small: cudnn_lstm 22 s, cudnn_gru 19 s, triton_lstm 16-23 s a run (of which
+# ~6 s start-up and Triton compilation, ~2.2 s the test pass); medium cudnn_lstm 20 s; a loop cell ~31 ms a step
+# and ~25 s for its full test pass; the compiled cells ~12 s of compilation before their first step; the eager
+# micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.
+LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
+          "bench": 110, "tune": 150, "bench-modes": 70, "bench-compiled": 70, "report": REPORT_RESERVE_S}
 
 
 @dataclass
@@ -72,78 +87,93 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def steps(ptb: Path, out: Path, slug: str, dry_run: bool) -> list[Step]:
+def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -> list[Step]:
+    """The steps of ``part``: ``check`` (correctness and training) or ``perf`` (the timings)."""
     import cells
 
     py = [sys.executable]
     gpu = out / "gpu" / slug
+    pytest = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, triton_lstm cannot.
     runnable = [c for c in cells.names() if not (dry_run and cells.unavailable_reason(c, "cpu"))
                 and not (dry_run and c == "triton_lstm")]
-    # Cells that compile per shape (torch.compile) get their own steps, late: on a GPU each of their shapes costs
-    # seconds of Triton compilation, which would crowd every other cell's correctness and timing out.
-    compiled = [c for c in runnable if getattr(cells.cell_class(c), "compiles_per_shape", False)]
+    # Cells that compile per shape (torch.compile) train in their own step, last: on a GPU each of their shapes
+    # costs seconds of compilation, which must not crowd out the other cells.
+    compiled = [c for c in runnable if getattr(cells.cell_class(c), "compiles_per_shape", False)
+                and (not dry_run or c == "compiled_gru")]  # the dry run trains one (each compiles ~30 s on a CPU)
     fast = ",".join(c for c in FAST_CELLS if c in runnable)
-    slow = ",".join(c for c in runnable if c not in FAST_CELLS and c not in compiled)
+    slow = ",".join(c for c in runnable if c not in FAST_CELLS and c not in compiled
+                    and not getattr(cells.cell_class(c), "compiles_per_shape", False))
+    compiled_cells = ",".join(compiled)
     not_compiled = ",".join(c for c in cells.names() if c not in compiled)
     if dry_run:
         device, common = "cpu", ["--data-dir", str(ptb), "--no-verify", "--max-steps", "3"]
         small, medium, slow_steps = "tiny", "tiny", []
         medium_cells = "cudnn_lstm"  # triton_lstm cannot train on the CPU
-        tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "float64 and T1-B1"]
-        compiled_tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "compiled and state_dict"]
-        compiled_cells = "compiled_gru"
-        bench = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--bench-cells", not_compiled,
-                 "--benchmark-max-time", "0.02", "--benchmark-min-rounds", "1"]
-        # cuda-graph is refused on the CPU, so the dry run only proves the step's plumbing (tests/test_step.py
-        # trains in compile mode; compiling here too would cost CI a minute).
-        modes = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--bench-cells", "cudnn_lstm", "--bench-modes",
-                 "cuda-graph", "--benchmark-max-time", "0.02", "--benchmark-min-rounds", "1"]
-        limits = {"env": 60, "tests": 60, "bench": 90, "train-small": 120, "train-small-slow": 120,
-                  "train-medium": 60, "tests-compiled": 60, "train-compiled": 180, "bench-modes": 240, "report": 60}
+        tests = ["-m", "not gpu", "tests/test_cells.py", "-k", "float64 and T1-B1 or compiled_gru and state_dict"]
+        tiny = ["--bench-device", "cpu", "--bench-shapes", "tiny", "--benchmark-max-time", "0.02",
+                "--benchmark-min-rounds", "1"]
+        bench = [*tiny, "--bench-cells", "cudnn_lstm,loop_gru"]
+        # cuda-graph is refused on the CPU, so the dry run only proves the plumbing (tests/test_step.py trains in
+        # compile mode; compiling here too would cost CI a minute).
+        modes = ["-k", "test_step", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
+        versus = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
+        tune = ["--help"]  # the tile search times compiled kernels: the dry run only proves it starts
+        limits = dict.fromkeys(("env", "tests", "train-small", "train-small-slow", "train-medium", "bench",
+                                "tune", "bench-modes", "bench-compiled", "report"), 180)
         cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
-        small, medium, slow_steps = "small", "medium", ["--max-steps", str(SLOW_STEPS)]
+        small, medium = "small", "medium"
+        # The per-op cells: a fixed number of steps, evaluated on the first EVAL_WORDS words of each stream (their
+        # one-word-at-a-time test pass alone is ~25 s on an H200); both stated in the record and the report.
+        slow_steps = ["--max-steps", str(SLOW_STEPS), "--max-eval-words", str(SLOW_EVAL_WORDS)]
         medium_cells = "cudnn_lstm,triton_lstm"
-        tests = ["-m", "gpu", "tests", "-k", "not compiled"]
-        compiled_tests = ["-m", "gpu", "tests", "-k", "compiled"]
-        compiled_cells = ",".join(compiled)
+        # Every CUDA test but the compiled cells' float64 ones (each compiles fresh graphs; CI runs them on the CPU):
+        # their float32-against-float64 test at one shape proves the compiled kernels on the GPU.
+        tests = ["-m", "gpu", "tests", "-k",
+                 "not compiled_lstm and not compiled_gru or float32_against_float64 and T5-B4"]
         bench = ["--bench-device", "cuda", "--bench-cells", not_compiled, "--bench-modes", "eager",
-                 "--benchmark-max-time", "0.1"]
-        modes = ["--bench-device", "cuda", "--bench-shapes", "small", "--bench-cells", MODE_CELLS, "--bench-modes",
-                 "compile,cuda-graph", "--benchmark-max-time", "0.1"]
-        # Measured on the H200 (2026-11-27): env 5 s, tests 49 s, bench 41 s at --benchmark-max-time 0.3,
-        # cudnn_lstm one epoch of small 10 s of training (+ start-up and evaluation), medium 9 s.  The step
-        # modes come last: they get what the budget has left.
-        limits = {"env": 20, "tests": 60, "bench": 50, "train-small": 70, "train-small-slow": 40,
-                  "train-medium": 50, "tests-compiled": 60, "train-compiled": 60, "bench-modes": 60,
-                  "report": REPORT_RESERVE_S}
-        cell_timeout = "60"
+                 "--benchmark-max-time", "0.2"]
+        # The step modes beside eager in one run (ratios only within a run), and the compiled cells beside the loop.
+        modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
+                 "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm", "--bench-modes", "cuda-graph",
+                 "--benchmark-max-time", "0.2"]
+        versus = ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", "small,medium",
+                  "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--benchmark-max-time", "0.2"]
+        tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--json", str(gpu / "tiles.json")]
+        limits = LIMITS
+        cell_timeout = "80"
 
     def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
         return Step(name, [*py, "-m", "lm.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
                            "--device", device, "--results", str(out), "--quiet", "--cell-timeout", cell_timeout,
-                           "--kill-grace", "10",
+                           "--kill-grace", "10", "--no-measure",  # the env step measured the device
                            *common, *extra], limits[name])
 
+    env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
+    report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
+    if part == "perf":
+        return [
+            env,
+            Step("bench", [*pytest, "bench", "--benchmark-only", *bench,
+                           f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
+            Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
+            Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
+                                 f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
+            Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
+                                    f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
+                 limits["bench-compiled"]),
+            report,
+        ]
     return [
-        Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"]),
-        Step("tests", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests,
-                       f"--junitxml={gpu / 'tests-junit.xml'}"], limits["tests"]),
-        Step("bench", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "bench",
-                       "--benchmark-only", *bench, f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"],
-             limits["bench"]),
+        env,
+        Step("tests", [*pytest, *tests, f"--junitxml={gpu / 'tests-junit.xml'}"], limits["tests"]),
         sweep("train-small", fast, small, []),
-        sweep("train-small-slow", slow, small, slow_steps),
         sweep("train-medium", medium_cells, medium, []),
-        Step("tests-compiled", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *compiled_tests,
-                                f"--junitxml={gpu / 'tests-compiled-junit.xml'}"], limits["tests-compiled"]),
-        sweep("train-compiled", compiled_cells, small, slow_steps),
-        Step("bench-modes", [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "bench",
-                             "-k", "step_mode", "--benchmark-only", *modes,
-                             f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
-        Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"]),
+        # one sweep (one start-up), the compiled cells last so their compilation cannot crowd out the others
+        sweep("train-small-slow", ",".join(filter(None, [slow, compiled_cells])), small, slow_steps),
+        report,
     ]
 
 
@@ -181,7 +211,7 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
             "limit_s": round(limit, 1), "log": log.name, "command": " ".join(step.argv[1:])}
 
 
-def check(ptb: Path, out: Path, dry_run: bool) -> int:
+def check(ptb: Path, out: Path, dry_run: bool, part: str = "check") -> int:
     import torch
 
     from bench.machine import device_slug
@@ -198,17 +228,18 @@ def check(ptb: Path, out: Path, dry_run: bool) -> int:
     gpu = out / "gpu" / slug
     for folder in (gpu, out / "bench" / slug):
         folder.mkdir(parents=True, exist_ok=True)
-    summary = {"started": now(), "dry_run": dry_run, "slug": slug, "budget_s": BUDGET_S, "steps": []}
+    prefix = "" if part == "check" else f"{part}-"  # the perf part's logs and statuses sit beside the check's
+    summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": BUDGET_S, "steps": []}
     t0 = time.monotonic()
-    for step in steps(ptb.resolve(), out.resolve(), slug, dry_run):
+    for step in steps(ptb.resolve(), out.resolve(), slug, dry_run, part):
         left = BUDGET_S - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
         limit = step.limit_s if dry_run else min(step.limit_s, left)
-        summary["steps"].append(run_step(step, gpu / f"{step.name}.log", limit))
-        atomic_write(gpu / "steps.json", json.dumps(summary, indent=2) + "\n")
+        summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
+        atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # scratch; OUT is meant to be shipped
     summary["finished"] = now()
     summary["seconds"] = round(time.monotonic() - t0, 1)
-    atomic_write(gpu / "steps.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in summary["steps"] if s["status"] != "ok"]
     print(f"[gpu-check] done: {len(summary['steps']) - len(failed)} of {len(summary['steps'])} steps ok"
           + (f"; not ok: {', '.join(failed)}" if failed else ""), flush=True)
@@ -305,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("ptb", type=Path, help="folder with ptb.{train,valid,test}.txt")
     r.add_argument("out", type=Path, help="output folder (laid out like results/)")
     r.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
+    r.add_argument("--perf", action="store_true",
+                   help="the timing part (micro-benchmarks, step modes, compiled cells) instead of the check")
     e = sub.add_parser("env", help="step 1 alone")
     e.add_argument("--device", default="cuda")
     e.add_argument("--out", type=Path, required=True)
@@ -328,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnbench: error: {exc}", file=sys.stderr)
             return 2
     if args.cmd == "run":
-        return check(args.ptb, args.out, args.dry_run)
+        return check(args.ptb, args.out, args.dry_run, "perf" if args.perf else "check")
     p.print_help()
     return 2
 

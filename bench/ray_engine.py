@@ -136,7 +136,7 @@ def _started(spec: RunSpec, opts: Options) -> bool:
     return ckpt.exists() or ckpt.with_name(ckpt.name + ".owner").exists()
 
 
-def run(specs: list[RunSpec], opts: Options, address: str | None = None) -> list[Outcome]:
+def run(specs: list[RunSpec], opts: Options, address: str | None = None, measure: bool = True) -> list[Outcome]:
     """Run every spec as a Ray task; write each record as it comes back; return the outcomes in arrival order.
 
     Ctrl-C or SIGTERM cancels the tasks (their runs are asked to checkpoint and stop) and records the ones
@@ -160,7 +160,8 @@ def run(specs: list[RunSpec], opts: Options, address: str | None = None) -> list
         _choose_device(ray, opts)
         print(f"Ray cluster: {ray.cluster_resources().get('CPU', 0):g} CPU, {ray.cluster_resources().get('GPU', 0):g} "
               f"GPU; {len(specs)} run(s) of {resources(opts)} each", flush=True)
-        measure_machines(ray, opts)
+        if measure:
+            measure_machines(ray, opts)
         task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
         pending = {task.options(**resources(opts), name=f"rnnbench {spec}").remote(spec, opts): spec
                    for spec in specs}

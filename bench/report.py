@@ -46,10 +46,14 @@ PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Re
                 "[arXiv:1409.2329](https://arxiv.org/abs/1409.2329), Table 1 (small = the non-regularized LSTM); "
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
 
+# A run's planned length: the report keeps the latest run of each (a shorter run never hides a longer one).
+LENGTH_KEYS = ["cell", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words"]
+
 RUN_COLUMNS = [
     "run_id", "started", "date", "config", "cell", "seed", "mode", "kind", "backend", "device", "device_name",
     "status", "error",
-    "epochs_planned", "epochs_done", "steps_per_epoch", "hidden_size", "num_layers", "num_steps", "batch_size",
+    "epochs_planned", "epochs_done", "steps_per_epoch", "max_eval_words", "hidden_size", "num_layers", "num_steps",
+    "batch_size",
     "vocab_size", "train_words", "train_seconds", "compile_seconds", "valid_seconds", "test_seconds", "words_per_sec",
     "peak_memory_mib",
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
@@ -170,7 +174,8 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "seed": r.get("seed"), "mode": run_mode(r),
             "device": env.get("device"), "device_name": env.get("device_name"), "status": r.get("status"),
             "error": r.get("error"), "epochs_planned": cfg.get("epochs"), "epochs_done": len(epochs),
-            "steps_per_epoch": r.get("steps_per_epoch"), "hidden_size": hidden, "num_layers": layers,
+            "steps_per_epoch": r.get("steps_per_epoch"), "max_eval_words": _num(r.get("max_eval_words")),
+            "hidden_size": hidden, "num_layers": layers,
             "num_steps": cfg.get("num_steps"), "batch_size": cfg.get("batch_size"), "vocab_size": vocab,
             "train_words": _num(r.get("train_words")), "train_seconds": _num(r.get("train_seconds")),
             "compile_seconds": _num(r.get("compile_seconds")),
@@ -274,7 +279,7 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
     if runs.empty:
         return md + ["(no training runs under `runs/`)", ""]
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
-        latest = (group.sort_values("started").drop_duplicates(["cell", "mode", "epochs_planned", "steps_per_epoch"],
+        latest = (group.sort_values("started").drop_duplicates(LENGTH_KEYS,
                                                                keep="last")
                   .sort_values(["mode", "cell", "epochs_planned"], key=_sort_key))
         missing = [c for c in cells.names() if c not in set(latest["cell"])]
@@ -286,8 +291,9 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                + (f"Baseline: `{base['run_id']}` ({_date(base['started'])}, {base['words_per_sec']:.0f} words/sec)."
                   if base is not None else f"No finished `{BASELINE}` run here: the ratio column is empty.")
                + _rate_note(rate_for(rates, device, name, _common(latest["torch_threads"]))), ""]
-        t = latest.assign(epochs=[f"{d}/{p}" for d, p in zip(latest["epochs_done"], latest["epochs_planned"],
-                                                               strict=True)],
+        t = latest.assign(epochs=[f"{d}/{p}" + _eval_mark(w) for d, p, w in
+                                  zip(latest["epochs_done"], latest["epochs_planned"], latest["max_eval_words"],
+                                      strict=True)],
                           pct=latest["matmul_fraction"] * 100,
                           load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
                                                             strict=True)])
@@ -313,6 +319,11 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
     return md
 
 
+def _eval_mark(words) -> str:
+    """What the epochs column adds for a run evaluated on a prefix of the streams (``--max-eval-words``)."""
+    return "" if words is None or math.isnan(words) else f" (valid/test ppl: first {words:.0f} words)"
+
+
 def _cell_label(r) -> str:
     """The cell, with its step mode when that is not eager (``compiled_lstm [compile]``)."""
     mode = getattr(r, "mode", "eager")
@@ -333,7 +344,7 @@ def _ttq(r) -> str:
 # --- repeated seeds -------------------------------------------------------------------------------------------
 
 # Runs that differ only in their seed: one preset on one device, one execution mode, one planned length, one cell.
-SEED_GROUP = ["config", "device", "device_name", "mode", "epochs_planned", "steps_per_epoch"]
+SEED_GROUP = ["config", "device", "device_name", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words"]
 SEED_METRICS = {"words_per_sec": "words/sec", "peak_memory_mib": "peak MiB", "final_valid_ppl": "valid ppl",
                 "test_ppl": "test ppl"}
 
@@ -530,7 +541,8 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
           ""]
     drawn = False
     for preset, ref in PAPER.items():
-        ours = runs[(runs["config"] == preset) & (runs["status"] == "ok")]
+        # a smoke run evaluated on a prefix of the streams (--max-eval-words) is not the tutorial's perplexity
+        ours = runs[(runs["config"] == preset) & (runs["status"] == "ok") & runs["max_eval_words"].isna()]
         if ours.empty:
             continue
         drawn = True
@@ -602,7 +614,7 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: st
     by_id = {r.get("run_id"): r for r in raw_runs}
     out = []
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False):
-        latest = group.sort_values("started").drop_duplicates(["cell", "mode", "epochs_planned", "steps_per_epoch"],
+        latest = group.sort_values("started").drop_duplicates(LENGTH_KEYS,
                                                               keep="last")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         drawn, xs_seen, untimed = 0, set(), []

@@ -75,6 +75,7 @@ class Options:
     dtype: str = "float32"
     epochs: int | None = None
     max_steps: int | None = None
+    max_eval_words: int | None = None
     data_dir: str | None = None
     no_verify: bool = False
     quiet: bool = False
@@ -108,7 +109,8 @@ def train_args(spec: RunSpec, opts: Options, results: str | os.PathLike | None =
     quiet = opts.quiet or opts.engine != "local"  # interleaved progress bars of parallel runs say nothing
     out = ["train", *spec.train_flags(), "--device", str(opts.device), "--results", str(results or opts.results),
            "--dtype", opts.dtype]
-    for flag, value in (("--epochs", opts.epochs), ("--max-steps", opts.max_steps), ("--data-dir", opts.data_dir),
+    for flag, value in (("--epochs", opts.epochs), ("--max-steps", opts.max_steps),
+                        ("--max-eval-words", opts.max_eval_words), ("--data-dir", opts.data_dir),
                         ("--threads", opts.threads), ("--checkpoint", checkpoint),
                         ("--checkpoint-every", opts.checkpoint_every)):
         if value is not None:

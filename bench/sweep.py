@@ -83,7 +83,8 @@ def plan(presets: list[str], names: list[str], seeds: list[int], modes: tuple[st
 
 def options(args: argparse.Namespace) -> Options:
     """The parsed ``rnnbench sweep`` arguments, checked, as the Options every run shares."""
-    for name, value, low in (("--max-steps", args.max_steps, 1), ("--epochs", args.epochs, 1),
+    for name, value, low in (("--max-steps", args.max_steps, 1), ("--max-eval-words", args.max_eval_words, 1),
+                             ("--epochs", args.epochs, 1),
                              ("--cell-timeout", args.cell_timeout, 1e-9), ("--kill-grace", args.kill_grace, 0),
                              ("--heartbeat", args.heartbeat, 0), ("--checkpoint-every", args.checkpoint_every, 0)):
         if value is not None and not value >= low:
@@ -93,7 +94,8 @@ def options(args: argparse.Namespace) -> Options:
     checkpoints = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else results / "checkpoints"
     return Options(results=str(results), checkpoints=str(checkpoints / f"sweep-{sweep_id}"), sweep_id=sweep_id,
                    engine=args.engine, device=args.device, dtype=args.dtype, epochs=args.epochs,
-                   max_steps=args.max_steps, no_verify=args.no_verify, quiet=args.quiet,
+                   max_steps=args.max_steps, max_eval_words=args.max_eval_words, no_verify=args.no_verify,
+                   quiet=args.quiet,
                    data_dir=str(Path(args.data_dir).resolve()) if args.data_dir and args.engine == "ray" else
                    args.data_dir,  # a Ray worker's working directory is not ours
                    threads=args.threads, heartbeat=args.heartbeat, checkpoint_every=args.checkpoint_every,
@@ -188,10 +190,11 @@ def sweep(args: argparse.Namespace) -> int:
     if opts.engine == "ray":
         from bench import ray_engine
 
-        outcomes = ray_engine.run(specs, opts, args.ray_address)
+        outcomes = ray_engine.run(specs, opts, args.ray_address, measure=not args.no_measure)
     else:
         _prepare_local(opts)
-        measure_machine(opts)
+        if not args.no_measure:
+            measure_machine(opts)
         outcomes = run_local(specs, opts)
     with contextlib.suppress(OSError):
         Path(opts.checkpoints).rmdir()  # empty when every run ended ok

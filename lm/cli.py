@@ -126,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
                 progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
                 checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                deterministic=args.deterministic, heartbeat=args.heartbeat, step_mode=args.step)
+                deterministic=args.deterministic, heartbeat=args.heartbeat, step_mode=args.step,
+                max_eval_words=args.max_eval_words)
     ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
     wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
     where = f"; record {rec['record_path']}" if "record_path" in rec else ""
@@ -145,8 +146,13 @@ def cmd_cells(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     from tabulate import tabulate
 
-    rows = [(c.name, c.kind, c.device, "yes" if c.runnable else "no", c.detail) for c in cells.available(device)]
+    infos = cells.available(device)
+    rows = [(c.name, c.kind, c.device, "yes" if c.runnable else "no", c.detail) for c in infos]
     print(tabulate(rows, headers=["cell", "kind", "device", "runs here", "backend / reason"]))
+    notes = [f"  {c.name}: {c.note}" for c in infos if c.note]
+    if notes:
+        print("\nParameters not shaped like nn.LSTM / nn.GRU (their state_dicts move to no cell of another kind):")
+        print("\n".join(notes))
     return 0
 
 
@@ -163,6 +169,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", default="small", help=f"preset: {', '.join(PRESETS)} (default small)")
     p.add_argument("--max-steps", type=int, default=None, help="truncate every epoch to this many windows")
+    p.add_argument("--max-eval-words", type=int, default=None, metavar="N",
+                   help="validate and test on the first N words of each stream only (smoke runs; the record "
+                        "and the report say so; default: the whole streams, as the tutorial)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     seeds = p.add_mutually_exclusive_group()

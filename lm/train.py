@@ -129,6 +129,7 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         "vocab_size": None,
         "seed": seed,
         "steps_per_epoch": None,
+        "max_eval_words": None,
         "env": env.environment(device),
         "load_average_start": os.getloadavg(),
         "epochs": [],
@@ -193,7 +194,8 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
           results_dir: str | os.PathLike | None = "results", max_steps: int | None = None,
           progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32,
           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: float = 10.0, resume: bool = False,
-          deterministic: bool = False, heartbeat: float = 0.0, step_mode: str = "eager") -> dict:
+          deterministic: bool = False, heartbeat: float = 0.0, step_mode: str = "eager",
+          max_eval_words: int | None = None) -> dict:
     """Train and evaluate one model; write its record under ``results_dir`` (None: write nothing).
 
     Args:
@@ -205,11 +207,16 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         deterministic: PyTorch's deterministic algorithms.
         heartbeat: seconds between heartbeat lines on stderr (``lm.heartbeat``); 0: none.
         step_mode: how the training step executes (``lm.step.MODES``): eager, compile or cuda-graph.
+        max_eval_words: validate and test on the first this many words of each stream only (a smoke run's
+            evaluation, e.g. the GPU check's per-op loop cells, whose 82k-step test pass takes ~25 s on a GPU);
+            stated in the record, and the report marks such perplexities.  None: the whole streams.
 
     Returns the record; its ``status`` is ok, failed, diverged, oom or interrupted.
     """
     if max_steps is not None and max_steps <= 0:
         raise UsageError(f"--max-steps must be a positive integer, got {max_steps}")
+    if max_eval_words is not None and max_eval_words <= 0:
+        raise UsageError(f"--max-eval-words must be a positive integer, got {max_eval_words}")
     if checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be >= 0 minutes, got {checkpoint_every}")
     if step_mode not in step_mod.MODES:
@@ -230,10 +237,12 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     torch.manual_seed(seed)
     rec = new_record(cfg, cell, device, seed, command, step_mode)
     rec["deterministic"] = deterministic
+    rec["max_eval_words"] = max_eval_words
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hb = Heartbeat(f"{cfg.name} {cell}{'' if step_mode == 'eager' else ' ' + step_mode} {device.type}", heartbeat)
-    run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, max_steps)
+    run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, max_steps,
+              max_eval_words)
     with hb:
         try:
             run.setup(step_mode, ckpt)
@@ -273,11 +282,11 @@ class Run:
 
     def __init__(self, cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, dtype: torch.dtype,
                  rec: dict, hb: Heartbeat, progress: bool, checkpoint_path, checkpoint_every: float,
-                 max_steps: int | None):
+                 max_steps: int | None, max_eval_words: int | None = None):
         self.cfg, self.cell, self.corpus, self.device, self.dtype = cfg, cell, corpus, device, dtype
         self.rec, self.hb, self.progress = rec, hb, progress
         self.checkpoint_path, self.every = checkpoint_path, checkpoint_every * 60.0
-        self.max_steps = max_steps
+        self.max_steps, self.max_eval_words = max_steps, max_eval_words
         self.wall0 = time.perf_counter()
         self.first_epoch, self.start_step, self.carried = 1, 0, None
         self.model = self.step = None
@@ -403,8 +412,8 @@ class Run:
     def validate(self, epoch: int) -> None:
         cfg, rec = self.cfg, self.rec
         v0 = time.perf_counter()
-        valid = evaluate(self.model, self.corpus.valid, cfg.batch_size, cfg.num_steps, self.device, "valid",
-                         self.progress, heartbeat=self.hb)
+        valid = evaluate(self.model, self._stream(self.corpus.valid), cfg.batch_size, cfg.num_steps, self.device,
+                         "valid", self.progress, heartbeat=self.hb)
         valid_seconds = time.perf_counter() - v0
         rec["valid_seconds"] = rec.get("valid_seconds", 0.0) + valid_seconds
         e = self._epoch
@@ -419,11 +428,15 @@ class Run:
                        f"valid ppl {valid:.2f}  {e['words_per_sec']:.0f} words/sec")
         self.save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
 
+    def _stream(self, tokens: torch.Tensor) -> torch.Tensor:
+        """An evaluation stream, cut to its first ``max_eval_words`` predicted words when that is set."""
+        return tokens if self.max_eval_words is None else tokens[: self.max_eval_words + 1]
+
     def test(self) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.rec["test_ppl"] = evaluate(self.model, self.corpus.test, cfg.test_batch_size, cfg.test_num_steps,
-                                        self.device, "test", self.progress, heartbeat=self.hb)
+        self.rec["test_ppl"] = evaluate(self.model, self._stream(self.corpus.test), cfg.test_batch_size,
+                                        cfg.test_num_steps, self.device, "test", self.progress, heartbeat=self.hb)
         self.rec["test_seconds"] = time.perf_counter() - t0
 
     def release(self) -> None:

@@ -89,6 +89,34 @@ def test_record_times_each_phase_and_time_to_quality(corpus_dir):
     assert train.time_to_quality(epochs, 1.0) == {"target_valid_ppl": 1.0, "seconds": None, "epoch": None}
 
 
+def test_max_eval_words_scores_a_prefix_of_each_stream_and_says_so(corpus_dir, tmp_path):
+    """A smoke run's evaluation (--max-eval-words N) is the tutorial's perplexity of each stream's first N words;
+    the record states N and the report keeps such runs out of the comparison with the paper."""
+    from bench import report
+    from lm import checkpoint
+
+    corpus = data.load(corpus_dir, check_md5=False)
+    cfg = config.preset("tiny", epochs=1)
+    path = tmp_path / "ckpt.pt"
+    rec = train.train(cfg, "loop_lstm", corpus, torch.device("cpu"), seed=3, results_dir=None, progress=False,
+                      checkpoint_path=path, max_eval_words=40)
+    assert rec["status"] == "ok" and rec["max_eval_words"] == 40
+    model = LanguageModel("loop_lstm", corpus.vocab_size, cfg.hidden_size, cfg.num_layers, 0.0, cfg.init_scale)
+    model.load_state_dict(checkpoint.load(path)["model"])
+    prefix = corpus.test[:41]
+    assert rec["test_ppl"] == pytest.approx(plain_loop(model, prefix, cfg.test_batch_size, cfg.test_num_steps),
+                                            rel=1e-6)
+    assert rec["epochs"][0]["valid_ppl"] == pytest.approx(
+        plain_loop(model, corpus.valid[:41], cfg.batch_size, cfg.num_steps), rel=1e-6)
+    rows = report.runs_frame([rec]).assign(config="small")  # as if a smoke run of a paper preset
+    assert rows["max_eval_words"].tolist() == [40]
+    assert "first 40 words" in "\n".join(report.training_section(rows, {}))
+    assert "(no finished run of a paper preset yet)" in "\n".join(report.paper_section(rows))
+    assert "ours: `loop_lstm`" in "\n".join(report.paper_section(rows.assign(max_eval_words=math.nan)))
+    with pytest.raises(train.UsageError, match="--max-eval-words must be a positive integer"):
+        train.train(cfg, "loop_lstm", corpus, torch.device("cpu"), results_dir=None, max_eval_words=0)
+
+
 def test_heartbeat_line_says_phase_epoch_step():
     hb = Heartbeat("small loop_lstm cpu", every=0)
     hb.update(phase="train", epoch=2, epochs=13, step=120, steps=2323, words=4000)

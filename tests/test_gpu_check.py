@@ -14,39 +14,79 @@ from conftest import write_corpus
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_dry_run_runs_every_step_and_writes_its_outputs(tmp_path):
+def dry_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
     corpus = write_corpus(tmp_path / "corpus", lines=200)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", str(corpus), str(out)], cwd=ROOT, env=env,
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", *flags, str(corpus), str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (steps_file,) = out.glob("gpu/*/steps.json")
+    (steps_file,) = out.glob(f"gpu/*/{'perf-' if flags else ''}steps.json")
     summary = json.loads(steps_file.read_text())
     assert summary["dry_run"] is True
-    assert [s["step"] for s in summary["steps"]] == ["env", "tests", "bench", "train-small", "train-small-slow",
-                                                     "train-medium", "tests-compiled", "train-compiled",
-                                                     "bench-modes", "report"]
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
+    assert (out / "REPORT.md").is_file()
+    assert not (out / "checkpoints").exists(), "scratch checkpoints are not shipped"
+    return out, summary
+
+
+def test_dry_run_of_the_check_runs_every_step_and_trains_every_cell(tmp_path):
+    import cells
+
+    out, summary = dry_run(tmp_path)
+    assert [s["step"] for s in summary["steps"]] == ["env", "tests", "train-small", "train-medium",
+                                                     "train-small-slow", "report"]
     slug = summary["slug"]
     assert json.loads((out / "gpu" / slug / "env.json").read_text())["measured"]["fp32_matmul_flops"] > 0
     assert (out / "gpu" / slug / "tests-junit.xml").is_file()
-    bench = json.loads((out / "bench" / slug / "micro.json").read_text())
-    assert bench["benchmarks"], "micro-benchmarks ran"
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     by_cell = {}
     for rec in runs:
         by_cell.setdefault(rec["cell"], []).append(rec["status"])
     assert "triton_lstm" not in by_cell  # interpreted Triton is not trained; on a GPU it is named and must train
-    assert by_cell["cudnn_lstm"] == ["ok", "ok"] and by_cell["loop_lstm"] == ["ok"] and by_cell["loop_gru"] == ["ok"]
-    assert (out / "REPORT.md").is_file()
-    assert not (out / "checkpoints").exists(), "scratch checkpoints are not shipped"
+    assert by_cell.pop("cudnn_lstm") == ["ok", "ok"] and by_cell.pop("compiled_gru") == ["ok"]
+    # every other cell but the GPU-only and the second compiled one trains once
+    assert by_cell == {c: ["ok"] for c in cells.names() if c not in ("cudnn_lstm", "triton_lstm", "compiled_lstm",
+                                                                     "compiled_gru")}
+    slow = [r for r in runs if r["cell"] == "loop_lstm"]
+    assert slow[0]["steps_per_epoch"] == 3
 
     merged = tmp_path / "results"
     subprocess.run([sys.executable, "-m", "bench.gpu_check", "merge", str(out), str(merged)], cwd=ROOT, check=True,
-                   env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True)
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
     assert len(list((merged / "runs").glob("*.json"))) == len(runs)
     assert (merged / "gpu" / slug / "steps.json").is_file()
+
+
+def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
+    out, summary = dry_run(tmp_path, "--perf")
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "tune", "bench-modes", "bench-compiled",
+                                                     "report"]
+    slug = summary["slug"]
+    for name in ("micro", "modes", "compiled"):
+        assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
+    assert (out / "gpu" / slug / "perf-bench.log").is_file() and not (out / "gpu" / slug / "steps.json").exists()
+
+
+def test_the_real_steps_fit_the_budget_and_name_every_cell():
+    """What runs on the GPU: every cell trained (the fast ones one epoch, the rest a stated number of steps),
+    medium for cudnn_lstm and triton_lstm, and per-step limits that the budget can hold."""
+    import cells
+    from bench import gpu_check
+
+    check = {s.name: s for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False)}
+    trained = []
+    for name in ("train-small", "train-small-slow"):
+        argv = check[name].argv
+        trained += argv[argv.index("--cells") + 1].split(",")
+    assert sorted(trained) == sorted(cells.names())
+    assert "--max-steps" not in check["train-small"].argv
+    medium = check["train-medium"].argv
+    assert medium[medium.index("--cells") + 1] == "cudnn_lstm,triton_lstm"
+    for part in ("check", "perf"):
+        limits = [s.limit_s for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, part)]
+        assert all(0 < x <= gpu_check.BUDGET_S for x in limits)
+    assert gpu_check.BUDGET_S <= 360
 
 
 def test_without_cuda_the_real_check_refuses_in_one_line(tmp_path):

@@ -462,3 +462,22 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         assert "mma" in ptx, f"{kernel}: bfloat16 recurrent matmuls off the tensor cores"
         usage = sm90.usage(out, log)
         assert usage.spill_stores == usage.spill_loads == 0, f"{kernel}: {usage}"
+
+
+def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
+    """The tile search (cells.triton_lstm.tune) tries grids of 132 / 66 / 33 programs with one unit tile each; on a
+    machine without CUDA it says so in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from cells.triton_lstm import launch, tune
+
+    tile = launch.TILES[(1500, torch.float32)]
+    for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
+        assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
+    assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64}
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.tune"], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr

@@ -1,0 +1,185 @@
+"""Measure tiles for :data:`.launch.TILES` on the GPU at hand: greedy search, one dimension at a time.
+
+Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton compilation)::
+
+    python -m cells.triton_lstm.tune --presets medium,large --dtypes float32,bfloat16 --json OUT.json
+
+For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of
+``TILES``, then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), the
+reduction tile, the warps, the software-pipelining stages -- keeping a change only when the median
+forward+backward of the stack improves by more than 2 %.  Every candidate's output is checked against the
+starting tile's (same weights, same input) before it is timed.  ``torch.nn.LSTM`` (cuDNN, TF32 off) is timed in
+the same process at the same shape, so every row carries its ratio.  Timing: CUDA events around each call,
+synchronized, two untimed calls first (compilation), median of ``--reps``.
+
+The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
+cuDNN times, the device, the versions); replace a ``TILES`` entry only with such a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from . import launch
+
+PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20, 2 layers
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BATCH, LAYERS = 20, 2
+
+
+def _time(fn, reps: int) -> float:
+    """Median seconds of ``fn()`` on the current stream (two untimed calls first)."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float, torch.Tensor]:
+    """(forward s, forward+backward s, the output) of ``module`` on ``x``; upstream gradient all ones."""
+    def fwd():
+        return module(x)[0]
+
+    def fwdbwd():
+        module(x)[0].sum().backward()
+
+    with torch.no_grad():
+        out = module(x)[0].float()
+    return _time(fwd, reps), _time(fwdbwd, reps), out
+
+
+def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
+    """``tile`` with ``field`` changed to each value worth trying."""
+    if field == "units":
+        out = []
+        for programs in (sms, sms // 2, sms // 4):
+            units = -(-hidden // programs)
+            block_j = max(8, 1 << (units - 1).bit_length())
+            if block_j <= 64:
+                out.append(dataclasses.replace(tile, units=units, block_j=block_j))
+        return out
+    values = {"block_k": (16, 32, 64) if dtype == torch.float32 else (32, 64, 128),
+              "num_warps": (4, 8), "num_warps_bwd": (4, 8), "num_stages": (1, 2, 3)}[field]
+    return [dataclasses.replace(tile, **{field: v}) for v in values]
+
+
+def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
+    """Greedy search for one preset and dtype; returns one record per timed candidate."""
+    from cells.triton_lstm import TritonLSTM
+
+    hidden, steps = PRESETS[preset]
+    device = torch.device("cuda")
+    sms = launch.sm_count(device)
+    torch.manual_seed(0)
+    module = TritonLSTM(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
+    ref = torch.nn.LSTM(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
+    ref.load_state_dict(module.state_dict())
+    x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
+    cudnn_fwd, cudnn_fwdbwd, _ = _passes(ref, x, reps)
+    key = (hidden, dtype)
+    original = launch.TILES.get(key)
+    start = original or launch.Tile(units=-(-hidden // sms), block_j=8, block_k=16, num_warps=4, num_warps_bwd=4,
+                                    num_stages=1)
+    records, seen, expected = [], {}, None
+
+    def measure(tile: launch.Tile) -> float:
+        nonlocal expected
+        if tile in seen:
+            return seen[tile]
+        launch.TILES[key] = tile
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
+        t0 = time.perf_counter()
+        try:
+            fwd, fwdbwd, out = _passes(module, x, reps)
+        except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
+            log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
+            records.append({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
+                            "error": f"{type(exc).__name__}: {exc}"[:500]})
+            seen[tile] = float("inf")
+            return seen[tile]
+        expected = out if expected is None else expected
+        diff = (out - expected).abs().max().item()
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        plan = module.describe_backend(device, batch=BATCH, dtype=dtype)
+        rec = {"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile), "fwd_s": fwd,
+               "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
+               "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_abs_diff": diff, "ok": diff <= tol,
+               "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
+        records.append(rec)
+        seen[tile] = fwdbwd if rec["ok"] else float("inf")
+        log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
+            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages}  fwd {fwd * 1e3:7.3f} ms  "
+            f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
+            + ("" if rec["ok"] else "  WRONG"))
+        return seen[tile]
+
+    try:
+        best, best_s = start, measure(start)
+        for field in ("units", "block_k", "num_warps", "num_warps_bwd", "num_stages"):
+            for tile in candidates(best, hidden, dtype, sms, field):
+                s = measure(tile)
+                if s < best_s * 0.98:
+                    best, best_s = tile, s
+        log(f"best {preset} {dtype}: {best} (fwd+bwd {best_s * 1e3:.3f} ms, cuDNN {cudnn_fwdbwd * 1e3:.3f} ms)")
+        for rec in records:
+            rec["best"] = rec.get("tile") == dataclasses.asdict(best)
+    finally:
+        if original is None:
+            launch.TILES.pop(key, None)
+        else:
+            launch.TILES[key] = original
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cells.triton_lstm.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="medium,large")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--json", default=None, help="write every candidate's record here")
+    args = p.parse_args(argv)
+    presets = [s for s in args.presets.split(",") if s]
+    dtypes = [s for s in args.dtypes.split(",") if s]
+    bad = [s for s in presets if s not in PRESETS] + [d for d in dtypes if d not in DTYPES]
+    if bad:
+        print(f"rnnbench: error: unknown preset or dtype: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("rnnbench: error: tuning times compiled kernels and needs CUDA (none here)", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 on both sides
+    from lm import env
+
+    records = []
+    for preset in presets:
+        for dtype in dtypes:
+            records += tune(preset, DTYPES[dtype], args.reps)
+            if args.json:  # after each preset: a killed run keeps what it measured
+                from lm.records import atomic_write
+
+                doc = {"env": env.environment(torch.device("cuda")), "command": " ".join(sys.argv),
+                       "records": records}
+                atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
