@@ -8,7 +8,7 @@ The interface, stated once::
         x      [T, B, input_size]
         y      [T, B, hidden_size]            (output of the top layer)
         state  LSTM: (h, c), each [num_layers, B, hidden_size]
-               GRU:  h, [num_layers, B, hidden_size]
+               GRU, minGRU, minLSTM:  h, [num_layers, B, hidden_size]
                None means zeros.
         dropout applies to the outputs of every layer but the last, in training
         mode, as in torch.nn.LSTM.
@@ -16,6 +16,9 @@ The interface, stated once::
 Parameters are named and shaped exactly like ``torch.nn.LSTM`` / ``torch.nn.GRU``
 (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``; gate
 order i, f, g, o and r, z, n), so state_dicts move between cells of one kind.
+The exception is :mod:`cells.minimal` (``min_gru``, ``min_lstm``): no recurrent
+weights, so parameters of their own and kinds of their own ("minGRU", "minLSTM");
+their class says so in ``parameter_layout``, which ``rnnbench cells`` shows.
 
 A cell class may define ``available(device) -> str | None`` (a reason it cannot
 run there, or None) and ``describe_backend(device) -> str``; the registry below
@@ -40,6 +43,8 @@ REGISTRY: dict[str, str] = {
     "triton_lstm": "cells.triton_lstm:TritonLSTM",
     "compiled_lstm": "cells.compiled:CompiledLSTM",
     "compiled_gru": "cells.compiled:CompiledGRU",
+    "min_gru": "cells.minimal:MinGRU",
+    "min_lstm": "cells.minimal:MinLSTM",
 }
 
 # Cells kept outside this package (the sweep's tests use it for deliberately broken cells):
@@ -68,7 +73,7 @@ def cell_class(name: str):
 
 
 def kind(name: str) -> str:
-    """'LSTM' or 'GRU'."""
+    """'LSTM', 'GRU', 'minGRU' or 'minLSTM': cells of one kind share parameters and state layout."""
     return cell_class(name).mode
 
 
@@ -98,6 +103,7 @@ class CellInfo:
     device: str
     runnable: bool
     detail: str  # the backend when runnable, else the reason
+    note: str = ""  # the parameter layout of a cell whose parameters are not nn.LSTM's / nn.GRU's
 
 
 def available(device: str | torch.device | None = None) -> list[CellInfo]:
@@ -108,7 +114,8 @@ def available(device: str | torch.device | None = None) -> list[CellInfo]:
         reason = unavailable_reason(name, device)
         if reason is None:
             detail = detect_backend(build(name, 8, 8, 1).to(device), device)
-            out.append(CellInfo(name, kind(name), device.type, True, detail))
+            out.append(CellInfo(name, kind(name), device.type, True, detail,
+                                getattr(cell_class(name), "parameter_layout", "")))
         else:
             out.append(CellInfo(name, REGISTRY[name].split(":")[1], device.type, False, reason))
     return out

@@ -1,13 +1,17 @@
 """Shared parameter layout and layer stacking for every recurrent cell.
 
-A cell stack owns parameters named and shaped exactly like ``torch.nn.LSTM`` /
-``torch.nn.GRU`` (``weight_ih_l{k}`` [G*H, in], ``weight_hh_l{k}`` [G*H, H],
-``bias_ih_l{k}`` [G*H], ``bias_hh_l{k}`` [G*H]; G = 4 for LSTM with gate order
-i, f, g, o and G = 3 for GRU with gate order r, z, n), so a ``state_dict``
-moves between implementations of the same kind.  Subclasses implement one
-layer over the whole sequence; this class stacks the layers, applies
-inter-layer dropout exactly where ``torch.nn.LSTM`` does, and handles the
-optional initial state.
+:class:`LayerStack` stacks layers: it applies inter-layer dropout exactly where
+``torch.nn.LSTM`` does and handles the optional initial state (``(h, c)`` for
+``mode == "LSTM"``, one tensor ``h`` for every other kind).  Subclasses own the
+parameters and implement one layer over the whole sequence.
+
+:class:`RecurrentStack` adds parameters named and shaped exactly like
+``torch.nn.LSTM`` / ``torch.nn.GRU`` (``weight_ih_l{k}`` [G*H, in], ``weight_hh_l{k}``
+[G*H, H], ``bias_ih_l{k}`` [G*H], ``bias_hh_l{k}`` [G*H]; G = 4 for LSTM with gate
+order i, f, g, o and G = 3 for GRU with gate order r, z, n), so a ``state_dict``
+moves between implementations of the same kind.  Cells with another layout
+(:mod:`cells.minimal`) derive from :class:`LayerStack` directly and name a kind
+of their own.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from torch import nn
 GATES = {"LSTM": 4, "GRU": 3}
 
 
-class RecurrentStack(nn.Module):
-    """Base class: ``forward(x, state=None) -> (y, state)``; see :mod:`cells`."""
+class LayerStack(nn.Module):
+    """Base class: ``forward(x, state=None) -> (y, state)``; see :mod:`cells`.  Subclasses register the
+    parameters (before calling :meth:`reset_parameters`) and implement :meth:`layer`."""
 
     mode: str = "LSTM"
 
@@ -30,14 +35,6 @@ class RecurrentStack(nn.Module):
         check_sizes(input_size, hidden_size, num_layers, dropout)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.dropout = num_layers, float(dropout)
-        gates = GATES[self.mode] * hidden_size
-        for k in range(num_layers):
-            in_k = input_size if k == 0 else hidden_size
-            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates, in_k)))
-            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates, hidden_size)))
-            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates)))
-            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates)))
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Uniform in +-1/sqrt(hidden_size), as torch.nn.LSTM initialises."""
@@ -45,12 +42,8 @@ class RecurrentStack(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def layer_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
-                getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
-
     def layer(self, k: int, x: torch.Tensor, state):
-        """Run layer ``k`` over x [T, B, in] from ``state`` (LSTM: (h, c) each [B, H]; GRU: h).
+        """Run layer ``k`` over x [T, B, in] from ``state`` (LSTM: (h, c) each [B, H]; other kinds: h).
 
         Returns (y [T, B, H], final state of the same structure)."""
         raise NotImplementedError
@@ -75,6 +68,27 @@ class RecurrentStack(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, dropout={self.dropout}"
+
+
+class RecurrentStack(LayerStack):
+    """A :class:`LayerStack` with ``torch.nn.LSTM`` / ``torch.nn.GRU``'s parameters (``mode`` "LSTM" or "GRU")."""
+
+    mode: str = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__(input_size, hidden_size, num_layers, dropout)
+        gates = GATES[self.mode] * hidden_size
+        for k in range(num_layers):
+            in_k = input_size if k == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates, in_k)))
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates, hidden_size)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates)))
+        self.reset_parameters()
+
+    def layer_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
 
 def check_sizes(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import cells
+from lm.errors import UsageError
 
 
 class LanguageModel(nn.Module):
@@ -27,6 +28,22 @@ class LanguageModel(nn.Module):
         self.decoder = nn.Linear(hidden_size, vocab_size)
         for p in self.parameters():
             nn.init.uniform_(p, -init_scale, init_scale)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, but a state of another layout (another cell kind: nn.LSTM's weights into a minLSTM, or other
+        sizes) is a one-line UsageError naming what does not fit, not torch's many-line RuntimeError."""
+        if strict:
+            own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+            given = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+            missing, extra = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+            sizes = sorted(k for k in own.keys() & given.keys() if own[k] != given[k])
+            if missing or extra or sizes:
+                parts = [f"{what} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+                         for what, keys in (("missing", missing), ("unexpected", extra), ("other sizes of", sizes))
+                         if keys]
+                raise UsageError(f"the saved model does not fit a {self.kind} model ({self.cell_name}): "
+                                 f"{'; '.join(parts)}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor, state=None):
         """x [T, B] word ids -> (logits [T, B, V], state)."""
