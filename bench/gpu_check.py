@@ -64,13 +64,15 @@ BUDGET_S = 355  # the whole check, on one H100 or H200
 REPORT_RESERVE_S = 20
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
-SLOW_STEPS = 200
-SLOW_EVAL_WORDS = 8192
+SLOW_STEPS = 100
+SLOW_EVAL_WORDS = 4096
 # Per-step limits on one H100/H200.  Measured on an H200 (2026-11-27, 8f4c6d9): env 7 s; the CUDA tests 36 s without
 # the compiled cells'; one epoch of small: cudnn_lstm 22 s, cudnn_gru 19 s, triton_lstm 16-23 s a run (of which
 # ~6 s start-up and Triton compilation, ~2.2 s the test pass); medium cudnn_lstm 20 s; a loop cell ~31 ms a step
 # and ~25 s for its full test pass; the compiled cells ~12 s of compilation before their first step; the eager
-# micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.
+# micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.  So the check should take about 7 + 70 (tests)
+# + 80 (small) + 50 (medium) + 115 (six other cells, 100 steps and 4096 words each; the compiled ones compile for
+# training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.
 LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 110, "tune": 150, "bench-modes": 70, "bench-compiled": 70, "report": REPORT_RESERVE_S}
 
