@@ -58,6 +58,8 @@ from lm.config import PRESETS, Config
 from lm.model import LanguageModel
 
 SHAPES = ("small", "medium", "large")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_TAGS = {torch.bfloat16: "bf16"}
 CPU_SHAPES = ("small", "medium")
 VOCAB = 10000  # PTB's
 
@@ -118,10 +120,11 @@ def shape_id(shape: str, cfg: Config) -> str:
 Work = Callable[[], torch.Tensor]
 
 
-def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device, dtype: torch.dtype
+               ) -> tuple[Work, Callable, nn.Module]:
     T, B, H = cfg.num_steps, cfg.batch_size, cfg.hidden_size
-    rnn = cells.build(cell, H, H, cfg.num_layers).to(device).train()
-    x = torch.randn(T, B, H, device=device, requires_grad=True)
+    rnn = cells.build(cell, H, H, cfg.num_layers).to(device=device, dtype=dtype).train()
+    x = torch.randn(T, B, H, device=device, dtype=dtype, requires_grad=True)
     if pass_ == "fwd":
         def work() -> torch.Tensor:
             return rnn(x)[0]
@@ -131,7 +134,7 @@ def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device) -> tupl
 
         return work, check, rnn
 
-    dy = torch.randn(T, B, H, device=device)
+    dy = torch.randn(T, B, H, device=device, dtype=dtype)
     params = list(rnn.parameters())
 
     def work() -> torch.Tensor:
@@ -150,10 +153,11 @@ def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device) -> tupl
     return work, check, rnn
 
 
-def _latency_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, Callable, nn.Module]:
+def _latency_work(cell: str, cfg: Config, device: torch.device, dtype: torch.dtype
+                  ) -> tuple[Work, Callable, nn.Module]:
     H = cfg.hidden_size
-    rnn = cells.build(cell, H, H, cfg.num_layers).to(device).eval()
-    x = torch.randn(1, 1, H, device=device)
+    rnn = cells.build(cell, H, H, cfg.num_layers).to(device=device, dtype=dtype).eval()
+    x = torch.randn(1, 1, H, device=device, dtype=dtype)
     state = None
 
     def work() -> torch.Tensor:  # one token, no autograd, the state carried as in one-token-at-a-time inference
@@ -168,11 +172,13 @@ def _latency_work(cell: str, cfg: Config, device: torch.device) -> tuple[Work, C
     return work, check, rnn
 
 
-def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager") -> tuple[Work, Callable, nn.Module]:
+def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager", dtype: torch.dtype = torch.float32
+               ) -> tuple[Work, Callable, nn.Module]:
     from lm.step import make_step
 
     T, B = cfg.num_steps, cfg.batch_size
-    model = LanguageModel(cell, VOCAB, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).to(device)
+    model = LanguageModel(cell, VOCAB, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).to(
+        device=device, dtype=dtype)
     step = make_step(mode, model, cfg, device)
     x = torch.randint(VOCAB, (T, B), device=device)
     y = torch.randint(VOCAB, (T, B), device=device)
@@ -255,16 +261,18 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         cell: str) -> None:
     """Time ``pass_`` of ``cell`` at preset ``shape`` on ``device``; check the result; fill ``extra_info``."""
     cfg = PRESETS[shape]
+    dtype = DTYPES[config.getoption("bench_dtype", None) or "float32"]
     torch.manual_seed(0)
     steps, batch = (1, 1) if pass_ == "latency" else (cfg.num_steps, cfg.batch_size)
     if pass_.startswith("step"):
-        work, check, rnn = _step_work(cell, cfg, device, pass_.removeprefix("step-") if "-" in pass_ else "eager")
+        work, check, rnn = _step_work(cell, cfg, device, pass_.removeprefix("step-") if "-" in pass_ else "eager",
+                                      dtype)
         per_token = flops.lm_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, VOCAB)
     elif pass_ == "latency":
-        work, check, rnn = _latency_work(cell, cfg, device)
+        work, check, rnn = _latency_work(cell, cfg, device, dtype)
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, "fwd")
     else:
-        work, check, rnn = _cell_work(pass_, cell, cfg, device)
+        work, check, rnn = _cell_work(pass_, cell, cfg, device, dtype)
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, pass_)
 
     def timed() -> torch.Tensor:
@@ -273,11 +281,14 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         return out
 
     tokens = steps * batch
+    if dtype != torch.float32:  # another dtype is another pass in the tables: never a ratio across dtypes
+        pass_ = f"{pass_}-{DTYPE_TAGS[dtype]}"
     benchmark.group = f"{pass_}-{shape}-H{cfg.hidden_size}-T{steps}-B{batch}"
     info = benchmark.extra_info
     info.update({
-        "pass": pass_, "shape": shape, "cell": cell, "kind": cells.kind(cell),
-        "backend": cells.detect_backend(rnn, device), "device": device.type, "device_name": env.device_name(device),
+        "pass": pass_, "shape": shape, "dtype": str(dtype).removeprefix("torch."), "cell": cell,
+        "kind": cells.kind(cell), "backend": cells.detect_backend(rnn, device, dtype), "device": device.type,
+        "device_name": env.device_name(device),
         "hidden_size": cfg.hidden_size, "num_steps": steps, "batch_size": batch,
         "num_layers": cfg.num_layers, "vocab_size": VOCAB if pass_.startswith("step") else None,
         "dropout": cfg.dropout if pass_.startswith("step") else 0.0, "tokens_per_call": tokens,

@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-cells", default=None, help="comma-separated cells to time (default: every registered cell)")
     g.addoption("--bench-modes", default=None,
                 help="step modes to time besides eager: compile, cuda-graph (default: both on CUDA, none on the CPU)")
+    g.addoption("--bench-dtype", default=None, choices=["float32", "bfloat16"],
+                help="parameters and activations of every timed cell (default float32); another dtype is "
+                     "another pass in the report (fwdbwd-bf16, ...)")
     g.addoption("--bench-threads", type=int, default=None,
                 help="torch CPU threads while timing (default: every CPU this process may use)")
 

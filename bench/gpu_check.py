@@ -32,11 +32,13 @@ The timings (``--perf``):
 1. ``env`` as above (a later call may get another machine).
 2. ``bench``          the micro-benchmarks at the PTB shapes for every cell but the compiled ones
                       (``bench/<slug>/micro.json``).
-3. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 and bfloat16
+3. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN cells and ``triton_lstm``
+                      (``bf16.json``; in the report as their own columns, ratios within the dtype).
+4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 and bfloat16
                       (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
-4. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
-5. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
-6. ``report``.
+5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
+7. ``report``.
 
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
@@ -74,7 +76,8 @@ SLOW_EVAL_WORDS = 4096
 # + 80 (small) + 50 (medium) + 115 (six other cells, 100 steps and 4096 words each; the compiled ones compile for
 # training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.
 LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 110, "tune": 150, "bench-modes": 70, "bench-compiled": 70, "report": REPORT_RESERVE_S}
+          "bench": 110, "bench-bf16": 50, "tune": 150, "bench-modes": 70, "bench-compiled": 70,
+          "report": REPORT_RESERVE_S}
 
 
 @dataclass
@@ -120,9 +123,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         # compile mode; compiling here too would cost CI a minute).
         modes = ["-k", "test_step", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         versus = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
+        bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
         tune = ["--help"]  # the tile search times compiled kernels: the dry run only proves it starts
         limits = dict.fromkeys(("env", "tests", "train-small", "train-small-slow", "train-medium", "bench",
-                                "tune", "bench-modes", "bench-compiled", "report"), 180)
+                                "bench-bf16", "tune", "bench-modes", "bench-compiled", "report"), 180)
         cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
@@ -143,6 +147,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
                  "--benchmark-max-time", "0.2"]
         versus = ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", "small,medium",
                   "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--benchmark-max-time", "0.2"]
+        bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
+                "cudnn_lstm,cudnn_gru,triton_lstm", "--bench-dtype", "bfloat16", "--benchmark-max-time", "0.2"]
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--json", str(gpu / "tiles.json")]
         limits = LIMITS
         cell_timeout = "80"
@@ -160,6 +166,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             env,
             Step("bench", [*pytest, "bench", "--benchmark-only", *bench,
                            f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
+            Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
+                                f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
             Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
                                  f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),

@@ -457,6 +457,10 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
         return md + ["(no micro-benchmark JSON under `bench/`)", ""]
     wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "step": "step ms", "step-compile": "step compiled ms",
                  "step-cuda-graph": "step graph ms", "latency": "latency ms"}
+    # bfloat16 (bench --bench-dtype bfloat16): its own columns, only where it was timed, ratios within the dtype
+    wide_cols |= {f"{p}-bf16": label.replace(" ms", " bf16 ms") for p, label in wide_cols.items()}
+    ratio_cols = [("fwdbwd", "fwd+bwd vs cuDNN"), ("step", "step vs cuDNN"), ("latency", "latency vs cuDNN"),
+                  ("fwdbwd-bf16", "fwd+bwd bf16 vs cuDNN"), ("step-bf16", "step bf16 vs cuDNN")]
     for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
         rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
         threads = sorted({str(t) for t in dev["torch_threads"].dropna()})
@@ -470,12 +474,12 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             t = pd.DataFrame(index=wide.index)
             t["backend"] = sh.groupby("cell")["backend"].first()
             for p, label in wide_cols.items():
-                if p in wide or not p.startswith("step-"):  # mode columns only where a mode was timed
+                if p in wide or not (p.startswith("step-") or p.endswith("-bf16")):  # only where timed
                     t[label] = wide[p] if p in wide else math.nan
             kinds = sh.groupby("cell")["kind"].first()
-            for p, label in (("fwdbwd", "fwd+bwd vs cuDNN"), ("step", "step vs cuDNN"),
-                             ("latency", "latency vs cuDNN")):
-                t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
+            for p, label in ratio_cols:
+                if p in wide or not p.endswith("-bf16"):
+                    t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
             fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
             gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
             t["fwd+bwd GFLOP/s"] = gflops
@@ -491,7 +495,9 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                               "step vs cuDNN": ".3g", "fwd+bwd GFLOP/s": ".3g", "% matmul": ".2g",
                               "step words/sec": ".0f", "step peak MiB": ".0f", "latency ms": ".4g",
                               "step compiled ms": ".4g", "step graph ms": ".4g",
-                              "latency vs cuDNN": ".3g"}), ""]
+                              "latency vs cuDNN": ".3g",
+                              **{label: ".4g" for label in wide_cols.values() if "bf16" in label},
+                              "fwd+bwd bf16 vs cuDNN": ".3g", "step bf16 vs cuDNN": ".3g"}), ""]
     return md
 
 

@@ -60,10 +60,10 @@ def test_dry_run_of_the_check_runs_every_step_and_trains_every_cell(tmp_path):
 
 def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
     out, summary = dry_run(tmp_path, "--perf")
-    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "tune", "bench-modes", "bench-compiled",
-                                                     "report"]
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "bench-bf16", "tune", "bench-modes",
+                                                     "bench-compiled", "report"]
     slug = summary["slug"]
-    for name in ("micro", "modes", "compiled"):
+    for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
     assert (out / "gpu" / slug / "perf-bench.log").is_file() and not (out / "gpu" / slug / "steps.json").exists()
 

@@ -216,3 +216,19 @@ def test_flops_formula():
     assert flops.lm_flops_per_token("LSTM", 650, 2, 10000) == 48 * 2 * 650**2 + 6 * 650 * 10000
     assert flops.lm_flops_per_token("GRU", 650, 2, 10000) == 36 * 2 * 650**2 + 6 * 650 * 10000
     assert flops.cell_flops_per_token("LSTM", 200, 2, "fwd") * 3 == flops.cell_flops_per_token("LSTM", 200, 2)
+
+
+def test_bfloat16_benchmarks_get_their_own_columns_and_ratios(results):
+    """bench --bench-dtype bfloat16 names its passes fwdbwd-bf16 (...): own columns, ratios within the dtype, and
+    the float32 rows of the same cells stay."""
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03, ("fwdbwd", "small", "loop_lstm"): 0.06})
+    path = bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.02,
+                                            ("fwdbwd", "small", "loop_lstm"): 0.08}, folder="bf16")
+    doc = json.loads(path.read_text())
+    for b in doc["benchmarks"]:
+        b["extra_info"]["pass"] = "fwdbwd-bf16"
+    path.write_text(json.dumps(doc))
+    small = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
+    assert "fwd+bwd bf16 ms" in small and "fwd+bwd bf16 vs cuDNN" in small
+    loop = next(line for line in small.splitlines() if line.startswith("| loop_lstm"))
+    assert "| 0.5 " in loop and "| 0.25 " in loop  # float32: 0.03 / 0.06; bfloat16: 0.02 / 0.08
