@@ -187,7 +187,7 @@ def _args(**kw) -> argparse.Namespace:
     base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", seed=0, seeds=None,
                 data_dir=None, no_verify=True, results="results", max_steps=2, quiet=True, threads=None,
                 engine="local", ray_address=None, cell_timeout=None, kill_grace=30.0, heartbeat=10.0,
-                checkpoint_every=None, checkpoint_dir=None, steps="eager")
+                checkpoint_every=None, checkpoint_dir=None, steps="eager", max_eval_words=None, no_measure=False)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -281,6 +281,16 @@ def test_the_local_engine_never_imports_ray(corpus_dir, tmp_path, broken_env):
     assert proc.returncode == 1 and "unavailable" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_no_measure_leaves_the_machine_folder_alone(corpus_dir, tmp_path):
+    # triton_lstm does not train on the CPU (the interpreter): an `unavailable` record, no training process
+    base = ["sweep", "--cells", "triton_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+            "--device", "cpu"]
+    assert main([*base, "--results", str(tmp_path / "a"), "--no-measure"]) == 1
+    assert not (tmp_path / "a" / "machine").exists()
+    assert main([*base, "--results", str(tmp_path / "b")]) == 1
+    assert list((tmp_path / "b" / "machine").glob("*.json"))
+
+
 def test_bad_data_dir_fails_before_any_cell_runs(tmp_path, capsys):
     rc = main(["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(tmp_path / "missing"),
                "--results", str(tmp_path / "r")])
@@ -290,8 +300,9 @@ def test_bad_data_dir_fails_before_any_cell_runs(tmp_path, capsys):
 
 def test_child_command_passes_the_arguments_through():
     opts = runs.Options(results="out", checkpoints="ck", sweep_id="s", epochs=3, max_steps=5, data_dir="/data/ptb",
-                        device="cuda:1", threads=2, heartbeat=0.5, checkpoint_every=1.5)
+                        device="cuda:1", threads=2, heartbeat=0.5, checkpoint_every=1.5, max_eval_words=4096)
     assert runs.train_args(runs.RunSpec("tiny", "loop_gru", 7), opts, checkpoint="ck/x.pt") == [
         "train", "--cell", "loop_gru", "--config", "tiny", "--seed", "7", "--device", "cuda:1", "--results", "out",
-        "--dtype", "float32", "--epochs", "3", "--max-steps", "5", "--data-dir", "/data/ptb", "--threads", "2",
+        "--dtype", "float32", "--epochs", "3", "--max-steps", "5", "--max-eval-words", "4096", "--data-dir",
+        "/data/ptb", "--threads", "2",
         "--checkpoint", "ck/x.pt", "--checkpoint-every", "1.5", "--heartbeat", "0.5"]
