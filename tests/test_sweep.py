@@ -150,14 +150,14 @@ def test_a_run_past_the_cell_timeout_is_ended_recorded_and_the_sweep_goes_on(cor
     proc = subprocess.run(
         [sys.executable, "-m", "lm.cli", "sweep", "--cells", "hang,loop_lstm", "--config", "tiny", "--epochs", "1",
          "--max-steps", "2", "--device", "cpu", "--data-dir", str(corpus_dir), "--no-verify", "--results",
-         str(results), "--quiet", "--cell-timeout", "20", "--kill-grace", "1", "--heartbeat", "0.5"],
+         str(results), "--quiet", "--cell-timeout", "12", "--kill-grace", "1", "--heartbeat", "0.5"],
         capture_output=True, text=True, env={**os.environ, **FAKE_CELLS_ENV}, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     recs = _records(results)
     hang = recs["hang"]
     assert hang["status"] == "timeout", proc.stdout + proc.stderr
     # Asked to stop after its step (SIGTERM), it never finished the step: SIGKILL a grace period later.
-    assert "--cell-timeout 20 s" in hang["error"] and "SIGKILL" in hang["error"] and hang["exit_code"] == -9
+    assert "--cell-timeout 12 s" in hang["error"] and "SIGKILL" in hang["error"] and hang["exit_code"] == -9
     # Where it was: the last heartbeat, in the record and in the reason.
     assert "phase train | epoch 1/1 | step 0/2" in hang["last_heartbeat"], hang["last_heartbeat"]
     assert hang["last_heartbeat"] in hang["error"] and "heartbeat" in hang["stderr_tail"]
