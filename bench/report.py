@@ -47,13 +47,13 @@ PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Re
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
 
 # A run's planned length: the report keeps the latest run of each (a shorter run never hides a longer one).
-LENGTH_KEYS = ["cell", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words"]
+LENGTH_KEYS = ["cell", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words", "overrides"]
 
 RUN_COLUMNS = [
     "run_id", "started", "date", "config", "cell", "seed", "mode", "kind", "backend", "device", "device_name",
     "status", "error",
-    "epochs_planned", "epochs_done", "steps_per_epoch", "max_eval_words", "hidden_size", "num_layers", "num_steps",
-    "batch_size",
+    "epochs_planned", "epochs_done", "steps_per_epoch", "max_eval_words", "overrides", "hidden_size", "num_layers",
+    "num_steps", "batch_size",
     "vocab_size", "train_words", "train_seconds", "compile_seconds", "valid_seconds", "test_seconds", "words_per_sec",
     "peak_memory_mib",
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
@@ -175,6 +175,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "device": env.get("device"), "device_name": env.get("device_name"), "status": r.get("status"),
             "error": r.get("error"), "epochs_planned": cfg.get("epochs"), "epochs_done": len(epochs),
             "steps_per_epoch": r.get("steps_per_epoch"), "max_eval_words": _num(r.get("max_eval_words")),
+            "overrides": overrides(cfg),
             "hidden_size": hidden, "num_layers": layers,
             "num_steps": cfg.get("num_steps"), "batch_size": cfg.get("batch_size"), "vocab_size": vocab,
             "train_words": _num(r.get("train_words")), "train_seconds": _num(r.get("train_seconds")),
@@ -325,10 +326,24 @@ def _eval_mark(words) -> str:
 
 
 def _cell_label(r) -> str:
-    """The cell, with its step mode when that is not eager (``compiled_lstm [compile]``)."""
+    """The cell, with its step mode when that is not eager (``compiled_lstm [compile]``) and the settings it
+    changed from its preset (``cudnn_gru (learning_rate 0.5)``)."""
     mode = getattr(r, "mode", "eager")
-    return r.cell if mode in ("eager", None) or (isinstance(mode, float) and math.isnan(mode)) \
+    label = r.cell if mode in ("eager", None) or (isinstance(mode, float) and math.isnan(mode)) \
         else f"{r.cell} [{mode}]"
+    changed = getattr(r, "overrides", "")
+    return f"{label} ({changed})" if isinstance(changed, str) and changed else label
+
+
+def overrides(cfg: dict) -> str:
+    """The settings of a run's config that differ from its preset's, epochs aside (the length says those):
+    ``learning_rate 0.5``; empty for a preset as published or a config that is not a preset."""
+    preset = lm_config.PRESETS.get(cfg.get("name"))
+    if preset is None:
+        return ""
+    base = preset.as_dict()
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(cfg.items())
+                     if k in base and k not in ("epochs", "name") and v != base[k])
 
 
 def _ttq(r) -> str:
@@ -559,7 +574,7 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
                  "test ppl": ref["tutorial"][2], "test − paper": ref["tutorial"][2] - ref["paper"][1],
                  "wall min": math.nan, "time to quality": "", "date": ""}]
         latest = ours.sort_values("started").drop_duplicates(["cell", "mode", "device", "device_name",
-                                                              "epochs_planned"],
+                                                              "epochs_planned", "overrides"],
                                                              keep="last")
         for r in latest.sort_values(["device", "device_name", "cell", "epochs_planned"], key=_sort_key).itertuples():
             rows.append({"source": f"ours: `{_cell_label(r)}` on {_device_title(r.device, r.device_name)}",

@@ -232,3 +232,20 @@ def test_bfloat16_benchmarks_get_their_own_columns_and_ratios(results):
     assert "fwd+bwd bf16 ms" in small and "fwd+bwd bf16 vs cuDNN" in small
     loop = next(line for line in small.splitlines() if line.startswith("| loop_lstm"))
     assert "| 0.5 " in loop and "| 0.25 " in loop  # float32: 0.03 / 0.06; bfloat16: 0.02 / 0.08
+
+
+def test_a_run_with_changed_settings_is_labelled_and_kept_apart():
+    """A run that overrides its preset (--learning-rate 0.5) says so beside the cell, and is not hidden by, nor
+    hides, the preset's own run of the same length."""
+    from lm import config as lm_config
+
+    base = lm_config.preset("small").as_dict()
+    assert report.overrides(base) == "" and report.overrides({**base, "epochs": 3}) == ""
+    assert report.overrides({**base, "learning_rate": 0.5}) == "learning_rate 0.5"
+    assert report.overrides({"name": "custom", "learning_rate": 0.5}) == ""
+    recs = [{"run_id": f"r{i}", "started": f"2026-01-0{i}T00:00:00+00:00", "cell": "cudnn_gru", "kind": "GRU",
+             "status": "ok", "config": {**base, **changed}, "epochs": [{"epoch": 1, "valid_ppl": 150.0}],
+             "test_ppl": 140.0, "env": {"device": "cpu", "device_name": "x"}}
+            for i, changed in ((1, {}), (2, {"learning_rate": 0.5}))]
+    md = "\n".join(report.training_section(report.runs_frame(recs), {}))
+    assert "| cudnn_gru (learning_rate 0.5) " in md and "| cudnn_gru " in md
