@@ -290,8 +290,6 @@ class Run:
         self.wall0 = time.perf_counter()
         self.first_epoch, self.start_step, self.carried = 1, 0, None
         self.model = self.step = None
-        self.rec.setdefault("compile_seconds", 0.0)
-        self.rec.setdefault("compile_steps", 0)
 
     def setup(self, step_mode: str, ckpt: dict | None) -> None:
         cfg, rec = self.cfg, self.rec
