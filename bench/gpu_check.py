@@ -32,13 +32,18 @@ The timings (``--perf``):
 1. ``env`` as above (a later call may get another machine).
 2. ``bench``          the micro-benchmarks at the PTB shapes for every cell but the compiled ones
                       (``bench/<slug>/micro.json``).
-3. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN cells and ``triton_lstm``
-                      (``bf16.json``; in the report as their own columns, ratios within the dtype).
+3. ``probe``          where a ``triton_lstm`` step's time goes at medium and large: each kernel timed whole,
+                      without its recurrent matmul, without its grid barrier, and pipelined
+                      (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``).
 4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 and bfloat16
                       (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
-5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
-6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
-7. ``report``.
+5. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
+                      sections for the large layer's forward and backward kernels (``perf-ncu.log``).
+6. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+7. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
+8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN cells and ``triton_lstm``
+                      (``bf16.json``; in the report as their own columns, ratios within the dtype).
+9. ``report``.
 
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
@@ -75,9 +80,14 @@ SLOW_EVAL_WORDS = 4096
 # micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.  So the check should take about 7 + 70 (tests)
 # + 80 (small) + 50 (medium) + 115 (six other cells, 100 steps and 4096 words each; the compiled ones compile for
 # training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.
+# The timings, most valuable first (the budget cuts the last): eager micro-benchmarks 48 s at --benchmark-max-time
+# 0.1 (H200, 2026-11-27); the probe compiles 10 kernels per preset (~2 s each); the tile search ~6 s a candidate,
+# ~13 candidates per preset and dtype; ncu ~15 s of start-up plus its replays.  Not yet run in this form on a GPU.
 LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 110, "bench-bf16": 50, "tune": 150, "bench-modes": 70, "bench-compiled": 70,
-          "report": REPORT_RESERVE_S}
+          "bench": 70, "probe": 50, "tune": 100, "ncu": 50, "bench-modes": 45, "bench-compiled": 50,
+          "bench-bf16": 45, "report": REPORT_RESERVE_S}
+NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
+                "LaunchStats")
 
 
 @dataclass
@@ -124,9 +134,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         modes = ["-k", "test_step", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         versus = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
         bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
-        tune = ["--help"]  # the tile search times compiled kernels: the dry run only proves it starts
-        limits = dict.fromkeys(("env", "tests", "train-small", "train-small-slow", "train-medium", "bench",
-                                "bench-bf16", "tune", "bench-modes", "bench-compiled", "report"), 180)
+        tune = probe = ["--help"]  # both time compiled kernels: the dry run only proves they start
+        limits = dict.fromkeys(LIMITS, 180)
         cell_timeout = "120"
     else:
         device, common = "cuda", ["--data-dir", str(ptb)]
@@ -140,7 +149,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         tests = ["-m", "gpu", "tests", "-k",
                  "not compiled_lstm and not compiled_gru or float32_against_float64 and T5-B4"]
         bench = ["--bench-device", "cuda", "--bench-cells", not_compiled, "--bench-modes", "eager",
-                 "--benchmark-max-time", "0.2"]
+                 "--benchmark-max-time", "0.1"]
         # The step modes beside eager in one run (ratios only within a run), and the compiled cells beside the loop.
         modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
                  "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm", "--bench-modes", "cuda-graph",
@@ -149,7 +158,9 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
                   "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--benchmark-max-time", "0.2"]
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
                 "cudnn_lstm,cudnn_gru,triton_lstm", "--bench-dtype", "bfloat16", "--benchmark-max-time", "0.2"]
+        # float32 first: the default arithmetic, and the one furthest behind cuDNN
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--json", str(gpu / "tiles.json")]
+        probe = ["--presets", "medium,large", "--dtypes", "float32", "--json", str(gpu / "probe.json")]
         limits = LIMITS
         cell_timeout = "80"
 
@@ -162,18 +173,25 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
     report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
     if part == "perf":
+        # The profiler, where the machine has it: the large layer's forward and backward, one launch each.
+        ncu = [] if dry_run or not shutil.which("ncu") else [Step("ncu", [
+            "ncu", "--clock-control", "none", "-k", "regex:lstm_", "-c", "2",
+            *(a for sec in NCU_SECTIONS for a in ("--section", sec)),
+            *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--once"], limits["ncu"])]
         return [
             env,
             Step("bench", [*pytest, "bench", "--benchmark-only", *bench,
                            f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
-            Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
-                                f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
+            Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
+            *ncu,
             Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
                                  f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
             Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
                                     f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
                  limits["bench-compiled"]),
+            Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
+                                f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
             report,
         ]
     return [

@@ -60,15 +60,16 @@ def test_dry_run_of_the_check_runs_every_step_and_trains_every_cell(tmp_path):
 
 def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
     out, summary = dry_run(tmp_path, "--perf")
-    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "bench-bf16", "tune", "bench-modes",
-                                                     "bench-compiled", "report"]
+    # (ncu runs only where it is on the PATH, never in the dry run)
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "bench-modes",
+                                                     "bench-compiled", "bench-bf16", "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
     assert (out / "gpu" / slug / "perf-bench.log").is_file() and not (out / "gpu" / slug / "steps.json").exists()
 
 
-def test_the_real_steps_fit_the_budget_and_name_every_cell():
+def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     """What runs on the GPU: every cell trained (the fast ones one epoch, the rest a stated number of steps),
     medium for cudnn_lstm and triton_lstm, and per-step limits that the budget can hold."""
     import cells
@@ -86,6 +87,11 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell():
     for part in ("check", "perf"):
         limits = [s.limit_s for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, part)]
         assert all(0 < x <= gpu_check.BUDGET_S for x in limits)
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on the GPU machine
+    perf = {s.name: s.argv for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "perf")}
+    assert perf["probe"][perf["probe"].index("--json") + 1].endswith("probe.json")
+    # the profiler: one forward and one backward launch of the large layer, clocks left as they are
+    assert perf["ncu"][0] == "ncu" and "--once" in perf["ncu"] and "--clock-control" in perf["ncu"]
     assert gpu_check.BUDGET_S <= 360
 
 

@@ -199,6 +199,25 @@ def test_paths_and_tilings_match_reference(device, name, b, t, h, plan_args, fie
         assert rel(a.grad, r.grad) < FP32_TOL, f"{name} grad {key}: {rel(a.grad, r.grad):.3g}"
 
 
+def test_probe_flag_leaves_the_recurrent_matmul_out():
+    """The timing probe's PROBE=1 (cells.triton_lstm.probe) is the kernels without their recurrent matmul: the
+    forward then equals the forward with W_hh = 0, and so do the backward's gate gradients and dc_0."""
+    torch.manual_seed(0)
+    t, b, h = 3, 4, 12
+    plan = launch.make_plan(b, h, torch.float32, torch.device("cpu"), resident=False)  # as compiled: streamed
+    xp, w = torch.randn(t, b, 4 * h), torch.randn(4 * h, h)
+    bias, h0, c0 = torch.randn(4 * h), torch.randn(b, h), torch.randn(b, h)
+    probed = launch.forward(xp, w, bias, bias, h0, c0, plan, probe=1)
+    zero = launch.forward(xp, torch.zeros_like(w), bias, bias, h0, c0, plan)
+    for got, want in zip(probed, zero, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    dy, dh, dc = torch.randn(t, b, h), torch.randn(b, h), torch.randn(b, h)
+    da_p, _, dc_p = launch.backward(w, c0, zero[1], zero[2], dy, dh, dc, plan, probe=1)
+    da_z, _, dc_z = launch.backward(torch.zeros_like(w), c0, zero[1], zero[2], dy, dh, dc, plan)
+    torch.testing.assert_close(da_p, da_z, rtol=0, atol=0)
+    torch.testing.assert_close(dc_p, dc_z, rtol=0, atol=0)
+
+
 def test_gradcheck_float64_interpreter():
     """torch.autograd.gradcheck of the Function in float64, through the interpreter (fast mode: v^T J u).
 
@@ -479,5 +498,8 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64}
     if not torch.cuda.is_available():
         r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.tune"], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
+        r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.probe"], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr

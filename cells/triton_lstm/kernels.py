@@ -97,11 +97,11 @@ def _leave_grid(arrive_ptr, done_ptr):
 
 
 @triton.jit
-def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
         UPCAST: tl.constexpr):
-    # acc + dA[rows, :] W_hh[:, js]: the reduction over the 4H gate rows in BLOCK_K tiles.
+    # acc + dA[rows, :] W_hh[:, js]: the reduction over the 4H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, 4H] slab of dA; da_ok [BLOCK_B]: rows to read (others count as zero).
-    for k0 in range(0, _bound(H), BLOCK_K):
+    for k0 in range(0, _bound(K_END), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
         a_ptrs = da_src + row_g[:, None] + ks[None, :]
@@ -147,6 +147,7 @@ def lstm_fwd_kernel(
     TRAIN: tl.constexpr,  # keep what the backward needs: the gates and every c_t (else c is a two-slab ring)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -196,7 +197,8 @@ def lstm_fwd_kernel(
                 a_g = _dot(h, w_g, a_g, PRECISION, UPCAST)
                 a_o = _dot(h, w_o, a_o, PRECISION, UPCAST)
             else:
-                for k0 in range(0, _bound(H), BLOCK_K):
+                # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
+                for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
                     ks = k0 + kr
                     k_ok = ks < H
                     h_m = row_ok[:, None] & k_ok[None, :]
@@ -236,7 +238,8 @@ def lstm_fwd_kernel(
                 tl.store(g_t + 3 * H, o, mask=m)
         if SYNC:
             if t + 1 < t_hi:  # nothing in this launch reads the last step's h and c
-                _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
+                if PROBE < 2:  # (probes 2 and 3 leave the grid barrier out: the programs race)
+                    _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
         else:
             tl.debug_barrier()
     if SYNC:
@@ -267,6 +270,7 @@ def lstm_bwd_kernel(
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -314,8 +318,9 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_g, dh, PRECISION, UPCAST)
                 a = tl.load(a_ptrs + 3 * H, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
-            else:
-                dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, BLOCK_K, PRECISION, UPCAST)
+            else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
+                dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, BLOCK_K,
+                         PRECISION, UPCAST)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -333,7 +338,8 @@ def lstm_bwd_kernel(
             tl.store(da_t + 2 * H, dc * i * (1.0 - g * g), mask=m)
             tl.store(da_t + 3 * H, dh * tc * o * (1.0 - o), mask=m)
         if SYNC:
-            _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
+            if PROBE < 2:  # (probes 2 and 3 leave the grid barrier out: the programs race)
+                _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
         else:
             tl.debug_barrier()
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
@@ -341,7 +347,7 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
-                      BLOCK_K, PRECISION, UPCAST)
+                      H, BLOCK_K, PRECISION, UPCAST)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:

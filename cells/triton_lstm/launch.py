@@ -53,17 +53,19 @@ class Tile:
 # max(16, next power of two of B) up to 64, so B = 20 runs in one batch block of 32 and B = 1 in one of 16.
 # Programs x units x batch blocks at B = 20: 50 x 4 x 1 (small), 130 x 5 x 1 (medium), 125 x 12 x 1 (large).
 # AWAITING GPU MEASUREMENT -- none of these entries is timed.  Each is the split the earlier heuristic chose, with
-# the reduction tile and warps for which ptxas (sm_90, Triton 3.9) reports no spills in any of the three kernels
-# (training forward, backward, forward without grad at B = 1; the package docstring lists registers and spills):
-# bfloat16 keeps the heuristic's K tile of 32; exact float32 needs 16 (a K tile of 32 spills at large and, without
-# grad, at small and medium).  Replace an entry only with a measured one, and write the measurement (file under
-# results/bench/, figure) beside it.
+# the reduction tile, warps and stages for which ptxas (sm_90) reports no spills in any of the three kernels
+# (training forward, backward, forward without grad at B = 1; the package docstring lists registers and spills),
+# under Triton 3.6 (what the GPU machines run) and 3.9: bfloat16 keeps the heuristic's K tile of 32; exact float32
+# needs 16 (a K tile of 32 spills at large and, without grad, at small and medium), and at large two stages: with
+# one, Triton 3.6 spills in the forward (8 bytes) and the backward (4/8), while the pipelined K loop (cp.async into
+# shared memory) needs none and has fewer CTA barriers per step (19 against 24 in the forward).  Replace an entry
+# only with a measured one, and write the measurement (file under results/bench/, figure) beside it.
 TILES: dict[tuple[int, torch.dtype], Tile] = {
     (200, torch.float32): Tile(units=4, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (200, torch.bfloat16): Tile(units=4, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
     (650, torch.float32): Tile(units=5, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (650, torch.bfloat16): Tile(units=5, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
-    (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
+    (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=2),
     (1500, torch.bfloat16): Tile(units=12, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=1),
 }
 TILES_SMS = 132  # the SM count the table was made for; a GPU with fewer uses the heuristic
@@ -270,7 +272,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
-            c0: torch.Tensor, plan: Plan, train: bool = True
+            c0: torch.Tensor, plan: Plan, train: bool = True, probe: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the recurrence of one layer.
 
@@ -282,6 +284,8 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         plan: from :func:`make_plan`.
         train: keep what the backward needs (the gates and every c_t).  Without it c holds two slabs, c_t in
             slot t % 2, and no gates are stored.
+        probe: 0, or for timing probes only (:mod:`.probe`): 1 leaves the recurrent matmul out, 2 the grid
+            barrier (the programs then race), 3 both.  Any probe but 0 gives wrong results.
 
     Returns:
         y [T, B, H] (compute dtype); c, [T, B, H] or [2, B, H] (float32, float64 for float64 input), so that
@@ -298,6 +302,7 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).lstm_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
+    meta = {**meta, "PROBE": probe} if probe else meta
     spans = [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
     for lo, hi in spans:
         kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
@@ -306,13 +311,15 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
 
 
 def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
-             dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan, probe: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk one layer backward in time: the gate gradients and the gradient of the initial state.
 
     Args:
         w_hh, c0: as for :func:`forward`.  c, gates: what :func:`forward` returned with ``train``.
         dy: [T, B, H] gradient of y.  dhT, dcT: [B, H] gradients of the final h and c.  All contiguous.
         plan: the plan the forward ran with.
+        probe: as for :func:`forward`.
 
     Returns:
         da [T, B, 4H] gate pre-activation gradients (c's dtype), dh0 [B, H] (compute dtype), dc0 [B, H] (c's
@@ -327,6 +334,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
+    meta = {**meta, "PROBE": probe} if probe else meta
     spans = [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
     for lo, hi, tail in spans:
         kernel[plan.grid](w_hh, c0, c, gates, dy, dhT, dc, da, dh0, arrive, done, lo, hi, tail, T, B, H, plan.units,

@@ -104,7 +104,8 @@ def usage(compiled, ptxas_log: str) -> Usage:
 
 def table(batch: int = 20) -> list[str]:
     """One row per kernel, PTB preset and arithmetic (float32 exact, float32 TF32, bfloat16): the plan (programs x
-    units, J and K tiles, warps) and what ptxas reports (registers, spill bytes, stack) and Triton's shared memory."""
+    units, J and K tiles, warps, stages) and what ptxas reports (registers, spill bytes, stack) and Triton's shared
+    memory."""
     rows = []
     for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")):
         arith = {"ieee": "fp32", "tf32": "tf32"}[precision] if dtype == torch.float32 else TRITON_DTYPES[dtype]
@@ -118,7 +119,8 @@ def table(batch: int = 20) -> list[str]:
                 warps = plan.num_warps_bwd if kernel == "bwd" else plan.num_warps
                 name = kernel if kernel == "bwd" else f"fwd{'' if train else '-nograd'}"
                 rows.append(f"{name:10} {preset:6} {arith:4} B{b:<3} {plan.programs:3}x{plan.units:<3} "
-                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps} {mma:8} {u.registers:4} regs "
+                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps} s{plan.num_stages} {mma:8} "
+                            f"{u.registers:4} regs "
                             f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
                 print(rows[-1], flush=True)
     return rows

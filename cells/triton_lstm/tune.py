@@ -6,7 +6,7 @@ Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton comp
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of
 ``TILES``, then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), the
-reduction tile, the warps, the software-pipelining stages -- keeping a change only when the median
+software-pipelining stages, the reduction tile, the warps -- keeping a change only when the median
 forward+backward of the stack improves by more than 2 %.  Every candidate's output is checked against the
 starting tile's (same weights, same input) before it is timed.  ``torch.nn.LSTM`` (cuDNN, TF32 off) is timed in
 the same process at the same shape, so every row carries its ratio.  Timing: CUDA events around each call,
@@ -131,7 +131,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
 
     try:
         best, best_s = start, measure(start)
-        for field in ("units", "block_k", "num_warps", "num_warps_bwd", "num_stages"):
+        # The stages right after the split: a pipelined K loop changes which reduction tile is best.
+        for field in ("units", "num_stages", "block_k", "num_warps", "num_warps_bwd"):
             for tile in candidates(best, hidden, dtype, sms, field):
                 s = measure(tile)
                 if s < best_s * 0.98:
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # after each preset: a killed run keeps what it measured
                 from lm.records import atomic_write
 
-                doc = {"env": env.environment(torch.device("cuda")), "command": " ".join(sys.argv),
+                command = env.relative_command(sys.argv[1:] if argv is None else argv)
+                doc = {"env": env.environment(torch.device("cuda")), "command": f"python -m {__spec__.name} {command}",
                        "records": records}
                 atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
     return 0

@@ -1,0 +1,152 @@
+"""Where one recurrent step's time goes on the GPU: each kernel timed whole and with parts left out.
+
+Usage (on a CUDA machine; a few seconds per preset and dtype, mostly Triton compilation)::
+
+    python -m cells.triton_lstm.probe --presets medium,large --dtypes float32 --json OUT.json
+    ncu --clock-control none -k regex:lstm_ -c 2 python -m cells.triton_lstm.probe --presets large --once
+
+Without a profiler's counters, time is placed inside a kernel by timing variants that leave one stage out and
+taking differences.  For each PTB preset (one layer, B = 20, T = 20 / 35 / 35) and dtype, with the plan a real
+launch gets (``launch.make_plan``, i.e. the ``TILES`` entry), the forward kernel (training: the gates stored) and
+the backward kernel are timed alone in these variants (the kernels' ``PROBE`` argument):
+
+* ``full``         the kernel as it runs in training;
+* ``no-matmul``    without the recurrent matmul h_{t-1} W_hh^T (dA_{t+1} W_hh in the backward);
+* ``no-barrier``   without the grid barrier between steps (the programs race: the results are wrong);
+* ``neither``      without both: what is left is the pointwise work, the loads of xp and the stores;
+* ``stages-3``     the full kernel with a software-pipelined K loop (``num_stages=3``), to see whether prefetching
+                   the next reduction tiles pays.
+
+Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
+parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
+host work between launches never leaves the GPU idle), two untimed launches first, median of ``--reps``; random
+inputs (never zeros).  ``--once`` launches the forward and the backward once each, untimed, for a profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import statistics
+import sys
+
+import torch
+
+from . import launch
+
+PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BATCH = 20
+VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
+CALLS = 5  # launches between two events
+
+
+def _time(fn, reps: int) -> float:
+    """Median seconds of one ``fn()``: events around CALLS back-to-back calls, two untimed calls first."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(CALLS):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / CALLS)
+    return statistics.median(times)
+
+
+def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
+    """Random operands of one layer's forward and backward kernels (the scale of a trained PTB layer)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    acc = launch.accumulation_dtype(dtype)
+
+    def rnd(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * scale).to(dt)
+
+    bound = hidden ** -0.5
+    return dict(xp=rnd(steps, BATCH, 4 * hidden), w_hh=rnd(4 * hidden, hidden, scale=bound),
+                b_ih=rnd(4 * hidden, scale=bound), b_hh=rnd(4 * hidden, scale=bound), h0=rnd(BATCH, hidden),
+                c0=rnd(BATCH, hidden, dt=acc), dy=rnd(steps, BATCH, hidden), dhT=rnd(BATCH, hidden),
+                dcT=rnd(BATCH, hidden, dt=acc))
+
+
+def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print) -> list[dict]:
+    """The variants of both kernels for one preset and dtype; one record per kernel and variant."""
+    hidden, steps = PRESETS[preset]
+    device = torch.device("cuda")
+    a = inputs(hidden, steps, dtype, device)
+    plan = launch.make_plan(BATCH, hidden, dtype, device)
+
+    def fwd(p, probe_flag=0):
+        return launch.forward(a["xp"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"], p, train=True,
+                              probe=probe_flag)
+
+    _, c, gates = fwd(plan)  # the backward's inputs, from a real forward
+
+    def bwd(p, probe_flag=0):
+        return launch.backward(a["w_hh"], a["c0"], c, gates, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
+
+    if once:
+        bwd(plan)
+        torch.cuda.synchronize()
+        log(f"{preset} {dtype}: one forward and one backward launched ({plan.describe()})")
+        return []
+    variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
+    variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
+    records = []
+    for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
+        full = None
+        for name, p, flag in variants:
+            if flag >= 2 and not p.sync:
+                continue  # no grid barrier to leave out
+            s = _time(functools.partial(fn, p, flag), reps)
+            full = s if name == "full" else full
+            rec = {"preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
+                   "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),
+                   "describe": p.describe()}
+            records.append(rec)
+            log(f"{preset:6} {str(dtype).removeprefix('torch.'):8} {kernel} {name:10} {s * 1e3:8.3f} ms  "
+                f"{rec['per_step_us']:7.2f} us/step" + (f"  ({s / full:.2f} of full)" if full else ""))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cells.triton_lstm.probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="medium,large")
+    p.add_argument("--dtypes", default="float32")
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--once", action="store_true", help="launch each kernel once, untimed (for ncu)")
+    p.add_argument("--json", default=None, help="write every record here")
+    args = p.parse_args(argv)
+    presets = [s for s in args.presets.split(",") if s]
+    dtypes = [s for s in args.dtypes.split(",") if s]
+    bad = [s for s in presets if s not in PRESETS] + [d for d in dtypes if d not in DTYPES]
+    if bad:
+        print(f"rnnbench: error: unknown preset or dtype: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
+        print("rnnbench: error: the probe times compiled kernels and needs CUDA (none here)", file=sys.stderr)
+        return 2
+    from lm import env
+
+    records = []
+    for preset in presets:
+        for dtype in dtypes:
+            records += probe(preset, DTYPES[dtype], args.reps, args.once)
+            if args.json and not args.once:  # after each preset: a killed run keeps what it measured
+                from lm.records import atomic_write
+
+                command = env.relative_command(sys.argv[1:] if argv is None else argv)
+                doc = {"env": env.environment(torch.device("cuda")), "command": f"python -m {__spec__.name} {command}",
+                       "records": records}
+                atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
