@@ -63,33 +63,33 @@ the pipelined tiles), not a resident slice.  Untimed: what these cost is for the
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 kernel      preset  arithmetic    P x u   J, K   w    s   MMA       regs         spill       smem B
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
-fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       126 / 96     0/0         2560
-bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 60      0/0         2560
-nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       80 / 86      0/0         1536
-fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       126 / 96     0/0         2560
-bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 60      0/0         2560
-nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       80 / 86      0/0         1536
-fwd         large   fp32 (ieee)   125x12  16,16  4    2   FMA       155 / 151    0/0         6144
-bwd         large   fp32 (ieee)   125x12  16,16  4    2   FMA       156 / 156    0/0         12288
-nograd      large   fp32 (ieee)   125x12  16,16  4    2   FMA       80 / 80      0/0         5120
-fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
-bwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0         2560
-nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
-fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
-bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0         2560
-nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
-fwd         large   fp32 (tf32)   125x12  16,16  4    2   mma.sync  148 / 144    0/0         6144
-bwd         large   fp32 (tf32)   125x12  16,16  4    2   mma.sync  252 / 150    0/0         12288
-nograd      large   fp32 (tf32)   125x12  16,16  4    2   mma.sync  96 / 128     16/8, 0/0   5120
-fwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 78      0/0         4608
-nograd      small   bf16          50x4    8,32   4    1   mma.sync  72 / 72      0/0         1024
-fwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 78      0/0         4608
-nograd      medium  bf16          130x5   8,32   4    1   mma.sync  72 / 72      0/0         1024
-fwd         large   bf16          125x12  16,32  4    1   mma.sync  142 / 148    0/0         2048
-bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 106    0/0         5120
-nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         1024
+fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 72      0/0         4096
+bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       96 / 113     0/0         10240
+nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       56 / 72      0/0         3072
+fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 72      0/0         4096
+bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       96 / 113     0/0         10240
+nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       56 / 72      0/0         3072
+fwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       128 / 168    0/0         6144
+bwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       168 / 199    0/0         12288
+nograd      large   fp32 (ieee)   125x12  16,16  4    1   FMA       80 / 72      0/0         5120
+fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0         4096
+bwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  168 / 152    4/8, 0/0    10240
+nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  54 / 56      0/0         3072
+fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0         4096
+bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  168 / 152    4/8, 0/0    10240
+nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  54 / 56      0/0         3072
+fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  106 / 96     0/0, 8/8    6144
+bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  254 / 194    0/0         12288
+nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  80 / 80      0/0         5120
+fwd         small   bf16          50x4    8,32   4    1   mma.sync  80 / 80      0/0         4096
+bwd         small   bf16          50x4    8,32   4    1   mma.sync  205 / 168    0/0         18432
+nograd      small   bf16          50x4    8,32   4    1   mma.sync  64 / 64      0/0         3072
+fwd         medium  bf16          130x5   8,32   4    1   mma.sync  80 / 80      0/0         4096
+bwd         medium  bf16          130x5   8,32   4    1   mma.sync  205 / 168    0/0         18432
+nograd      medium  bf16          130x5   8,32   4    1   mma.sync  64 / 64      0/0         3072
+fwd         large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         6144
+bwd         large   bf16          125x12  16,32  8    1   mma.sync  191 / 186    0/0         20480
+nograd      large   bf16          125x12  16,32  4    1   mma.sync  96 / 95      0/0         5120
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 
 Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
@@ -97,19 +97,22 @@ TF32 and 106 / 106 / 182 in bfloat16 at small / medium / large, with 9-14 KB of 
 forward, then TF32 by default (it followed cuDNN's TF32 flag), 96 / 96 / 140 with a 4-byte spill at
 small and medium.  A K tile of 32 in exact float32 spills (255 registers, 40 bytes at large).
 
-What the PTX says of the K loop (no GPU; 2026-11-27).  One reduction tile of the float32 forward at medium
-(Triton 3.9, one stage) is 8 scalar global loads (h_{t-1} from L2, the W_hh slice from L1), 56 shared-memory
-loads and stores and 8 CTA barriers (tl.dot's FMA operand layouts go through shared memory), and 128 FMAs
-per thread; a step walks 41 such tiles at medium and 94 at large, each waiting on its own loads.  That fits
-a latency-bound step: the H200's forward at medium took 48 us per layer-step (3.40 ms for 70), about 1.2 us
-a tile.  With two or three stages Triton pipelines the float32 tiles through shared memory (``cp.async``;
-the medium forward then has 10-11 CTA barriers in all instead of 16, the backward 12-14 instead of 23, both
-Triton versions); it does not pipeline the bfloat16 forward (the same code at 1-3 stages), only its backward.
-Which of these pays is for the probe (:mod:`.probe`: each kernel timed whole, without its matmul, without its
-grid barrier, and pipelined) and the tile search (:mod:`.tune`) on the GPU.  Rejected from the PTX alone: the
-recurrent matmul as broadcast products summed over K (``sum(h[:, :, None] * w[None], 1)``) -- Triton rewrites
-it into the same tl.dot where all three sizes are at least 16 (identical PTX at large), and with a unit tile of
-8 (small, medium) it emitted 90 CTA barriers and 512 warp shuffles in the forward against tl.dot's 16 and 0.
+What the PTX says of the K loop (no GPU; 2026-11-27). One reduction tile of the float32 forward at medium (Triton
+3.9, one stage) is 8 scalar global loads (h_{t-1} from L2, the W_hh slice from L1), 56 shared-memory loads and
+stores and 8 CTA barriers (tl.dot's FMA operand layouts go through shared memory), and 128 FMAs per thread; a
+step walks 41 such tiles at medium and 94 at large, each waiting on its own loads. That fits a latency-bound
+step: the H200's forward at medium took 48 us per layer-step (3.40 ms for 70), about 1.2 us a tile. With two or
+three stages Triton pipelines the float32 tiles through shared memory (``cp.async``; the medium forward then has
+10-11 CTA barriers in all instead of 16, the backward 12-14 instead of 23, both Triton versions); it does not
+pipeline the bfloat16 forward (the same code at 1-3 stages), only its backward. One tl.dot for the four gates per
+tile (``launch.Tile.fuse_gates``, now the default) instead of one per gate takes the same loads and FMAs with
+fewer layout conversions: under Triton 3.6 the float32 kernels at medium have 9 / 11 CTA barriers (forward /
+backward) instead of 15 / 23, the bfloat16 ones 13 / 51 instead of 33 / 63. Which of these pays is for the probe
+(:mod:`.probe`: each kernel timed whole, without its matmul, without its grid barrier, and pipelined) and the
+tile search (:mod:`.tune`: fused or not, stages, tiles) on the GPU. Rejected from the PTX alone: the recurrent
+matmul as broadcast products summed over K (``sum(h[:, :, None] * w[None], 1)``) -- Triton rewrites it into the
+same tl.dot where all three sizes are at least 16 (identical PTX at large), and with a unit tile of 8 (small,
+medium) it emitted 90 CTA barriers and 512 warp shuffles in the forward against tl.dot's 16 and 0.
 
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------

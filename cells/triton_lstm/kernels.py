@@ -13,6 +13,12 @@ j -- and the batch rows ``[nb * BLOCK_B, (nb + 1) * BLOCK_B)``.
 * ``P > 1`` without ``SYNC``: the launcher runs one step per launch and the launch
   boundary is the barrier (the *stepwise* path, which the interpreter can run).
 
+``FUSE`` (the default plan): the recurrent matmul is one ``tl.dot`` per reduction tile for the four gates --
+the forward reads a ``[BLOCK_K, 4 BLOCK_J]`` tile of ``W_hh^T`` whose column ``4 u + g`` is gate g of unit u and
+splits the ``[BLOCK_B, 4 BLOCK_J]`` result into the gates after the K loop; the backward reduces over the four
+gates' rows at once (``[BLOCK_B, 4 BLOCK_K]`` of dA against ``[4 BLOCK_K, BLOCK_J]`` of ``W_hh``).  Otherwise one
+tl.dot per gate and tile, each with its own operand layout conversions (shared memory and CTA barriers).
+
 The backward kernel only carries dh and dc back in time and stores the gate
 gradients ``dA_t`` of every step; ``dW_hh = sum_t dA_t^T h_{t-1}`` and the bias
 gradient are one GEMM and one sum over all T after it (in :mod:`.function`), as
@@ -98,9 +104,21 @@ def _leave_grid(arrive_ptr, done_ptr):
 
 @triton.jit
 def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+        UPCAST: tl.constexpr, FUSE: tl.constexpr):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the 4H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, 4H] slab of dA; da_ok [BLOCK_B]: rows to read (others count as zero).
+    if FUSE:  # one tl.dot per tile over the four gates' rows: row r of the tile is gate r // BLOCK_K
+        rq = tl.arange(0, 4 * BLOCK_K)
+        gq = (rq // BLOCK_K) * H
+        for k0 in range(0, _bound(K_END), BLOCK_K):
+            kq = k0 + rq % BLOCK_K
+            kq_ok = kq < H
+            a = tl.load(da_src + row_g[:, None] + (gq + kq)[None, :], mask=da_ok[:, None] & kq_ok[None, :],
+                        other=0.0, cache_modifier=".cg")
+            w = tl.load(w_ptr + (gq + kq)[:, None] * H + js[None, :], mask=kq_ok[:, None] & j_ok[None, :], other=0.0,
+                        eviction_policy="evict_last")
+            acc = _dot(a, w, acc, PRECISION, UPCAST)
+        return acc
     for k0 in range(0, _bound(K_END), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
@@ -147,6 +165,7 @@ def lstm_fwd_kernel(
     TRAIN: tl.constexpr,  # keep what the backward needs: the gates and every c_t (else c is a two-slab ring)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
 ):
     p = tl.program_id(0)
@@ -196,6 +215,26 @@ def lstm_fwd_kernel(
                 a_f = _dot(h, w_f, a_f, PRECISION, UPCAST)
                 a_g = _dot(h, w_g, a_g, PRECISION, UPCAST)
                 a_o = _dot(h, w_o, a_o, PRECISION, UPCAST)
+            elif FUSE:
+                # One [BLOCK_K, 4 BLOCK_J] tile of W_hh^T per reduction tile, column 4 u + g holding gate g of unit
+                # j0 + u, so one tl.dot covers the four gates; split into them after the reduction.
+                cq = tl.arange(0, 4 * BLOCK_J)
+                jq = j0 + cq // 4
+                w_cols = ((cq % 4) * H + jq)[None, :] * H
+                jq_ok = (jq < u_hi)[None, :]
+                acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
+                for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
+                    ks = k0 + kr
+                    k_ok = ks < H
+                    h_m = row_ok[:, None] & k_ok[None, :]
+                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                    w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
+                                eviction_policy="evict_last")
+                    acc = _dot(h, w, acc, PRECISION, UPCAST)
+                # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
+                ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
+                a_i, a_g = tl.split(ig)
+                a_f, a_o = tl.split(fo)
             else:
                 # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
@@ -270,6 +309,7 @@ def lstm_bwd_kernel(
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
 ):
     p = tl.program_id(0)
@@ -320,7 +360,7 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, BLOCK_K,
-                         PRECISION, UPCAST)
+                         PRECISION, UPCAST, FUSE)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -347,7 +387,7 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
-                      H, BLOCK_K, PRECISION, UPCAST)
+                      H, BLOCK_K, PRECISION, UPCAST, FUSE)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:

@@ -47,25 +47,27 @@ class Tile:
     num_warps: int  # forward kernel
     num_warps_bwd: int  # backward kernel
     num_stages: int  # software pipelining of the K loop (1: none)
+    fuse_gates: bool = True  # one tl.dot per reduction tile for the four gates, else one per gate
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
 # max(16, next power of two of B) up to 64, so B = 20 runs in one batch block of 32 and B = 1 in one of 16.
 # Programs x units x batch blocks at B = 20: 50 x 4 x 1 (small), 130 x 5 x 1 (medium), 125 x 12 x 1 (large).
 # AWAITING GPU MEASUREMENT -- none of these entries is timed.  Each is the split the earlier heuristic chose, with
-# the reduction tile, warps and stages for which ptxas (sm_90) reports no spills in any of the three kernels
-# (training forward, backward, forward without grad at B = 1; the package docstring lists registers and spills),
-# under Triton 3.6 (what the GPU machines run) and 3.9: bfloat16 keeps the heuristic's K tile of 32; exact float32
-# needs 16 (a K tile of 32 spills at large and, without grad, at small and medium), and at large two stages: with
-# one, Triton 3.6 spills in the forward (8 bytes) and the backward (4/8), while the pipelined K loop (cp.async into
-# shared memory) needs none and has fewer CTA barriers per step (19 against 24 in the forward).  Replace an entry
-# only with a measured one, and write the measurement (file under results/bench/, figure) beside it.
+# one tl.dot per reduction tile for the four gates and the reduction tile, warps and stages for which ptxas (sm_90)
+# reports no spills in any of the three kernels (training forward, backward, forward without grad at B = 1; the
+# package docstring lists registers and spills) under Triton 3.6 (what the GPU machines run) and 3.9: bfloat16
+# keeps the heuristic's K tile of 32, exact float32 needs 16 (32 spills at large and, without grad, at small and
+# medium); one stage everywhere (fused, two stages spill at large in float32 under 3.6 and in the bfloat16
+# backward).  Fused against a dot per gate, the PTX has fewer CTA barriers on the chain of a step (float32 forward
+# at medium: 9 against 15 in the kernel, backward 11 against 23; bfloat16 13 / 51 against 33 / 63).  Replace an
+# entry only with a measured one, and write the measurement (file under results/bench/, figure) beside it.
 TILES: dict[tuple[int, torch.dtype], Tile] = {
     (200, torch.float32): Tile(units=4, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (200, torch.bfloat16): Tile(units=4, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
     (650, torch.float32): Tile(units=5, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (650, torch.bfloat16): Tile(units=5, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
-    (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=2),
+    (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (1500, torch.bfloat16): Tile(units=12, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=1),
 }
 TILES_SMS = 132  # the SM count the table was made for; a GPU with fewer uses the heuristic
@@ -140,6 +142,7 @@ class Plan:
     num_warps_bwd: int = 4
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
     source: str = "heuristic"  # "table" when the tiles come from TILES
+    fuse_gates: bool = True  # one tl.dot per reduction tile for the four gates, else one per gate
 
     @property
     def sync(self) -> bool:
@@ -156,8 +159,9 @@ class Plan:
             how = f"{self.programs} programs x {self.units} units per batch block, " + (
                 "grid barrier" if self.path == "persistent" else "one launch per step")
         where = "registers" if self.resident else "L1/L2, re-read each step"
-        return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}, "
-                f"tiles from the {source_name(self.source)}")
+        dots = "" if self.resident else ", one dot for the four gates" if self.fuse_gates else ", a dot per gate"
+        return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
+                f"{dots}, tiles from the {source_name(self.source)}")
 
 
 def source_name(source: str) -> str:
@@ -235,7 +239,8 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     resident = resident and block_j >= units  # one unit tile per program
     if tile:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
-                    batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table")
+                    batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
+                    tile.fuse_gates)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -263,7 +268,8 @@ def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool =
 def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
     """The compile-time arguments both kernels take for ``plan`` and compute dtype ``dtype``."""
     return dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
-                SYNC=plan.sync, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2)
+                SYNC=plan.sync, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
+                FUSE=plan.fuse_gates)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -15,7 +15,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
 * ``no-barrier``   without the grid barrier between steps (the programs race: the results are wrong);
 * ``neither``      without both: what is left is the pointwise work, the loads of xp and the stores;
 * ``stages-3``     the full kernel with a software-pipelined K loop (``num_stages=3``), to see whether prefetching
-                   the next reduction tiles pays.
+                   the next reduction tiles pays;
+* ``dot-per-gate`` the full kernel with the other dot structure than the plan's (``fuse_gates`` flipped: one
+                   tl.dot per gate and tile instead of one for the four gates, or the reverse).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -98,6 +100,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         return []
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
     variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
+    variants.append(("dot-per-gate", dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
     records = []
     for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
         full = None

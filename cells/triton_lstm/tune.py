@@ -4,12 +4,12 @@ Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton comp
 
     python -m cells.triton_lstm.tune --presets medium,large --dtypes float32,bfloat16 --json OUT.json
 
-For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of
-``TILES``, then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), the
-software-pipelining stages, the reduction tile, the warps -- keeping a change only when the median
-forward+backward of the stack improves by more than 2 %.  Every candidate's output is checked against the
-starting tile's (same weights, same input) before it is timed.  ``torch.nn.LSTM`` (cuDNN, TF32 off) is timed in
-the same process at the same shape, so every row carries its ratio.  Timing: CUDA events around each call,
+For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of ``TILES``,
+then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one tl.dot for the
+four gates or one per gate, the software-pipelining stages, the reduction tile, the warps -- keeping a change only
+when the median forward+backward of the stack improves by more than 2 %. Every candidate's output is checked
+against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` (cuDNN, TF32 off) is
+timed in the same process at the same shape, so every row carries its ratio. Timing: CUDA events around each call,
 synchronized, two untimed calls first (compilation), median of ``--reps``.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
@@ -73,7 +73,7 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
             if block_j <= 64:
                 out.append(dataclasses.replace(tile, units=units, block_j=block_j))
         return out
-    values = {"block_k": (16, 32, 64) if dtype == torch.float32 else (32, 64, 128),
+    values = {"block_k": (16, 32, 64) if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
               "num_warps": (4, 8), "num_warps_bwd": (4, 8), "num_stages": (1, 2, 3)}[field]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
@@ -124,15 +124,16 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
         records.append(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
         log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
-            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages}  fwd {fwd * 1e3:7.3f} ms  "
+            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} {'fused' if tile.fuse_gates else 'gates'}  "
+            f"fwd {fwd * 1e3:7.3f} ms  "
             f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
             + ("" if rec["ok"] else "  WRONG"))
         return seen[tile]
 
     try:
         best, best_s = start, measure(start)
-        # The stages right after the split: a pipelined K loop changes which reduction tile is best.
-        for field in ("units", "num_stages", "block_k", "num_warps", "num_warps_bwd"):
+        # The dot structure and the stages right after the split: they change which reduction tile is best.
+        for field in ("units", "fuse_gates", "num_stages", "block_k", "num_warps", "num_warps_bwd"):
             for tile in candidates(best, hidden, dtype, sms, field):
                 s = measure(tile)
                 if s < best_s * 0.98:
