@@ -162,19 +162,21 @@ PLANS = [
     ("stepwise-resident", 3, 3, 13, dict(path="stepwise", units=4), {}),
     ("stepwise-streamed", 20, 3, 40, dict(path="stepwise", units=16, resident=False), dict(block_k=16)),
     ("stepwise-2-batch-blocks", 20, 2, 24, dict(path="stepwise", units=8), dict(block_b=16, batch_blocks=2)),
-    # a tl.dot per gate instead of one for the four (launch.Tile.fuse_gates)
-    ("blocked-3x3-tiles-dot-per-gate", 20, 3, 40, dict(path="blocked", resident=False),
-     dict(block_j=16, block_k=16, fuse_gates=False)),
-    ("stepwise-streamed-dot-per-gate", 20, 3, 40, dict(path="stepwise", units=16, resident=False),
-     dict(block_k=16, fuse_gates=False)),
+    # one tl.dot per reduction tile for the four gates instead of one per gate (launch.Tile.fuse_gates)
+    ("blocked-3x3-tiles-fused-gates", 20, 3, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, fuse_gates=True)),
+    ("stepwise-streamed-fused-gates", 20, 3, 40, dict(path="stepwise", units=16, resident=False),
+     dict(block_k=16, fuse_gates=True)),
+    ("stepwise-2-batch-blocks-fused-gates", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
     ("persistent-B100-H200-2-batch-blocks", 100, 5, 200, dict(path="persistent"), {}),
     ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
-    ("persistent-B20-H650-dot-per-gate", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=False)),
-    ("persistent-B20-H1500-2-stages", 20, 5, 1500, dict(path="persistent"), dict(num_stages=2)),
+    # (one more compile pair in the GPU check's test step; the tile search checks every other tile's output)
+    ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True)),
 ]
 
 

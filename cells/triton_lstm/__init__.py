@@ -105,14 +105,14 @@ step: the H200's forward at medium took 48 us per layer-step (3.40 ms for 70), a
 three stages Triton pipelines the float32 tiles through shared memory (``cp.async``; the medium forward then has
 10-11 CTA barriers in all instead of 16, the backward 12-14 instead of 23, both Triton versions); it does not
 pipeline the bfloat16 forward (the same code at 1-3 stages), only its backward. One tl.dot for the four gates per
-tile (``launch.Tile.fuse_gates``, now the default) instead of one per gate takes the same loads and FMAs with
-fewer layout conversions: under Triton 3.6 the float32 kernels at medium have 9 / 11 CTA barriers (forward /
-backward) instead of 15 / 23, the bfloat16 ones 13 / 51 instead of 33 / 63. Which of these pays is for the probe
-(:mod:`.probe`: each kernel timed whole, without its matmul, without its grid barrier, and pipelined) and the
-tile search (:mod:`.tune`: fused or not, stages, tiles) on the GPU. Rejected from the PTX alone: the recurrent
-matmul as broadcast products summed over K (``sum(h[:, :, None] * w[None], 1)``) -- Triton rewrites it into the
-same tl.dot where all three sizes are at least 16 (identical PTX at large), and with a unit tile of 8 (small,
-medium) it emitted 90 CTA barriers and 512 warp shuffles in the forward against tl.dot's 16 and 0.
+tile (``launch.Tile.fuse_gates``; untimed, so not the default) instead of one per gate takes the same loads and
+FMAs with fewer layout conversions: under Triton 3.6 the float32 kernels at medium have 9 / 11 CTA barriers
+(forward / backward) instead of 15 / 23, the bfloat16 ones 13 / 51 instead of 33 / 63. Which of these pays is for
+the probe (:mod:`.probe`: each kernel timed whole, without its matmul, without its grid barrier, and pipelined)
+and the tile search (:mod:`.tune`: fused or not, stages, tiles) on the GPU. Rejected from the PTX alone: the
+recurrent matmul as broadcast products summed over K (``sum(h[:, :, None] * w[None], 1)``) -- Triton rewrites it
+into the same tl.dot where all three sizes are at least 16 (identical PTX at large), and with a unit tile of 8
+(small, medium) it emitted 90 CTA barriers and 512 warp shuffles in the forward against tl.dot's 16 and 0.
 
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ j -- and the batch rows ``[nb * BLOCK_B, (nb + 1) * BLOCK_B)``.
 * ``P > 1`` without ``SYNC``: the launcher runs one step per launch and the launch
   boundary is the barrier (the *stepwise* path, which the interpreter can run).
 
-``FUSE`` (the default plan): the recurrent matmul is one ``tl.dot`` per reduction tile for the four gates --
+``FUSE`` (``launch.Tile.fuse_gates``): the recurrent matmul is one ``tl.dot`` per reduction tile for the four gates --
 the forward reads a ``[BLOCK_K, 4 BLOCK_J]`` tile of ``W_hh^T`` whose column ``4 u + g`` is gate g of unit u and
 splits the ``[BLOCK_B, 4 BLOCK_J]`` result into the gates after the K loop; the backward reduces over the four
 gates' rows at once (``[BLOCK_B, 4 BLOCK_K]`` of dA against ``[4 BLOCK_K, BLOCK_J]`` of ``W_hh``).  Otherwise one

@@ -47,21 +47,22 @@ class Tile:
     num_warps: int  # forward kernel
     num_warps_bwd: int  # backward kernel
     num_stages: int  # software pipelining of the K loop (1: none)
-    fuse_gates: bool = True  # one tl.dot per reduction tile for the four gates, else one per gate
+    fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
 # max(16, next power of two of B) up to 64, so B = 20 runs in one batch block of 32 and B = 1 in one of 16.
 # Programs x units x batch blocks at B = 20: 50 x 4 x 1 (small), 130 x 5 x 1 (medium), 125 x 12 x 1 (large).
 # AWAITING GPU MEASUREMENT -- none of these entries is timed.  Each is the split the earlier heuristic chose, with
-# one tl.dot per reduction tile for the four gates and the reduction tile, warps and stages for which ptxas (sm_90)
+# a tl.dot per gate (as run on the H200) and the reduction tile, warps and stages for which ptxas (sm_90)
 # reports no spills in any of the three kernels (training forward, backward, forward without grad at B = 1; the
 # package docstring lists registers and spills) under Triton 3.6 (what the GPU machines run) and 3.9: bfloat16
 # keeps the heuristic's K tile of 32, exact float32 needs 16 (32 spills at large and, without grad, at small and
-# medium); one stage everywhere (fused, two stages spill at large in float32 under 3.6 and in the bfloat16
-# backward).  Fused against a dot per gate, the PTX has fewer CTA barriers on the chain of a step (float32 forward
-# at medium: 9 against 15 in the kernel, backward 11 against 23; bfloat16 13 / 51 against 33 / 63).  Replace an
-# entry only with a measured one, and write the measurement (file under results/bench/, figure) beside it.
+# medium); one stage.  One tl.dot for the four gates (``fuse_gates``) has fewer CTA barriers on the chain of a
+# step in the PTX (float32 at medium: 9 / 11 in the forward / backward kernel against 15 / 23; bfloat16 13 / 51
+# against 33 / 63; no spills with one stage, while two spill at large in float32 under 3.6 and in the bfloat16
+# backward), but is untimed: the probe and the tile search try it first.  Replace an entry only with a measured
+# one, and write the measurement (file under results/bench/, figure) beside it.
 TILES: dict[tuple[int, torch.dtype], Tile] = {
     (200, torch.float32): Tile(units=4, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (200, torch.bfloat16): Tile(units=4, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1),
@@ -142,7 +143,7 @@ class Plan:
     num_warps_bwd: int = 4
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
     source: str = "heuristic"  # "table" when the tiles come from TILES
-    fuse_gates: bool = True  # one tl.dot per reduction tile for the four gates, else one per gate
+    fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
 
     @property
     def sync(self) -> bool:

@@ -16,8 +16,8 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
 * ``neither``      without both: what is left is the pointwise work, the loads of xp and the stores;
 * ``stages-3``     the full kernel with a software-pipelined K loop (``num_stages=3``), to see whether prefetching
                    the next reduction tiles pays;
-* ``dot-per-gate`` the full kernel with the other dot structure than the plan's (``fuse_gates`` flipped: one
-                   tl.dot per gate and tile instead of one for the four gates, or the reverse).
+* ``fused-gates``  the full kernel with the other dot structure than the plan's (``fuse_gates`` flipped: one
+                   tl.dot per tile for the four gates instead of one per gate; ``dot-per-gate`` the reverse).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -100,7 +100,8 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         return []
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
     variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
-    variants.append(("dot-per-gate", dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
+    other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
+    variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
     records = []
     for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
         full = None
