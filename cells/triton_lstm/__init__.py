@@ -63,33 +63,33 @@ the pipelined tiles), not a resident slice.  Untimed: what these cost is for the
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 kernel      preset  arithmetic    P x u   J, K   w    s   MMA       regs         spill       smem B
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
-fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 72      0/0         4096
-bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       96 / 113     0/0         10240
-nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       56 / 72      0/0         3072
-fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 72      0/0         4096
-bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       96 / 113     0/0         10240
-nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       56 / 72      0/0         3072
-fwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       128 / 168    0/0         6144
-bwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       168 / 199    0/0         12288
-nograd      large   fp32 (ieee)   125x12  16,16  4    1   FMA       80 / 72      0/0         5120
-fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0         4096
-bwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  168 / 152    4/8, 0/0    10240
-nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  54 / 56      0/0         3072
-fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0         4096
-bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  168 / 152    4/8, 0/0    10240
-nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  54 / 56      0/0         3072
-fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  106 / 96     0/0, 8/8    6144
-bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  254 / 194    0/0         12288
-nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  80 / 80      0/0         5120
-fwd         small   bf16          50x4    8,32   4    1   mma.sync  80 / 80      0/0         4096
-bwd         small   bf16          50x4    8,32   4    1   mma.sync  205 / 168    0/0         18432
-nograd      small   bf16          50x4    8,32   4    1   mma.sync  64 / 64      0/0         3072
-fwd         medium  bf16          130x5   8,32   4    1   mma.sync  80 / 80      0/0         4096
-bwd         medium  bf16          130x5   8,32   4    1   mma.sync  205 / 168    0/0         18432
-nograd      medium  bf16          130x5   8,32   4    1   mma.sync  64 / 64      0/0         3072
-fwd         large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         6144
-bwd         large   bf16          125x12  16,32  8    1   mma.sync  191 / 186    0/0         20480
-nograd      large   bf16          125x12  16,32  4    1   mma.sync  96 / 95      0/0         5120
+fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       126 / 96     0/0         2560
+bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 60      0/0         2560
+nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       80 / 86      0/0         1536
+fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       126 / 96     0/0         2560
+bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 60      0/0         2560
+nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       80 / 86      0/0         1536
+fwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       128 / 130    0/0         3072
+bwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       80 / 80      0/0         3072
+nograd      large   fp32 (ieee)   125x12  16,16  4    1   FMA       96 / 96      0/0         2048
+fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
+bwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0         2560
+nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
+fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
+bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0         2560
+nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
+fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  128 / 128    0/0         2048
+bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  142 / 115    0/0         3072
+nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  96 / 106     8/8, 0/0    1024
+fwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         2048
+bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 78      0/0         4608
+nograd      small   bf16          50x4    8,32   4    1   mma.sync  72 / 72      0/0         1024
+fwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         2048
+bwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 78      0/0         4608
+nograd      medium  bf16          130x5   8,32   4    1   mma.sync  72 / 72      0/0         1024
+fwd         large   bf16          125x12  16,32  4    1   mma.sync  142 / 148    0/0         2048
+bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 106    0/0         5120
+nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         1024
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 
 Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
