@@ -41,7 +41,7 @@ The timings (``--perf``):
                       sections for the large layer's forward and backward kernels (``perf-ncu.log``).
 6. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
 7. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
-8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN cells and ``triton_lstm``
+8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
                       (``bf16.json``; in the report as their own columns, ratios within the dtype).
 9. ``report``.
 
@@ -109,9 +109,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
     py = [sys.executable]
     gpu = out / "gpu" / slug
     pytest = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
-    # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, triton_lstm cannot.
-    runnable = [c for c in cells.names() if not (dry_run and cells.unavailable_reason(c, "cpu"))
-                and not (dry_run and c == "triton_lstm")]
+    # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, the Triton cells cannot
+    # (they would train in Triton's interpreter: their training_refusal).
+    runnable = [c for c in cells.names() if not (dry_run and (cells.unavailable_reason(c, "cpu") or getattr(
+        cells.cell_class(c), "training_refusal", lambda device: None)("cpu")))]
     # Cells that compile per shape (torch.compile) train in their own step, last: on a GPU each of their shapes
     # costs seconds of compilation, which must not crowd out the other cells.
     compiled = [c for c in runnable if getattr(cells.cell_class(c), "compiles_per_shape", False)
@@ -157,7 +158,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         versus = ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", "small,medium",
                   "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--benchmark-max-time", "0.2"]
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
-                "cudnn_lstm,cudnn_gru,triton_lstm", "--bench-dtype", "bfloat16", "--benchmark-max-time", "0.2"]
+                "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--benchmark-max-time",
+                "0.2"]
         # float32 first: the default arithmetic, and the one furthest behind cuDNN
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--json", str(gpu / "tiles.json")]
         probe = ["--presets", "medium,large", "--dtypes", "float32", "--json", str(gpu / "probe.json")]

@@ -41,6 +41,7 @@ REGISTRY: dict[str, str] = {
     "loop_lstm": "cells.loop:LoopLSTM",
     "loop_gru": "cells.loop:LoopGRU",
     "triton_lstm": "cells.triton_lstm:TritonLSTM",
+    "triton_gru": "cells.triton_gru:TritonGRU",
     "compiled_lstm": "cells.compiled:CompiledLSTM",
     "compiled_gru": "cells.compiled:CompiledGRU",
     "min_gru": "cells.minimal:MinGRU",

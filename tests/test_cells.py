@@ -26,7 +26,7 @@ SHAPES = [
 IDS = [f"T{t}-B{b}-I{i}-H{h}-L{n}-{'state' if s else 'nostate'}" for t, b, i, h, n, s in SHAPES]
 
 # Cells with their own, longer test file run here on the smallest shapes only.
-HEAVY = {"triton_lstm"}
+HEAVY = {"triton_lstm", "triton_gru"}
 # Compiled cells compile a graph per dtype and shape (about 5 s each): two awkward shapes, batch 1 and batch > 1,
 # 2+ layers, with and without initial state (tests/test_compiled.py has the cell-specific tests).
 COMPILED = {"compiled_lstm", "compiled_gru"}

@@ -43,11 +43,12 @@ def test_dry_run_of_the_check_runs_every_step_and_trains_every_cell(tmp_path):
     by_cell = {}
     for rec in runs:
         by_cell.setdefault(rec["cell"], []).append(rec["status"])
-    assert "triton_lstm" not in by_cell  # interpreted Triton is not trained; on a GPU it is named and must train
+    # interpreted Triton is not trained; on a GPU it is named and must train
+    assert "triton_lstm" not in by_cell and "triton_gru" not in by_cell
     assert by_cell.pop("cudnn_lstm") == ["ok", "ok"] and by_cell.pop("compiled_gru") == ["ok"]
     # every other cell but the GPU-only and the second compiled one trains once
-    assert by_cell == {c: ["ok"] for c in cells.names() if c not in ("cudnn_lstm", "triton_lstm", "compiled_lstm",
-                                                                     "compiled_gru")}
+    assert by_cell == {c: ["ok"] for c in cells.names() if c not in ("cudnn_lstm", "triton_lstm", "triton_gru",
+                                                                     "compiled_lstm", "compiled_gru")}
     slow = [r for r in runs if r["cell"] == "loop_lstm"]
     assert slow[0]["steps_per_epoch"] == 3
 

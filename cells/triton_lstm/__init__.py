@@ -180,6 +180,7 @@ class TritonLSTM(RecurrentStack):
     """
 
     mode = "LSTM"
+    cell_name = "triton_lstm"
     interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
@@ -211,7 +212,7 @@ class TritonLSTM(RecurrentStack):
     def training_refusal(cls, device: str | torch.device) -> str | None:
         """A one-line reason to refuse training on ``device`` (the interpreter), or None."""
         if interpreted(device) and not cls.interpreted_training_ok:
-            return ("triton_lstm would run in Triton's interpreter (no CUDA device, or TRITON_INTERPRET=1), "
+            return (f"{cls.cell_name} would run in Triton's interpreter (no CUDA device, or TRITON_INTERPRET=1), "
                     "hundreds of times slower; pass --allow-interpreter to train anyway")
         return None
 
@@ -235,7 +236,7 @@ class TritonLSTM(RecurrentStack):
             return (f"Triton {triton.__version__} interpreter (as TRITON_INTERPRET=1; one program per batch block; "
                     f"recurrent matmuls {arith})")
         plan = launch.make_plan(batch, self.hidden_size, dtype, device, self.path, self.units,
-                                fp32_precision=self.fp32_precision)
+                                fp32_precision=self.fp32_precision, kind=self.mode)
         how = "persistent, grid barrier" if plan.sync else "one program per batch block"
         return f"Triton {triton.__version__} compiled ({how}; recurrent matmuls {arith}; at batch {batch}: " \
                f"{plan.describe()})"

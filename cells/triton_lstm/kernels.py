@@ -104,9 +104,10 @@ def _leave_grid(arrive_ptr, done_ptr):
 
 @triton.jit
 def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr, FUSE: tl.constexpr):
-    # acc + dA[rows, :] W_hh[:, js]: the reduction over the 4H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
-    # da_src: the [B, 4H] slab of dA; da_ok [BLOCK_B]: rows to read (others count as zero).
+        UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr):
+    # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
+    # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
+    # FUSE needs NG = 4 (a power of two).
     if FUSE:  # one tl.dot per tile over the four gates' rows: row r of the tile is gate r // BLOCK_K
         rq = tl.arange(0, 4 * BLOCK_K)
         gq = (rq // BLOCK_K) * H
@@ -126,7 +127,7 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
         a_m = da_ok[:, None] & k_ok[None, :]
         w_ptrs = w_ptr + ks[:, None] * H + js[None, :]
         w_m = k_ok[:, None] & j_ok[None, :]
-        for g in tl.static_range(4):
+        for g in tl.static_range(NG):
             a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
             w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
             acc = _dot(a, w, acc, PRECISION, UPCAST)
@@ -360,7 +361,7 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, BLOCK_K,
-                         PRECISION, UPCAST, FUSE)
+                         PRECISION, UPCAST, FUSE, 4)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -387,8 +388,197 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
-                      H, BLOCK_K, PRECISION, UPCAST, FUSE)
+                      H, BLOCK_K, PRECISION, UPCAST, FUSE, 4)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
+
+# ---- GRU (cells.triton_gru): the same split, grid barrier and K loop, three gates r, z, n ---------------------------
+# h_t = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h_{t-1} W_hn + b_hn)): W_hn h stays apart from the input
+# projection, so the kernel keeps hn = h_{t-1} W_hn^T + b_hn for the backward.  No resident slice, a dot per gate.
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit(do_not_specialize=["t_lo", "t_hi"])
+def gru_fwd_kernel(
+    xp_ptr,  # [T, B, 3H] input projection x_t W_ih^T (no bias)
+    w_ptr,  # [3H, H] recurrent weights W_hh, gate rows in the order r, z, n
+    b_ih_ptr,  # [3H] input bias, compute dtype
+    b_hh_ptr,  # [3H] recurrent bias, compute dtype
+    h0_ptr,  # [B, H] initial hidden state, dtype of y
+    y_ptr,  # [T, B, H] out: hidden states h_t (h_{t-1} is read back from here)
+    gates_ptr,  # out (TRAIN): [T, B, 4H] r, z, n, hn in the accumulation dtype; else any tensor of that dtype
+    arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
+    done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
+    t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
+    B, H,  # batch size, hidden size
+    UNITS,  # hidden units owned by one program along grid axis 0
+    BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
+    BLOCK_J: tl.constexpr,  # hidden units per tile
+    BLOCK_K: tl.constexpr,  # reduction tile over the H inputs of W_hh
+    RESIDENT: tl.constexpr,  # must be False (the GRU streams its slice)
+    SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
+    TRAIN: tl.constexpr,  # store r, z, n and hn for the backward
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    FUSE: tl.constexpr,  # must be False (three gates: a dot per gate)
+    PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
+):
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = gates_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_x = rows * (3 * H)  # row offsets in a [B, 3H] slab
+    row_s = rows * (4 * H)  # row offsets in a [B, 4H] slab of saved gates
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    u_hi = tl.minimum(u_lo + UNITS, H)
+    kr = tl.arange(0, BLOCK_K)
+    for t in range(_bound(t_lo), _bound(t_hi)):
+        t64 = tl.cast(t, tl.int64)
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # .cg below: other programs wrote it
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            m = row_ok[:, None] & j_ok[None, :]
+            o_h = row_h[:, None] + js[None, :]
+            o_x = row_x[:, None] + js[None, :]
+            a_r = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            a_z = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            a_n = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+            for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
+                ks = k0 + kr
+                k_ok = ks < H
+                h_m = row_ok[:, None] & k_ok[None, :]
+                h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                w_ptrs = w_ptr + js[None, :] * H + ks[:, None]
+                w_m = j_ok[None, :] & k_ok[:, None]
+                w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
+                a_r = _dot(h, w, a_r, PRECISION, UPCAST)
+                w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                a_z = _dot(h, w, a_z, PRECISION, UPCAST)
+                w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                a_n = _dot(h, w, a_n, PRECISION, UPCAST)
+            xp_t = xp_ptr + t64 * 3 * slab + o_x
+            r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
+                                                                                    acc_ty))
+            z = _sigmoid(a_z + tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty)
+                         + _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty))
+            hn = a_n + tl.load(b_hh_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
+            xn = tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) \
+                + tl.load(b_ih_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
+            n = 2.0 * _sigmoid(2.0 * (xn + r * hn)) - 1.0  # tanh, without overflow
+            h_prev = tl.load(h_src + o_h, mask=m, other=0.0, cache_modifier=".cg").to(acc_ty)
+            tl.store(y_ptr + t64 * slab + o_h, (n + z * (h_prev - n)).to(y_ptr.dtype.element_ty), mask=m)
+            if TRAIN:
+                g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
+                tl.store(g_t, r, mask=m)
+                tl.store(g_t + H, z, mask=m)
+                tl.store(g_t + 2 * H, n, mask=m)
+                tl.store(g_t + 3 * H, hn, mask=m)
+        if SYNC:
+            if t + 1 < t_hi:  # nothing in this launch reads the last step's h
+                if PROBE < 2:
+                    _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
+        else:
+            tl.debug_barrier()
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
+
+@triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
+def gru_bwd_kernel(
+    w_ptr,  # [3H, H] recurrent weights W_hh
+    h0_ptr,  # [B, H] initial hidden state, dtype of y
+    y_ptr,  # [T, B, H] forward hidden states (h_{t-1} = y_{t-1})
+    gates_ptr,  # [T, B, 4H] forward r, z, n, hn, accumulation dtype
+    dy_ptr,  # [T, B, H] gradient of the outputs y
+    dhT_ptr,  # [B, H] gradient of the final hidden state h_{T-1}
+    carry_ptr,  # [B, H] accumulation dtype, zero at launch: z_t dh_t, the direct path of dh to step t - 1
+    da_ptr,  # [T, B, 3H] out: gradients of the recurrent pre-activations (h W_hr, h W_hz, hn), accumulation dtype
+    dxn_ptr,  # [T, B, H] out: gradient of the n gate's pre-activation (the input projection's n part)
+    dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
+    arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
+    done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
+    s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
+    DO_TAIL,  # nonzero: after the steps form dh_0 = z_0 dh_0' + dA_0 W_hh
+    T, B, H,  # sequence length, batch size, hidden size
+    UNITS,  # hidden units owned by one program along grid axis 0
+    BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
+    BLOCK_J: tl.constexpr,  # hidden units per tile
+    BLOCK_K: tl.constexpr,  # reduction tile over H
+    RESIDENT: tl.constexpr,  # must be False
+    SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
+    FUSE: tl.constexpr,  # must be False
+    PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
+):
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = gates_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_x = rows * (3 * H)
+    row_s = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    u_hi = tl.minimum(u_lo + UNITS, H)
+    for s in range(_bound(s_lo), _bound(s_hi)):
+        t = T - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # written before this launch
+        da_next = da_ptr + (t64 + 1) * 3 * slab  # dA_{t+1}: none after the last step
+        # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
+        next_ok = row_ok & (rows * 0 + t + 1 < T)
+        last = (rows * 0 + t == T - 1)[:, None]
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            m = row_ok[:, None] & j_ok[None, :]
+            o_h = row_h[:, None] + js[None, :]
+            o_x = row_x[:, None] + js[None, :]
+            # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
+            dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_x, w_ptr, js, j_ok, H,
+                     H if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3)
+            dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
+            dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
+            dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
+            g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
+            r = tl.load(g_t, mask=m, other=0.0)
+            z = tl.load(g_t + H, mask=m, other=0.0)
+            n = tl.load(g_t + 2 * H, mask=m, other=0.0)
+            hn = tl.load(g_t + 3 * H, mask=m, other=0.0)
+            h_prev = tl.load(h_src + o_h, mask=m, other=0.0).to(acc_ty)
+            da_n = dh * (1.0 - z) * (1.0 - n * n)
+            da_t = da_ptr + t64 * 3 * slab + o_x
+            tl.store(carry_ptr + o_h, dh * z, mask=m)
+            tl.store(da_t, da_n * hn * r * (1.0 - r), mask=m)
+            tl.store(da_t + H, dh * (h_prev - n) * z * (1.0 - z), mask=m)
+            tl.store(da_t + 2 * H, da_n * r, mask=m)
+            tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
+        if SYNC:
+            if PROBE < 2:
+                _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
+        else:
+            tl.debug_barrier()
+    if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh, once every program's dA_0 is written
+        for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
+            js = j0 + tl.arange(0, BLOCK_J)
+            j_ok = js < u_hi
+            m = row_ok[:, None] & j_ok[None, :]
+            o_h = row_h[:, None] + js[None, :]
+            dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), da_ptr, row_ok, row_x, w_ptr, js, j_ok, H, H,
+                      BLOCK_K, PRECISION, UPCAST, False, 3)
+            tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -174,7 +174,8 @@ def _pow2(n: int) -> int:
 
 
 def make_plan(batch: int, hidden: int, dtype: torch.dtype, device: torch.device, path: str = "auto",
-              units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee") -> Plan:
+              units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee",
+              kind: str = "LSTM") -> Plan:
     """Choose the path and the tiles for one layer; cached per (shape, dtype, device, options).
 
     Args:
@@ -188,20 +189,25 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, device: torch.device,
         resident: force the W_hh slice in or out of registers (default: in when it is small enough).
         fp32_precision: for float32 on CUDA, "ieee" (exact float32 products, the default) or "tf32" (tensor-core
             TF32, as cuDNN does when torch allows it).  The interpreter always multiplies exactly.
+        kind: "LSTM" (:mod:`.kernels`' lstm kernels) or "GRU" (``gru_*``: W_hh slice streamed, a dot per gate,
+            tiles from the heuristic -- :data:`TILES` was made for the LSTM).
 
     Returns:
         The :class:`Plan`.
     """
     interpret = runs_interpreted(device)
     sms = None if interpret else sm_count(device)
-    return plan_for(batch, hidden, dtype, sms, path, units, resident, fp32_precision)
+    return plan_for(batch, hidden, dtype, sms, path, units, resident, fp32_precision, kind)
 
 
 @functools.lru_cache(maxsize=1024)
 def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path: str = "auto",
-             units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee") -> Plan:
+             units: int | None = None, resident: bool | None = None, fp32_precision: str = "ieee",
+             kind: str = "LSTM") -> Plan:
     """:func:`make_plan` for a GPU with ``sms`` SMs, or for the interpreter when ``sms`` is None (cached)."""
     interpret = sms is None
+    if kind not in ("LSTM", "GRU"):
+        raise ValueError(f"kind must be 'LSTM' or 'GRU', got {kind!r}")
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if fp32_precision not in FP32_PRECISIONS:
@@ -218,7 +224,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         path = "blocked" if interpret else "persistent"
     if interpret:
         sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
-    tile = None if interpret or units is not None or sms < TILES_SMS else TILES.get((hidden, dtype))
+    tile = None if interpret or units is not None or sms < TILES_SMS or kind != "LSTM" else TILES.get((hidden, dtype))
     if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
         tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
     if path in ("persistent", "stepwise"):
@@ -237,7 +243,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         block_j = min(kp, 256 if interpret else 16)
     if resident is None:
         resident = 4 * block_j * kp <= RESIDENT_MAX["interpreter" if interpret else "compiled"]
-    resident = resident and block_j >= units  # one unit tile per program
+    resident = resident and block_j >= units and kind == "LSTM"  # one unit tile per program; the GRU streams
     if tile:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
@@ -347,3 +353,62 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         kernel[plan.grid](w_hh, c0, c, gates, dy, dhT, dc, da, dh0, arrive, done, lo, hi, tail, T, B, H, plan.units,
                           **meta)
     return da, dh0, dc
+
+
+def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
+                plan: Plan, train: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the recurrence of one GRU layer (``kernels.gru_fwd_kernel``).
+
+    Args:
+        xp: [T, B, 3H] input projection x W_ih^T (no bias), contiguous, compute dtype.
+        w_hh: [3H, H], h0: [B, H], b_ih, b_hh: [3H]; contiguous, compute dtype; gate order r, z, n.
+        plan: from :func:`make_plan` with ``kind="GRU"``.
+        train: keep r, z, n and hn = h_{t-1} W_hn^T + b_hn for the backward.
+
+    Returns:
+        y [T, B, H] (compute dtype); gates [T, B, 4H] (float32, float64 for float64), None without ``train``.
+    """
+    if plan.resident or plan.fuse_gates:
+        raise ValueError("the GRU kernels stream the W_hh slice with a dot per gate: make the plan with kind='GRU'")
+    T, B, G = xp.shape
+    H = G // 3
+    acc = accumulation_dtype(xp.dtype)
+    y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
+    gates = torch.empty(T, B, 4 * H, dtype=acc, device=xp.device) if train else torch.empty(1, dtype=acc,
+                                                                                             device=xp.device)
+    arrive, done = counters(xp.device)
+    kernel = kernels(plan.interpret).gru_fwd_kernel
+    meta = launch_options(plan, w_hh.dtype, False, train)
+    spans = [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
+    for lo, hi in spans:
+        kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, y, gates, arrive, done, lo, hi, B, H, plan.units, **meta)
+    return y, gates if train else None
+
+
+def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
+                 dhT: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Walk one GRU layer backward in time (``kernels.gru_bwd_kernel``).
+
+    Args:
+        w_hh, h0: as for :func:`gru_forward`.  y, gates: what it returned with ``train``.
+        dy: [T, B, H] gradient of y.  dhT: [B, H] gradient of the final h.  All contiguous.
+        plan: the plan the forward ran with.
+
+    Returns:
+        da [T, B, 3H]: gradients of the recurrent pre-activations (h W_hr^T + b_hr, h W_hz^T + b_hz, hn), so
+        dW_hh = sum_t da_t^T h_{t-1} and db_hh = sum da; dxn [T, B, H]: gradient of the n gate's input part
+        (the input projection's gradient is da with its n third replaced by dxn); dh0 [B, H] (compute dtype).
+    """
+    T, B, H = dy.shape
+    carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
+    da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
+    dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
+    dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    arrive, done = counters(dy.device)
+    kernel = kernels(plan.interpret).gru_bwd_kernel
+    meta = launch_options(plan, w_hh.dtype, True)
+    spans = [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
+    for lo, hi, tail in spans:
+        kernel[plan.grid](w_hh, h0, y, gates, dy, dhT, carry, da, dxn, dh0, arrive, done, lo, hi, tail, T, B, H,
+                          plan.units, **meta)
+    return da, dxn, dh0

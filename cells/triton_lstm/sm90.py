@@ -23,7 +23,7 @@ from . import launch
 
 PRESETS = {"small": 200, "medium": 650, "large": 1500}  # hidden sizes; batch 20, embedding = H
 SMS = 132
-ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr"}  # accumulation dtype
+ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr", "carry_ptr", "dxn_ptr"}  # accumulation dtype
 COUNTER_ARGS = {"arrive_ptr", "done_ptr"}
 TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -40,11 +40,12 @@ class Usage:
 
 
 def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bool = True, batch: int = 20,
-                   hidden: int = 650, cache_dir: str | None = None):
+                   hidden: int = 650, cache_dir: str | None = None, kind: str = "LSTM"):
     """Compile ``kernel`` ("fwd" or "bwd") of ``plan`` for sm_90 as a launch with these shapes would.
 
     Args:
         kernel: "fwd" or "bwd".
+        kind: "LSTM" (``lstm_*_kernel``) or "GRU" (``gru_*_kernel``, for a plan made with ``kind="GRU"``).
         plan: a compiled-flavour plan (``plan.interpret`` False), e.g. from :func:`launch.plan_for`.
         dtype: the compute dtype.
         train: the forward's TRAIN flag.
@@ -61,7 +62,7 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
     k = launch.kernels(False)
-    fn = k.lstm_bwd_kernel if kernel == "bwd" else k.lstm_fwd_kernel
+    fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}_kernel")
     meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
     options = {n: v for n, v in meta.items() if n not in fn.arg_names}

@@ -1,0 +1,145 @@
+"""Fused Triton GRU cell for training (``triton_gru``), on the launch and plan code of :mod:`cells.triton_lstm`.
+
+Same design as ``triton_lstm`` (its package docstring): per layer, ``xp = x W_ih^T`` for all T steps is one
+GEMM and one launch of ``kernels.gru_fwd_kernel`` runs the whole recurrence (the same hidden-unit split over the
+SMs, grid barrier between steps, K loop over ``W_hh``); one launch of ``kernels.gru_bwd_kernel`` walks time in
+reverse and stores the gate gradients, and ``dx``, ``dW_ih``, ``dW_hh`` and the bias gradients are GEMMs and sums
+over all T after it.  What differs is the GRU's
+
+    r = sigma(x W_ir + b_ir + h W_hr + b_hr)      z = sigma(x W_iz + b_iz + h W_hz + b_hz)
+    n = tanh(x W_in + b_in + r (h W_hn + b_hn))    h' = (1 - z) n + z h
+
+(torch.nn.GRU's equations and parameter layout, gate order r, z, n): ``h W_hn + b_hn`` is multiplied by r, so it
+cannot join the input projection; the forward keeps it (``hn``) with r, z and n for the backward, and the backward
+gives two gradients for the n gate -- of its recurrent part (``r dn'``, into ``dW_hh``) and of its input part
+(``dn'``, into ``dW_ih``).  The state is h alone (no cell state); its direct path to the previous step (``z dh``)
+is carried in a ``[B, H]`` buffer.
+
+Plans come from :func:`cells.triton_lstm.launch.make_plan` with ``kind="GRU"``: the W_hh slice (3 x units x H) is
+streamed, one tl.dot per gate (three gates are not a power of two for one fused dot), tiles from the heuristic
+(``launch.TILES`` was made for the LSTM: untimed here too).  Saved for the backward: x, h_0, the weights, y and
+r, z, n, hn (float32); nothing is recomputed.  Without autograd no gates are stored.
+
+Registers and spills on sm_90 (``cells.triton_lstm.sm90.compile_kernel(..., kind="GRU")``; no GPU): the heuristic
+plans of a 132-SM GPU, "fwd" at batch 20 with the gates stored, "bwd" at batch 20, "nograd" the forward without
+grad at batch 1; registers under Triton 3.6 (the GPU machines') / 3.9, spill bytes stored / loaded under 3.6, then
+3.9's where they differ.  Untimed; the large preset's small spills are for the GPU's tile search to remove.
+
+======  ======  ========  ======  =====  ==  ========  ===========  ===========
+kernel  preset  dtype     P x u   J, K   w   MMA       regs         spill
+======  ======  ========  ======  =====  ==  ========  ===========  ===========
+fwd     small   fp32      50x4    8,16   4   FMA       106 / 108    0/0
+nograd  small   fp32      50x4    8,16   4   FMA       62 / 62      0/0
+bwd     small   fp32      50x4    8,16   4   FMA       80 / 80      0/0
+fwd     medium  fp32      130x5   8,16   4   FMA       106 / 108    0/0
+nograd  medium  fp32      130x5   8,16   4   FMA       62 / 62      0/0
+bwd     medium  fp32      130x5   8,16   4   FMA       80 / 80      0/0
+fwd     large   fp32      125x12  16,16  4   FMA       222 / 144    0/0
+nograd  large   fp32      125x12  16,16  4   FMA       90 / 92      0/0
+bwd     large   fp32      125x12  16,16  8   FMA       64 / 104     8/8, 0/0
+fwd     small   bf16      50x4    8,32   4   mma.sync  96 / 96      0/0
+nograd  small   bf16      50x4    8,32   4   mma.sync  64 / 80      0/0
+bwd     small   bf16      50x4    8,32   4   mma.sync  148 / 112    0/0
+fwd     medium  bf16      130x5   8,32   4   mma.sync  96 / 96      0/0
+nograd  medium  bf16      130x5   8,32   4   mma.sync  64 / 80      0/0
+bwd     medium  bf16      130x5   8,32   4   mma.sync  148 / 112    0/0
+fwd     large   bf16      125x12  16,32  4   mma.sync  142 / 128    0/0, 20/20
+nograd  large   bf16      125x12  16,32  4   mma.sync  96 / 96      0/0, 8/8
+bwd     large   bf16      125x12  16,32  8   mma.sync  108 / 107    0/0
+======  ======  ========  ======  =====  ==  ========  ===========  ===========
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from cells.triton_lstm import TritonLSTM, launch
+
+
+class GRULayerFunction(torch.autograd.Function):
+    """One GRU layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+        T, B, _ = x.shape
+        xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+        train = any(ctx.needs_input_grad)
+        h0, w_hh = h0.contiguous(), w_hh.contiguous()
+        y, gates = launch.gru_forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, plan, train=train)
+        if train:
+            ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates)
+            ctx.plan = plan
+        return y, y[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT):
+        x, h0, w_ih, w_hh, y, gates = ctx.saved_tensors
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        da, dxn, dh0 = launch.gru_backward(w_hh, h0, y, gates, dy.contiguous(), dhT.contiguous(), ctx.plan)
+        da = da.view(T * B, 3 * H)
+        dxp = torch.cat([da[:, :2 * H], dxn.view(T * B, H)], 1)  # the input projection's gate gradients
+        db_ih, db_hh = dxp.sum(0).to(x.dtype), da.sum(0).to(x.dtype)  # summed in the accumulation dtype
+        da, dxp = da.to(x.dtype), dxp.to(x.dtype)  # the GEMMs run in the input dtype
+        need = ctx.needs_input_grad
+        dx = (dxp @ w_ih).view_as(x) if need[0] else None
+        dw_ih = dxp.t() @ x.reshape(T * B, -1) if need[2] else None
+        dw_hh = None
+        if need[3]:  # sum over t of dA_t^T h_{t-1}, with h_{-1} = h_0 and h_t = y_t
+            dw_hh = da[:B].t() @ h0
+            if T > 1:
+                dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, H))
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
+
+
+def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+              b_hh: torch.Tensor, path: str = "auto", units: int | None = None, fp32_precision: str = "ieee"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GRU layer with the equations and parameter layout of ``torch.nn.GRU``.
+
+    Args:
+        x: [T, B, I] input, T >= 1.  h0: [B, H] initial state.
+        w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H]; gate order r, z, n.
+        path, units, fp32_precision: as for :func:`cells.triton_lstm.function.lstm_layer`.
+
+    Returns:
+        y [T, B, H] and the final state h [B, H], in x's dtype (under autocast, the autocast dtype) with float32
+        accumulation; float64 stays float64.  Without autograd h may be a view of y.
+    """
+    if x.dim() != 3 or x.shape[0] < 1:
+        raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
+    dtype = x.dtype
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
+        dtype = torch.get_autocast_dtype(x.device.type)
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"triton_gru computes in float16, bfloat16, float32 or float64, not {dtype}")
+    args = [t if t.dtype == dtype else t.to(dtype) for t in (x, h0, w_ih, w_hh, b_ih, b_hh)]
+    plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
+                            kind="GRU")
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        if grad:
+            return GRULayerFunction.apply(*args, plan)
+        x_, h0_, w_ih_, w_hh_, b_ih_, b_hh_ = args
+        T, B, _ = x_.shape
+        xp = torch.mm(x_.reshape(T * B, -1), w_ih_.t()).view(T, B, -1)
+        y, _ = launch.gru_forward(xp, w_hh_.contiguous(), b_ih_.contiguous(), b_hh_.contiguous(), h0_.contiguous(),
+                                  plan, train=False)
+        return y, y[-1]
+
+
+class TritonGRU(TritonLSTM):
+    """Multi-layer GRU on the fused Triton kernels, ``torch.nn.GRU``'s parameters; options as :class:`TritonLSTM`."""
+
+    mode = "GRU"
+    cell_name = "triton_gru"
+
+    def layer(self, k: int, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T)."""
+        w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
+        return gru_layer(x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision)

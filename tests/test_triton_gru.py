@@ -1,0 +1,156 @@
+"""triton_gru against a float64 reference (torch.nn.GRU's equations) on every path and tiling, in the interpreter on
+the CPU and compiled on CUDA (``gpu`` marker).  tests/test_cells.py also runs it against torch.nn.GRU in float64 and
+float32 on the smallest shapes.  Fresh random inputs, initial states and upstream gradients in every case; the
+outputs, the final h and the gradients of the input, every weight and the initial state are checked.
+Tolerances as tests/test_triton_lstm.py says."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+import torch
+
+import cells
+
+triton = pytest.importorskip("triton", reason="triton_gru needs triton (a dependency on Linux)")
+
+from cells.triton_gru import GRULayerFunction, TritonGRU  # noqa: E402
+from cells.triton_lstm import launch, sm90  # noqa: E402
+
+FP32_TOL = 3e-5
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")])
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def naive_layer(x, h, w_ih, w_hh, b_ih, b_hh):
+    """torch.nn.GRU's equations, one step at a time."""
+    ys = []
+    for x_t in x:
+        xr, xz, xn = (x_t @ w_ih.t() + b_ih).chunk(3, 1)
+        hr, hz, hn = (h @ w_hh.t() + b_hh).chunk(3, 1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        ys.append(h)
+    return torch.stack(ys), h
+
+
+# (id, B, T, H, make_plan arguments, fields replaced in the plan).  "persistent" runs compiled only.
+PLANS = [
+    ("blocked", 3, 3, 13, dict(path="blocked"), {}),
+    ("blocked-3x3-tiles", 20, 3, 40, dict(path="blocked"), dict(block_j=16, block_k=16)),
+    ("blocked-2-batch-blocks", 20, 2, 13, dict(path="blocked"), dict(block_b=16, batch_blocks=2)),
+    ("stepwise", 3, 3, 13, dict(path="stepwise", units=4), {}),
+    ("stepwise-tiles", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16)),
+    ("stepwise-2-batch-blocks", 20, 2, 24, dict(path="stepwise", units=8), dict(block_b=16, batch_blocks=2)),
+]
+PERSISTENT = [
+    ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
+    ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
+    ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
+]
+
+
+def plan_params():
+    # On CUDA the persistent path only: the blocked and stepwise kernels are the same code without the grid
+    # barrier, proven here in the interpreter, and every compile costs the GPU check's time-boxed test step.
+    out = [pytest.param("cpu", *p, id=f"cpu-{p[0]}") for p in PLANS]
+    return out + [pytest.param(*CUDA.values, *p, marks=CUDA.marks, id=f"cuda-{p[0]}") for p in PERSISTENT]
+
+
+@pytest.mark.parametrize(("device", "name", "b", "t", "h", "plan_args", "fields"), plan_params())
+def test_paths_and_tilings_match_reference(device, name, b, t, h, plan_args, fields):
+    plan = launch.make_plan(b, h, torch.float32, torch.device(device), kind="GRU", **plan_args)
+    plan = dataclasses.replace(plan, **fields)
+    assert plan.path == plan_args["path"] and not plan.resident and not plan.fuse_gates
+    i = 6
+    f64 = dict(device=device, dtype=torch.float64)
+    bound = 1 / math.sqrt(h)
+    args = [torch.randn(t, b, i, **f64), torch.randn(b, h, **f64)]
+    args += [torch.empty(3 * h, k, **f64).uniform_(-bound, bound) for k in (i, h)]
+    args += [torch.empty(3 * h, **f64).uniform_(-bound, bound) for _ in range(2)]
+    ups = [torch.randn(t, b, h, **f64), torch.randn(b, h, **f64)]
+    ref_in = [a.clone().requires_grad_(True) for a in args]
+    ours_in = [a.float().requires_grad_(True) for a in args]
+    want = naive_layer(*ref_in)
+    got = GRULayerFunction.apply(*ours_in, plan)
+    torch.autograd.backward(want, ups)
+    torch.autograd.backward(got, [u.float() for u in ups])
+    for key, g, w in zip(("y", "h_T"), got, want, strict=True):
+        assert rel(g, w) < FP32_TOL, f"{name} {key}: {rel(g, w):.3g}"
+    for key, a, r in zip(("x", "h_0", "w_ih", "w_hh", "b_ih", "b_hh"), ours_in, ref_in, strict=True):
+        assert rel(a.grad, r.grad) < FP32_TOL, f"{name} grad {key}: {rel(a.grad, r.grad):.3g}"
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_inference_without_grad_matches_training_forward(device):
+    cell = TritonGRU(5, 13, 2).to(device)
+    x = torch.randn(4, 3, 5, device=device)
+    with torch.no_grad():
+        y_eval, h_eval = cell(x)
+    y, h = cell(x)
+    assert torch.equal(y_eval, y.detach()) and torch.equal(h_eval, h.detach())
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_bfloat16_error_at_most_twice_torch(device):
+    """Against the float64 reference, quantity by quantity, at most twice torch.nn.GRU's own bfloat16 error (the
+    kernels round h_t to bfloat16 between steps, as torch's bfloat16 GRU does).  Seeded (0, not chosen)."""
+    torch.manual_seed(0)
+    t, b, i, h, n = 4, 20, 6, 13, 2
+    cell = TritonGRU(i, h, n).to(device)
+    others = {"ref": torch.nn.GRU(i, h, n).to(device, torch.float64), "torch": torch.nn.GRU(i, h, n).to(device)}
+    for m in others.values():
+        m.load_state_dict(cell.state_dict())
+    others["torch"].to(torch.bfloat16)
+    x, h0 = torch.randn(t, b, i, device=device), torch.randn(n, b, h, device=device)
+    gy, gh = torch.randn(t, b, h, device=device), torch.randn(n, b, h, device=device)
+
+    def run(module, dtype):
+        xx, hh = x.to(dtype).requires_grad_(True), h0.to(dtype).requires_grad_(True)
+        y, hT = module(xx, hh)
+        ((y * gy.to(dtype)).sum() + (hT * gh.to(dtype)).sum()).backward()
+        return {"y": y, "h_T": hT, "x": xx.grad, "h_0": hh.grad} | {k: p.grad for k, p in module.named_parameters()}
+
+    ours, want, theirs = run(cell.to(torch.bfloat16), torch.bfloat16), run(others["ref"], torch.float64), \
+        run(others["torch"], torch.bfloat16)
+    for key in want:
+        assert rel(ours[key], want[key]) <= 2 * rel(theirs[key], want[key]), key
+
+
+def test_interpreter_is_reported_and_training_refused():
+    cell = TritonGRU(4, 6, 1)
+    assert cells.kind("triton_gru") == "GRU"
+    assert "interpreter" in cells.detect_backend(cell, "cpu")
+    refusal = TritonGRU.training_refusal("cpu")
+    assert refusal.startswith("triton_gru would run") and "--allow-interpreter" in refusal
+    plan = launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+    assert plan.source == "heuristic" and not plan.resident and not plan.fuse_gates  # TILES is the LSTM's
+    with pytest.raises(ValueError, match="kind"):
+        launch.plan_for(20, 650, torch.float32, 132, kind="RNN")
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The compiled GRU kernels of the PTB medium layer (bfloat16, on the tensor cores) for sm_90 down to a cubin, no
+    GPU needed: one release atomic per grid barrier, the counters reset, no register spills (the package docstring
+    of cells.triton_gru lists every preset and dtype)."""
+    if "nvidia" not in pytest.importorskip("triton.backends").backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+    for dtype in (torch.bfloat16,):
+        plan = launch.plan_for(20, 650, dtype, 132, kind="GRU")
+        assert plan.sync and plan.programs > 1
+        for kernel in ("fwd", "bwd"):
+            out, log = sm90.compile_kernel(kernel, plan, dtype, train=True, batch=20, hidden=650, kind="GRU")
+            ptx = out.asm["ptx"]
+            assert len(re.findall(r"@%p\d+ (?:red|atom)\.global\.gpu\.release\.add", ptx)) == 1, kernel
+            assert len(re.findall(r"atom\.global\.gpu\.(?:relaxed\.)?exch", ptx)) == 2, kernel
+            assert ("mma" in ptx) == (dtype == torch.bfloat16), kernel
+            usage = sm90.usage(out, log)
+            assert usage.spill_stores == usage.spill_loads == 0, f"{kernel} {dtype}: {usage}"
