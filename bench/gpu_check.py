@@ -55,6 +55,7 @@ shows the GPU's numbers beside the CPU's, never mixing devices in a ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -73,13 +74,17 @@ REPORT_RESERVE_S = 20
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 100
 SLOW_EVAL_WORDS = 4096
+TEST_WORKERS = 4  # pytest-xdist processes for the CUDA tests, where it is installed
 # Per-step limits on one H100/H200.  Measured on an H200 (2026-11-27, 8f4c6d9): env 7 s; the CUDA tests 36 s without
 # the compiled cells'; one epoch of small: cudnn_lstm 22 s, cudnn_gru 19 s, triton_lstm 16-23 s a run (of which
 # ~6 s start-up and Triton compilation, ~2.2 s the test pass); medium cudnn_lstm 20 s; a loop cell ~31 ms a step
 # and ~25 s for its full test pass; the compiled cells ~12 s of compilation before their first step; the eager
 # micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.  So the check should take about 7 + 70 (tests)
 # + 80 (small) + 50 (medium) + 115 (six other cells, 100 steps and 4096 words each; the compiled ones compile for
-# training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.
+# training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.  Since then
+# (2026-11-27, later): triton_gru in the CUDA tests (~8 more Triton compile pairs, ~20 s at one at a time) and in the
+# 100-step cells (~8 s), the fused-gates LSTM test (~3 s); the tests now compile in TEST_WORKERS processes where
+# pytest-xdist is installed (the GPU machines' image lists it), which should more than pay for those.
 # The timings, most valuable first (the budget cuts the last): eager micro-benchmarks 48 s at --benchmark-max-time
 # 0.1 (H200, 2026-11-27); the probe compiles 10 kernels per preset (~2 s each); the tile search ~6 s a candidate,
 # ~13 candidates per preset and dtype; ncu ~15 s of start-up plus its replays.  Not yet run in this form on a GPU.
@@ -149,6 +154,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         # their float32-against-float64 test at one shape proves the compiled kernels on the GPU.
         tests = ["-m", "gpu", "tests", "-k",
                  "not compiled_lstm and not compiled_gru or float32_against_float64 and T5-B4"]
+        # The CUDA tests spend most of their time compiling (Triton, inductor) on the CPU, one kernel at a time: with
+        # pytest-xdist (on the GPU machines' image) four processes compile side by side on its 16 cores.
+        if importlib.util.find_spec("xdist") is not None:
+            tests += ["-n", str(TEST_WORKERS)]
         bench = ["--bench-device", "cuda", "--bench-cells", not_compiled, "--bench-modes", "eager",
                  "--benchmark-max-time", "0.1"]
         # The step modes beside eager in one run (ratios only within a run), and the compiled cells beside the loop.
