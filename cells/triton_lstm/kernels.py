@@ -93,6 +93,17 @@ def _grid_barrier(arrive_ptr, target):
 
 
 @triton.jit
+def _end_step(arrive_ptr, target, SYNC: tl.constexpr, PROBE: tl.constexpr):
+    # After a step: the grid barrier on the persistent path (probes 2 and 3 leave it out: the programs race), else a
+    # CTA barrier that orders this program's stores before its next step's loads.
+    if SYNC:
+        if PROBE < 2:
+            _grid_barrier(arrive_ptr, target)
+    else:
+        tl.debug_barrier()
+
+
+@triton.jit
 def _leave_grid(arrive_ptr, done_ptr):
     # A program counts itself out only after its last wait on arrive, so when done reaches P no program of this
     # batch block reads arrive again: the last one out zeroes both counters for the next launch on the stream.
@@ -140,6 +151,37 @@ def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
     b = tl.load(b_ih_ptr + js, mask=j_ok, other=0.0).to(acc_ty)
     b += tl.load(b_hh_ptr + js, mask=j_ok, other=0.0).to(acc_ty)
     return b[None, :]
+
+
+@triton.jit
+def _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+         BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
+         UPCAST: tl.constexpr):
+    # h_{t-1}[rows, :] W_hh[g H + js, :]^T for the first NG (3 or 4) gates g, a tl.dot per gate and BLOCK_K tile
+    # (K_END: H, or 0 to probe); with NG = 3 the fourth result stays zero.  h_{t-1} is read with .cg (L2): other
+    # programs wrote it during this launch; the W_hh slice with evict_last, to stay in L1 for the next step.
+    a0 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    a1 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    a2 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    a3 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), BLOCK_K):
+        ks = k0 + kr
+        k_ok = ks < H
+        h_m = row_ok[:, None] & k_ok[None, :]
+        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+        w_ptrs = w_ptr + js[None, :] * H + ks[:, None]
+        w_m = j_ok[None, :] & k_ok[:, None]
+        w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
+        a0 = _dot(h, w, a0, PRECISION, UPCAST)
+        w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+        a1 = _dot(h, w, a1, PRECISION, UPCAST)
+        w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+        a2 = _dot(h, w, a2, PRECISION, UPCAST)
+        if NG == 4:
+            w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+            a3 = _dot(h, w, a3, PRECISION, UPCAST)
+    return a0, a1, a2, a3
 
 
 @triton.jit(do_not_specialize=["t_lo", "t_hi"])
@@ -236,23 +278,9 @@ def lstm_fwd_kernel(
                 ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
                 a_i, a_g = tl.split(ig)
                 a_f, a_o = tl.split(fo)
-            else:
-                # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
-                for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
-                    ks = k0 + kr
-                    k_ok = ks < H
-                    h_m = row_ok[:, None] & k_ok[None, :]
-                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                    w_ptrs = w_ptr + js[None, :] * H + ks[:, None]
-                    w_m = j_ok[None, :] & k_ok[:, None]
-                    w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
-                    a_i = _dot(h, w, a_i, PRECISION, UPCAST)
-                    w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
-                    a_f = _dot(h, w, a_f, PRECISION, UPCAST)
-                    w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
-                    a_g = _dot(h, w, a_g, PRECISION, UPCAST)
-                    w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
-                    a_o = _dot(h, w, a_o, PRECISION, UPCAST)
+            else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
+                a_i, a_f, a_g, a_o = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0,
+                                          acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
             a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
             a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok,
@@ -276,12 +304,8 @@ def lstm_fwd_kernel(
                 tl.store(g_t + H, f, mask=m)
                 tl.store(g_t + 2 * H, g, mask=m)
                 tl.store(g_t + 3 * H, o, mask=m)
-        if SYNC:
-            if t + 1 < t_hi:  # nothing in this launch reads the last step's h and c
-                if PROBE < 2:  # (probes 2 and 3 leave the grid barrier out: the programs race)
-                    _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
-        else:
-            tl.debug_barrier()
+        if t + 1 < t_hi:  # nothing in this launch reads the last step's h and c
+            _end_step(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
 
@@ -378,11 +402,7 @@ def lstm_bwd_kernel(
             tl.store(da_t + H, dc * c_prev * f * (1.0 - f), mask=m)
             tl.store(da_t + 2 * H, dc * i * (1.0 - g * g), mask=m)
             tl.store(da_t + 3 * H, dh * tc * o * (1.0 - o), mask=m)
-        if SYNC:
-            if PROBE < 2:  # (probes 2 and 3 leave the grid barrier out: the programs race)
-                _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
-        else:
-            tl.debug_barrier()
+        _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
@@ -441,7 +461,6 @@ def gru_fwd_kernel(
     slab = tl.cast(B, tl.int64) * H
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
-    kr = tl.arange(0, BLOCK_K)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
         h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # .cg below: other programs wrote it
@@ -451,22 +470,9 @@ def gru_fwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
-            a_r = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
-            a_z = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
-            a_n = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
-            for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
-                ks = k0 + kr
-                k_ok = ks < H
-                h_m = row_ok[:, None] & k_ok[None, :]
-                h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                w_ptrs = w_ptr + js[None, :] * H + ks[:, None]
-                w_m = j_ok[None, :] & k_ok[:, None]
-                w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
-                a_r = _dot(h, w, a_r, PRECISION, UPCAST)
-                w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
-                a_z = _dot(h, w, a_z, PRECISION, UPCAST)
-                w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
-                a_n = _dot(h, w, a_n, PRECISION, UPCAST)
+            # (probes 1 and 3 leave the recurrent matmul out)
+            a_r, a_z, a_n, _ = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, acc_ty,
+                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
                                                                                     acc_ty))
@@ -484,12 +490,8 @@ def gru_fwd_kernel(
                 tl.store(g_t + H, z, mask=m)
                 tl.store(g_t + 2 * H, n, mask=m)
                 tl.store(g_t + 3 * H, hn, mask=m)
-        if SYNC:
-            if t + 1 < t_hi:  # nothing in this launch reads the last step's h
-                if PROBE < 2:
-                    _grid_barrier(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0))
-        else:
-            tl.debug_barrier()
+        if t + 1 < t_hi:  # nothing in this launch reads the last step's h
+            _end_step(arrive_ptr + nb, (t - t_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
 
@@ -566,11 +568,7 @@ def gru_bwd_kernel(
             tl.store(da_t + H, dh * (h_prev - n) * z * (1.0 - z), mask=m)
             tl.store(da_t + 2 * H, da_n * r, mask=m)
             tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
-        if SYNC:
-            if PROBE < 2:
-                _grid_barrier(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0))
-        else:
-            tl.debug_barrier()
+        _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh, once every program's dA_0 is written
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
