@@ -57,6 +57,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cells.triton_lstm import TritonLSTM, launch
+from cells.triton_lstm.function import weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
@@ -86,13 +87,7 @@ class GRULayerFunction(torch.autograd.Function):
         db_ih, db_hh = dxp.sum(0).to(x.dtype), da.sum(0).to(x.dtype)  # summed in the accumulation dtype
         da, dxp = da.to(x.dtype), dxp.to(x.dtype)  # the GEMMs run in the input dtype
         need = ctx.needs_input_grad
-        dx = (dxp @ w_ih).view_as(x) if need[0] else None
-        dw_ih = dxp.t() @ x.reshape(T * B, -1) if need[2] else None
-        dw_hh = None
-        if need[3]:  # sum over t of dA_t^T h_{t-1}, with h_{-1} = h_0 and h_t = y_t
-            dw_hh = da[:B].t() @ h0
-            if T > 1:
-                dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, H))
+        dx, dw_ih, dw_hh = weight_grads(da, dxp, x, h0, y, w_ih, (need[0], need[2], need[3]))
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
 
 

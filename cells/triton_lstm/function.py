@@ -17,6 +17,24 @@ from torch.autograd.function import once_differentiable
 from . import launch
 
 
+def weight_grads(da: torch.Tensor, dxp: torch.Tensor, x: torch.Tensor, h0: torch.Tensor, y: torch.Tensor,
+                 w_ih: torch.Tensor, need: tuple[bool, bool, bool]):
+    """dx, dW_ih, dW_hh as GEMMs over all T (each None unless ``need`` says so), in x's dtype.
+
+    ``da`` [T B, G H]: gradients of the recurrent pre-activations; ``dxp`` [T B, G H]: of the input projection's
+    (``da`` itself for the LSTM; for the GRU the n gate's differ).  dW_hh = sum_t dA_t^T h_{t-1}, with
+    h_{-1} = h_0 and h_t = y_t."""
+    T, B, _ = x.shape
+    dx = (dxp @ w_ih).view_as(x) if need[0] else None
+    dw_ih = dxp.t() @ x.reshape(T * B, -1) if need[1] else None
+    dw_hh = None
+    if need[2]:
+        dw_hh = da[:B].t() @ h0
+        if T > 1:
+            dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, -1))
+    return dx, dw_ih, dw_hh
+
+
 class LSTMLayerFunction(torch.autograd.Function):
     """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T)."""
 
@@ -44,13 +62,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         db = da.sum(0).to(x.dtype)  # summed in the accumulation dtype
         da = da.to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype
         need = ctx.needs_input_grad
-        dx = (da @ w_ih).view_as(x) if need[0] else None
-        dw_ih = da.t() @ x.reshape(T * B, -1) if need[3] else None
-        dw_hh = None
-        if need[4]:  # sum over t of dA_t^T h_{t-1}, with h_{-1} = h_0 and h_t = y_t
-            dw_hh = da[:B].t() @ h0
-            if T > 1:
-                dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, H))
+        dx, dw_ih, dw_hh = weight_grads(da, da, x, h0, y, w_ih, (need[0], need[3], need[4]))
         return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None
 
 

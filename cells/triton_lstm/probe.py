@@ -27,39 +27,17 @@ inputs (never zeros).  ``--once`` launches the forward and the backward once eac
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
-import statistics
 import sys
 
 import torch
 
 from . import launch
+from .tune import BATCH, PRESETS, _time, cli
 
-PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-BATCH = 20
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
 CALLS = 5  # launches between two events
-
-
-def _time(fn, reps: int) -> float:
-    """Median seconds of one ``fn()``: events around CALLS back-to-back calls, two untimed calls first."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(CALLS):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / CALLS)
-    return statistics.median(times)
 
 
 def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
@@ -108,7 +86,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         for name, p, flag in variants:
             if flag >= 2 and not p.sync:
                 continue  # no grid barrier to leave out
-            s = _time(functools.partial(fn, p, flag), reps)
+            s = _time(functools.partial(fn, p, flag), reps, CALLS)
             full = s if name == "full" else full
             rec = {"preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
                    "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),
@@ -120,36 +98,9 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cells.triton_lstm.probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default="medium,large")
-    p.add_argument("--dtypes", default="float32")
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--once", action="store_true", help="launch each kernel once, untimed (for ncu)")
-    p.add_argument("--json", default=None, help="write every record here")
-    args = p.parse_args(argv)
-    presets = [s for s in args.presets.split(",") if s]
-    dtypes = [s for s in args.dtypes.split(",") if s]
-    bad = [s for s in presets if s not in PRESETS] + [d for d in dtypes if d not in DTYPES]
-    if bad:
-        print(f"rnnbench: error: unknown preset or dtype: {', '.join(bad)}", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
-        print("rnnbench: error: the probe times compiled kernels and needs CUDA (none here)", file=sys.stderr)
-        return 2
-    from lm import env
-
-    records = []
-    for preset in presets:
-        for dtype in dtypes:
-            records += probe(preset, DTYPES[dtype], args.reps, args.once)
-            if args.json and not args.once:  # after each preset: a killed run keeps what it measured
-                from lm.records import atomic_write
-
-                command = env.relative_command(sys.argv[1:] if argv is None else argv)
-                doc = {"env": env.environment(torch.device("cuda")), "command": f"python -m {__spec__.name} {command}",
-                       "records": records}
-                atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
-    return 0
+    return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.probe", __doc__, "float32",
+               lambda preset, dtype, args: probe(preset, dtype, args.reps, args.once),
+               extra=[(("--once",), dict(action="store_true", help="launch each kernel once, untimed (for ncu)"))])
 
 
 if __name__ == "__main__":

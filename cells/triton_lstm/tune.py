@@ -34,8 +34,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BATCH, LAYERS = 20, 2
 
 
-def _time(fn, reps: int) -> float:
-    """Median seconds of ``fn()`` on the current stream (two untimed calls first)."""
+def _time(fn, reps: int, calls: int = 1) -> float:
+    """Median seconds of one ``fn()`` on the current stream: CUDA events around ``calls`` back-to-back calls (more
+    than one keeps host work between launches from leaving the GPU idle), two untimed calls first."""
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
@@ -43,10 +44,11 @@ def _time(fn, reps: int) -> float:
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / calls)
     return statistics.median(times)
 
 
@@ -151,12 +153,17 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cells.triton_lstm.tune", description=__doc__.split("\n\n")[0])
+def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=()) -> int:
+    """The command line of this module and :mod:`.probe`: ``--presets``, ``--dtypes``, ``--reps``, ``--json`` (and
+    ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args)`` for each
+    preset and dtype, its records written to ``--json`` after each (a killed run keeps what it measured)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     p.add_argument("--presets", default="medium,large")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default=default_dtypes)
     p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--json", default=None, help="write every candidate's record here")
+    p.add_argument("--json", default=None, help="write every record here")
+    for flags, kwargs in extra:
+        p.add_argument(*flags, **kwargs)
     args = p.parse_args(argv)
     presets = [s for s in args.presets.split(",") if s]
     dtypes = [s for s in args.dtypes.split(",") if s]
@@ -164,24 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"rnnbench: error: unknown preset or dtype: {', '.join(bad)}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print("rnnbench: error: tuning times compiled kernels and needs CUDA (none here)", file=sys.stderr)
+    if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
+        print(f"rnnbench: error: {module} times compiled kernels and needs CUDA (none here)", file=sys.stderr)
         return 2
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 on both sides
     from lm import env
+    from lm.records import atomic_write
 
+    command = f"python -m {module} {env.relative_command(sys.argv[1:] if argv is None else argv)}"
     records = []
     for preset in presets:
         for dtype in dtypes:
-            records += tune(preset, DTYPES[dtype], args.reps)
-            if args.json:  # after each preset: a killed run keeps what it measured
-                from lm.records import atomic_write
-
-                command = env.relative_command(sys.argv[1:] if argv is None else argv)
-                doc = {"env": env.environment(torch.device("cuda")), "command": f"python -m {__spec__.name} {command}",
-                       "records": records}
+            records += work(preset, DTYPES[dtype], args)
+            if args.json and records:
+                doc = {"env": env.environment(torch.device("cuda")), "command": command, "records": records}
                 atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
+               lambda preset, dtype, args: tune(preset, dtype, args.reps))
 
 
 if __name__ == "__main__":
