@@ -57,7 +57,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cells.triton_lstm import TritonLSTM, launch
-from cells.triton_lstm.function import weight_grads
+from cells.triton_lstm.function import layer_inputs, weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
@@ -105,15 +105,7 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
         y [T, B, H] and the final state h [B, H], in x's dtype (under autocast, the autocast dtype) with float32
         accumulation; float64 stays float64.  Without autograd h may be a view of y.
     """
-    if x.dim() != 3 or x.shape[0] < 1:
-        raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
-    dtype = x.dtype
-    autocast = torch.is_autocast_enabled(x.device.type)
-    if autocast:
-        dtype = torch.get_autocast_dtype(x.device.type)
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"triton_gru computes in float16, bfloat16, float32 or float64, not {dtype}")
-    args = [t if t.dtype == dtype else t.to(dtype) for t in (x, h0, w_ih, w_hh, b_ih, b_hh)]
+    dtype, autocast, args = layer_inputs("triton_gru", x, h0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)

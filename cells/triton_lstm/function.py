@@ -76,6 +76,20 @@ def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
     return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 
 
+def layer_inputs(cell: str, x: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.dtype, bool, list[torch.Tensor]]:
+    """(compute dtype, whether autocast is on, ``x`` and ``tensors`` in that dtype) for one layer call of ``cell``:
+    x's dtype, or under autocast the autocast dtype; ValueError / TypeError for a bad x or dtype."""
+    if x.dim() != 3 or x.shape[0] < 1:
+        raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
+    dtype = x.dtype
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
+        dtype = torch.get_autocast_dtype(x.device.type)
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{cell} computes in float16, bfloat16, float32 or float64, not {dtype}")
+    return dtype, autocast, [t if t.dtype == dtype else t.to(dtype) for t in (x, *tensors)]
+
+
 def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
                b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto", units: int | None = None,
                fp32_precision: str = "ieee") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -94,15 +108,7 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
         autocast dtype) with float32 accumulation and cell state; float64 stays float64.  Without autograd the
         final state may be views of y and of a cell-state buffer.
     """
-    if x.dim() != 3 or x.shape[0] < 1:
-        raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
-    dtype = x.dtype
-    autocast = torch.is_autocast_enabled(x.device.type)
-    if autocast:
-        dtype = torch.get_autocast_dtype(x.device.type)
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"triton_lstm computes in float16, bfloat16, float32 or float64, not {dtype}")
-    args = [t if t.dtype == dtype else t.to(dtype) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    dtype, autocast, args = layer_inputs("triton_lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     if not autocast:
