@@ -34,15 +34,15 @@ bwd     small   fp32      50x4    8,16   4   FMA       80 / 80      0/0
 fwd     medium  fp32      130x5   8,16   4   FMA       106 / 108    0/0
 nograd  medium  fp32      130x5   8,16   4   FMA       62 / 62      0/0
 bwd     medium  fp32      130x5   8,16   4   FMA       80 / 80      0/0
-fwd     large   fp32      125x12  16,16  4   FMA       222 / 144    0/0
+fwd     large   fp32      125x12  16,16  4   FMA       220 / 144    0/0
 nograd  large   fp32      125x12  16,16  4   FMA       90 / 92      0/0
-bwd     large   fp32      125x12  16,16  8   FMA       64 / 104     8/8, 0/0
+bwd     large   fp32      125x12  16,16  8   FMA       64 / 92      8/8, 0/0
 fwd     small   bf16      50x4    8,32   4   mma.sync  96 / 96      0/0
 nograd  small   bf16      50x4    8,32   4   mma.sync  64 / 80      0/0
-bwd     small   bf16      50x4    8,32   4   mma.sync  148 / 112    0/0
+bwd     small   bf16      50x4    8,32   4   mma.sync  147 / 112    0/0
 fwd     medium  bf16      130x5   8,32   4   mma.sync  96 / 96      0/0
 nograd  medium  bf16      130x5   8,32   4   mma.sync  64 / 80      0/0
-bwd     medium  bf16      130x5   8,32   4   mma.sync  148 / 112    0/0
+bwd     medium  bf16      130x5   8,32   4   mma.sync  147 / 112    0/0
 fwd     large   bf16      125x12  16,32  4   mma.sync  142 / 128    0/0, 20/20
 nograd  large   bf16      125x12  16,32  4   mma.sync  96 / 96      0/0, 8/8
 bwd     large   bf16      125x12  16,32  8   mma.sync  108 / 107    0/0

@@ -80,12 +80,12 @@ bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72     
 nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
 fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  128 / 128    0/0         2048
 bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  142 / 115    0/0         3072
-nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  96 / 106     8/8, 0/0    1024
+nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  96 / 106     12/12, 0/0  1024
 fwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 78      0/0         4608
+bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         4608
 nograd      small   bf16          50x4    8,32   4    1   mma.sync  72 / 72      0/0         1024
 fwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 78      0/0         4608
+bwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         4608
 nograd      medium  bf16          130x5   8,32   4    1   mma.sync  72 / 72      0/0         1024
 fwd         large   bf16          125x12  16,32  4    1   mma.sync  142 / 148    0/0         2048
 bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 106    0/0         5120
