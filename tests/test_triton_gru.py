@@ -137,6 +137,27 @@ def test_interpreter_is_reported_and_training_refused():
         launch.plan_for(20, 650, torch.float32, 132, kind="RNN")
 
 
+def test_gru_tiles_have_their_own_table_and_never_fuse(monkeypatch):
+    """GRU_TILES (filled by `python -m cells.triton_lstm.tune --cell triton_gru`) gives the GRU's plans; a fused entry
+    is refused (three gates), and the tile search never varies the dot structure for the GRU."""
+    from cells.triton_lstm import tune
+
+    tile = launch.Tile(units=10, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=2)
+    monkeypatch.setitem(launch.GRU_TILES, (650, torch.float32), tile)
+    launch.plan_for.cache_clear()
+    try:
+        plan = launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+        assert plan.source == "table" and (plan.units, plan.block_k, plan.num_stages) == (10, 32, 2)
+        assert launch.plan_for(20, 650, torch.float32, 132).units == launch.TILES[(650, torch.float32)].units
+        monkeypatch.setitem(launch.GRU_TILES, (650, torch.float32), dataclasses.replace(tile, fuse_gates=True))
+        launch.plan_for.cache_clear()
+        with pytest.raises(ValueError, match="three gates"):
+            launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+    finally:
+        launch.plan_for.cache_clear()
+    assert "fuse_gates" not in tune.FIELDS["GRU"] and "fuse_gates" in tune.FIELDS["LSTM"]
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled GRU kernels of the PTB medium layer (bfloat16, on the tensor cores) for sm_90 down to a cubin, no
     GPU needed: one release atomic per grid barrier, the counters reset, no register spills (the package docstring

@@ -71,7 +71,15 @@ TILES: dict[tuple[int, torch.dtype], Tile] = {
     (1500, torch.float32): Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1),
     (1500, torch.bfloat16): Tile(units=12, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=1),
 }
-TILES_SMS = 132  # the SM count the table was made for; a GPU with fewer uses the heuristic
+# triton_gru's entries (kind "GRU"): none measured yet, so its plans come from the heuristic; the tile search fills
+# it the same way (``python -m cells.triton_lstm.tune --cell triton_gru``).  Never fused: three gates.
+GRU_TILES: dict[tuple[int, torch.dtype], Tile] = {}
+TILES_SMS = 132  # the SM count the tables were made for; a GPU with fewer uses the heuristic
+
+
+def tiles(kind: str) -> dict[tuple[int, torch.dtype], Tile]:
+    """The tile table of a cell kind: :data:`TILES` for "LSTM", :data:`GRU_TILES` for "GRU"."""
+    return TILES if kind == "LSTM" else GRU_TILES
 
 
 def runs_interpreted(device: torch.device) -> bool:
@@ -189,8 +197,8 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, device: torch.device,
         resident: force the W_hh slice in or out of registers (default: in when it is small enough).
         fp32_precision: for float32 on CUDA, "ieee" (exact float32 products, the default) or "tf32" (tensor-core
             TF32, as cuDNN does when torch allows it).  The interpreter always multiplies exactly.
-        kind: "LSTM" (:mod:`.kernels`' lstm kernels) or "GRU" (``gru_*``: W_hh slice streamed, a dot per gate,
-            tiles from the heuristic -- :data:`TILES` was made for the LSTM).
+        kind: "LSTM" (:mod:`.kernels`' lstm kernels, :data:`TILES`) or "GRU" (``gru_*``: W_hh slice streamed, a
+            dot per gate, :data:`GRU_TILES`).
 
     Returns:
         The :class:`Plan`.
@@ -224,7 +232,9 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         path = "blocked" if interpret else "persistent"
     if interpret:
         sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
-    tile = None if interpret or units is not None or sms < TILES_SMS or kind != "LSTM" else TILES.get((hidden, dtype))
+    tile = None if interpret or units is not None or sms < TILES_SMS else tiles(kind).get((hidden, dtype))
+    if tile and kind == "GRU" and tile.fuse_gates:
+        raise ValueError(f"GRU_TILES[{(hidden, dtype)}] fuses the gates: the GRU's three gates take a dot each")
     if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
         tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
     if path in ("persistent", "stepwise"):

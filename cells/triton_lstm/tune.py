@@ -1,4 +1,4 @@
-"""Measure tiles for :data:`.launch.TILES` on the GPU at hand: greedy search, one dimension at a time.
+"""Measure tiles for :data:`.launch.TILES` (``--cell triton_gru``: ``GRU_TILES``) on the GPU at hand: greedy search.
 
 Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton compilation)::
 
@@ -6,14 +6,14 @@ Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton comp
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of ``TILES``,
 then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one tl.dot for the
-four gates or one per gate, the software-pipelining stages, the reduction tile, the warps -- keeping a change only
-when the median forward+backward of the stack improves by more than 2 %. Every candidate's output is checked
-against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` (cuDNN, TF32 off) is
-timed in the same process at the same shape, so every row carries its ratio. Timing: CUDA events around each call,
-synchronized, two untimed calls first (compilation), median of ``--reps``.
+four gates or one per gate (the LSTM's only), the software-pipelining stages, the reduction tile, the warps --
+keeping a change only when the median forward+backward of the stack improves by more than 2 %. Every candidate's
+output is checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` /
+``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio. Timing:
+CUDA events around each call, synchronized, two untimed calls first (compilation), median of ``--reps``.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
-cuDNN times, the device, the versions); replace a ``TILES`` entry only with such a measurement.
+cuDNN times, the device, the versions); replace a table entry only with such a measurement.
 """
 
 from __future__ import annotations
@@ -80,30 +80,42 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
 
-def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
-    """Greedy search for one preset and dtype; returns one record per timed candidate."""
-    from cells.triton_lstm import TritonLSTM
+# The fields varied, in order: the dot structure and the stages right after the split, since they change which
+# reduction tile is best.  The GRU's three gates cannot share one dot.
+FIELDS = {"LSTM": ("units", "fuse_gates", "num_stages", "block_k", "num_warps", "num_warps_bwd"),
+          "GRU": ("units", "num_stages", "block_k", "num_warps", "num_warps_bwd")}
+CELLS = ("triton_lstm", "triton_gru")
+
+
+def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm") -> list[dict]:
+    """Greedy search for one preset and dtype of ``cell``; returns one record per timed candidate."""
+    import cells
 
     hidden, steps = PRESETS[preset]
     device = torch.device("cuda")
     sms = launch.sm_count(device)
     torch.manual_seed(0)
-    module = TritonLSTM(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
-    ref = torch.nn.LSTM(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
+    module = cells.build(cell, hidden, hidden, LAYERS).to(device=device, dtype=dtype)
+    kind = module.mode
+    ref = getattr(torch.nn, kind)(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
     ref.load_state_dict(module.state_dict())
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
     cudnn_fwd, cudnn_fwdbwd, _ = _passes(ref, x, reps)
+    table = launch.tiles(kind)
     key = (hidden, dtype)
-    original = launch.TILES.get(key)
-    start = original or launch.Tile(units=-(-hidden // sms), block_j=8, block_k=16, num_warps=4, num_warps_bwd=4,
-                                    num_stages=1)
+    original = table.get(key)
+    if original is None:  # start from the heuristic's plan
+        h = launch.plan_for(BATCH, hidden, dtype, sms, kind=kind)
+        start = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates)
+    else:
+        start = original
     records, seen, expected = [], {}, None
 
     def measure(tile: launch.Tile) -> float:
         nonlocal expected
         if tile in seen:
             return seen[tile]
-        launch.TILES[key] = tile
+        table[key] = tile
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
         t0 = time.perf_counter()
@@ -119,7 +131,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
         diff = (out - expected).abs().max().item()
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         plan = module.describe_backend(device, batch=BATCH, dtype=dtype)
-        rec = {"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile), "fwd_s": fwd,
+        rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile), "fwd_s": fwd,
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_abs_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
@@ -134,8 +146,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
 
     try:
         best, best_s = start, measure(start)
-        # The dot structure and the stages right after the split: they change which reduction tile is best.
-        for field in ("units", "fuse_gates", "num_stages", "block_k", "num_warps", "num_warps_bwd"):
+        for field in FIELDS[kind]:
             for tile in candidates(best, hidden, dtype, sms, field):
                 s = measure(tile)
                 if s < best_s * 0.98:
@@ -145,9 +156,9 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print) -> list[dict]:
             rec["best"] = rec.get("tile") == dataclasses.asdict(best)
     finally:
         if original is None:
-            launch.TILES.pop(key, None)
+            table.pop(key, None)
         else:
-            launch.TILES[key] = original
+            table[key] = original
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
     return records
@@ -191,7 +202,9 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
-               lambda preset, dtype, args: tune(preset, dtype, args.reps))
+               lambda preset, dtype, args: tune(preset, dtype, args.reps, cell=args.cell),
+               extra=[(("--cell",), dict(default="triton_lstm", choices=CELLS,
+                                         help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru)"))])
 
 
 if __name__ == "__main__":
