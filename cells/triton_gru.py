@@ -57,7 +57,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cells.triton_lstm import TritonLSTM, launch
-from cells.triton_lstm.function import layer_inputs, weight_grads
+from cells.triton_lstm.function import input_projection, layer_inputs, weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
@@ -65,11 +65,10 @@ class GRULayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
-        T, B, _ = x.shape
-        xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
         train = any(ctx.needs_input_grad)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
-        y, gates = launch.gru_forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, plan, train=train)
+        y, gates = launch.gru_forward(input_projection(x, w_ih), w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, plan,
+                                      train=train)
         if train:
             ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates)
             ctx.plan = plan
@@ -110,14 +109,14 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if grad:
-            return GRULayerFunction.apply(*args, plan)
-        x_, h0_, w_ih_, w_hh_, b_ih_, b_hh_ = args
-        T, B, _ = x_.shape
-        xp = torch.mm(x_.reshape(T * B, -1), w_ih_.t()).view(T, B, -1)
-        y, _ = launch.gru_forward(xp, w_hh_.contiguous(), b_ih_.contiguous(), b_hh_.contiguous(), h0_.contiguous(),
-                                  plan, train=False)
-        return y, y[-1]
+        return GRULayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
+
+
+def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+    """The forward without autograd: no gates stored; h_T a view of y."""
+    y, _ = launch.gru_forward(input_projection(x, w_ih), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
+                              h0.contiguous(), plan, train=False)
+    return y, y[-1]
 
 
 class TritonGRU(TritonLSTM):

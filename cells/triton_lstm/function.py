@@ -17,6 +17,12 @@ from torch.autograd.function import once_differentiable
 from . import launch
 
 
+def input_projection(x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
+    """x W_ih^T for all T steps in one GEMM: [T, B, I] -> [T, B, G H] (no bias: the kernels add it)."""
+    T, B, _ = x.shape
+    return torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+
+
 def weight_grads(da: torch.Tensor, dxp: torch.Tensor, x: torch.Tensor, h0: torch.Tensor, y: torch.Tensor,
                  w_ih: torch.Tensor, need: tuple[bool, bool, bool]):
     """dx, dW_ih, dW_hh as GEMMs over all T (each None unless ``need`` says so), in x's dtype.
@@ -40,8 +46,8 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
-        T, B, _ = x.shape
-        xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+        T = x.shape[0]
+        xp = input_projection(x, w_ih)
         train = any(ctx.needs_input_grad)
         h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
         y, c, gates = launch.forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, c0, plan, train=train)
@@ -68,10 +74,9 @@ class LSTMLayerFunction(torch.autograd.Function):
 
 def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
     """The forward without autograd: no gates stored, two slabs of cell state, h_T and c_T as views."""
-    T, B, _ = x.shape
-    xp = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
-    y, c, _ = launch.forward(xp, w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(), h0.contiguous(),
-                             c0.contiguous(), plan, train=False)
+    T = x.shape[0]
+    y, c, _ = launch.forward(input_projection(x, w_ih), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
+                             h0.contiguous(), c0.contiguous(), plan, train=False)
     c_last = c[(T - 1) % 2]
     return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 

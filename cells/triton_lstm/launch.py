@@ -294,6 +294,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
+    """The forward's launches, as (t_lo, t_hi): one per step on the stepwise path (the launch is the barrier)."""
+    return [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
+
+
+def _reverse_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
+    """The backward's launches, as (s_lo, s_hi, DO_TAIL): per step on the stepwise path, then the dh_0 tail."""
+    return [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
+
+
 def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
             c0: torch.Tensor, plan: Plan, train: bool = True, probe: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -326,8 +336,7 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     kernel = kernels(plan.interpret).lstm_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
     meta = {**meta, "PROBE": probe} if probe else meta
-    spans = [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
-    for lo, hi in spans:
+    for lo, hi in _spans(plan, T):
         kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
                           B, H, plan.units, **meta)
     return y, c, gates
@@ -358,8 +367,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     kernel = kernels(plan.interpret).lstm_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
     meta = {**meta, "PROBE": probe} if probe else meta
-    spans = [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
-    for lo, hi, tail in spans:
+    for lo, hi, tail in _reverse_spans(plan, T):
         kernel[plan.grid](w_hh, c0, c, gates, dy, dhT, dc, da, dh0, arrive, done, lo, hi, tail, T, B, H, plan.units,
                           **meta)
     return da, dh0, dc
@@ -389,8 +397,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).gru_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
-    spans = [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
-    for lo, hi in spans:
+    for lo, hi in _spans(plan, T):
         kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, y, gates, arrive, done, lo, hi, B, H, plan.units, **meta)
     return y, gates if train else None
 
@@ -417,8 +424,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
-    spans = [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
-    for lo, hi, tail in spans:
+    for lo, hi, tail in _reverse_spans(plan, T):
         kernel[plan.grid](w_hh, h0, y, gates, dy, dhT, carry, da, dxn, dh0, arrive, done, lo, hi, tail, T, B, H,
                           plan.units, **meta)
     return da, dxn, dh0

@@ -45,12 +45,12 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
 
     Args:
         kernel: "fwd" or "bwd".
-        kind: "LSTM" (``lstm_*_kernel``) or "GRU" (``gru_*_kernel``, for a plan made with ``kind="GRU"``).
         plan: a compiled-flavour plan (``plan.interpret`` False), e.g. from :func:`launch.plan_for`.
         dtype: the compute dtype.
         train: the forward's TRAIN flag.
         batch, hidden: B and H, for the integer specialization (divisible by 16 or not).
         cache_dir: Triton's cache for this compilation (default: a fresh temporary folder, so it compiles).
+        kind: "LSTM" (``lstm_*_kernel``) or "GRU" (``gru_*_kernel``, for a plan made with ``kind="GRU"``).
 
     Returns:
         (Triton's compiled kernel, with ``asm["ptx"]`` and ``asm["cubin"]``, and the ptxas log).

@@ -4,13 +4,14 @@ Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton comp
 
     python -m cells.triton_lstm.tune --presets medium,large --dtypes float32,bfloat16 --json OUT.json
 
-For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the current entry of ``TILES``,
-then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one tl.dot for the
-four gates or one per gate (the LSTM's only), the software-pipelining stages, the reduction tile, the warps --
-keeping a change only when the median forward+backward of the stack improves by more than 2 %. Every candidate's
-output is checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` /
-``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio. Timing:
-CUDA events around each call, synchronized, two untimed calls first (compilation), median of ``--reps``.
+For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
+heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs),
+one tl.dot for the four gates or one per gate (the LSTM's only), the software-pipelining stages, the reduction
+tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than 2 %.
+Every candidate's output is checked against the starting tile's (same weights, same input) before it is timed.
+``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries
+its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first (compilation), median of
+``--reps``.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
