@@ -55,6 +55,7 @@ PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
     ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
+    ("persistent-B20-H650-tf32x3", 20, 35, 650, dict(path="persistent", fp32_precision="tf32x3"), {}),
 ]
 
 

@@ -91,10 +91,11 @@ def run(module, dtype, x, state, gy, gstate):
     return out
 
 
-def compare(case, device, others):
-    """Run triton_lstm and each (name, module, dtype) in ``others`` on one draw; results keyed like run()."""
+def compare(case, device, others, **options):
+    """Run triton_lstm (with ``options``) and each (name, module, dtype) in ``others`` on one draw; results keyed
+    like run()."""
     b, t, i, h, n, _, dtype = case
-    cell = TritonLSTM(i, h, n).to(device=device, dtype=dtype)
+    cell = TritonLSTM(i, h, n, **options).to(device=device, dtype=dtype)
     draws = draw(case, device)
     results = {"triton": run(cell, dtype, *draws)}
     for name, module, other_dtype in others:
@@ -116,6 +117,19 @@ def test_float32_matches_float64_reference(device, case):
         got = r["triton"][key]
         assert got.shape == want.shape and got.dtype == torch.float32, key
         assert rel(got, want) < FP32_TOL, f"{key}: relative error {rel(got, want):.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+@pytest.mark.parametrize("case", PTB_CASES[1:3], ids=case_id)
+def test_cuda_tf32x3_is_as_accurate_as_float32(case):
+    """fp32_precision="tf32x3" (three TF32 tensor-core products per multiply) keeps float32's bound against the
+    float64 reference at the medium and large layers -- every output and gradient -- and says so in the backend."""
+    b, t, i, h, n, _, _ = case
+    assert "tf32x3" in TritonLSTM(i, h, n, fp32_precision="tf32x3").cuda().describe_backend("cuda")
+    r = compare(case, "cuda", [("ref", reference(i, h, n), torch.float64)], fp32_precision="tf32x3")
+    for key, want in r["ref"].items():
+        assert rel(r["triton"][key], want) < FP32_TOL, f"{key}: relative error {rel(r['triton'][key], want):.3g}"
 
 
 @pytest.mark.parametrize(("device", "case"), params(CPU_CASES[:2], PTB_CASES[1:2]))
@@ -324,6 +338,9 @@ def test_float32_precision_is_exact_unless_asked_and_said_in_the_backend():
     assert launch.plan_for(20, 650, torch.float32, 132, fp32_precision="tf32").precision == "tf32"
     assert launch.plan_for(20, 650, torch.bfloat16, 132, fp32_precision="tf32").precision == "ieee"
     assert launch.plan_for(20, 650, torch.float32, None, fp32_precision="tf32").precision == "ieee"  # interpreter
+    assert launch.plan_for(20, 650, torch.float32, 132, fp32_precision="tf32x3").precision == "tf32x3"
+    assert launch.plan_for(20, 650, torch.bfloat16, 132, fp32_precision="tf32x3").precision == "ieee"
+    assert "exact float32 (ieee)" in TritonLSTM(4, 6, 1, fp32_precision="tf32x3").describe_backend("cpu")
     with pytest.raises(ValueError, match="fp32_precision"):
         TritonLSTM(4, 6, 1, fp32_precision="fast")
 
@@ -512,3 +529,26 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.probe"], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
+
+
+def test_probe_launches_every_variant(monkeypatch):
+    """The GPU probe's variants (cells.triton_lstm.probe) all launch and are recorded with their plans: here in the
+    interpreter at a tiny layer, with a stand-in timer (an interpreted time means nothing); the blocked path has no
+    grid barrier, so the barrier variants are left out."""
+    from cells.triton_lstm import probe
+
+    monkeypatch.setitem(probe.PRESETS, "tiny", (16, 3))
+    launched = []
+
+    def timer(fn, reps, calls):
+        fn()
+        launched.append(1)
+        return 1e-3
+
+    recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None)
+    variants = ["full", "no-matmul", "stages-3", "fused-gates", "tf32x3", "tf32"]
+    assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
+    assert len(launched) == len(recs)
+    by = {(r["kernel"], r["variant"]): r["plan"] for r in recs}
+    assert by["fwd", "tf32x3"]["precision"] == "tf32x3" and by["fwd", "stages-3"]["num_stages"] == 3
+    assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]

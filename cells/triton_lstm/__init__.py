@@ -21,7 +21,9 @@ Design, per layer
   two slabs (``c_t`` in slot ``t % 2``), so evaluation windows of 8192 steps cost y and xp only.
 * Arithmetic of the recurrent matmuls (``tl.dot``, float32 accumulation): bfloat16 and float16 on the
   tensor cores (``mma.sync``: the batch block of 16 or 32 rows is below wgmma's 64); float32 exact by
-  default (``input_precision="ieee"``, FMA, no tensor cores), TF32 only with ``fp32_precision="tf32"``;
+  default (``input_precision="ieee"``, FMA, no tensor cores), TF32 only with ``fp32_precision="tf32"``,
+  and ``fp32_precision="tf32x3"`` for float32-accurate products on the tensor cores (Triton's three-pass TF32:
+  each operand split into a TF32 head and a TF32 tail, three MMAs; untimed, the probe times it);
   :meth:`TritonLSTM.describe_backend`, hence every record, says which.  Note that cuDNN's float32 RNN
   uses TF32 unless torch is told otherwise (:func:`cells.cudnn_rnn_tf32`, also in its backend string).
 * Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one
@@ -81,6 +83,15 @@ nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  64 / 64     
 fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  128 / 128    0/0         2048
 bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  142 / 115    0/0         3072
 nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  96 / 106     12/12, 0/0  1024
+fwd         small   tf32x3        50x4    8,16   4    1   mma.sync  94 / 80      0/0         2048
+bwd         small   tf32x3        50x4    8,16   4    1   mma.sync  80 / 78      0/0         2048
+nograd      small   tf32x3        50x4    8,16   4    1   mma.sync  72 / 80      0/0         1024
+fwd         medium  tf32x3        130x5   8,16   4    1   mma.sync  94 / 80      0/0         2048
+bwd         medium  tf32x3        130x5   8,16   4    1   mma.sync  80 / 78      0/0         2048
+nograd      medium  tf32x3        130x5   8,16   4    1   mma.sync  72 / 80      0/0         1024
+fwd         large   tf32x3        125x12  16,16  4    1   mma.sync  128 / 128    8/8, 0/0    2048
+bwd         large   tf32x3        125x12  16,16  4    1   mma.sync  168 / 140    0/0         2048
+nograd      large   tf32x3        125x12  16,16  4    1   mma.sync  128 / 96     0/0         1024
 fwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         2048
 bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         4608
 nograd      small   bf16          50x4    8,32   4    1   mma.sync  72 / 72      0/0         1024
@@ -91,6 +102,10 @@ fwd         large   bf16          125x12  16,32  4    1   mma.sync  142 / 148   
 bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 106    0/0         5120
 nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         1024
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
+
+"tf32x3" is float32 in three TF32 tensor-core products per multiply (``fp32_precision="tf32x3"``); with a K tile of
+32 the forward takes 128 / 255 registers at medium / large (3.6) without spills; with 64 the medium backward and
+both large kernels spill.
 
 Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
 TF32 and 106 / 106 / 182 in bfloat16 at small / medium / large, with 9-14 KB of smem; and the float32
@@ -156,7 +171,11 @@ else:
     _TRITON_ERROR = None
 
 PATHS = ("auto", "persistent", "blocked", "stepwise")  # see launch.py
-FP32_PRECISIONS = ("ieee", "tf32")  # tl.dot input precision of float32 recurrent matmuls on CUDA
+# tl.dot input precision of float32 recurrent matmuls on CUDA: exact FMA, TF32 tensor cores, or three TF32 products
+# per multiply (each operand split into a TF32 high part and a TF32 remainder; about float32's accuracy)
+FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+FP32_ARITHMETIC = {"ieee": "exact float32 (ieee)", "tf32": "TF32 tensor cores",
+                   "tf32x3": "float32 as three TF32 tensor-core products (tf32x3)"}  # in the backend string
 
 
 def interpreted(device: str | torch.device | None = None) -> bool:
@@ -174,7 +193,9 @@ class TritonLSTM(RecurrentStack):
             or "stepwise"; see :mod:`.launch`.
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
         fp32_precision: the recurrent matmuls of float32 input on CUDA: "ieee" (exact float32 products, the
-            default) or "tf32" (tensor cores, 10-bit mantissas, as cuDNN's float32 RNN when torch allows TF32).
+            default), "tf32" (tensor cores, 10-bit mantissas, as cuDNN's float32 RNN when torch allows TF32) or
+            "tf32x3" (tensor cores, three TF32 products per multiply: a_hi b_hi + a_hi b_lo + a_lo b_hi, with
+            about float32's accuracy).
             The backend description says which ran.  bfloat16 and float16 always use the tensor cores with
             float32 accumulation; the interpreter always multiplies exactly.
     """
@@ -226,8 +247,7 @@ class TritonLSTM(RecurrentStack):
         device = torch.device(device)
         dtype = dtype or next(self.parameters()).dtype
         if dtype == torch.float32:
-            arith = "TF32 tensor cores" if self.fp32_precision == "tf32" and not interpreted(device) else \
-                "exact float32 (ieee)"
+            arith = "exact float32 (ieee)" if interpreted(device) else FP32_ARITHMETIC[self.fp32_precision]
         elif dtype == torch.float64:
             arith = "float64"
         else:

@@ -106,7 +106,7 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
         w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H]; gate order i, f, g, o.
         path: "auto", "persistent", "blocked" or "stepwise" (see :mod:`.launch`).
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
-        fp32_precision: recurrent matmuls of float32 input on CUDA, "ieee" (exact) or "tf32".
+        fp32_precision: recurrent matmuls of float32 input on CUDA, "ieee" (exact), "tf32" or "tf32x3".
 
     Returns:
         y [T, B, H] and the final state (h [B, H], c [B, H]).  Computed in x's dtype (under autocast, the

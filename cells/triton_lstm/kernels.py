@@ -206,7 +206,7 @@ def lstm_fwd_kernel(
     RESIDENT: tl.constexpr,  # load this program's W_hh slice once, before the time loop
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     TRAIN: tl.constexpr,  # keep what the backward needs: the gates and every c_t (else c is a two-slab ring)
-    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
@@ -332,7 +332,7 @@ def lstm_bwd_kernel(
     BLOCK_K: tl.constexpr,  # reduction tile over H
     RESIDENT: tl.constexpr,  # W_hh column slice in registers for the whole time loop
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
-    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
@@ -445,7 +445,7 @@ def gru_fwd_kernel(
     RESIDENT: tl.constexpr,  # must be False (the GRU streams its slice)
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     TRAIN: tl.constexpr,  # store r, z, n and hn for the backward
-    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # must be False (three gates: a dot per gate)
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
@@ -519,7 +519,7 @@ def gru_bwd_kernel(
     BLOCK_K: tl.constexpr,  # reduction tile over H
     RESIDENT: tl.constexpr,  # must be False
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
-    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # must be False
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither

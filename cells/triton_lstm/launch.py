@@ -146,7 +146,7 @@ class Plan:
     programs: int  # P: programs per batch block
     batch_blocks: int  # NB
     resident: bool  # W_hh slice in registers for the whole time loop
-    precision: str  # tl.dot input precision for float32: "ieee" (exact) or "tf32"
+    precision: str  # tl.dot input precision for float32: "ieee" (exact), "tf32" or "tf32x3"
     num_warps: int = 4  # forward kernel
     num_warps_bwd: int = 4
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
@@ -195,8 +195,9 @@ def make_plan(batch: int, hidden: int, dtype: torch.dtype, device: torch.device,
             presets on a GPU with at least :data:`TILES_SMS` SMs, else H spread over the SMs on CUDA, over 4
             programs in the interpreter).
         resident: force the W_hh slice in or out of registers (default: in when it is small enough).
-        fp32_precision: for float32 on CUDA, "ieee" (exact float32 products, the default) or "tf32" (tensor-core
-            TF32, as cuDNN does when torch allows it).  The interpreter always multiplies exactly.
+        fp32_precision: for float32 on CUDA, "ieee" (exact float32 products, the default), "tf32" (tensor-core
+            TF32, as cuDNN does when torch allows it) or "tf32x3" (three TF32 products per multiply, about float32's
+            accuracy on the tensor cores).  The interpreter always multiplies exactly.
         kind: "LSTM" (:mod:`.kernels`' lstm kernels, :data:`TILES`) or "GRU" (``gru_*``: W_hh slice streamed, a
             dot per gate, :data:`GRU_TILES`).
 
@@ -223,7 +224,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if path == "persistent" and interpret:
         raise ValueError("the persistent path needs compiled kernels on CUDA: its grid barrier deadlocks in "
                          "Triton's interpreter, which runs programs one after another")
-    precision = "tf32" if dtype == torch.float32 and not interpret and fp32_precision == "tf32" else "ieee"
+    precision = fp32_precision if dtype == torch.float32 and not interpret else "ieee"
     block_b = max(16, min(_pow2(batch), 64))  # tl.dot needs at least 16 rows
     batch_blocks = triton.cdiv(batch, block_b)
     kp = max(16, _pow2(hidden))  # the reduction over H is at least 16 wide for tl.dot

@@ -18,6 +18,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    the next reduction tiles pays;
 * ``fused-gates``  the full kernel with the other dot structure than the plan's (``fuse_gates`` flipped: one
                    tl.dot per tile for the four gates instead of one per gate; ``dot-per-gate`` the reverse).
+* ``tf32x3``, ``tf32`` (float32 only) the full kernel with the recurrent matmul on the tensor cores instead of exact
+                   FMA: three TF32 products per multiply (about float32's accuracy; ``fp32_precision="tf32x3"``), or
+                   one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -55,10 +58,14 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
                 dcT=rnd(BATCH, hidden, dt=acc))
 
 
-def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print) -> list[dict]:
-    """The variants of both kernels for one preset and dtype; one record per kernel and variant."""
+def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print, device: str = "cuda",
+          timer=_time) -> list[dict]:
+    """The variants of both kernels for one preset and dtype; one record per kernel and variant.
+
+    ``device`` and ``timer`` (``timer(fn, reps, calls)`` -> seconds) are for tests: the CPU runs the kernels in
+    Triton's interpreter, where no timing means anything."""
     hidden, steps = PRESETS[preset]
-    device = torch.device("cuda")
+    device = torch.device(device)
     a = inputs(hidden, steps, dtype, device)
     plan = launch.make_plan(BATCH, hidden, dtype, device)
 
@@ -73,20 +80,23 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
 
     if once:
         bwd(plan)
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         log(f"{preset} {dtype}: one forward and one backward launched ({plan.describe()})")
         return []
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
     variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
     variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
+    if dtype == torch.float32 and plan.precision == "ieee":
+        variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
     records = []
     for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
         full = None
         for name, p, flag in variants:
             if flag >= 2 and not p.sync:
                 continue  # no grid barrier to leave out
-            s = _time(functools.partial(fn, p, flag), reps, CALLS)
+            s = timer(functools.partial(fn, p, flag), reps, CALLS)
             full = s if name == "full" else full
             rec = {"preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
                    "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),

@@ -5,7 +5,7 @@ the plan a launch would use on a 132-SM GPU (H100 SXM, H200), with the argument 
 launch gets (16-byte aligned pointers, integers divisible by 16 marked so), and reads ptxas's own report.
 The package docstring's register table comes from::
 
-    python -m cells.triton_lstm.sm90
+    python -m cells.triton_lstm.sm90 [fp32,tf32,tf32x3,bf16]
 """
 
 from __future__ import annotations
@@ -103,13 +103,18 @@ def usage(compiled, ptxas_log: str) -> Usage:
                  int(getattr(compiled.metadata, "shared", 0)))
 
 
-def table(batch: int = 20) -> list[str]:
-    """One row per kernel, PTB preset and arithmetic (float32 exact, float32 TF32, bfloat16): the plan (programs x
-    units, J and K tiles, warps, stages) and what ptxas reports (registers, spill bytes, stack) and Triton's shared
-    memory."""
+# The arithmetics of the table: name -> (dtype, float32 precision)
+ARITHMETICS = {"fp32": (torch.float32, "ieee"), "tf32": (torch.float32, "tf32"), "tf32x3": (torch.float32, "tf32x3"),
+               "bf16": (torch.bfloat16, "ieee")}
+
+
+def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS)) -> list[str]:
+    """One row per kernel, PTB preset and arithmetic (float32 exact, TF32 and three-pass TF32, bfloat16): the plan
+    (programs x units, J and K tiles, warps, stages) and what ptxas reports (registers, spill bytes, stack) and
+    Triton's shared memory."""
     rows = []
-    for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")):
-        arith = {"ieee": "fp32", "tf32": "tf32"}[precision] if dtype == torch.float32 else TRITON_DTYPES[dtype]
+    for arith in arithmetics:
+        dtype, precision = ARITHMETICS[arith]
         for preset, hidden in PRESETS.items():
             for kernel, train, b in (("fwd", True, batch), ("bwd", True, batch), ("fwd", False, 1)):
                 plan = launch.plan_for(b, hidden, dtype, SMS, fp32_precision=precision)
@@ -119,7 +124,7 @@ def table(batch: int = 20) -> list[str]:
                 mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "fma"
                 warps = plan.num_warps_bwd if kernel == "bwd" else plan.num_warps
                 name = kernel if kernel == "bwd" else f"fwd{'' if train else '-nograd'}"
-                rows.append(f"{name:10} {preset:6} {arith:4} B{b:<3} {plan.programs:3}x{plan.units:<3} "
+                rows.append(f"{name:10} {preset:6} {arith:6} B{b:<3} {plan.programs:3}x{plan.units:<3} "
                             f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps} s{plan.num_stages} {mma:8} "
                             f"{u.registers:4} regs "
                             f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
@@ -128,4 +133,6 @@ def table(batch: int = 20) -> list[str]:
 
 
 if __name__ == "__main__":
-    table()
+    import sys
+
+    table(arithmetics=tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else tuple(ARITHMETICS))
