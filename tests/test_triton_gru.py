@@ -50,6 +50,10 @@ PLANS = [
     ("stepwise", 3, 3, 13, dict(path="stepwise", units=4), {}),
     ("stepwise-tiles", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16)),
     ("stepwise-2-batch-blocks", 20, 2, 24, dict(path="stepwise", units=8), dict(block_b=16, batch_blocks=2)),
+    # the reduction split inside a program (launch.Tile.split_k), the last trip part-masked
+    ("blocked-3x3-tiles-split-2", 20, 3, 40, dict(path="blocked"), dict(block_j=16, block_k=16, split_k=2)),
+    ("stepwise-2-batch-blocks-split-4", 20, 2, 24, dict(path="stepwise", units=8),
+     dict(block_b=16, batch_blocks=2, block_k=16, split_k=4)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),

@@ -184,6 +184,18 @@ PLANS = [
     ("stepwise-2-batch-blocks-fused-gates", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True)),
 ]
+# The reduction over H split inside a program (launch.Tile.split_k): SPLIT tiles per trip of the K loop, the last trip
+# part-masked (H 40 = 32 + 8, or one trip of 64 over 40).  In the interpreter only; on CUDA the persistent case below.
+SPLIT_PLANS = [
+    ("blocked-3x3-tiles-split-2", 20, 3, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, split_k=2)),
+    ("stepwise-streamed-split-4", 20, 3, 40, dict(path="stepwise", units=16, resident=False),
+     dict(block_k=16, split_k=4)),
+    ("blocked-3x3-tiles-fused-gates-split-2", 20, 3, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, fuse_gates=True, split_k=2)),
+    ("stepwise-2-batch-blocks-fused-gates-split-4", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=4)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -191,11 +203,13 @@ PERSISTENT = [
     ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
     # (one more compile pair in the GPU check's test step; the tile search checks every other tile's output)
     ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True)),
+    ("persistent-B20-H650-split-4", 20, 35, 650, dict(path="persistent"), dict(split_k=4, num_warps=16,
+                                                                              num_warps_bwd=16)),
 ]
 
 
 def plan_params():
-    out = [pytest.param("cpu", *p, id=f"cpu-{p[0]}") for p in PLANS]
+    out = [pytest.param("cpu", *p, id=f"cpu-{p[0]}") for p in PLANS + SPLIT_PLANS]
     return out + [pytest.param(*CUDA.values, *p, marks=CUDA.marks, id=f"cuda-{p[0]}") for p in PLANS + PERSISTENT]
 
 
@@ -522,6 +536,17 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64}
+    assert {(t.split_k, t.num_warps, t.num_warps_bwd) for t in tune.candidates(tile, 1500, torch.float32, 132,
+                                                                               "split_k")} == {
+        (1, 4, 4), (2, 8, 8), (4, 16, 16)}
+    split = dataclasses.replace(tile, split_k=2, num_warps=8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(launch.TILES, (1500, torch.float32), split)
+        launch.plan_for.cache_clear()
+        plan = launch.plan_for(20, 1500, torch.float32, 132)
+        assert (plan.split_k, plan.num_warps) == (2, 8) and "reduction split 2 ways" in plan.describe()
+        assert launch.launch_options(plan, torch.float32, False)["SPLIT"] == 2
+    launch.plan_for.cache_clear()
     if not torch.cuda.is_available():
         r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.tune"], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -546,9 +571,10 @@ def test_probe_launches_every_variant(monkeypatch):
         return 1e-3
 
     recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None)
-    variants = ["full", "no-matmul", "stages-3", "fused-gates", "tf32x3", "tf32"]
+    variants = ["full", "no-matmul", "stages-3", "fused-gates", "split-4", "tf32x3", "tf32"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert len(launched) == len(recs)
     by = {(r["kernel"], r["variant"]): r["plan"] for r in recs}
     assert by["fwd", "tf32x3"]["precision"] == "tf32x3" and by["fwd", "stages-3"]["num_stages"] == 3
     assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]
+    assert by["bwd", "split-4"]["split_k"] == 4 and by["bwd", "split-4"]["num_warps_bwd"] == 16

@@ -107,6 +107,16 @@ nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128   
 32 the forward takes 128 / 255 registers at medium / large (3.6) without spills; with 64 the medium backward and
 both large kernels spill.
 
+The reduction split inside a program (``split_k``, kernels' ``SPLIT``; untimed, the probe and the tile search try
+it), registers 3.6 / 3.9 at the table's tiles, batch 20, with 4 warps a way: exact float32, a dot per gate, split 4 (16
+warps): forward 128 / 128 at medium and 128 / 127 at large, backward 82 / 78 and 103 / 91, no spills; split 2 (8
+warps): forward 128 / 182 and 128 / 128, backward 64 / 60 and 110 / 108, no spills.  One dot for the four gates,
+split 4: forward 78 / 62 and 124 / 96, backward 106 / 64 and 120 / 60, up to 48 KB of shared memory (large backward),
+no spills but 8 bytes (3.9, medium backward).  bfloat16 and tf32x3 split under 3.6 take about twice the unsplit
+registers at split 2 (bfloat16 medium forward 208 against 96) and spill at split 4 (56-1432 bytes), where 3.9 keeps
+them at 64-128 registers with at most 40 bytes of spill: 3.6 does not spread the batch of an MMA dot over the warps
+as 3.9 does, so on the GPU machines (3.6) the split is for exact float32 first.
+
 Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
 TF32 and 106 / 106 / 182 in bfloat16 at small / medium / large, with 9-14 KB of smem; and the float32
 forward, then TF32 by default (it followed cuDNN's TF32 flag), 96 / 96 / 140 with a 4-byte spill at

@@ -19,6 +19,12 @@ splits the ``[BLOCK_B, 4 BLOCK_J]`` result into the gates after the K loop; the 
 gates' rows at once (``[BLOCK_B, 4 BLOCK_K]`` of dA against ``[4 BLOCK_K, BLOCK_J]`` of ``W_hh``).  Otherwise one
 tl.dot per gate and tile, each with its own operand layout conversions (shared memory and CTA barriers).
 
+``SPLIT`` (``launch.Tile.split_k``, 1, 2 or 4): the reduction over H split SPLIT ways inside each program.  A trip
+of the K loop loads SPLIT consecutive BLOCK_K tiles as one ``[SPLIT, ...]`` batch and runs them as one batched
+tl.dot (Triton lays the batch over the warps, so it wants SPLIT times the warps) into SPLIT partial sums, added once
+after the loop: a step's chain of dependent trips is H / (SPLIT BLOCK_K) long instead of H / BLOCK_K, for a
+shared-memory reduction of the partials per tile.  ``SPLIT = 1`` is the plain loop, its code unchanged.
+
 The backward kernel only carries dh and dc back in time and stores the gate
 gradients ``dA_t`` of every step; ``dW_hh = sum_t dA_t^T h_{t-1}`` and the bias
 gradient are one GEMM and one sum over all T after it (in :mod:`.function`), as
@@ -115,10 +121,13 @@ def _leave_grid(arrive_ptr, done_ptr):
 
 @triton.jit
 def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr):
+        UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
-    # FUSE needs NG = 4 (a power of two).
+    # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.
+    if SPLIT > 1:
+        return acc + _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, acc.shape[0], acc.shape[1], BLOCK_K,
+                               PRECISION, UPCAST, FUSE, NG, SPLIT, acc.dtype)
     if FUSE:  # one tl.dot per tile over the four gates' rows: row r of the tile is gate r // BLOCK_K
         rq = tl.arange(0, 4 * BLOCK_K)
         gq = (rq // BLOCK_K) * H
@@ -145,6 +154,104 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
     return acc
 
 
+# SPLIT > 1 (``launch.Tile.split_k``): the reduction over H split SPLIT ways inside the program.  Each trip of the K
+# loop takes SPLIT consecutive BLOCK_K tiles at once as a batched tl.dot ([SPLIT, BLOCK_B, BLOCK_K] x [SPLIT, BLOCK_K,
+# N]; Triton spreads the batch over the warps) into SPLIT partial sums, added up once after the loop.  So a step walks
+# H / (SPLIT BLOCK_K) dependent trips instead of H / BLOCK_K, with SPLIT times the warps doing them side by side.
+
+
+@triton.jit
+def _add(a, b):
+    # The partial sums' combine: tl.reduce with it is tl.sum, which the interpreted flavour of this file cannot call
+    # when triton was imported compiled (tl.sum is a @triton.jit function of triton's own).
+    return a + b
+
+
+@triton.jit
+def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FUSE: tl.constexpr,
+              NG: tl.constexpr, SPLIT: tl.constexpr, acc_ty: tl.constexpr):
+    # _dh's dA[rows, :] W_hh[:, js] (without acc), SPLIT BLOCK_K tiles per trip.
+    part = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    sk = tl.arange(0, SPLIT)[:, None] * BLOCK_K
+    rows = row_g[None, :, None]
+    rows_ok = da_ok[None, :, None]
+    if FUSE:  # row r of a tile is gate r // BLOCK_K, as in _dh
+        rq = tl.arange(0, 4 * BLOCK_K)
+        gq = (rq // BLOCK_K) * H
+        for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+            kq = k0 + sk + (rq % BLOCK_K)[None, :]  # [SPLIT, 4 BLOCK_K]
+            kq_ok = kq < H
+            a = tl.load(da_src + rows + (gq[None, :] + kq)[:, None, :], mask=rows_ok & kq_ok[:, None, :], other=0.0,
+                        cache_modifier=".cg")
+            w = tl.load(w_ptr + (gq[None, :] + kq)[:, :, None] * H + js[None, None, :],
+                        mask=kq_ok[:, :, None] & j_ok[None, None, :], other=0.0, eviction_policy="evict_last")
+            part = _dot(a, w, part, PRECISION, UPCAST)
+    else:
+        kr = tl.arange(0, BLOCK_K)
+        for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+            ks = k0 + sk + kr[None, :]  # [SPLIT, BLOCK_K]
+            k_ok = ks < H
+            a_ptrs = da_src + rows + ks[:, None, :]
+            a_m = rows_ok & k_ok[:, None, :]
+            w_ptrs = w_ptr + ks[:, :, None] * H + js[None, None, :]
+            w_m = k_ok[:, :, None] & j_ok[None, None, :]
+            for g in tl.static_range(NG):
+                a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
+                w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                part = _dot(a, w, part, PRECISION, UPCAST)
+    return tl.reduce(part, 0, _add)
+
+
+@triton.jit
+def _h_w_split(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    # _h_w with SPLIT BLOCK_K tiles per trip: h_{t-1}[rows, :] W_hh[g H + js, :]^T for the first NG gates.
+    p0 = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    p1 = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    p2 = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    p3 = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
+    sk = tl.arange(0, SPLIT)[:, None] * BLOCK_K
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+        ks = k0 + sk + kr[None, :]  # [SPLIT, BLOCK_K]
+        k_ok = ks < H
+        h = tl.load(h_src + row_h[None, :, None] + ks[:, None, :], mask=row_ok[None, :, None] & k_ok[:, None, :],
+                    other=0.0, cache_modifier=".cg")
+        w_ptrs = w_ptr + js[None, None, :] * H + ks[:, :, None]
+        w_m = j_ok[None, None, :] & k_ok[:, :, None]
+        w = tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last")
+        p0 = _dot(h, w, p0, PRECISION, UPCAST)
+        w = tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+        p1 = _dot(h, w, p1, PRECISION, UPCAST)
+        w = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+        p2 = _dot(h, w, p2, PRECISION, UPCAST)
+        if NG == 4:
+            w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+            p3 = _dot(h, w, p3, PRECISION, UPCAST)
+    return tl.reduce(p0, 0, _add), tl.reduce(p1, 0, _add), tl.reduce(p2, 0, _add), tl.reduce(p3, 0, _add)
+
+
+@triton.jit
+def _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_cols, jq_ok, H, K_END, acc_ty: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    # The forward's one-dot-for-four-gates reduction ([BLOCK_B, 4 BLOCK_J]) with SPLIT BLOCK_K tiles per trip.
+    part = tl.full((SPLIT, BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
+    sk = tl.arange(0, SPLIT)[:, None] * BLOCK_K
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+        ks = k0 + sk + kr[None, :]  # [SPLIT, BLOCK_K]
+        k_ok = ks < H
+        h = tl.load(h_src + row_h[None, :, None] + ks[:, None, :], mask=row_ok[None, :, None] & k_ok[:, None, :],
+                    other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + w_cols[None, :, :] + ks[:, :, None], mask=jq_ok[None, :, :] & k_ok[:, :, None],
+                    other=0.0, eviction_policy="evict_last")
+        part = _dot(h, w, part, PRECISION, UPCAST)
+    return tl.reduce(part, 0, _add)
+
+
 @triton.jit
 def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
     # b_ih[js] + b_hh[js] in the accumulation dtype, as a [1, BLOCK_J] row.
@@ -156,10 +263,13 @@ def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
 @triton.jit
 def _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
          BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
-         UPCAST: tl.constexpr):
+         UPCAST: tl.constexpr, SPLIT: tl.constexpr = 1):
     # h_{t-1}[rows, :] W_hh[g H + js, :]^T for the first NG (3 or 4) gates g, a tl.dot per gate and BLOCK_K tile
     # (K_END: H, or 0 to probe); with NG = 3 the fourth result stays zero.  h_{t-1} is read with .cg (L2): other
     # programs wrote it during this launch; the W_hh slice with evict_last, to stay in L1 for the next step.
+    if SPLIT > 1:
+        return _h_w_split(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, NG,
+                          PRECISION, UPCAST, SPLIT)
     a0 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
     a1 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
     a2 = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
@@ -210,6 +320,7 @@ def lstm_fwd_kernel(
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
+    SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program (see _h_w_split)
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -266,7 +377,7 @@ def lstm_fwd_kernel(
                 w_cols = ((cq % 4) * H + jq)[None, :] * H
                 jq_ok = (jq < u_hi)[None, :]
                 acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
-                for k0 in range(0, _bound(H if PROBE % 2 == 0 else 0), BLOCK_K):
+                for k0 in range(0, _bound(H if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
                     ks = k0 + kr
                     k_ok = ks < H
                     h_m = row_ok[:, None] & k_ok[None, :]
@@ -274,13 +385,16 @@ def lstm_fwd_kernel(
                     w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
                                 eviction_policy="evict_last")
                     acc = _dot(h, w, acc, PRECISION, UPCAST)
+                if SPLIT > 1:
+                    acc = _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_cols, jq_ok, H, H if PROBE % 2 == 0 else 0,
+                                           acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
                 # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
                 ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
                 a_i, a_g = tl.split(ig)
                 a_f, a_o = tl.split(fo)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 a_i, a_f, a_g, a_o = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0,
-                                          acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST)
+                                          acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
             a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
             a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok,
@@ -336,6 +450,7 @@ def lstm_bwd_kernel(
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
+    SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -385,7 +500,7 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, BLOCK_K,
-                         PRECISION, UPCAST, FUSE, 4)
+                         PRECISION, UPCAST, FUSE, 4, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -408,7 +523,7 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
-                      H, BLOCK_K, PRECISION, UPCAST, FUSE, 4)
+                      H, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:
@@ -449,6 +564,7 @@ def gru_fwd_kernel(
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # must be False (three gates: a dot per gate)
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
+    SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -472,7 +588,7 @@ def gru_fwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # (probes 1 and 3 leave the recurrent matmul out)
             a_r, a_z, a_n, _ = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, acc_ty,
-                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST)
+                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
                                                                                     acc_ty))
@@ -523,6 +639,7 @@ def gru_bwd_kernel(
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # must be False
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
+    SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -551,7 +668,7 @@ def gru_bwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
             dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_x, w_ptr, js, j_ok, H,
-                     H if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3)
+                     H if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -576,7 +693,7 @@ def gru_bwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), da_ptr, row_ok, row_x, w_ptr, js, j_ok, H, H,
-                      BLOCK_K, PRECISION, UPCAST, False, 3)
+                      BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

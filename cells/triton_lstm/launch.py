@@ -48,6 +48,7 @@ class Tile:
     num_warps_bwd: int  # backward kernel
     num_stages: int  # software pipelining of the K loop (1: none)
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
+    split_k: int = 1  # the reduction over H split this many ways inside a program (a power of two; kernels' SPLIT)
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
@@ -152,6 +153,7 @@ class Plan:
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
     source: str = "heuristic"  # "table" when the tiles come from TILES
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
+    split_k: int = 1  # the reduction over H split this many ways inside a program: SPLIT BLOCK_K tiles per trip
 
     @property
     def sync(self) -> bool:
@@ -169,6 +171,8 @@ class Plan:
                 "grid barrier" if self.path == "persistent" else "one launch per step")
         where = "registers" if self.resident else "L1/L2, re-read each step"
         dots = "" if self.resident else ", one dot for the four gates" if self.fuse_gates else ", a dot per gate"
+        if self.split_k > 1 and not self.resident:
+            dots += f", reduction split {self.split_k} ways"
         return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
                 f"{dots}, tiles from the {source_name(self.source)}")
 
@@ -258,7 +262,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if tile:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
-                    tile.fuse_gates)
+                    tile.fuse_gates, tile.split_k)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -287,7 +291,7 @@ def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
     """The compile-time arguments both kernels take for ``plan`` and compute dtype ``dtype``."""
     return dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
                 SYNC=plan.sync, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
-                FUSE=plan.fuse_gates)
+                FUSE=plan.fuse_gates, SPLIT=plan.split_k)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
