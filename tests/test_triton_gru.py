@@ -54,12 +54,17 @@ PLANS = [
     ("blocked-3x3-tiles-split-2", 20, 3, 40, dict(path="blocked"), dict(block_j=16, block_k=16, split_k=2)),
     ("stepwise-2-batch-blocks-split-4", 20, 2, 24, dict(path="stepwise", units=8),
      dict(block_b=16, batch_blocks=2, block_k=16, split_k=4)),
+    # rows padded to a multiple of 16 (launch.Plan.row_align): H 40 -> 48
+    ("stepwise-tiles-padded", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16, row_align=16)),
+    ("blocked-2-batch-blocks-split-2-padded", 20, 2, 13, dict(path="blocked"),
+     dict(block_b=16, batch_blocks=2, split_k=2, row_align=16)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
     ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
     ("persistent-B20-H650-tf32x3", 20, 35, 650, dict(path="persistent", fp32_precision="tf32x3"), {}),
+    ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
 ]
 
 

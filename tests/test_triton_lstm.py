@@ -196,6 +196,16 @@ SPLIT_PLANS = [
     ("stepwise-2-batch-blocks-fused-gates-split-4", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=4)),
 ]
+# Rows of W_hh and of the rings padded to a multiple of 16 (launch.Plan.row_align): H 40 -> 48, 24 -> 32, 13 -> 16.
+SPLIT_PLANS += [
+    ("blocked-3x3-tiles-padded", 20, 3, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, row_align=16)),
+    ("stepwise-2-batch-blocks-fused-gates-split-2-padded", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16)),
+    ("blocked-resident-padded", 3, 3, 13, dict(path="blocked"), dict(row_align=16)),
+    ("stepwise-streamed-padded", 20, 3, 40, dict(path="stepwise", units=16, resident=False),
+     dict(block_k=16, row_align=16)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -205,6 +215,7 @@ PERSISTENT = [
     ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True)),
     ("persistent-B20-H650-split-4", 20, 35, 650, dict(path="persistent"), dict(split_k=4, num_warps=16,
                                                                               num_warps_bwd=16)),
+    ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
 ]
 
 
@@ -421,6 +432,18 @@ def test_per_call_host_work_is_cached(monkeypatch):
     x = torch.randn(3, 20, 200, requires_grad=True)
     cell(x)
     assert [m["TRAIN"] for _, _, m in calls] == [True, True] and calls[0][1][8].shape == (3, 20, 800)
+    assert calls[0][1][1] is cell.weight_hh_l0 and calls[0][1][4].shape == (20, 200)  # unpadded: W_hh and h_0
+    plan = dataclasses.replace(launch.plan_for(20, 200, torch.float32, 132), row_align=16)
+    calls.clear()
+    xp, w_hh, b, h0, c0 = torch.randn(3, 20, 800), torch.randn(800, 200), torch.randn(800), torch.randn(20, 200), \
+        torch.randn(20, 200)
+    launch.forward(xp, w_hh, b, b, h0, c0, plan)
+    (_, args, meta), = calls  # three steps: rows padded to 208, each gate's block of W_hh to [208, 208]
+    assert meta["PAD"]
+    assert args[1].shape == (4 * 208, 208) and args[4].shape == (2, 20, 208) and args[15] == 208
+    assert torch.equal(args[1].view(4, 208, 208)[:, :200, :200], w_hh.view(4, 200, 200))
+    assert not args[1].view(4, 208, 208)[:, 200:].any() and not args[1].view(4, 208, 208)[:, :, 200:].any()
+    assert torch.equal(args[4][1, :, :200], h0) and not args[4][1, :, 200:].any()
     launch.sm_count.cache_clear()
     launch.plan_for.cache_clear()
 
@@ -571,7 +594,7 @@ def test_probe_launches_every_variant(monkeypatch):
         return 1e-3
 
     recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None)
-    variants = ["full", "no-matmul", "stages-3", "fused-gates", "split-4", "tf32x3", "tf32"]
+    variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "tf32x3", "tf32"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert len(launched) == len(recs)
     by = {(r["kernel"], r["variant"]): r["plan"] for r in recs}

@@ -38,6 +38,17 @@ re-read every step with ``evict_last``, so it stays in L1 (L2 at H = 1500 in flo
 Data other programs wrote during the launch (h_{t-1}, dA_{t+1}) is read with ``.cg``,
 from L2, never from a stale L1 line.
 
+Padded rows (``HP``, ``launch.Tile.row_align``): what the recurrent matmuls read -- ``W_hh`` and the operand of the
+step before (h_{t-1} forward, dA_{t+1} backward) -- has rows HP apart, H rounded up to a multiple of 16, zero in the
+padding, and the reduction runs to HP: so Triton, which specializes an integer divisible by 16, knows that every
+row of a K tile starts aligned and the mask is constant over 16 elements (vector loads, and ``cp.async`` for the
+pipelined K loop, which a 2-byte element at an odd row stride rules out).  The launcher passes ``W_hh`` with each
+gate's [H, H] block padded to [HP, HP], and a ring of two zeroed [B, HP] slots (``hk``; dA's [B, NG HP], ``dak``):
+a step writes its h_t (dA_t) to slot t % 2 beside y (da) and reads the step before from the other slot; the grid
+barrier between steps makes the reuse safe (a slot is rewritten only a step after its last read).  The helpers'
+``H`` below is HP wherever they index W_hh or a ring.  ``HP = H`` (row_align 1, or one step) is the same code on
+the natural layout.
+
 Grid barrier (``SYNC``): two int32 counters per batch block, kept by the launcher
 per device and stream and zero at every launch.  Each program adds 1 to ``arrive``
 after its step's stores and spins until it reaches ``(steps so far) * P``; at the end
@@ -297,18 +308,18 @@ def _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, 
 @triton.jit(do_not_specialize=["t_lo", "t_hi"])
 def lstm_fwd_kernel(
     xp_ptr,  # [T, B, 4H] input projection x_t W_ih^T
-    w_ptr,  # [4H, H] recurrent weights W_hh, gate rows in the order i, f, g, o
+    w_ptr,  # [4 HP, HP] recurrent weights W_hh, gates i, f, g, o, each [H, H] block zero-padded to [HP, HP]
     b_ih_ptr,  # [4H] input bias, compute dtype (added to b_hh in the accumulation dtype)
     b_hh_ptr,  # [4H] recurrent bias, compute dtype
-    h0_ptr,  # [B, H] initial hidden state, dtype of y
+    hk_ptr,  # PAD: [2, B, HP] zero-padded rows, h_t in slot t % 2 (h_0 in slot 1 at launch); else h_0 [B, H]
     c0_ptr,  # [B, H] initial cell state, dtype of c
-    y_ptr,  # [T, B, H] out: hidden states h_t (h_{t-1} is read back from here)
+    y_ptr,  # [T, B, H] out: hidden states h_t
     c_ptr,  # out: cell states in the accumulation dtype; TRAIN: [T, B, H], c_t at t; else [2, B, H], c_t at t % 2
     gates_ptr,  # [T, B, 4H] out (TRAIN): activated gates i, f, g, o, accumulation dtype
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
-    B, H,  # batch size, hidden size
+    B, H, HP,  # batch size, hidden size, H padded to a multiple of 16 (the row stride of w and hk)
     UNITS,  # hidden units owned by one program along grid axis 0
     BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
     BLOCK_J: tl.constexpr,  # hidden units per tile
@@ -321,6 +332,7 @@ def lstm_fwd_kernel(
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program (see _h_w_split)
+    PAD: tl.constexpr = False,  # HP > H: the matmul reads h_{t-1} from the ring hk (else hk is h_0, HP = H, y is read)
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -329,18 +341,20 @@ def lstm_fwd_kernel(
     row_ok = rows < B
     row_h = rows * H  # row offsets in a [B, H] slab
     row_g = rows * (4 * H)  # row offsets in a [B, 4H] slab
+    row_k = rows * HP  # row offsets in a [B, HP] slab of hk
     slab = tl.cast(B, tl.int64) * H  # elements in a [B, H] slab
+    slab_k = tl.cast(B, tl.int64) * HP  # elements in a slot of hk
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     kr = tl.arange(0, BLOCK_K)
     if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + js, :]^T as [BLOCK_K, BLOCK_J]
         js = u_lo + tl.arange(0, BLOCK_J)
-        w_ptrs = w_ptr + js[None, :] * H + kr[:, None]
-        w_m = (js < u_hi)[None, :] & (kr < H)[:, None]
+        w_ptrs = w_ptr + js[None, :] * HP + kr[:, None]
+        w_m = (js < u_hi)[None, :] & (kr < HP)[:, None]
         w_i = tl.load(w_ptrs, mask=w_m, other=0.0)
-        w_f = tl.load(w_ptrs + H * H, mask=w_m, other=0.0)
-        w_g = tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0)
-        w_o = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0)
+        w_f = tl.load(w_ptrs + HP * HP, mask=w_m, other=0.0)
+        w_g = tl.load(w_ptrs + 2 * HP * HP, mask=w_m, other=0.0)
+        w_o = tl.load(w_ptrs + 3 * HP * HP, mask=w_m, other=0.0)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
         if TRAIN:
@@ -350,7 +364,10 @@ def lstm_fwd_kernel(
             c_out = c_ptr + (t64 % 2) * slab
             c_prev = c_ptr + ((t64 + 1) % 2) * slab
         # State of step t - 1; .cg reads L2, since other programs wrote it during this launch.
-        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
+        if PAD:
+            h_src = hk_ptr + ((t64 + 1) % 2) * slab_k
+        else:
+            h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, hk_ptr)
         c_src = tl.where(t > 0, c_prev, c0_ptr)
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
@@ -363,8 +380,8 @@ def lstm_fwd_kernel(
             a_g = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             a_o = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             if RESIDENT:
-                h_m = row_ok[:, None] & (kr < H)[None, :]
-                h = tl.load(h_src + row_h[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                h_m = row_ok[:, None] & (kr < HP)[None, :]
+                h = tl.load(h_src + row_k[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
                 a_i = _dot(h, w_i, a_i, PRECISION, UPCAST)
                 a_f = _dot(h, w_f, a_f, PRECISION, UPCAST)
                 a_g = _dot(h, w_g, a_g, PRECISION, UPCAST)
@@ -374,26 +391,26 @@ def lstm_fwd_kernel(
                 # j0 + u, so one tl.dot covers the four gates; split into them after the reduction.
                 cq = tl.arange(0, 4 * BLOCK_J)
                 jq = j0 + cq // 4
-                w_cols = ((cq % 4) * H + jq)[None, :] * H
+                w_cols = ((cq % 4) * HP + jq)[None, :] * HP
                 jq_ok = (jq < u_hi)[None, :]
                 acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
-                for k0 in range(0, _bound(H if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
+                for k0 in range(0, _bound(HP if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
                     ks = k0 + kr
-                    k_ok = ks < H
+                    k_ok = ks < HP
                     h_m = row_ok[:, None] & k_ok[None, :]
-                    h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                    h = tl.load(h_src + row_k[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
                     w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
                                 eviction_policy="evict_last")
                     acc = _dot(h, w, acc, PRECISION, UPCAST)
                 if SPLIT > 1:
-                    acc = _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_cols, jq_ok, H, H if PROBE % 2 == 0 else 0,
+                    acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HP, HP if PROBE % 2 == 0 else 0,
                                            acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
                 # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
                 ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
                 a_i, a_g = tl.split(ig)
                 a_f, a_o = tl.split(fo)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
-                a_i, a_f, a_g, a_o = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0,
+                a_i, a_f, a_g, a_o = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0,
                                           acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
             a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
@@ -411,7 +428,10 @@ def lstm_fwd_kernel(
             c = f * tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg") + i * g
             h_new = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
             tl.store(c_out + o_h, c, mask=m)
-            tl.store(y_ptr + t64 * slab + o_h, h_new.to(y_ptr.dtype.element_ty), mask=m)
+            h_new = h_new.to(y_ptr.dtype.element_ty)
+            tl.store(y_ptr + t64 * slab + o_h, h_new, mask=m)
+            if PAD:
+                tl.store(hk_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :], h_new, mask=m)
             if TRAIN:
                 g_t = gates_ptr + t64 * 4 * slab + o_g
                 tl.store(g_t, i, mask=m)
@@ -426,20 +446,21 @@ def lstm_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_kernel(
-    w_ptr,  # [4H, H] recurrent weights W_hh
+    w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]
     c0_ptr,  # [B, H] initial cell state, dtype of c
     c_ptr,  # [T, B, H] forward cell states, accumulation dtype
     gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
     dy_ptr,  # [T, B, H] gradient of the outputs y
     dhT_ptr,  # [B, H] gradient of the final hidden state h_{T-1}
     dc_ptr,  # [B, H] in: gradient of the final cell state; out: gradient of c_0 (accumulation dtype)
-    da_ptr,  # [T, B, 4H] out: gate pre-activation gradients, accumulation dtype (dA_{t+1} is read back)
+    da_ptr,  # [T, B, 4H] out: gate pre-activation gradients, accumulation dtype
+    dak_ptr,  # PAD: [2, B, 4 HP] zeros at the first launch, dA_t in slot t % 2, gate g at column g HP; else unused
     dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
     DO_TAIL,  # nonzero: after the steps form dh_0 = dA_0 W_hh
-    T, B, H,  # sequence length, batch size, hidden size
+    T, B, H, HP,  # sequence length, batch size, hidden size, H padded to a multiple of 16
     UNITS,  # hidden units owned by one program along grid axis 0
     BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
     BLOCK_J: tl.constexpr,  # hidden units per tile
@@ -451,6 +472,7 @@ def lstm_bwd_kernel(
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
+    PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -459,23 +481,26 @@ def lstm_bwd_kernel(
     row_ok = rows < B
     row_h = rows * H
     row_g = rows * (4 * H)
+    row_k = rows * (4 * HP)  # row offsets in a slot of dak
     slab = tl.cast(B, tl.int64) * H
+    slab_k = tl.cast(B, tl.int64) * (4 * HP)  # elements in a slot of dak
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     kr = tl.arange(0, BLOCK_K)
     if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + k, js] as [BLOCK_K, BLOCK_J]
         js = u_lo + tl.arange(0, BLOCK_J)
-        v_ptrs = w_ptr + kr[:, None] * H + js[None, :]
-        v_m = (kr < H)[:, None] & (js < u_hi)[None, :]
+        v_ptrs = w_ptr + kr[:, None] * HP + js[None, :]
+        v_m = (kr < HP)[:, None] & (js < u_hi)[None, :]
         v_i = tl.load(v_ptrs, mask=v_m, other=0.0)
-        v_f = tl.load(v_ptrs + H * H, mask=v_m, other=0.0)
-        v_g = tl.load(v_ptrs + 2 * H * H, mask=v_m, other=0.0)
-        v_o = tl.load(v_ptrs + 3 * H * H, mask=v_m, other=0.0)
+        v_f = tl.load(v_ptrs + HP * HP, mask=v_m, other=0.0)
+        v_g = tl.load(v_ptrs + 2 * HP * HP, mask=v_m, other=0.0)
+        v_o = tl.load(v_ptrs + 3 * HP * HP, mask=v_m, other=0.0)
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
         c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
-        da_next = da_ptr + (t64 + 1) * 4 * slab  # dA_{t+1}: none after the last step
+        # dA_{t+1}: none after the last step
+        da_next = dak_ptr + ((t64 + 1) % 2) * slab_k if PAD else da_ptr + (t64 + 1) * 4 * slab
         # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
         next_ok = row_ok & (rows * 0 + t + 1 < T)
         last = (rows * 0 + t == T - 1)[:, None]
@@ -488,18 +513,18 @@ def lstm_bwd_kernel(
             # dh_t = dy_t + dA_{t+1} W_hh (+ dh_T at the last step)
             dh = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             if RESIDENT:
-                a_ptrs = da_next + row_g[:, None] + kr[None, :]
-                a_m = next_ok[:, None] & (kr < H)[None, :]
+                a_ptrs = da_next + row_k[:, None] + kr[None, :]
+                a_m = next_ok[:, None] & (kr < HP)[None, :]
                 a = tl.load(a_ptrs, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_i, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + H, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + HP, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_f, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + 2 * H, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + 2 * HP, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_g, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + 3 * H, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + 3 * HP, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
-                dh = _dh(dh, da_next, next_ok, row_g, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, BLOCK_K,
+                dh = _dh(dh, da_next, next_ok, row_k, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0, BLOCK_K,
                          PRECISION, UPCAST, FUSE, 4, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
@@ -513,17 +538,27 @@ def lstm_bwd_kernel(
             c_prev = tl.load(c_src + o_h, mask=m, other=0.0)  # written before this launch
             da_t = da_ptr + t64 * 4 * slab + o_g
             tl.store(dc_ptr + o_h, dc * f, mask=m)
-            tl.store(da_t, dc * g * i * (1.0 - i), mask=m)
-            tl.store(da_t + H, dc * c_prev * f * (1.0 - f), mask=m)
-            tl.store(da_t + 2 * H, dc * i * (1.0 - g * g), mask=m)
-            tl.store(da_t + 3 * H, dh * tc * o * (1.0 - o), mask=m)
+            da_i = dc * g * i * (1.0 - i)
+            da_f = dc * c_prev * f * (1.0 - f)
+            da_g = dc * i * (1.0 - g * g)
+            da_o = dh * tc * o * (1.0 - o)
+            tl.store(da_t, da_i, mask=m)
+            tl.store(da_t + H, da_f, mask=m)
+            tl.store(da_t + 2 * H, da_g, mask=m)
+            tl.store(da_t + 3 * H, da_o, mask=m)
+            if PAD:
+                dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
+                tl.store(dak_t, da_i, mask=m)
+                tl.store(dak_t + HP, da_f, mask=m)
+                tl.store(dak_t + 2 * HP, da_g, mask=m)
+                tl.store(dak_t + 3 * HP, da_o, mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
-            dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_ptr, row_ok, row_g, w_ptr, js, j_ok, H,
-                      H, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
+            dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), dak_ptr if PAD else da_ptr, row_ok, row_k,
+                      w_ptr, js, j_ok, HP, HP, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:
@@ -543,16 +578,16 @@ def _sigmoid(x):
 @triton.jit(do_not_specialize=["t_lo", "t_hi"])
 def gru_fwd_kernel(
     xp_ptr,  # [T, B, 3H] input projection x_t W_ih^T (no bias)
-    w_ptr,  # [3H, H] recurrent weights W_hh, gate rows in the order r, z, n
+    w_ptr,  # [3 HP, HP] recurrent weights W_hh, gates r, z, n, each [H, H] block zero-padded to [HP, HP]
     b_ih_ptr,  # [3H] input bias, compute dtype
     b_hh_ptr,  # [3H] recurrent bias, compute dtype
-    h0_ptr,  # [B, H] initial hidden state, dtype of y
-    y_ptr,  # [T, B, H] out: hidden states h_t (h_{t-1} is read back from here)
+    hk_ptr,  # PAD: [2, B, HP] zero-padded rows, h_t in slot t % 2 (h_0 in slot 1 at launch); else h_0 [B, H]
+    y_ptr,  # [T, B, H] out: hidden states h_t
     gates_ptr,  # out (TRAIN): [T, B, 4H] r, z, n, hn in the accumulation dtype; else any tensor of that dtype
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
-    B, H,  # batch size, hidden size
+    B, H, HP,  # batch size, hidden size, H padded to a multiple of 16 (the row stride of w and hk)
     UNITS,  # hidden units owned by one program along grid axis 0
     BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
     BLOCK_J: tl.constexpr,  # hidden units per tile
@@ -565,6 +600,7 @@ def gru_fwd_kernel(
     FUSE: tl.constexpr,  # must be False (three gates: a dot per gate)
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
+    PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -574,12 +610,15 @@ def gru_fwd_kernel(
     row_h = rows * H
     row_x = rows * (3 * H)  # row offsets in a [B, 3H] slab
     row_s = rows * (4 * H)  # row offsets in a [B, 4H] slab of saved gates
+    row_k = rows * HP  # row offsets in a slot of hk
     slab = tl.cast(B, tl.int64) * H
+    slab_k = tl.cast(B, tl.int64) * HP
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
-        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # .cg below: other programs wrote it
+        # h_{t-1}; .cg below: other programs wrote it
+        h_src = hk_ptr + ((t64 + 1) % 2) * slab_k if PAD else tl.where(t > 0, y_ptr + (t64 - 1) * slab, hk_ptr)
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
@@ -587,7 +626,7 @@ def gru_fwd_kernel(
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
             # (probes 1 and 3 leave the recurrent matmul out)
-            a_r, a_z, a_n, _ = _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, H if PROBE % 2 == 0 else 0, acc_ty,
+            a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0, acc_ty,
                                     BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
@@ -598,8 +637,12 @@ def gru_fwd_kernel(
             xn = tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) \
                 + tl.load(b_ih_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
             n = 2.0 * _sigmoid(2.0 * (xn + r * hn)) - 1.0  # tanh, without overflow
-            h_prev = tl.load(h_src + o_h, mask=m, other=0.0, cache_modifier=".cg").to(acc_ty)
-            tl.store(y_ptr + t64 * slab + o_h, (n + z * (h_prev - n)).to(y_ptr.dtype.element_ty), mask=m)
+            o_k = row_k[:, None] + js[None, :]
+            h_prev = tl.load(h_src + o_k, mask=m, other=0.0, cache_modifier=".cg").to(acc_ty)
+            h_new = (n + z * (h_prev - n)).to(y_ptr.dtype.element_ty)
+            tl.store(y_ptr + t64 * slab + o_h, h_new, mask=m)
+            if PAD:
+                tl.store(hk_ptr + (t64 % 2) * slab_k + o_k, h_new, mask=m)
             if TRAIN:
                 g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
                 tl.store(g_t, r, mask=m)
@@ -614,7 +657,7 @@ def gru_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def gru_bwd_kernel(
-    w_ptr,  # [3H, H] recurrent weights W_hh
+    w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]
     h0_ptr,  # [B, H] initial hidden state, dtype of y
     y_ptr,  # [T, B, H] forward hidden states (h_{t-1} = y_{t-1})
     gates_ptr,  # [T, B, 4H] forward r, z, n, hn, accumulation dtype
@@ -623,12 +666,13 @@ def gru_bwd_kernel(
     carry_ptr,  # [B, H] accumulation dtype, zero at launch: z_t dh_t, the direct path of dh to step t - 1
     da_ptr,  # [T, B, 3H] out: gradients of the recurrent pre-activations (h W_hr, h W_hz, hn), accumulation dtype
     dxn_ptr,  # [T, B, H] out: gradient of the n gate's pre-activation (the input projection's n part)
+    dak_ptr,  # PAD: [2, B, 3 HP] zeros at the first launch, da_t in slot t % 2, gate g at column g HP; else unused
     dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
     s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
     DO_TAIL,  # nonzero: after the steps form dh_0 = z_0 dh_0' + dA_0 W_hh
-    T, B, H,  # sequence length, batch size, hidden size
+    T, B, H, HP,  # sequence length, batch size, hidden size, H padded to a multiple of 16
     UNITS,  # hidden units owned by one program along grid axis 0
     BLOCK_B: tl.constexpr,  # batch rows per program (>= 16 for tl.dot)
     BLOCK_J: tl.constexpr,  # hidden units per tile
@@ -640,6 +684,7 @@ def gru_bwd_kernel(
     FUSE: tl.constexpr,  # must be False
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
+    PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -649,14 +694,17 @@ def gru_bwd_kernel(
     row_h = rows * H
     row_x = rows * (3 * H)
     row_s = rows * (4 * H)
+    row_k = rows * (3 * HP)  # row offsets in a slot of dak
     slab = tl.cast(B, tl.int64) * H
+    slab_k = tl.cast(B, tl.int64) * (3 * HP)
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
         h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # written before this launch
-        da_next = da_ptr + (t64 + 1) * 3 * slab  # dA_{t+1}: none after the last step
+        # dA_{t+1}: none after the last step
+        da_next = dak_ptr + ((t64 + 1) % 2) * slab_k if PAD else da_ptr + (t64 + 1) * 3 * slab
         # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
         next_ok = row_ok & (rows * 0 + t + 1 < T)
         last = (rows * 0 + t == T - 1)[:, None]
@@ -667,8 +715,8 @@ def gru_bwd_kernel(
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
-            dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_x, w_ptr, js, j_ok, H,
-                     H if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+            dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HP,
+                     HP if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -681,9 +729,17 @@ def gru_bwd_kernel(
             da_n = dh * (1.0 - z) * (1.0 - n * n)
             da_t = da_ptr + t64 * 3 * slab + o_x
             tl.store(carry_ptr + o_h, dh * z, mask=m)
-            tl.store(da_t, da_n * hn * r * (1.0 - r), mask=m)
-            tl.store(da_t + H, dh * (h_prev - n) * z * (1.0 - z), mask=m)
-            tl.store(da_t + 2 * H, da_n * r, mask=m)
+            da_r = da_n * hn * r * (1.0 - r)
+            da_z = dh * (h_prev - n) * z * (1.0 - z)
+            da_hn = da_n * r
+            tl.store(da_t, da_r, mask=m)
+            tl.store(da_t + H, da_z, mask=m)
+            tl.store(da_t + 2 * H, da_hn, mask=m)
+            if PAD:
+                dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
+                tl.store(dak_t, da_r, mask=m)
+                tl.store(dak_t + HP, da_z, mask=m)
+                tl.store(dak_t + 2 * HP, da_hn, mask=m)
             tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh, once every program's dA_0 is written
@@ -692,8 +748,8 @@ def gru_bwd_kernel(
             j_ok = js < u_hi
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
-            dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), da_ptr, row_ok, row_x, w_ptr, js, j_ok, H, H,
-                      BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+            dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), dak_ptr if PAD else da_ptr, row_ok, row_k, w_ptr,
+                      js, j_ok, HP, HP, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -49,6 +49,7 @@ class Tile:
     num_stages: int  # software pipelining of the K loop (1: none)
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
     split_k: int = 1  # the reduction over H split this many ways inside a program (a power of two; kernels' SPLIT)
+    row_align: int = 1  # rows of what the recurrent matmuls read padded to a multiple of this (16: aligned)
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
@@ -154,6 +155,7 @@ class Plan:
     source: str = "heuristic"  # "table" when the tiles come from TILES
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
     split_k: int = 1  # the reduction over H split this many ways inside a program: SPLIT BLOCK_K tiles per trip
+    row_align: int = 1  # HP = H rounded up to this: row stride of the (padded) W_hh and the rings (padded_size)
 
     @property
     def sync(self) -> bool:
@@ -173,6 +175,8 @@ class Plan:
         dots = "" if self.resident else ", one dot for the four gates" if self.fuse_gates else ", a dot per gate"
         if self.split_k > 1 and not self.resident:
             dots += f", reduction split {self.split_k} ways"
+        if self.row_align > 1:
+            dots += f", rows padded to a multiple of {self.row_align}"
         return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
                 f"{dots}, tiles from the {source_name(self.source)}")
 
@@ -262,7 +266,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if tile:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
-                    tile.fuse_gates, tile.split_k)
+                    tile.fuse_gates, tile.split_k, tile.row_align)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -297,6 +301,45 @@ def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Cell state, gates and gate gradients: float32, float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def padded_size(hidden: int, align: int) -> int:
+    """HP: ``hidden`` rounded up to ``align`` (``Plan.row_align``), the row stride of the padded W_hh and of the
+    kernels' rings.
+
+    Triton specializes an integer argument divisible by 16, so with rows HP apart (and the reduction masked at HP,
+    not H) it knows that every row of a K tile starts aligned: vector loads, and ``cp.async`` copies into the
+    pipelined K loop, which 2-byte elements at an odd row stride do not allow (the PTB sizes 200, 650 and 1500 are
+    not multiples of 16; in the PTX the bfloat16 forward then pipelines at all).  The price is a padded copy of
+    W_hh per launch.  Untimed, so not the default (``row_align`` 1): the probe and the tile search try 16."""
+    return -(-hidden // align) * align
+
+
+def row_stride(plan: Plan, hidden: int, steps: int) -> int:
+    """HP for one layer call of ``steps`` steps: :func:`padded_size` by ``plan.row_align``, except for a single step,
+    which reads W_hh once, so that its padded copy could not pay for itself (the latency case: batch 1, one step)."""
+    return padded_size(hidden, plan.row_align) if steps > 1 else hidden
+
+
+def padded_weight(w_hh: torch.Tensor, gates: int, hp: int) -> torch.Tensor:
+    """W_hh [gates H, H] as [gates HP, HP]: each gate's [H, H] block zero-padded to [HP, HP] (``w_hh`` itself when
+    H = HP).  A copy per launch, never cached: a cache keyed on the tensor's version would miss updates through
+    ``.data`` and, under CUDA-graph capture, leave the copy out of the graph."""
+    hidden = w_hh.shape[1]
+    if hp == hidden:
+        return w_hh
+    return torch.nn.functional.pad(w_hh.view(gates, hidden, hidden), (0, hp - hidden, 0, hp - hidden)).view(
+        gates * hp, hp)
+
+
+def ring(batch: int, width: int, dtype: torch.dtype, device: torch.device, first: torch.Tensor | None = None
+         ) -> torch.Tensor:
+    """Two zeroed slots [2, batch, width] that the kernels pass the recurrent matmul's operand through (slot t % 2
+    holds step t's), with ``first`` ([batch, <= width]) in slot 1: the step before step 0."""
+    out = torch.zeros(2, batch, width, dtype=dtype, device=device)
+    if first is not None:
+        out[1, :, :first.shape[1]] = first
+    return out
 
 
 def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
@@ -334,16 +377,20 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     acc = accumulation_dtype(xp.dtype)
     if c0.dtype != acc:
         c0 = c0.to(acc)  # the kernel selects between c0 and c[t - 1] by pointer: one dtype
+    hp = row_stride(plan, H, T)
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     c = torch.empty(T if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
+    hk = ring(B, hp, w_hh.dtype, xp.device, h0) if hp > H else h0
+    w = padded_weight(w_hh, 4, hp)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).lstm_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
     meta = {**meta, "PROBE": probe} if probe else meta
+    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi in _spans(plan, T):
-        kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
-                          B, H, plan.units, **meta)
+        kernel[plan.grid](xp, w, b_ih, b_hh, hk, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
+                          B, H, hp, plan.units, **meta)
     return y, c, gates
 
 
@@ -366,15 +413,19 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     dc = dcT.to(c.dtype, copy=True)
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
+    hp = row_stride(plan, H, T)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
+    dak = ring(B, 4 * hp, c.dtype, dy.device) if hp > H else da
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    w = padded_weight(w_hh, 4, hp)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
     meta = {**meta, "PROBE": probe} if probe else meta
+    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi, tail in _reverse_spans(plan, T):
-        kernel[plan.grid](w_hh, c0, c, gates, dy, dhT, dc, da, dh0, arrive, done, lo, hi, tail, T, B, H, plan.units,
-                          **meta)
+        kernel[plan.grid](w, c0, c, gates, dy, dhT, dc, da, dak, dh0, arrive, done, lo, hi, tail, T, B, H, hp,
+                          plan.units, **meta)
     return da, dh0, dc
 
 
@@ -396,14 +447,18 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     T, B, G = xp.shape
     H = G // 3
     acc = accumulation_dtype(xp.dtype)
+    hp = row_stride(plan, H, T)
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     gates = torch.empty(T, B, 4 * H, dtype=acc, device=xp.device) if train else torch.empty(1, dtype=acc,
                                                                                              device=xp.device)
+    hk = ring(B, hp, w_hh.dtype, xp.device, h0) if hp > H else h0
+    w = padded_weight(w_hh, 3, hp)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).gru_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
+    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi in _spans(plan, T):
-        kernel[plan.grid](xp, w_hh, b_ih, b_hh, h0, y, gates, arrive, done, lo, hi, B, H, plan.units, **meta)
+        kernel[plan.grid](xp, w, b_ih, b_hh, hk, y, gates, arrive, done, lo, hi, B, H, hp, plan.units, **meta)
     return y, gates if train else None
 
 
@@ -424,12 +479,16 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     T, B, H = dy.shape
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
+    hp = row_stride(plan, H, T)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
+    dak = ring(B, 3 * hp, gates.dtype, dy.device) if hp > H else da
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    w = padded_weight(w_hh, 3, hp)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
+    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi, tail in _reverse_spans(plan, T):
-        kernel[plan.grid](w_hh, h0, y, gates, dy, dhT, carry, da, dxn, dh0, arrive, done, lo, hi, tail, T, B, H,
-                          plan.units, **meta)
+        kernel[plan.grid](w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
+                          hp, plan.units, **meta)
     return da, dxn, dh0

@@ -18,6 +18,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    the next reduction tiles pays;
 * ``fused-gates``  the full kernel with the other dot structure than the plan's (``fuse_gates`` flipped: one
                    tl.dot per tile for the four gates instead of one per gate; ``dot-per-gate`` the reverse).
+* ``padded-16``    the full kernel with the rows of W_hh and of the step's operand padded to a multiple of 16
+                   (``row_align=16``: aligned vector loads and ``cp.async`` for 2-byte elements, for a padded copy
+                   of W_hh per launch; ``unpadded`` the reverse);
 * ``split-4``      the full kernel with the reduction over H split 4 ways inside each program (``split_k=4``, 16
                    warps): a quarter of the dependent trips through the K loop per step, four times the warps;
 * ``tf32x3``, ``tf32`` (float32 only) the full kernel with the recurrent matmul on the tensor cores instead of exact
@@ -90,6 +93,9 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
     variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
     variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
+    other_align = 16 if plan.row_align == 1 else 1
+    variants.append(("padded-16" if other_align == 16 else "unpadded", dataclasses.replace(plan, row_align=other_align),
+                     0))
     if plan.split_k == 1:
         variants.append(("split-4", dataclasses.replace(plan, split_k=4, num_warps=max(plan.num_warps, 16),
                                                          num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))

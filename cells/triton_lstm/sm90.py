@@ -23,7 +23,7 @@ from . import launch
 
 PRESETS = {"small": 200, "medium": 650, "large": 1500}  # hidden sizes; batch 20, embedding = H
 SMS = 132
-ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr", "carry_ptr", "dxn_ptr"}  # accumulation dtype
+ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr", "dak_ptr", "carry_ptr", "dxn_ptr"}  # accumulation
 COUNTER_ARGS = {"arrive_ptr", "done_ptr"}
 TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -65,8 +65,10 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}_kernel")
     meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
+    if launch.padded_size(hidden, plan.row_align) > hidden:
+        consts["PAD"] = True  # rows padded: the rings carry the matmul's operand
     options = {n: v for n, v in meta.items() if n not in fn.arg_names}
-    ints = {"B": batch, "H": hidden, "UNITS": plan.units}
+    ints = {"B": batch, "H": hidden, "HP": launch.padded_size(hidden, plan.row_align), "UNITS": plan.units}
     elem = TRITON_DTYPES[dtype]
     acc = TRITON_DTYPES[launch.accumulation_dtype(dtype)]
     sig, attrs = {}, {}

@@ -6,12 +6,13 @@ Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton comp
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
-tl.dot for the four gates or one per gate (the LSTM's only), the software-pipelining stages, the reduction split
-inside a program (1, 2 or 4 ways, with at least 4 warps a way), the reduction tile, the warps -- keeping a change
-only when the median forward+backward of the stack improves by more than 2 %. Every candidate's output is checked
-against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32
-off) is timed in the same process at the same shape, so every row carries its ratio. Timing: CUDA events around each
-call, synchronized, two untimed calls first (compilation), median of ``--reps``.
+tl.dot for the four gates or one per gate (the LSTM's only), the software-pipelining stages, rows padded to a
+multiple of 16 or not (``row_align``), the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a
+way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves
+by more than 2 %. Every candidate's output is checked against the starting tile's (same weights, same input) before
+it is timed. ``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every
+row carries its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first (compilation),
+median of ``--reps``.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -80,14 +81,17 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         return [dataclasses.replace(tile, split_k=v, num_warps=max(tile.num_warps, min(16, 4 * v)),
                                     num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v))) for v in (1, 2, 4)]
     values = {"block_k": (16, 32, 64) if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
-              "num_warps": (4, 8, 16), "num_warps_bwd": (4, 8, 16), "num_stages": (1, 2, 3)}[field]
+              "num_warps": (4, 8, 16), "num_warps_bwd": (4, 8, 16), "num_stages": (1, 2, 3),
+              "row_align": (1, 16)}[field]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
 
-# The fields varied, in order: the dot structure, the stages and the split of the reduction right after the split of
-# the units, since they change which reduction tile is best.  The GRU's three gates cannot share one dot.
-FIELDS = {"LSTM": ("units", "fuse_gates", "num_stages", "split_k", "block_k", "num_warps", "num_warps_bwd"),
-          "GRU": ("units", "num_stages", "split_k", "block_k", "num_warps", "num_warps_bwd")}
+# The fields varied, in order: the dot structure, the stages, the padding of the rows and the split of the reduction
+# right after the split of the units, since they change which reduction tile is best.  The GRU's three gates cannot
+# share one dot.
+FIELDS = {"LSTM": ("units", "fuse_gates", "num_stages", "row_align", "split_k", "block_k", "num_warps",
+                   "num_warps_bwd"),
+          "GRU": ("units", "num_stages", "row_align", "split_k", "block_k", "num_warps", "num_warps_bwd")}
 CELLS = ("triton_lstm", "triton_gru")
 
 
@@ -111,7 +115,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     if original is None:  # start from the heuristic's plan
         h = launch.plan_for(BATCH, hidden, dtype, sms, kind=kind)
         start = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates,
-                            h.split_k)
+                            h.split_k, h.row_align)
     else:
         start = original
     records, seen, expected = [], {}, None
