@@ -336,25 +336,26 @@ def lstm_fwd_kernel(
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
+    HK = HP if PAD else H  # the row stride of what the recurrent matmul reads (W_hh, and hk / dak when PAD)
     acc_ty = c_ptr.dtype.element_ty
     rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     row_h = rows * H  # row offsets in a [B, H] slab
     row_g = rows * (4 * H)  # row offsets in a [B, 4H] slab
-    row_k = rows * HP  # row offsets in a [B, HP] slab of hk
+    row_k = rows * HK  # row offsets in a [B, HK] slab of hk
     slab = tl.cast(B, tl.int64) * H  # elements in a [B, H] slab
-    slab_k = tl.cast(B, tl.int64) * HP  # elements in a slot of hk
+    slab_k = tl.cast(B, tl.int64) * HK  # elements in a slot of hk
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     kr = tl.arange(0, BLOCK_K)
     if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + js, :]^T as [BLOCK_K, BLOCK_J]
         js = u_lo + tl.arange(0, BLOCK_J)
-        w_ptrs = w_ptr + js[None, :] * HP + kr[:, None]
-        w_m = (js < u_hi)[None, :] & (kr < HP)[:, None]
+        w_ptrs = w_ptr + js[None, :] * HK + kr[:, None]
+        w_m = (js < u_hi)[None, :] & (kr < HK)[:, None]
         w_i = tl.load(w_ptrs, mask=w_m, other=0.0)
-        w_f = tl.load(w_ptrs + HP * HP, mask=w_m, other=0.0)
-        w_g = tl.load(w_ptrs + 2 * HP * HP, mask=w_m, other=0.0)
-        w_o = tl.load(w_ptrs + 3 * HP * HP, mask=w_m, other=0.0)
+        w_f = tl.load(w_ptrs + HK * HK, mask=w_m, other=0.0)
+        w_g = tl.load(w_ptrs + 2 * HK * HK, mask=w_m, other=0.0)
+        w_o = tl.load(w_ptrs + 3 * HK * HK, mask=w_m, other=0.0)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
         if TRAIN:
@@ -380,7 +381,7 @@ def lstm_fwd_kernel(
             a_g = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             a_o = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             if RESIDENT:
-                h_m = row_ok[:, None] & (kr < HP)[None, :]
+                h_m = row_ok[:, None] & (kr < HK)[None, :]
                 h = tl.load(h_src + row_k[:, None] + kr[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
                 a_i = _dot(h, w_i, a_i, PRECISION, UPCAST)
                 a_f = _dot(h, w_f, a_f, PRECISION, UPCAST)
@@ -391,26 +392,26 @@ def lstm_fwd_kernel(
                 # j0 + u, so one tl.dot covers the four gates; split into them after the reduction.
                 cq = tl.arange(0, 4 * BLOCK_J)
                 jq = j0 + cq // 4
-                w_cols = ((cq % 4) * HP + jq)[None, :] * HP
+                w_cols = ((cq % 4) * HK + jq)[None, :] * HK
                 jq_ok = (jq < u_hi)[None, :]
                 acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
-                for k0 in range(0, _bound(HP if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
+                for k0 in range(0, _bound(HK if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
                     ks = k0 + kr
-                    k_ok = ks < HP
+                    k_ok = ks < HK
                     h_m = row_ok[:, None] & k_ok[None, :]
                     h = tl.load(h_src + row_k[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
                     w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
                                 eviction_policy="evict_last")
                     acc = _dot(h, w, acc, PRECISION, UPCAST)
                 if SPLIT > 1:
-                    acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HP, HP if PROBE % 2 == 0 else 0,
+                    acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HK, HK if PROBE % 2 == 0 else 0,
                                            acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
                 # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
                 ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
                 a_i, a_g = tl.split(ig)
                 a_f, a_o = tl.split(fo)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
-                a_i, a_f, a_g, a_o = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0,
+                a_i, a_f, a_g, a_o = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0,
                                           acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
             a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
@@ -476,25 +477,26 @@ def lstm_bwd_kernel(
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
+    HK = HP if PAD else H  # the row stride of what the recurrent matmul reads (W_hh, and hk / dak when PAD)
     acc_ty = c_ptr.dtype.element_ty
     rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     row_h = rows * H
     row_g = rows * (4 * H)
-    row_k = rows * (4 * HP)  # row offsets in a slot of dak
+    row_k = rows * (4 * HK)  # row offsets in a slot of dak
     slab = tl.cast(B, tl.int64) * H
-    slab_k = tl.cast(B, tl.int64) * (4 * HP)  # elements in a slot of dak
+    slab_k = tl.cast(B, tl.int64) * (4 * HK)  # elements in a slot of dak
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     kr = tl.arange(0, BLOCK_K)
     if RESIDENT:  # one unit tile, one reduction tile: W_hh[g * H + k, js] as [BLOCK_K, BLOCK_J]
         js = u_lo + tl.arange(0, BLOCK_J)
-        v_ptrs = w_ptr + kr[:, None] * HP + js[None, :]
-        v_m = (kr < HP)[:, None] & (js < u_hi)[None, :]
+        v_ptrs = w_ptr + kr[:, None] * HK + js[None, :]
+        v_m = (kr < HK)[:, None] & (js < u_hi)[None, :]
         v_i = tl.load(v_ptrs, mask=v_m, other=0.0)
-        v_f = tl.load(v_ptrs + HP * HP, mask=v_m, other=0.0)
-        v_g = tl.load(v_ptrs + 2 * HP * HP, mask=v_m, other=0.0)
-        v_o = tl.load(v_ptrs + 3 * HP * HP, mask=v_m, other=0.0)
+        v_f = tl.load(v_ptrs + HK * HK, mask=v_m, other=0.0)
+        v_g = tl.load(v_ptrs + 2 * HK * HK, mask=v_m, other=0.0)
+        v_o = tl.load(v_ptrs + 3 * HK * HK, mask=v_m, other=0.0)
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
@@ -514,17 +516,17 @@ def lstm_bwd_kernel(
             dh = tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
             if RESIDENT:
                 a_ptrs = da_next + row_k[:, None] + kr[None, :]
-                a_m = next_ok[:, None] & (kr < HP)[None, :]
+                a_m = next_ok[:, None] & (kr < HK)[None, :]
                 a = tl.load(a_ptrs, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_i, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + HP, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + HK, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_f, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + 2 * HP, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + 2 * HK, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_g, dh, PRECISION, UPCAST)
-                a = tl.load(a_ptrs + 3 * HP, mask=a_m, other=0.0, cache_modifier=".cg")
+                a = tl.load(a_ptrs + 3 * HK, mask=a_m, other=0.0, cache_modifier=".cg")
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
-                dh = _dh(dh, da_next, next_ok, row_k, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0, BLOCK_K,
+                dh = _dh(dh, da_next, next_ok, row_k, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, BLOCK_K,
                          PRECISION, UPCAST, FUSE, 4, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
@@ -549,16 +551,16 @@ def lstm_bwd_kernel(
             if PAD:
                 dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
                 tl.store(dak_t, da_i, mask=m)
-                tl.store(dak_t + HP, da_f, mask=m)
-                tl.store(dak_t + 2 * HP, da_g, mask=m)
-                tl.store(dak_t + 3 * HP, da_o, mask=m)
+                tl.store(dak_t + HK, da_f, mask=m)
+                tl.store(dak_t + 2 * HK, da_g, mask=m)
+                tl.store(dak_t + 3 * HK, da_o, mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), dak_ptr if PAD else da_ptr, row_ok, row_k,
-                      w_ptr, js, j_ok, HP, HP, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
+                      w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:
@@ -604,15 +606,16 @@ def gru_fwd_kernel(
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
+    HK = HP if PAD else H  # the row stride of what the recurrent matmul reads (W_hh, and hk / dak when PAD)
     acc_ty = gates_ptr.dtype.element_ty
     rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     row_h = rows * H
     row_x = rows * (3 * H)  # row offsets in a [B, 3H] slab
     row_s = rows * (4 * H)  # row offsets in a [B, 4H] slab of saved gates
-    row_k = rows * HP  # row offsets in a slot of hk
+    row_k = rows * HK  # row offsets in a slot of hk
     slab = tl.cast(B, tl.int64) * H
-    slab_k = tl.cast(B, tl.int64) * HP
+    slab_k = tl.cast(B, tl.int64) * HK
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     for t in range(_bound(t_lo), _bound(t_hi)):
@@ -626,7 +629,7 @@ def gru_fwd_kernel(
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
             # (probes 1 and 3 leave the recurrent matmul out)
-            a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HP, HP if PROBE % 2 == 0 else 0, acc_ty,
+            a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, acc_ty,
                                     BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
@@ -688,15 +691,16 @@ def gru_bwd_kernel(
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
+    HK = HP if PAD else H  # the row stride of what the recurrent matmul reads (W_hh, and hk / dak when PAD)
     acc_ty = gates_ptr.dtype.element_ty
     rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     row_h = rows * H
     row_x = rows * (3 * H)
     row_s = rows * (4 * H)
-    row_k = rows * (3 * HP)  # row offsets in a slot of dak
+    row_k = rows * (3 * HK)  # row offsets in a slot of dak
     slab = tl.cast(B, tl.int64) * H
-    slab_k = tl.cast(B, tl.int64) * (3 * HP)
+    slab_k = tl.cast(B, tl.int64) * (3 * HK)
     u_lo = p * UNITS
     u_hi = tl.minimum(u_lo + UNITS, H)
     for s in range(_bound(s_lo), _bound(s_hi)):
@@ -715,8 +719,8 @@ def gru_bwd_kernel(
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
-            dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HP,
-                     HP if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+            dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HK,
+                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -738,8 +742,8 @@ def gru_bwd_kernel(
             if PAD:
                 dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
                 tl.store(dak_t, da_r, mask=m)
-                tl.store(dak_t + HP, da_z, mask=m)
-                tl.store(dak_t + 2 * HP, da_hn, mask=m)
+                tl.store(dak_t + HK, da_z, mask=m)
+                tl.store(dak_t + 2 * HK, da_hn, mask=m)
             tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh, once every program's dA_0 is written
@@ -749,7 +753,7 @@ def gru_bwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), dak_ptr if PAD else da_ptr, row_ok, row_k, w_ptr,
-                      js, j_ok, HP, HP, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

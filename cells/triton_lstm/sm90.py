@@ -11,6 +11,7 @@ The package docstring's register table comes from::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -67,6 +68,9 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
     if launch.padded_size(hidden, plan.row_align) > hidden:
         consts["PAD"] = True  # rows padded: the rings carry the matmul's operand
+    for param in fn.params:  # compile-time arguments a launch leaves at their defaults (PROBE, SPLIT, PAD)
+        if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
+            consts[param.name] = param.default
     options = {n: v for n, v in meta.items() if n not in fn.arg_names}
     ints = {"B": batch, "H": hidden, "HP": launch.padded_size(hidden, plan.row_align), "UNITS": plan.units}
     elem = TRITON_DTYPES[dtype]
