@@ -65,41 +65,41 @@ the pipelined tiles), not a resident slice.  Untimed: what these cost is for the
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 kernel      preset  arithmetic    P x u   J, K   w    s   MMA       regs         spill       smem B
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
-fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       126 / 96     0/0         2560
-bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 60      0/0         2560
-nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       80 / 86      0/0         1536
-fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       126 / 96     0/0         2560
-bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 60      0/0         2560
-nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       80 / 86      0/0         1536
+fwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       126 / 124    0/0         2560
+bwd         small   fp32 (ieee)   50x4    8,16   4    1   FMA       72 / 56      0/0         2560
+nograd      small   fp32 (ieee)   50x4    8,16   4    1   FMA       80 / 84      16/8, 0/0   1536
+fwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       126 / 124    0/0         2560
+bwd         medium  fp32 (ieee)   130x5   8,16   4    1   FMA       72 / 56      0/0         2560
+nograd      medium  fp32 (ieee)   130x5   8,16   4    1   FMA       80 / 84      16/8, 0/0   1536
 fwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       128 / 130    0/0         3072
 bwd         large   fp32 (ieee)   125x12  16,16  4    1   FMA       80 / 80      0/0         3072
 nograd      large   fp32 (ieee)   125x12  16,16  4    1   FMA       96 / 96      0/0         2048
-fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
+fwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  72 / 72      0/0, 8/8    2048
 bwd         small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  80 / 72      0/0         2560
-nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
-fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0, 8/8    2048
+nograd      small   fp32 (tf32)   50x4    8,16   4    1   mma.sync  72 / 72      16/8, 0/0   1024
+fwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  72 / 72      0/0, 8/8    2048
 bwd         medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  80 / 72      0/0         2560
-nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  64 / 64      0/0, 16/8   1024
+nograd      medium  fp32 (tf32)   130x5   8,16   4    1   mma.sync  72 / 72      16/8, 0/0   1024
 fwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  128 / 128    0/0         2048
-bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  142 / 115    0/0         3072
-nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  96 / 106     12/12, 0/0  1024
+bwd         large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  139 / 106    0/0         3072
+nograd      large   fp32 (tf32)   125x12  16,16  4    1   mma.sync  104 / 106    0/0         1024
 fwd         small   tf32x3        50x4    8,16   4    1   mma.sync  94 / 80      0/0         2048
-bwd         small   tf32x3        50x4    8,16   4    1   mma.sync  80 / 78      0/0         2048
+bwd         small   tf32x3        50x4    8,16   4    1   mma.sync  80 / 79      0/0         2048
 nograd      small   tf32x3        50x4    8,16   4    1   mma.sync  72 / 80      0/0         1024
 fwd         medium  tf32x3        130x5   8,16   4    1   mma.sync  94 / 80      0/0         2048
-bwd         medium  tf32x3        130x5   8,16   4    1   mma.sync  80 / 78      0/0         2048
+bwd         medium  tf32x3        130x5   8,16   4    1   mma.sync  80 / 79      0/0         2048
 nograd      medium  tf32x3        130x5   8,16   4    1   mma.sync  72 / 80      0/0         1024
-fwd         large   tf32x3        125x12  16,16  4    1   mma.sync  128 / 128    8/8, 0/0    2048
+fwd         large   tf32x3        125x12  16,16  4    1   mma.sync  128 / 128    0/0         2048
 bwd         large   tf32x3        125x12  16,16  4    1   mma.sync  168 / 140    0/0         2048
 nograd      large   tf32x3        125x12  16,16  4    1   mma.sync  128 / 96     0/0         1024
-fwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         small   bf16          50x4    8,32   4    1   mma.sync  96 / 80      0/0         4608
+fwd         small   bf16          50x4    8,32   4    1   mma.sync  128 / 80     0/0         2048
+bwd         small   bf16          50x4    8,32   4    1   mma.sync  94 / 78      0/0         4608
 nograd      small   bf16          50x4    8,32   4    1   mma.sync  72 / 72      0/0         1024
-fwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         2048
-bwd         medium  bf16          130x5   8,32   4    1   mma.sync  96 / 80      0/0         4608
+fwd         medium  bf16          130x5   8,32   4    1   mma.sync  128 / 80     0/0         2048
+bwd         medium  bf16          130x5   8,32   4    1   mma.sync  94 / 78      0/0         4608
 nograd      medium  bf16          130x5   8,32   4    1   mma.sync  72 / 72      0/0         1024
 fwd         large   bf16          125x12  16,32  4    1   mma.sync  142 / 148    0/0         2048
-bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 106    0/0         5120
+bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 105    0/0         5120
 nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         1024
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 
@@ -108,14 +108,28 @@ nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128   
 both large kernels spill.
 
 The reduction split inside a program (``split_k``, kernels' ``SPLIT``; untimed, the probe and the tile search try
-it), registers 3.6 / 3.9 at the table's tiles, batch 20, with 4 warps a way: exact float32, a dot per gate, split 4 (16
-warps): forward 128 / 128 at medium and 128 / 127 at large, backward 82 / 78 and 103 / 91, no spills; split 2 (8
-warps): forward 128 / 182 and 128 / 128, backward 64 / 60 and 110 / 108, no spills.  One dot for the four gates,
-split 4: forward 78 / 62 and 124 / 96, backward 106 / 64 and 120 / 60, up to 48 KB of shared memory (large backward),
-no spills but 8 bytes (3.9, medium backward).  bfloat16 and tf32x3 split under 3.6 take about twice the unsplit
-registers at split 2 (bfloat16 medium forward 208 against 96) and spill at split 4 (56-1432 bytes), where 3.9 keeps
-them at 64-128 registers with at most 40 bytes of spill: 3.6 does not spread the batch of an MMA dot over the warps
-as 3.9 does, so on the GPU machines (3.6) the split is for exact float32 first.
+it), registers 3.6 / 3.9 at the table's tiles, batch 20, with 4 warps a way.  Exact float32, a dot per gate: split 4
+(16 warps) forward 128 / 128 at medium and 128 / 127 at large, backward 82 / 78 and 100 / 90; split 2 (8 warps)
+forward 128 / 180 and 128 / 128, backward 64 / 60 and 112 / 108; no spills.  One dot for the four gates, split 4:
+forward 78 / 64 and 124 / 96, backward 106 / 64 and 120 / 60, up to 48 KB of shared memory (large backward), no
+spills but 8 bytes (3.9, medium backward).  In the PTX of 3.6 the split float32 forward has the unsplit one's FMAs
+per thread (129 against 130 at medium): the batch of the dot is spread over the warps.  bfloat16 and tf32x3 under
+3.6 are not: split 2 takes up to twice the registers (bfloat16 medium forward 210 against 128) and twice the MMAs
+per thread, split 4 spills 20-1436 bytes; under 3.9 they stay at 64-128 registers (at most 32 bytes of spill).  So
+on the GPU machines (3.6) the split is for exact float32 first.
+
+Rows padded to a multiple of 16 (``row_align=16``; untimed, the probe and the tile search try it), 3.6 at the
+table's tiles, medium / large.  The bfloat16 forward pipelines only padded: with three stages 15 ``cp.async`` and 27
+CTA barriers against none and 33 unpadded.  The backward's async copies become vector copies (medium: 48 against 192
+in bfloat16, 48 against 120 in float32).  With one stage the loads are fewer (bfloat16 medium forward 33 global
+loads against 44, backward 52, 16 of them vector, against 100).  Registers with one stage: bfloat16 forward 72 and 128
+(16 bytes of spill) against 128 and 142, backward 96 (8 bytes of spill) and 204 against 94 and 128; float32 forward
+128 and 150 against 126 and 128, backward 64 (4 bytes of spill) and 96 against 72 and 80.
+
+The table was recompiled on 2026-11-28 with ``PROBE``, ``SPLIT`` and ``PAD`` as compile-time constants, as a launch
+has them; until then :mod:`.sm90` compiled ``PROBE`` as a runtime argument (its branches left in), so the earlier
+table was of slightly different code (e.g. the bfloat16 forward at small and medium: 128 registers under 3.6, not
+96; the float32 forward without grad at small and medium spills 16 bytes under 3.6, where the old table had none).
 
 Before dW_hh left the recurrence (same tiles, K 32), the backward took 96 / 96 / 193 registers in
 TF32 and 106 / 106 / 182 in bfloat16 at small / medium / large, with 9-14 KB of smem; and the float32

@@ -57,8 +57,9 @@ class Tile:
 # Programs x units x batch blocks at B = 20: 50 x 4 x 1 (small), 130 x 5 x 1 (medium), 125 x 12 x 1 (large).
 # AWAITING GPU MEASUREMENT -- none of these entries is timed.  Each is the split the earlier heuristic chose, with
 # a tl.dot per gate (as run on the H200) and the reduction tile, warps and stages for which ptxas (sm_90)
-# reports no spills in any of the three kernels (training forward, backward, forward without grad at B = 1; the
-# package docstring lists registers and spills) under Triton 3.6 (what the GPU machines run) and 3.9: bfloat16
+# reports no spills in the training kernels (forward, backward; the package docstring lists registers and spills,
+# and the forward without grad at B = 1, which spills 16 bytes in float32 at small and medium under 3.6) under
+# Triton 3.6 (what the GPU machines run) and 3.9: bfloat16
 # keeps the heuristic's K tile of 32, exact float32 needs 16 (32 spills at large and, without grad, at small and
 # medium); one stage.  One tl.dot for the four gates (``fuse_gates``) has fewer CTA barriers on the chain of a
 # step in the PTX (float32 at medium: 9 / 11 in the forward / backward kernel against 15 / 23; bfloat16 13 / 51
