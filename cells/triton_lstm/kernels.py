@@ -169,6 +169,8 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
 # loop takes SPLIT consecutive BLOCK_K tiles at once as a batched tl.dot ([SPLIT, BLOCK_B, BLOCK_K] x [SPLIT, BLOCK_K,
 # N]; Triton spreads the batch over the warps) into SPLIT partial sums, added up once after the loop.  So a step walks
 # H / (SPLIT BLOCK_K) dependent trips instead of H / BLOCK_K, with SPLIT times the warps doing them side by side.
+# These are _h_w / _dh with a leading batch axis of SPLIT; kept apart so that the unsplit loops compile exactly as
+# before (a batch axis of 1 is another layout to Triton, and other registers).
 
 
 @triton.jit
