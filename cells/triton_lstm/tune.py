@@ -147,7 +147,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         records.append(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
         log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
-            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} k/{tile.split_k} "
+            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} k/{tile.split_k} r{tile.row_align} "
             f"{'fused' if tile.fuse_gates else 'gates'}  "
             f"fwd {fwd * 1e3:7.3f} ms  "
             f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
