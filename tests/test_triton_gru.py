@@ -51,7 +51,7 @@ PLANS = [
     ("stepwise-tiles", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16)),
     ("stepwise-2-batch-blocks", 20, 2, 24, dict(path="stepwise", units=8), dict(block_b=16, batch_blocks=2)),
     # the reduction split inside a program (launch.Tile.split_k), the last trip part-masked
-    ("blocked-3x3-tiles-split-2", 20, 3, 40, dict(path="blocked"), dict(block_j=16, block_k=16, split_k=2)),
+    ("blocked-3x3-tiles-split-2", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=16, split_k=2)),
     # rows padded to a multiple of 16 (launch.Plan.row_align): H 40 -> 48
     ("stepwise-tiles-padded", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16, row_align=16)),
     ("blocked-2-batch-blocks-split-2-padded", 20, 2, 13, dict(path="blocked"),

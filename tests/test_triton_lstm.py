@@ -187,9 +187,9 @@ PLANS = [
 # The reduction over H split inside a program (launch.Tile.split_k): SPLIT tiles per trip of the K loop, the last trip
 # part-masked (H 40 = 32 + 8, or one trip of 64 over 40).  In the interpreter only; on CUDA the persistent case below.
 SPLIT_PLANS = [  # (each split case costs the interpreter 2-4 s: a few, covering both dot structures and 2 and 4)
-    ("blocked-3x3-tiles-split-2", 20, 3, 40, dict(path="blocked", resident=False),
+    ("blocked-3x3-tiles-split-2", 20, 2, 40, dict(path="blocked", resident=False),
      dict(block_j=16, block_k=16, split_k=2)),
-    ("blocked-3x3-tiles-fused-gates-split-4", 20, 3, 40, dict(path="blocked", resident=False),
+    ("blocked-3x3-tiles-fused-gates-split-4", 20, 2, 40, dict(path="blocked", resident=False),
      dict(block_j=16, block_k=16, fuse_gates=True, split_k=4)),
 ]
 # Rows of W_hh and of the rings padded to a multiple of 16 (launch.Plan.row_align): H 40 -> 48, 24 -> 32, 13 -> 16.
