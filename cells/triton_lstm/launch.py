@@ -343,6 +343,22 @@ def ring(batch: int, width: int, dtype: torch.dtype, device: torch.device, first
     return out
 
 
+def matmul_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, unpadded: torch.Tensor, width: int,
+                    dtype: torch.dtype, first: torch.Tensor | None = None
+                    ) -> tuple[int, torch.Tensor, torch.Tensor, dict]:
+    """What a launch's recurrent matmul reads, padded or not (:func:`row_stride`): (HP, W_hh as the kernel takes it,
+    the buffer of the step's operand, extra compile-time arguments).  Padded: W_hh per :func:`padded_weight`, a
+    :func:`ring` of ``width`` HP columns of ``dtype`` holding ``first`` in slot 1, and ``PAD``; else W_hh, ``unpadded``
+    (what the kernel reads the operand from: h_0, or the gate gradients it writes) and nothing."""
+    hidden = w_hh.shape[1]
+    batch = unpadded.shape[-2]  # h_0 is [B, H], the gate gradients [T, B, gates H]
+    hp = row_stride(plan, hidden, steps)
+    if hp == hidden:
+        return hp, w_hh, unpadded, {}
+    return hp, padded_weight(w_hh, gates, hp), ring(batch, width * hp, dtype, w_hh.device, first), {
+        "PAD": True}
+
+
 def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
     """The forward's launches, as (t_lo, t_hi): one per step on the stepwise path (the launch is the barrier)."""
     return [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
@@ -378,17 +394,15 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     acc = accumulation_dtype(xp.dtype)
     if c0.dtype != acc:
         c0 = c0.to(acc)  # the kernel selects between c0 and c[t - 1] by pointer: one dtype
-    hp = row_stride(plan, H, T)
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     c = torch.empty(T if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
-    hk = ring(B, hp, w_hh.dtype, xp.device, h0) if hp > H else h0
-    w = padded_weight(w_hh, 4, hp)
+    hp, w, hk, pad = matmul_operands(plan, w_hh, 4, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).lstm_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
+    meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
-    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi in _spans(plan, T):
         kernel[plan.grid](xp, w, b_ih, b_hh, hk, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
                           B, H, hp, plan.units, **meta)
@@ -414,16 +428,14 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     dc = dcT.to(c.dtype, copy=True)
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
-    hp = row_stride(plan, H, T)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    dak = ring(B, 4 * hp, c.dtype, dy.device) if hp > H else da
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, c.dtype)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
-    w = padded_weight(w_hh, 4, hp)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
+    meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
-    meta = {**meta, "PAD": True} if hp > H else meta
     for lo, hi, tail in _reverse_spans(plan, T):
         kernel[plan.grid](w, c0, c, gates, dy, dhT, dc, da, dak, dh0, arrive, done, lo, hi, tail, T, B, H, hp,
                           plan.units, **meta)
@@ -448,16 +460,14 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     T, B, G = xp.shape
     H = G // 3
     acc = accumulation_dtype(xp.dtype)
-    hp = row_stride(plan, H, T)
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     gates = torch.empty(T, B, 4 * H, dtype=acc, device=xp.device) if train else torch.empty(1, dtype=acc,
                                                                                              device=xp.device)
-    hk = ring(B, hp, w_hh.dtype, xp.device, h0) if hp > H else h0
-    w = padded_weight(w_hh, 3, hp)
+    hp, w, hk, pad = matmul_operands(plan, w_hh, 3, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).gru_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
-    meta = {**meta, "PAD": True} if hp > H else meta
+    meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     for lo, hi in _spans(plan, T):
         kernel[plan.grid](xp, w, b_ih, b_hh, hk, y, gates, arrive, done, lo, hi, B, H, hp, plan.units, **meta)
     return y, gates if train else None
@@ -480,15 +490,13 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     T, B, H = dy.shape
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
-    hp = row_stride(plan, H, T)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
-    dak = ring(B, 3 * hp, gates.dtype, dy.device) if hp > H else da
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, gates.dtype)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
-    w = padded_weight(w_hh, 3, hp)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
-    meta = {**meta, "PAD": True} if hp > H else meta
+    meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     for lo, hi, tail in _reverse_spans(plan, T):
         kernel[plan.grid](w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
                           hp, plan.units, **meta)
