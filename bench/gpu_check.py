@@ -36,8 +36,9 @@ The timings (``--perf``):
                       without its recurrent matmul, without its grid barrier, pipelined, with the reduction
                       split 4 ways, and on the tensor cores (tf32x3, tf32)
                       (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``).
-4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 and bfloat16
+4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 first, then bfloat16
                       (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
+                      Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
 5. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
                       sections for the large layer's forward and backward kernels (``perf-ncu.log``).
 6. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
@@ -88,11 +89,14 @@ TEST_WORKERS = 4  # pytest-xdist processes for the CUDA tests, where it is insta
 # pytest-xdist is installed (the GPU machines' image lists it), which should more than pay for those.
 # The timings, most valuable first (the budget cuts the last): eager micro-benchmarks 48 s at --benchmark-max-time
 # 0.1 for five cells (H200, 2026-11-27), now eight (min_gru, min_lstm, triton_gru; pytest-benchmark writes its JSON
-# only at the end, so the limit leaves room); the probe compiles 20 kernels per preset (~2 s each); the tile search
-# ~6 s a candidate, ~15 candidates per preset and dtype; ncu ~15 s of start-up plus its replays.  Not yet run in this
-# form on a GPU.
+# only at the end, so the limit leaves room); the probe's 20 kernels per preset and the tile search's two per
+# candidate (~2 s each to compile, one at a time) are compiled side by side on the machine's 16 cores first
+# (cells.triton_lstm.precompile: a pool of 15 processes, ~10 s to start), so what is left is mostly timing: the probe
+# ~1 s a variant at large, the tile search ~1 s a candidate and ~3 s of compiling a field, ~25 candidates per preset
+# and dtype (float32 at medium and large first).  ncu ~15 s of start-up plus its replays.  Not yet run in this form
+# on a GPU.
 LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 90, "tune": 90, "ncu": 50, "bench-modes": 45, "bench-compiled": 50,
+          "bench": 100, "probe": 60, "tune": 120, "ncu": 50, "bench-modes": 45, "bench-compiled": 50,
           "bench-bf16": 45, "report": REPORT_RESERVE_S}
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
                 "LaunchStats")

@@ -87,7 +87,8 @@ def layer_inputs(cell: str, x: torch.Tensor, *tensors: torch.Tensor) -> tuple[to
     if x.dim() != 3 or x.shape[0] < 1:
         raise ValueError(f"expected x of shape [T >= 1, B, I], got {list(x.shape)}")
     dtype = x.dtype
-    autocast = torch.is_autocast_enabled(x.device.type)
+    # (a device without autocast, e.g. "meta" for shapes only: :mod:`.precompile`'s tests)
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
     if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

@@ -1,6 +1,6 @@
 """Where one recurrent step's time goes on the GPU: each kernel timed whole and with parts left out.
 
-Usage (on a CUDA machine; a few seconds per preset and dtype, mostly Triton compilation)::
+Usage (on a CUDA machine; the variants' kernels are compiled side by side first, :mod:`.precompile`)::
 
     python -m cells.triton_lstm.probe --presets medium,large --dtypes float32 --json OUT.json
     ncu --clock-control none -k regex:lstm_ -c 2 python -m cells.triton_lstm.probe --presets large --once
@@ -41,7 +41,7 @@ import sys
 
 import torch
 
-from . import launch
+from . import launch, precompile
 from .tune import BATCH, PRESETS, _time, cli
 
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
@@ -63,6 +63,23 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
                 dcT=rnd(BATCH, hidden, dt=acc))
 
 
+def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.Plan, int]]:
+    """(name, plan, PROBE flag) of every variant timed for ``plan`` (the module docstring's list)."""
+    variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
+    variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
+    other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
+    variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
+    other_align = 16 if plan.row_align == 1 else 1
+    variants.append(("padded-16" if other_align == 16 else "unpadded", dataclasses.replace(plan, row_align=other_align),
+                     0))
+    if plan.split_k == 1:
+        variants.append(("split-4", dataclasses.replace(plan, split_k=4, num_warps=max(plan.num_warps, 16),
+                                                         num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
+    if dtype == torch.float32 and plan.precision == "ieee":
+        variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
+    return variants
+
+
 def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print, device: str = "cuda",
           timer=_time) -> list[dict]:
     """The variants of both kernels for one preset and dtype; one record per kernel and variant.
@@ -78,10 +95,22 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         return launch.forward(a["xp"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"], p, train=True,
                               probe=probe_flag)
 
-    _, c, gates = fwd(plan)  # the backward's inputs, from a real forward
+    c = gates = None
 
     def bwd(p, probe_flag=0):
         return launch.backward(a["w_hh"], a["c0"], c, gates, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
+
+    variants = _variants(plan, dtype)
+    if not plan.interpret and not once:  # compile every variant's kernels side by side first (:mod:`.precompile`)
+        with precompile.collecting() as specs:
+            _, c, gates = fwd(plan)  # shapes only: nothing runs while collecting
+            for _, p, flag in variants:
+                if flag < 2 or p.sync:
+                    fwd(p, flag)
+                    bwd(p, flag)
+        if specs:
+            log(precompile.compile_all(specs).line())
+    _, c, gates = fwd(plan)  # the backward's inputs, from a real forward
 
     if once:
         bwd(plan)
@@ -89,18 +118,6 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             torch.cuda.synchronize()
         log(f"{preset} {dtype}: one forward and one backward launched ({plan.describe()})")
         return []
-    variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
-    variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
-    other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
-    variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
-    other_align = 16 if plan.row_align == 1 else 1
-    variants.append(("padded-16" if other_align == 16 else "unpadded", dataclasses.replace(plan, row_align=other_align),
-                     0))
-    if plan.split_k == 1:
-        variants.append(("split-4", dataclasses.replace(plan, split_k=4, num_warps=max(plan.num_warps, 16),
-                                                         num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
-    if dtype == torch.float32 and plan.precision == "ieee":
-        variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
     records = []
     for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
         full = None

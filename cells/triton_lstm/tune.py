@@ -1,8 +1,10 @@
 """Measure tiles for :data:`.launch.TILES` (``--cell triton_gru``: ``GRU_TILES``) on the GPU at hand: greedy search.
 
-Usage (on a CUDA machine; about 10-30 s per preset and dtype, mostly Triton compilation)::
+Usage (on a CUDA machine)::
 
     python -m cells.triton_lstm.tune --presets medium,large --dtypes float32,bfloat16 --json OUT.json
+
+Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run cut short has float32 first.
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
@@ -11,8 +13,10 @@ multiple of 16 or not (``row_align``), the reduction split inside a program (1, 
 way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves
 by more than 2 %. Every candidate's output is checked against the starting tile's (same weights, same input) before
 it is timed. ``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every
-row carries its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first (compilation),
-median of ``--reps``.
+row carries its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first, median of
+``--reps``.  Compiling, not timing, is most of a candidate's cost (two kernels, ~2 s each on the GPU machines' CPUs),
+so the candidates of each field are compiled side by side first (:mod:`.precompile`, one process per core) and then
+timed one after another from Triton's cache; the log says what that took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -29,7 +33,7 @@ import time
 
 import torch
 
-from . import launch
+from . import launch, precompile
 
 PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20, 2 layers
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -62,9 +66,24 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float,
     def fwdbwd():
         module(x)[0].sum().backward()
 
-    with torch.no_grad():
-        out = module(x)[0].float()
+    out = fwd().detach().float()  # in grad mode: the kernels timed, not also the forward without grad
     return _time(fwd, reps), _time(fwdbwd, reps), out
+
+
+def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
+    """Compile the kernels of ``tiles`` side by side (:mod:`.precompile`) before they are timed one by one: one
+    forward and backward per tile with Triton's compilations recorded and skipped, then compiled in a pool."""
+    with precompile.collecting() as specs:
+        for tile in tiles:
+            table[key] = tile
+            launch.plan_for.cache_clear()
+            launch.launch_options.cache_clear()
+            try:
+                module(x)[0].sum().backward()
+            except Exception:  # noqa: BLE001 -- a tile the real run refuses: it reports why
+                pass
+    if specs:
+        log(precompile.compile_all(specs).line())
 
 
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
@@ -155,9 +174,12 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         return seen[tile]
 
     try:
+        _warm(module, x, table, key, [start], log)
         best, best_s = start, measure(start)
         for field in FIELDS[kind]:
-            for tile in candidates(best, hidden, dtype, sms, field):
+            tiles = candidates(best, hidden, dtype, sms, field)
+            _warm(module, x, table, key, [t for t in tiles if t not in seen], log)
+            for tile in tiles:
                 s = measure(tile)
                 if s < best_s * 0.98:
                     best, best_s = tile, s
@@ -201,8 +223,8 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
 
     command = f"python -m {module} {env.relative_command(sys.argv[1:] if argv is None else argv)}"
     records = []
-    for preset in presets:
-        for dtype in dtypes:
+    for dtype in dtypes:
+        for preset in presets:
             records += work(preset, DTYPES[dtype], args)
             if args.json and records:
                 doc = {"env": env.environment(torch.device("cuda")), "command": command, "records": records}

@@ -1,0 +1,167 @@
+"""Compile the kernels a piece of GPU work is about to launch, side by side in worker processes, before it runs.
+
+Triton compiles a kernel the first time it is launched with a new specialization (tiles, warps, stages, flags,
+argument alignment), in the launching thread, one at a time: about 2 s a kernel on the GPU machines' CPUs (H200,
+2026-11-27), so compilation, not timing, is most of what the probe (:mod:`.probe`, 20 kernels a preset) and the tile
+search (:mod:`.tune`, two kernels a candidate) spend of a GPU session, while the machine's other 15 cores idle.
+
+So those tools run their work twice.  First under :func:`collecting`: Triton's ``jit_cache_hook`` records each kernel
+that would compile -- its serialized specialization, which Triton's own ``JITFunction.preload`` takes -- and tells
+Triton to skip it, so nothing compiles and nothing is launched (what comes out is garbage and is thrown away).  Then
+:func:`compile_all` compiles the records in a pool of processes, each calling ``preload`` for the parent's target,
+which fills Triton's on-disk cache (``TRITON_CACHE_DIR``, default ``~/.triton/cache``); the real, timed run then finds
+every kernel there.  The workers never touch the GPU: Triton compiles for a named target without one (as
+:mod:`.sm90` does).  A kernel that fails to compile in a worker is only counted: the real run compiles it again and
+reports the error where it always has.  Without CUDA (the interpreter) nothing is collected: interpreted kernels do
+not compile, and :func:`collecting` would simply run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import triton
+
+MAX_WORKERS = 15  # the GPU machines have 16 cores: one is left to the parent
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One kernel to compile: its name in :mod:`.kernels` and Triton's serialized specialization of it."""
+
+    kernel: str
+    data: str
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[Spec]]:
+    """Within: a compiled kernel launch that would compile is recorded (appended to the yielded list, once per
+    specialization) and skipped, and so is its launch; kernels already compiled in this process still launch."""
+    specs: list[Spec] = []
+    seen: set[str] = set()
+
+    def hook(*, fn, compile, **_) -> bool:
+        data = compile["specialization_data"]
+        if data not in seen:
+            seen.add(data)
+            specs.append(Spec(fn.name, data))
+        return True  # Triton skips the compilation, and the launch with it
+
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.jit_cache_hook = hook
+        yield specs
+
+
+@dataclass
+class Summary:
+    """What :func:`compile_all` did."""
+
+    kernels: int  # distinct specializations given
+    compiled: int  # of them compiled (or found in the cache) by the workers
+    failed: list[str]  # "kernel: error" for each that did not
+    workers: int
+    wall_s: float  # including the pool's start, the first time
+    compile_s: float  # summed over the workers
+
+    def line(self) -> str:
+        failed = f", {len(self.failed)} failed ({self.failed[0]})" if self.failed else ""
+        return (f"precompiled {self.compiled} of {self.kernels} kernels in {self.wall_s:.1f} s on {self.workers} "
+                f"processes ({self.compile_s:.1f} s of compiling){failed}")
+
+
+class TargetDriver:
+    """Triton's active-driver interface, as far as compiling needs it, for a target without its device."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+def _init_worker(target: dict, cache_dir: str | None) -> None:
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    if cache_dir is not None:
+        os.environ["TRITON_CACHE_DIR"] = cache_dir
+    driver.set_active(TargetDriver(GPUTarget(**target)))
+
+
+def _compile(spec: Spec) -> tuple[float, str | None]:
+    """In a worker: compile ``spec`` into Triton's cache; (seconds, None) or (seconds, the error)."""
+    from . import launch
+
+    t0 = time.perf_counter()
+    try:
+        getattr(launch.kernels(False), spec.kernel).preload(spec.data)
+    except Exception as exc:  # noqa: BLE001 -- reported by the real run, which compiles it again
+        return time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return time.perf_counter() - t0, None
+
+
+def workers() -> int:
+    """Processes of the pool: the CPUs this process may use, less one, at most :data:`MAX_WORKERS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus - 1))
+
+
+_pools: dict[tuple, ProcessPoolExecutor] = {}
+
+
+def _pool(target: dict, processes: int) -> ProcessPoolExecutor:
+    """One pool per target, size and cache folder (the workers write where the parent will read), kept."""
+    cache_dir = os.environ.get("TRITON_CACHE_DIR")
+    key = (tuple(sorted(target.items())), processes, cache_dir)
+    if key not in _pools:
+        _pools[key] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_init_worker, initargs=(target, cache_dir))
+    return _pools[key]
+
+
+def shutdown() -> None:
+    """End the worker processes of every pool (they also end with this process)."""
+    for pool in _pools.values():
+        pool.shutdown()
+    _pools.clear()
+
+
+def current_target() -> dict:
+    """The active driver's target (the GPU's), as :class:`triton.backends.compiler.GPUTarget`'s fields."""
+    from triton.runtime import driver
+
+    target = driver.active.get_current_target()
+    return {"backend": target.backend, "arch": target.arch, "warp_size": target.warp_size}
+
+
+def compile_all(specs: list[Spec], target: dict | None = None, processes: int | None = None) -> Summary:
+    """Compile ``specs`` for ``target`` (default: the active driver's) into Triton's on-disk cache, in a pool of
+    ``processes`` worker processes (default :func:`workers`), kept for later calls."""
+    specs = list(dict.fromkeys(specs))
+    processes = processes or workers()
+    t0 = time.perf_counter()
+    if not specs:
+        return Summary(0, 0, [], processes, 0.0, 0.0)
+    target = target or current_target()
+    pool = _pool(target, processes)
+    try:
+        results = list(pool.map(_compile, specs))
+    except BrokenProcessPool as exc:  # a worker died: the real run compiles in-process, as without this module
+        _pools.clear()
+        return Summary(len(specs), 0, [f"the pool broke: {exc}"], processes, time.perf_counter() - t0, 0.0)
+    failed = [f"{spec.kernel}: {err}" for spec, (_, err) in zip(specs, results, strict=True) if err]
+    return Summary(len(specs), len(specs) - len(failed), failed, processes, time.perf_counter() - t0,
+                   sum(s for s, _ in results))

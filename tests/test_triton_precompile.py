@@ -1,0 +1,125 @@
+"""Compiling the GPU tools' kernels side by side before they run (cells.triton_lstm.precompile), without a GPU.
+
+Triton compiles for a named target without its device, so these tests stand in for a Hopper GPU (sm_90, 132 SMs):
+the kernels' launches are planned as on the GPU, with tensors on the ``meta`` device (shapes and offsets, no data),
+and compiled, never launched.  What they prove is the mechanism the probe and the tile search rely on: the kernels
+collected from a piece of work and compiled in worker processes are exactly the ones a launch of that work then
+looks up in Triton's cache (no cache entry is added by the "real" run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import cells
+
+triton = pytest.importorskip("triton", reason="the Triton cells need triton (a dependency on Linux)")
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from cells.triton_lstm import launch, precompile  # noqa: E402
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a stand-in for a GPU; on one the tools run for real")
+
+
+@pytest.fixture
+def hopper(tmp_path, monkeypatch):
+    """A stand-in sm_90 GPU of 132 SMs for the launch path; Triton's cache in tmp_path; launches compile only.
+
+    Yields the number of entries in that cache, as a function."""
+    cache = tmp_path / "triton-cache"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
+    monkeypatch.setattr(driver, "_active", precompile.TargetDriver(GPUTarget("cuda", 90, 32)))
+    monkeypatch.setattr(launch, "runs_interpreted", lambda device: False)
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    # A launch compiles as it would on the GPU (the same arguments, so the same specialization), then stops short.
+    monkeypatch.setattr(JITFunction, "__getitem__", lambda self, grid: (
+        lambda *args, **kwargs: self.run(*args, grid=grid, warmup=True, **kwargs)))
+    launch.plan_for.cache_clear()
+    launch.launch_options.cache_clear()
+    kernels = launch.kernels(False)
+    try:
+        yield lambda: len(os.listdir(cache)) if cache.exists() else 0
+    finally:
+        precompile.shutdown()
+        for name in ("lstm_fwd_kernel", "lstm_bwd_kernel"):
+            getattr(kernels, name).device_caches.clear()  # compiled for the stand-in: forget them
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
+
+
+def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper, monkeypatch):
+    """tune._warm runs the stack forward and backward once per tile with Triton's compilations recorded and skipped,
+    then compiles them in worker processes: two kernels a tile (both layers share them), and a later forward and
+    backward of each tile, with everything as a real launch has it, finds all of them in the cache."""
+    from cells.triton_lstm import tune
+
+    hidden = 24
+    module = cells.build("triton_lstm", hidden, hidden, 2).to("meta")
+    x = torch.empty(4, 3, hidden, device="meta", requires_grad=True)
+    start = launch.Tile(units=8, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
+    tiles = [start, dataclasses.replace(start, num_stages=2)]
+    table, key = launch.tiles("LSTM"), (hidden, torch.float32)
+    assert key not in table
+    monkeypatch.setitem(table, key, start)
+    lines = []
+    tune._warm(module, x, table, key, tiles, lines.append)
+    assert lines == ["precompiled 4 of 4 kernels" + lines[0].removeprefix("precompiled 4 of 4 kernels")], lines
+    assert "failed" not in lines[0]
+    entries = hopper()
+    assert entries == 4
+    for tile in tiles:
+        table[key] = tile
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
+        plan = launch.make_plan(3, hidden, torch.float32, torch.device("meta"))
+        assert plan.path == "persistent" and plan.source == "table" and plan.num_stages == tile.num_stages
+        module(x)[0].sum().backward()
+    assert hopper() == entries  # every kernel came from the cache
+
+
+def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch):
+    """The probe collects the kernels of every variant it will time, compiles them side by side, and its launches (the
+    forward that makes the backward's inputs, then the timed ones) find them all in the cache; here one variant of a
+    tiny layer (the kernels of the first forward are the same: collected once), with a stand-in timer."""
+    from cells.triton_lstm import probe
+
+    monkeypatch.setitem(probe.PRESETS, "tiny", (24, 3))
+    monkeypatch.setattr(probe, "inputs", lambda hidden, steps, dtype, device, seed=0: {
+        name: torch.empty(*shape, dtype=dtype, device=device) for name, shape in {
+            "xp": (steps, probe.BATCH, 4 * hidden), "w_hh": (4 * hidden, hidden), "b_ih": (4 * hidden,),
+            "b_hh": (4 * hidden,), "h0": (probe.BATCH, hidden), "c0": (probe.BATCH, hidden),
+            "dy": (steps, probe.BATCH, hidden), "dhT": (probe.BATCH, hidden), "dcT": (probe.BATCH, hidden)}.items()})
+    monkeypatch.setattr(probe, "_variants", lambda plan, dtype: [("full", plan, 0)])
+    timed, lines = [], []
+
+    def timer(fn, reps, calls):
+        fn()
+        timed.append(1)
+        return 1e-3
+
+    recs = probe.probe("tiny", torch.float32, 1, device="meta", timer=timer, log=lines.append)
+    assert [(r["kernel"], r["variant"]) for r in recs] == [("fwd", "full"), ("bwd", "full")]
+    assert len(timed) == 2 and recs[0]["plan"]["path"] == "persistent"
+    assert lines[0].startswith("precompiled 2 of 2 kernels") and "failed" not in lines[0], lines
+    assert hopper() == 2  # the launches compiled nothing new
+
+
+def test_nothing_is_collected_from_the_interpreter():
+    """Interpreted kernels do not compile: collecting records nothing (and lets them run), compiling nothing is free."""
+    from cells.triton_lstm.function import lstm_layer
+
+    H = 8
+    x, h0, c0 = torch.randn(2, 1, H), torch.zeros(1, H), torch.zeros(1, H)
+    w_ih, w_hh, b = torch.randn(4 * H, H), torch.randn(4 * H, H), torch.zeros(4 * H)
+    with precompile.collecting() as specs:
+        y, _ = lstm_layer(x, h0, c0, w_ih, w_hh, b, b)
+    assert specs == [] and torch.isfinite(y).all()
+    summary = precompile.compile_all([])
+    assert (summary.kernels, summary.compiled, summary.failed) == (0, 0, [])
