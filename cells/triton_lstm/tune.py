@@ -15,8 +15,9 @@ by more than 2 %. Every candidate's output is checked against the starting tile'
 it is timed. ``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every
 row carries its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first, median of
 ``--reps``.  Compiling, not timing, is most of a candidate's cost (two kernels, ~2 s each on the GPU machines' CPUs),
-so the candidates of each field are compiled side by side first (:mod:`.precompile`, one process per core) and then
-timed one after another from Triton's cache; the log says what that took.
+so candidates are compiled side by side first (:mod:`.precompile`, one process per core) and then timed one after
+another from Triton's cache: at the start every field's candidates around the starting tile, later those of a field
+after a change was kept; the log says what each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -173,12 +174,21 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             + ("" if rec["ok"] else "  WRONG"))
         return seen[tile]
 
+    warmed: set[launch.Tile] = set()
+
+    def warm(tiles: list[launch.Tile]) -> None:
+        tiles = [t for t in dict.fromkeys(tiles) if t not in warmed]
+        warmed.update(tiles)
+        if tiles:
+            _warm(module, x, table, key, tiles, log)
+
     try:
-        _warm(module, x, table, key, [start], log)
+        # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
+        warm([start] + [t for field in FIELDS[kind] for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s = start, measure(start)
         for field in FIELDS[kind]:
             tiles = candidates(best, hidden, dtype, sms, field)
-            _warm(module, x, table, key, [t for t in tiles if t not in seen], log)
+            warm(tiles)
             for tile in tiles:
                 s = measure(tile)
                 if s < best_s * 0.98:
