@@ -196,6 +196,24 @@ def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager"
     return work, check, model.rnn
 
 
+def precompile(pairs: list[tuple[str, str]], device: torch.device, dtype: torch.dtype) -> str | None:
+    """Compile the kernels of every (cell, preset) in ``pairs`` whose cell compiles Triton kernels per shape
+    (``jit_kernels``) side by side before anything is timed (:mod:`cells.triton_lstm.precompile`): the training
+    forward and backward at the preset's batch, and the latency pass (the LM step runs the same stacks).  Returns the
+    summary line, or None when there was nothing to compile."""
+    works = []
+    for cell, shape in pairs:
+        if getattr(cells.cell_class(cell), "jit_kernels", False):
+            cfg = PRESETS[shape]
+            works += [_cell_work("fwdbwd", cell, cfg, device, dtype)[0], _latency_work(cell, cfg, device, dtype)[0]]
+    if not works:
+        return None
+    from cells.triton_lstm import precompile as jit
+
+    summary = jit.warm(lambda: [work() for work in works])
+    return summary.line() if summary else None
+
+
 # --- memory ----------------------------------------------------------------------------------------------------
 
 def _status_bytes(field: str) -> int | None:

@@ -91,6 +91,26 @@ def cpu_threads(pytestconfig: pytest.Config, benchmark) -> Iterator[int]:
         torch.set_num_threads(old)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _precompiled(request: pytest.FixtureRequest) -> None:
+    """While timing on CUDA: the Triton cells' kernels for every (cell, preset) about to be timed, compiled side by
+    side before the first benchmark (:func:`bench.bench_cells.precompile`), instead of one at a time (~2 s each) in
+    the benchmarks' warm-up."""
+    config = request.config
+    device = bench_device(config)
+    if device.type != "cuda" or config.getoption("benchmark_disable", False):
+        return
+    from bench.bench_cells import DTYPES, precompile
+
+    pairs = sorted({(item.callspec.params["cell"], item.callspec.params["shape"]) for item in request.session.items
+                    if {"cell", "shape"} <= getattr(getattr(item, "callspec", None), "params", {}).keys()
+                    and not item.get_closest_marker("skip")})
+    line = precompile(pairs, device, DTYPES[config.getoption("bench_dtype", None) or "float32"])
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter:
+        reporter.write_line(f"rnnbench: {line}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # On CUDA every micro-benchmark needs the GPU: let `-m gpu` select them too.
     if bench_device(config).type == "cuda":

@@ -28,13 +28,24 @@ from cells.triton_lstm import launch, precompile  # noqa: E402
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a stand-in for a GPU; on one the tools run for real")
 
 
-@pytest.fixture
-def hopper(tmp_path, monkeypatch):
-    """A stand-in sm_90 GPU of 132 SMs for the launch path; Triton's cache in tmp_path; launches compile only.
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Triton's cache for this module's tests, so that they share one pool of workers (each takes seconds to start)."""
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("triton-cache")
+    mp.setenv("TRITON_CACHE_DIR", str(cache))
+    try:
+        yield cache
+    finally:
+        precompile.shutdown()
+        mp.undo()
 
-    Yields the number of entries in that cache, as a function."""
-    cache = tmp_path / "triton-cache"
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
+
+@pytest.fixture
+def hopper(cache_dir, monkeypatch):
+    """A stand-in sm_90 GPU of 132 SMs for the launch path; launches compile only.
+
+    Yields the number of entries the test has added to Triton's cache, as a function."""
     monkeypatch.setattr(driver, "_active", precompile.TargetDriver(GPUTarget("cuda", 90, 32)))
     monkeypatch.setattr(launch, "runs_interpreted", lambda device: False)
     monkeypatch.setattr(launch, "sm_count", lambda device: 132)
@@ -44,10 +55,10 @@ def hopper(tmp_path, monkeypatch):
     launch.plan_for.cache_clear()
     launch.launch_options.cache_clear()
     kernels = launch.kernels(False)
+    before = len(os.listdir(cache_dir))
     try:
-        yield lambda: len(os.listdir(cache)) if cache.exists() else 0
+        yield lambda: len(os.listdir(cache_dir)) - before
     finally:
-        precompile.shutdown()
         for name in ("lstm_fwd_kernel", "lstm_bwd_kernel"):
             getattr(kernels, name).device_caches.clear()  # compiled for the stand-in: forget them
         launch.plan_for.cache_clear()
@@ -123,3 +134,16 @@ def test_nothing_is_collected_from_the_interpreter():
     assert specs == [] and torch.isfinite(y).all()
     summary = precompile.compile_all([])
     assert (summary.kernels, summary.compiled, summary.failed) == (0, 0, [])
+
+
+def test_the_micro_benchmarks_compile_the_triton_cells_first(hopper):
+    """bench's CUDA runs compile the kernels of every Triton cell and preset about to be timed side by side first:
+    the training forward and backward and the latency pass's forward without grad (3 kernels for the tiny preset);
+    a cell that compiles nothing of Triton's per shape (cudnn_lstm) adds nothing."""
+    from bench import bench_cells
+
+    line = bench_cells.precompile([("cudnn_lstm", "tiny"), ("triton_lstm", "tiny")], torch.device("meta"),
+                                  torch.float32)
+    assert line.startswith("precompiled 3 of 3 kernels") and "failed" not in line, line
+    assert hopper() == 3
+    assert bench_cells.precompile([("cudnn_lstm", "tiny")], torch.device("meta"), torch.float32) is None

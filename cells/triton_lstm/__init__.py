@@ -227,6 +227,7 @@ class TritonLSTM(RecurrentStack):
     mode = "LSTM"
     cell_name = "triton_lstm"
     interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
+    jit_kernels = True  # Triton compiles them per shape at first use: bench compiles them side by side first
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
                  path: str = "auto", units: int | None = None, fp32_precision: str = "ieee"):

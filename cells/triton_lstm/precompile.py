@@ -59,6 +59,14 @@ def collecting() -> Iterator[list[Spec]]:
         yield specs
 
 
+def warm(work, processes: int | None = None) -> Summary | None:
+    """Run ``work()`` once under :func:`collecting`, then :func:`compile_all` what it would have compiled; None when
+    that was nothing (no compiled Triton launch, or all compiled already)."""
+    with collecting() as specs:
+        work()
+    return compile_all(specs, processes=processes) if specs else None
+
+
 @dataclass
 class Summary:
     """What :func:`compile_all` did."""

@@ -101,15 +101,18 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         return launch.backward(a["w_hh"], a["c0"], c, gates, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
     variants = _variants(plan, dtype)
+    def every_variant() -> None:
+        nonlocal c, gates
+        _, c, gates = fwd(plan)  # shapes only: nothing runs while collecting
+        for _, p, flag in variants:
+            if flag < 2 or p.sync:
+                fwd(p, flag)
+                bwd(p, flag)
+
     if not plan.interpret and not once:  # compile every variant's kernels side by side first (:mod:`.precompile`)
-        with precompile.collecting() as specs:
-            _, c, gates = fwd(plan)  # shapes only: nothing runs while collecting
-            for _, p, flag in variants:
-                if flag < 2 or p.sync:
-                    fwd(p, flag)
-                    bwd(p, flag)
-        if specs:
-            log(precompile.compile_all(specs).line())
+        summary = precompile.warm(every_variant)
+        if summary:
+            log(summary.line())
     _, c, gates = fwd(plan)  # the backward's inputs, from a real forward
 
     if once:

@@ -74,7 +74,7 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float,
 def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
     """Compile the kernels of ``tiles`` side by side (:mod:`.precompile`) before they are timed one by one: one
     forward and backward per tile with Triton's compilations recorded and skipped, then compiled in a pool."""
-    with precompile.collecting() as specs:
+    def work() -> None:
         for tile in tiles:
             table[key] = tile
             launch.plan_for.cache_clear()
@@ -83,8 +83,10 @@ def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, til
                 module(x)[0].sum().backward()
             except Exception:  # noqa: BLE001 -- a tile the real run refuses: it reports why
                 pass
-    if specs:
-        log(precompile.compile_all(specs).line())
+
+    summary = precompile.warm(work)
+    if summary:
+        log(summary.line())
 
 
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
