@@ -4,7 +4,9 @@ Layers, from the bottom: ``kernels.py`` (``@triton.jit``) -> ``launch.py`` (path
 launches) -> ``function.py`` (``torch.autograd.Function`` and :func:`lstm_layer`) -> this
 module's :class:`TritonLSTM`, registered as ``triton_lstm``.  Parameters, layer stacking,
 inter-layer dropout and the optional initial state come from :class:`cells.base.RecurrentStack`,
-so the ``state_dict`` is that of ``torch.nn.LSTM``.
+so the ``state_dict`` is that of ``torch.nn.LSTM``.  Tools beside them: ``probe.py`` (where a step's time
+goes), ``tune.py`` (the tile search), ``precompile.py`` (their kernels compiled side by side before timing),
+``sm90.py`` (registers and spills with no GPU), ``hostcost.py`` (host time per call).
 
 Design, per layer
 -----------------
