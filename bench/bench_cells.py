@@ -196,21 +196,29 @@ def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager"
     return work, check, model.rnn
 
 
-def precompile(pairs: list[tuple[str, str]], device: torch.device, dtype: torch.dtype) -> str | None:
-    """Compile the kernels of every (cell, preset) in ``pairs`` whose cell compiles Triton kernels per shape
+PRECOMPILE_AT_LEAST = 4  # kernels: fewer compile in-line sooner than a pool of workers starts (~5 s)
+
+
+def precompile(runs: list[tuple[str, str, str]], device: torch.device, dtype: torch.dtype) -> str | None:
+    """Compile the kernels of every (pass, cell, preset) in ``runs`` whose cell compiles Triton kernels per shape
     (``jit_kernels``) side by side before anything is timed (:mod:`cells.triton_lstm.precompile`): the training
-    forward and backward at the preset's batch, and the latency pass (the LM step runs the same stacks).  Returns the
-    summary line, or None when there was nothing to compile."""
-    works = []
-    for cell, shape in pairs:
+    forward and backward at the preset's batch for the fwd, fwdbwd and step passes (the LM step runs the same
+    stacks), the forward without grad at batch 1 for latency.  Returns the summary line, or None when there were
+    fewer than :data:`PRECOMPILE_AT_LEAST` kernels to compile."""
+    works = {}
+    for pass_, cell, shape in runs:
         if getattr(cells.cell_class(cell), "jit_kernels", False):
-            cfg = PRESETS[shape]
-            works += [_cell_work("fwdbwd", cell, cfg, device, dtype)[0], _latency_work(cell, cfg, device, dtype)[0]]
+            latency = pass_ == "latency"
+            key = (latency, cell, shape)
+            if key not in works:
+                cfg = PRESETS[shape]
+                works[key] = (_latency_work(cell, cfg, device, dtype) if latency
+                              else _cell_work("fwdbwd", cell, cfg, device, dtype))[0]
     if not works:
         return None
     from cells.triton_lstm import precompile as jit
 
-    summary = jit.warm(lambda: [work() for work in works])
+    summary = jit.warm(lambda: [work() for work in works.values()], at_least=PRECOMPILE_AT_LEAST)
     return summary.line() if summary else None
 
 

@@ -102,10 +102,11 @@ def _precompiled(request: pytest.FixtureRequest) -> None:
         return
     from bench.bench_cells import DTYPES, precompile
 
-    pairs = sorted({(item.callspec.params["cell"], item.callspec.params["shape"]) for item in request.session.items
-                    if {"cell", "shape"} <= getattr(getattr(item, "callspec", None), "params", {}).keys()
-                    and not item.get_closest_marker("skip")})
-    line = precompile(pairs, device, DTYPES[config.getoption("bench_dtype", None) or "float32"])
+    runs = sorted({(item.originalname.removeprefix("test_"), item.callspec.params["cell"],
+                    item.callspec.params["shape"]) for item in request.session.items
+                   if {"cell", "shape"} <= getattr(getattr(item, "callspec", None), "params", {}).keys()
+                   and not item.get_closest_marker("skip")})
+    line = precompile(runs, device, DTYPES[config.getoption("bench_dtype", None) or "float32"])
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if line and reporter:
         reporter.write_line(f"rnnbench: {line}")

@@ -59,7 +59,7 @@ def hopper(cache_dir, monkeypatch):
     try:
         yield lambda: len(os.listdir(cache_dir)) - before
     finally:
-        for name in ("lstm_fwd_kernel", "lstm_bwd_kernel"):
+        for name in ("lstm_fwd_kernel", "lstm_bwd_kernel", "gru_fwd_kernel", "gru_bwd_kernel"):
             getattr(kernels, name).device_caches.clear()  # compiled for the stand-in: forget them
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
@@ -137,13 +137,18 @@ def test_nothing_is_collected_from_the_interpreter():
 
 
 def test_the_micro_benchmarks_compile_the_triton_cells_first(hopper):
-    """bench's CUDA runs compile the kernels of every Triton cell and preset about to be timed side by side first:
-    the training forward and backward and the latency pass's forward without grad (3 kernels for the tiny preset);
-    a cell that compiles nothing of Triton's per shape (cudnn_lstm) adds nothing."""
+    """bench's CUDA runs compile the kernels of every Triton cell, preset and pass about to be timed side by side
+    first: the training forward and backward for the fwd, fwdbwd and step passes, the forward without grad at batch 1
+    for latency (here 4 kernels: triton_lstm at the tiny preset, triton_gru's latency pass); a cell that compiles
+    nothing of Triton's per shape (cudnn_lstm) adds nothing, and fewer than 4 kernels are left to compile in-line."""
     from bench import bench_cells
 
-    line = bench_cells.precompile([("cudnn_lstm", "tiny"), ("triton_lstm", "tiny")], torch.device("meta"),
-                                  torch.float32)
-    assert line.startswith("precompiled 3 of 3 kernels") and "failed" not in line, line
-    assert hopper() == 3
-    assert bench_cells.precompile([("cudnn_lstm", "tiny")], torch.device("meta"), torch.float32) is None
+    meta, f32 = torch.device("meta"), torch.float32
+    runs = [(p, "triton_lstm", "tiny") for p in ("fwd", "fwdbwd", "step", "latency")]
+    line = bench_cells.precompile([("fwdbwd", "cudnn_lstm", "tiny"), ("latency", "triton_gru", "tiny"), *runs], meta,
+                                  f32)
+    assert line.startswith("precompiled 4 of 4 kernels") and "failed" not in line, line
+    assert hopper() == 4
+    assert bench_cells.precompile([("fwdbwd", "cudnn_lstm", "tiny")], meta, f32) is None
+    assert bench_cells.precompile([("fwd", "triton_lstm", "small")], meta, f32) is None  # 2 kernels: in-line
+    assert hopper() == 4

@@ -59,12 +59,14 @@ def collecting() -> Iterator[list[Spec]]:
         yield specs
 
 
-def warm(work, processes: int | None = None) -> Summary | None:
+def warm(work, processes: int | None = None, at_least: int = 1) -> Summary | None:
     """Run ``work()`` once under :func:`collecting`, then :func:`compile_all` what it would have compiled; None when
-    that was nothing (no compiled Triton launch, or all compiled already)."""
+    that was fewer than ``at_least`` kernels (none: no compiled Triton launch, or all compiled already), which are
+    then left to compile where they are launched (a pool takes seconds to start: worth it for a few kernels only when
+    more will follow)."""
     with collecting() as specs:
         work()
-    return compile_all(specs, processes=processes) if specs else None
+    return compile_all(specs, processes=processes) if specs and len(specs) >= at_least else None
 
 
 @dataclass
