@@ -21,7 +21,9 @@ Ids read ``test_fwdbwd[medium-H650-T35-B20-loop_lstm]`` in group ``fwdbwd-medium
 latency pass keeps the preset's id (its records say batch 1, 1 step) in group ``latency-medium-H650-T1-B1``.
 Every timed call ends with a device synchronize; before timing, each body runs
 twice untimed (Triton compilation and autotuning, allocator warm-up), and on CUDA
-pedantic mode adds three more warm-up rounds.  The number of rounds is chosen so
+pedantic mode adds three more warm-up rounds.  On CUDA the Triton cells' kernels for
+everything selected are compiled side by side before the first benchmark
+(:func:`precompile`), not one at a time in each warm-up.  The number of rounds is chosen so
 that timing takes about ``--benchmark-max-time`` (at least ``--benchmark-min-rounds``).
 ``extra_info`` holds words/sec, FLOP/s (:mod:`bench.flops`) and peak memory (CUDA:
 max allocated; CPU: the process's peak resident set, reset before timing).
