@@ -19,10 +19,6 @@ import cells
 
 triton = pytest.importorskip("triton", reason="the Triton cells need triton (a dependency on Linux)")
 
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
-
 from cells.triton_lstm import launch, precompile  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a stand-in for a GPU; on one the tools run for real")
@@ -42,27 +38,13 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def hopper(cache_dir, monkeypatch):
-    """A stand-in sm_90 GPU of 132 SMs for the launch path; launches compile only.
+def hopper(cache_dir):
+    """precompile.stand_in: an sm_90 GPU of 132 SMs for the launch path, where launches compile only.
 
     Yields the number of entries the test has added to Triton's cache, as a function."""
-    monkeypatch.setattr(driver, "_active", precompile.TargetDriver(GPUTarget("cuda", 90, 32)))
-    monkeypatch.setattr(launch, "runs_interpreted", lambda device: False)
-    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
-    # A launch compiles as it would on the GPU (the same arguments, so the same specialization), then stops short.
-    monkeypatch.setattr(JITFunction, "__getitem__", lambda self, grid: (
-        lambda *args, **kwargs: self.run(*args, grid=grid, warmup=True, **kwargs)))
-    launch.plan_for.cache_clear()
-    launch.launch_options.cache_clear()
-    kernels = launch.kernels(False)
     before = len(os.listdir(cache_dir))
-    try:
+    with precompile.stand_in():
         yield lambda: len(os.listdir(cache_dir)) - before
-    finally:
-        for name in ("lstm_fwd_kernel", "lstm_bwd_kernel", "gru_fwd_kernel", "gru_bwd_kernel"):
-            getattr(kernels, name).device_caches.clear()  # compiled for the stand-in: forget them
-        launch.plan_for.cache_clear()
-        launch.launch_options.cache_clear()
 
 
 def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper, monkeypatch):

@@ -102,6 +102,39 @@ class TargetDriver:
         return self.target
 
 
+@contextlib.contextmanager
+def stand_in(sms: int = 132, target: tuple[str, int, int] = ("cuda", 90, 32)) -> Iterator[None]:
+    """Within: this process plans and launches the kernels as for a GPU of ``target`` with ``sms`` SMs (default: an
+    H100 SXM or H200), without one.  Triton's driver is a stand-in; the launchers plan compiled kernels whatever the
+    tensors' device (use "meta": shapes and offsets, no data, so the arguments specialize as on the GPU); a launch
+    compiles its kernel (from Triton's cache when there) and stops short of running it.  For tests, and for compiling
+    a GPU's kernels on a machine without one; kernels compiled in here are forgotten on the way out."""
+    from unittest import mock
+
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    from . import launch
+
+    def compile_only(self, grid):
+        return lambda *args, **kwargs: self.run(*args, grid=grid, warmup=True, **kwargs)
+
+    kernels = launch.kernels(False)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(driver, "_active", TargetDriver(GPUTarget(*target))))
+        stack.enter_context(mock.patch.object(launch, "runs_interpreted", lambda device: False))
+        stack.enter_context(mock.patch.object(launch, "sm_count", lambda device: sms))
+        stack.enter_context(mock.patch.object(JITFunction, "__getitem__", compile_only))
+        for fn in (launch.plan_for, launch.launch_options):
+            fn.cache_clear()
+            stack.callback(fn.cache_clear)
+        for name in dir(kernels):
+            if isinstance(getattr(kernels, name), JITFunction):
+                stack.callback(getattr(kernels, name).device_caches.clear)  # compiled for the stand-in's target
+        yield
+
+
 def _init_worker(target: dict, cache_dir: str | None) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
