@@ -39,10 +39,10 @@ The timings (``--perf``):
 4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 first, then bfloat16
                       (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
                       Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
-5. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
+5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
+7. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
                       sections for the large layer's forward and backward kernels (``perf-ncu.log``).
-6. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
-7. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
 8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
                       (``bf16.json``; in the report as their own columns, ratios within the dtype).
 9. ``report``.
@@ -202,12 +202,13 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
                            f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
             Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
-            *ncu,
+            # Before the profiler: these two settle the targets of the issue on compiled cells and CUDA graphs.
             Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
                                  f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
             Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
                                     f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
                  limits["bench-compiled"]),
+            *ncu,
             Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
                                 f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
             report,
