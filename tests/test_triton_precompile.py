@@ -134,3 +134,12 @@ def test_the_micro_benchmarks_compile_the_triton_cells_first(hopper):
     assert bench_cells.precompile([("fwdbwd", "cudnn_lstm", "tiny")], meta, f32) is None
     assert bench_cells.precompile([("fwd", "triton_lstm", "small")], meta, f32) is None  # 2 kernels: in-line
     assert hopper() == 4
+
+
+def test_a_kernel_that_fails_to_compile_is_counted_not_raised(cache_dir):
+    """A specialization a worker cannot compile is reported in the summary (the real run compiles it again and
+    raises there, as without precompiling); the others still compile."""
+    summary = precompile.compile_all([precompile.Spec("lstm_fwd_kernel", "{not json")],
+                                     target={"backend": "cuda", "arch": 90, "warp_size": 32})
+    assert (summary.kernels, summary.compiled, len(summary.failed)) == (1, 0, 1)
+    assert summary.failed[0].startswith("lstm_fwd_kernel: JSONDecodeError") and "1 failed" in summary.line()
