@@ -589,9 +589,11 @@ def test_probe_launches_every_variant(monkeypatch):
         launched.append(1)
         return 1e-3
 
-    recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None)
+    emitted = []  # what the command line writes out as it goes
+    recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, emit=emitted.append)
     variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "tf32x3", "tf32"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
+    assert emitted == recs
     assert len(launched) == len(recs)
     by = {(r["kernel"], r["variant"]): r["plan"] for r in recs}
     assert by["fwd", "tf32x3"]["precision"] == "tf32x3" and by["fwd", "stages-3"]["num_stages"] == 3

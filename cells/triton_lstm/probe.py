@@ -81,8 +81,9 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
 
 
 def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print, device: str = "cuda",
-          timer=_time) -> list[dict]:
-    """The variants of both kernels for one preset and dtype; one record per kernel and variant.
+          timer=_time, emit=None) -> list[dict]:
+    """The variants of both kernels for one preset and dtype; one record per kernel and variant, each also passed to
+    ``emit`` as it is made.
 
     ``device`` and ``timer`` (``timer(fn, reps, calls)`` -> seconds) are for tests: the CPU runs the kernels in
     Triton's interpreter, where no timing means anything."""
@@ -133,6 +134,8 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
                    "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),
                    "describe": p.describe()}
             records.append(rec)
+            if emit:
+                emit(rec)
             log(f"{preset:6} {str(dtype).removeprefix('torch.'):8} {kernel} {name:10} {s * 1e3:8.3f} ms  "
                 f"{rec['per_step_us']:7.2f} us/step" + (f"  ({s / full:.2f} of full)" if full else ""))
     return records
@@ -140,7 +143,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.probe", __doc__, "float32",
-               lambda preset, dtype, args: probe(preset, dtype, args.reps, args.once),
+               lambda preset, dtype, args, emit: probe(preset, dtype, args.reps, args.once, emit=emit),
                extra=[(("--once",), dict(action="store_true", help="launch each kernel once, untimed (for ncu)"))])
 
 

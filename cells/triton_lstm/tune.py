@@ -8,16 +8,19 @@ Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run c
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
-tl.dot for the four gates or one per gate (the LSTM's only), the software-pipelining stages, rows padded to a
-multiple of 16 or not (``row_align``), the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a
-way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves
-by more than 2 %. Every candidate's output is checked against the starting tile's (same weights, same input) before
-it is timed. ``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every
-row carries its ratio. Timing: CUDA events around each call, synchronized, two untimed calls first, median of
-``--reps``.  Compiling, not timing, is most of a candidate's cost (two kernels, ~2 s each on the GPU machines' CPUs),
-so candidates are compiled side by side first (:mod:`.precompile`, one process per core) and then timed one after
-another from Triton's cache: at the start every field's candidates around the starting tile, later those of a field
-after a change was kept; the log says what each batch took.
+tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a multiple of 16 or not (``row_align``),
+the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way),
+the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by
+more than 2 %.  Padding comes before the stages because it is what lets the bfloat16 forward pipeline at all (the
+package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round kept a change (a
+greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's output is
+checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU``
+(cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio.  Timing: CUDA
+events around each call, synchronized, two untimed calls first, median of ``--reps``.  Compiling, not timing, is
+most of a candidate's cost (two kernels, ~2 s each on the GPU machines' CPUs), so candidates are compiled side by
+side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the
+start every field's candidates around the starting tile, later those of a field after a change was kept; the log
+says what each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -108,17 +111,20 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
 
-# The fields varied, in order: the dot structure, the stages, the padding of the rows and the split of the reduction
-# right after the split of the units, since they change which reduction tile is best.  The GRU's three gates cannot
-# share one dot.
-FIELDS = {"LSTM": ("units", "fuse_gates", "num_stages", "row_align", "split_k", "block_k", "num_warps",
+# The fields varied, in order: the dot structure, the padding of the rows (before the stages: unpadded, the bfloat16
+# forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
+# change which reduction tile is best.  The GRU's three gates cannot share one dot.
+FIELDS = {"LSTM": ("units", "fuse_gates", "row_align", "num_stages", "split_k", "block_k", "num_warps",
                    "num_warps_bwd"),
-          "GRU": ("units", "num_stages", "row_align", "split_k", "block_k", "num_warps", "num_warps_bwd")}
+          "GRU": ("units", "row_align", "num_stages", "split_k", "block_k", "num_warps", "num_warps_bwd")}
 CELLS = ("triton_lstm", "triton_gru")
 
 
-def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm") -> list[dict]:
-    """Greedy search for one preset and dtype of ``cell``; returns one record per timed candidate."""
+def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
+         rounds: int = 1) -> list[dict]:
+    """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
+    round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
+    (the command line writes them out at once: a run cut short keeps what it measured)."""
     import cells
 
     hidden, steps = PRESETS[preset]
@@ -142,6 +148,11 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         start = original
     records, seen, expected = [], {}, None
 
+    def keep(rec: dict) -> None:
+        records.append(rec)
+        if emit:
+            emit(rec)
+
     def measure(tile: launch.Tile) -> float:
         nonlocal expected
         if tile in seen:
@@ -154,8 +165,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             fwd, fwdbwd, out = _passes(module, x, reps)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
-            records.append({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
-                            "error": f"{type(exc).__name__}: {exc}"[:500]})
+            keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
+                  "error": f"{type(exc).__name__}: {exc}"[:500]})
             seen[tile] = float("inf")
             return seen[tile]
         expected = out if expected is None else expected
@@ -166,7 +177,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_abs_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
-        records.append(rec)
+        keep(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
         log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
             f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} k/{tile.split_k} r{tile.row_align} "
@@ -188,13 +199,17 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
         warm([start] + [t for field in FIELDS[kind] for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s = start, measure(start)
-        for field in FIELDS[kind]:
-            tiles = candidates(best, hidden, dtype, sms, field)
-            warm(tiles)
-            for tile in tiles:
-                s = measure(tile)
-                if s < best_s * 0.98:
-                    best, best_s = tile, s
+        for _ in range(rounds):
+            kept = best
+            for field in FIELDS[kind]:
+                tiles = candidates(best, hidden, dtype, sms, field)
+                warm(tiles)
+                for tile in tiles:
+                    s = measure(tile)
+                    if s < best_s * 0.98:
+                        best, best_s = tile, s
+            if best == kept:
+                break
         log(f"best {preset} {dtype}: {best} (fwd+bwd {best_s * 1e3:.3f} ms, cuDNN {cudnn_fwdbwd * 1e3:.3f} ms)")
         for rec in records:
             rec["best"] = rec.get("tile") == dataclasses.asdict(best)
@@ -210,8 +225,10 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
 def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=()) -> int:
     """The command line of this module and :mod:`.probe`: ``--presets``, ``--dtypes``, ``--reps``, ``--json`` (and
-    ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args)`` for each
-    preset and dtype, its records written to ``--json`` after each (a killed run keeps what it measured)."""
+    ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args, emit)`` for
+    each dtype and preset, which passes each record to ``emit`` as it is made: ``--json`` is rewritten with every
+    record so far each time (a killed run keeps what it measured) and after each preset (records may gain fields at
+    the end, e.g. ``best``)."""
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     p.add_argument("--presets", default="medium,large")
     p.add_argument("--dtypes", default=default_dtypes)
@@ -234,21 +251,33 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     from lm.records import atomic_write
 
     command = f"python -m {module} {env.relative_command(sys.argv[1:] if argv is None else argv)}"
+    environment = env.environment(torch.device("cuda"))
     records = []
+
+    def write() -> None:
+        if args.json and records:
+            doc = {"env": environment, "command": command, "records": records}
+            atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        write()
+
     for dtype in dtypes:
         for preset in presets:
-            records += work(preset, DTYPES[dtype], args)
-            if args.json and records:
-                doc = {"env": env.environment(torch.device("cuda")), "command": command, "records": records}
-                atomic_write(args.json, json.dumps(doc, indent=2, default=str) + "\n")
+            work(preset, DTYPES[dtype], args, emit)
+            write()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
-               lambda preset, dtype, args: tune(preset, dtype, args.reps, cell=args.cell),
+               lambda preset, dtype, args, emit: tune(preset, dtype, args.reps, cell=args.cell, emit=emit,
+                                                      rounds=args.rounds),
                extra=[(("--cell",), dict(default="triton_lstm", choices=CELLS,
-                                         help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru)"))])
+                                         help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru)")),
+                      (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
+                                           help="times over the fields, again only after a round that kept a change"))])
 
 
 if __name__ == "__main__":
