@@ -76,7 +76,11 @@ REPORT_RESERVE_S = 20
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 100
 SLOW_EVAL_WORDS = 4096
-TEST_WORKERS = 4  # pytest-xdist processes for the CUDA tests, where it is installed
+# pytest-xdist processes for the CUDA tests, where it is installed.  The step is mostly Triton compiling, one kernel at
+# a time per process, on a 16-core machine: 54 Triton tests (2026-11-28), most at their own shape, so ~100 distinct
+# kernels at ~1-2 s each (the PTB-shape ones 1.3-1.6 s on one core of this project's CPU machines, Triton 3.6).  Eight
+# processes rather than four (untimed: the GPU machines have the cores, and each process holds one CUDA context).
+TEST_WORKERS = 8
 # Per-step limits on one H100/H200.  Measured on an H200 (2026-11-27, 8f4c6d9): env 7 s; the CUDA tests 36 s without
 # the compiled cells'; one epoch of small: cudnn_lstm 22 s, cudnn_gru 19 s, triton_lstm 16-23 s a run (of which
 # ~6 s start-up and Triton compilation, ~2.2 s the test pass); medium cudnn_lstm 20 s; a loop cell ~31 ms a step
