@@ -99,7 +99,7 @@ TEST_WORKERS = 8
 # ~1 s a variant at large, the tile search ~1 s a candidate and ~3 s of compiling a field, ~25 candidates per preset
 # and dtype (float32 at medium and large first).  ncu ~15 s of start-up plus its replays.  Not yet run in this form
 # on a GPU.
-LIMITS = {"env": 20, "tests": 80, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
+LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 60, "tune": 120, "ncu": 50, "bench-modes": 45, "bench-compiled": 50,
           "bench-bf16": 45, "report": REPORT_RESERVE_S}
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
