@@ -36,8 +36,8 @@ The timings (``--perf``):
                       without its recurrent matmul, without its grid barrier, pipelined, with the reduction
                       split 4 ways, and on the tensor cores (tf32x3, tf32)
                       (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``).
-4. ``tune``           the tile search for ``triton_lstm`` at medium and large, float32 first, then bfloat16
-                      (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
+4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
+                      float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
                       Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
 5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
 6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
@@ -181,7 +181,9 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
                 "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--benchmark-max-time",
                 "0.2"]
         # float32 first: the default arithmetic, and the one furthest behind cuDNN
-        tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--json", str(gpu / "tiles.json")]
+        # then triton_gru's float32 (its target: at least cuDNN's speed), then bfloat16 for both
+        tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
+                "--json", str(gpu / "tiles.json")]
         probe = ["--presets", "medium,large", "--dtypes", "float32", "--json", str(gpu / "probe.json")]
         limits = LIMITS
         cell_timeout = "80"

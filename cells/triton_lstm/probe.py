@@ -143,7 +143,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.probe", __doc__, "float32",
-               lambda preset, dtype, args, emit: probe(preset, dtype, args.reps, args.once, emit=emit),
+               lambda preset, dtype, args, emit, _: probe(preset, dtype, args.reps, args.once, emit=emit),
                extra=[(("--once",), dict(action="store_true", help="launch each kernel once, untimed (for ncu)"))])
 
 

@@ -223,13 +223,15 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     return records
 
 
-def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=()) -> int:
+def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None) -> int:
     """The command line of this module and :mod:`.probe`: ``--presets``, ``--dtypes``, ``--reps``, ``--json`` (and
-    ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args, emit)`` for
-    each dtype and preset, which passes each record to ``emit`` as it is made: ``--json`` is rewritten with every
-    record so far each time (a killed run keeps what it measured) and after each preset (records may gain fields at
-    the end, e.g. ``best``)."""
-    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args, emit, cell)``
+    for each dtype, cell (``cells(args)``, default one: None) and preset, in that order, which passes each record to
+    ``emit`` as it is made: ``--json`` is rewritten with every record so far each time (a killed run keeps what it
+    measured) and after each preset (records may gain fields at the end, e.g. ``best``)."""
+    from lm.cli import Parser  # argparse, its errors on one line
+
+    p = Parser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     p.add_argument("--presets", default="medium,large")
     p.add_argument("--dtypes", default=default_dtypes)
     p.add_argument("--reps", type=int, default=15)
@@ -264,18 +266,31 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
         write()
 
     for dtype in dtypes:
-        for preset in presets:
-            work(preset, DTYPES[dtype], args, emit)
-            write()
+        for cell in cells(args) if cells else [None]:
+            for preset in presets:
+                work(preset, DTYPES[dtype], args, emit, cell)
+                write()
     return 0
+
+
+def _cells(value: str | list[str]) -> list[str]:
+    """--cell: one or more of :data:`CELLS`, comma-separated."""
+    names = [c for c in value.split(",") if c]
+    bad = [c for c in names if c not in CELLS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown cell {', '.join(bad) or value!r}; choose from {', '.join(CELLS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
-               lambda preset, dtype, args, emit: tune(preset, dtype, args.reps, cell=args.cell, emit=emit,
-                                                      rounds=args.rounds),
-               extra=[(("--cell",), dict(default="triton_lstm", choices=CELLS,
-                                         help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru)")),
+               lambda preset, dtype, args, emit, cell: tune(preset, dtype, args.reps, cell=cell, emit=emit,
+                                                            rounds=args.rounds),
+               cells=lambda args: args.cell,
+               extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
+                                         help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
+                                              "both comma-separated: per dtype every preset of the first, then of "
+                                              "the second")),
                       (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
                                            help="times over the fields, again only after a round that kept a change"))])
 
