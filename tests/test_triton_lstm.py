@@ -575,6 +575,18 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
 
 
+def test_tuner_arguments(capsys):
+    """--cell names one Triton cell or both (the GPU check's tile search does both); a bad argument is one line."""
+    from cells.triton_lstm import tune
+
+    assert tune._cells("triton_lstm,triton_gru") == ["triton_lstm", "triton_gru"]
+    for argv in (["--cell", "cudnn_lstm"], ["--cell", ""], ["--rounds", "4"]):
+        with pytest.raises(SystemExit) as exc:
+            tune.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("rnnbench: error:"), err
+
+
 def test_probe_launches_every_variant(monkeypatch):
     """The GPU probe's variants (cells.triton_lstm.probe) all launch and are recorded with their plans: here in the
     interpreter at a tiny layer, with a stand-in timer (an interpreted time means nothing); the blocked path has no
