@@ -1,9 +1,10 @@
 """Compile the kernels a piece of GPU work is about to launch, side by side in worker processes, before it runs.
 
 Triton compiles a kernel the first time it is launched with a new specialization (tiles, warps, stages, flags,
-argument alignment), in the launching thread, one at a time: about 2 s a kernel on the GPU machines' CPUs (H200,
-2026-11-27), so compilation, not timing, is most of what the probe (:mod:`.probe`, 20 kernels a preset) and the tile
-search (:mod:`.tune`, two kernels a candidate) spend of a GPU session, while the machine's other 15 cores idle.
+argument alignment), in the launching thread, one at a time: 1.3-1.9 s a kernel at the PTB shapes for sm_90 under
+Triton 3.6 on one core of this project's CPU machines (2026-11-28), so compilation, not timing, is most of what the
+probe (:mod:`.probe`, 20 kernels a preset) and the tile search (:mod:`.tune`, 26 kernels for the candidates around
+its start, per preset and dtype) would spend of a GPU session, while 15 of the GPU machine's 16 cores idle.
 
 So those tools run their work twice.  First under :func:`collecting`: Triton's ``jit_cache_hook`` records each kernel
 that would compile -- its serialized specialization, which Triton's own ``JITFunction.preload`` takes -- and tells
