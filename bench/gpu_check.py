@@ -56,7 +56,6 @@ shows the GPU's numbers beside the CPU's, never mixing devices in a ratio.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -264,7 +263,7 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
             "limit_s": round(limit, 1), "log": log.name, "command": " ".join(step.argv[1:])}
 
 
-def check(ptb: Path, out: Path, dry_run: bool, part: str = "check") -> int:
+def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S) -> int:
     import torch
 
     from bench.machine import device_slug
@@ -282,10 +281,10 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check") -> int:
     for folder in (gpu, out / "bench" / slug):
         folder.mkdir(parents=True, exist_ok=True)
     prefix = "" if part == "check" else f"{part}-"  # the perf part's logs and statuses sit beside the check's
-    summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": BUDGET_S, "steps": []}
+    summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": budget_s, "steps": []}
     t0 = time.monotonic()
     for step in steps(ptb.resolve(), out.resolve(), slug, dry_run, part):
-        left = BUDGET_S - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
+        left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
         limit = step.limit_s if dry_run else min(step.limit_s, left)
         summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
         atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
@@ -383,7 +382,9 @@ def _restamp(path: Path, target: Path, sub: str, commit: str, note: str | None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.gpu_check", description=__doc__.split("\n\n")[0])
+    from lm.cli import Parser  # argparse, its errors on one line
+
+    p = Parser(prog="bench.gpu_check", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run every step")
     r.add_argument("ptb", type=Path, help="folder with ptb.{train,valid,test}.txt")
@@ -391,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
     r.add_argument("--perf", action="store_true",
                    help="the timing part (micro-benchmarks, step modes, compiled cells) instead of the check")
+    r.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
+                   help=f"wall-clock seconds for all the steps (default {BUDGET_S}: one call of at most 6 minutes); "
+                        "give less when the session has less device time left: the steps past it are skipped, and "
+                        "recorded so")
     e = sub.add_parser("env", help="step 1 alone")
     e.add_argument("--device", default="cuda")
     e.add_argument("--out", type=Path, required=True)
@@ -414,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnbench: error: {exc}", file=sys.stderr)
             return 2
     if args.cmd == "run":
-        return check(args.ptb, args.out, args.dry_run, "perf" if args.perf else "check")
+        if not 30 <= args.budget <= 600:
+            p.error(f"--budget takes 30 to 600 seconds, got {args.budget:g}")
+        return check(args.ptb, args.out, args.dry_run, "perf" if args.perf else "check", args.budget)
     p.print_help()
     return 2
 

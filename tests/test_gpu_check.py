@@ -110,6 +110,17 @@ def test_without_cuda_the_real_check_refuses_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
 
 
+def test_a_budget_outside_one_call_is_refused_in_one_line(capsys):
+    """--budget (less when the session has less device time left) takes 30 to 600 seconds."""
+    from bench import gpu_check
+
+    for budget in ("10", "601", "x"):
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.main(["run", "ptb", "out", "--budget", budget])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and "--budget" in err, err
+
+
 def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
     from bench import gpu_check
     from lm import env
