@@ -26,10 +26,12 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a stand-in fo
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    """Triton's cache for this module's tests, so that they share one pool of workers (each takes seconds to start)."""
+    """Triton's cache for this module's tests, so that they share one pool of workers (each takes seconds to start):
+    two, the cores of the CI machines (the parent waits while they compile)."""
     mp = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("triton-cache")
     mp.setenv("TRITON_CACHE_DIR", str(cache))
+    mp.setattr(precompile, "workers", lambda: 2)
     try:
         yield cache
     finally:
