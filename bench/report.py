@@ -371,10 +371,11 @@ def run_mode(r: dict) -> str:
 
 def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample standard deviation and n of each ``SEED_METRICS`` column over the finished (``ok``) runs
-    of each cell within each ``SEED_GROUP``, with the seeds; ``vs_baseline``: mean words/sec over that of
-    ``cudnn_lstm`` in the same group, ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
+    of each cell and changed settings (``overrides``: runs at another learning rate are another row, never averaged
+    in) within each ``SEED_GROUP``, with the seeds; ``vs_baseline``: mean words/sec over that of ``cudnn_lstm`` as
+    its preset has it in the same group, ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
     overlap (the seeds do not separate them; None when either has fewer than two runs)."""
-    keys = [*SEED_GROUP, "cell"]
+    keys = [*SEED_GROUP, "cell", "overrides"]
     cols = [*keys, "n", "seeds", *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")), "vs_baseline",
             "within_spread"]
     ok = runs[runs["status"] == "ok"]
@@ -386,7 +387,7 @@ def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_mean"], row[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1) if len(g) > 1 else math.nan
         rows.append(row)
     group_of = lambda r: tuple(str(r[k]) for k in SEED_GROUP)  # noqa: E731 - NaN-safe key
-    base = {group_of(r): r for r in rows if r["cell"] == BASELINE}
+    base = {group_of(r): r for r in rows if r["cell"] == BASELINE and not r["overrides"]}
     for r in rows:
         b = base.get(group_of(r))
         r["vs_baseline"], r["within_spread"] = math.nan, None
@@ -410,15 +411,16 @@ def seed_table(group: pd.DataFrame) -> list[str]:
     if stats.empty or stats["n"].max() < 2:
         return []
     t = pd.DataFrame({
-        "cell": stats["cell"], "mode": stats["mode"],
+        "cell": [f"{c} ({o})" if o else c for c, o in zip(stats["cell"], stats["overrides"], strict=True)],
+        "mode": stats["mode"],
         "length": [f"{e:.0f} ep × {s:.0f} steps" for e, s in zip(stats["epochs_planned"], stats["steps_per_epoch"],
                                                                 strict=True)],
         "n": stats["n"], "seeds": stats["seeds"],
         **{label: [_mean_sd(a, b, ".0f" if m in ("words_per_sec", "peak_memory_mib") else ".2f")
                    for a, b in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
            for m, label in SEED_METRICS.items()},
-        f"vs {BASELINE}": [_spread_ratio(v, w, c) for v, w, c in zip(stats["vs_baseline"], stats["within_spread"],
-                                                                    stats["cell"], strict=True)],
+        f"vs {BASELINE}": [_spread_ratio(v, w, c if not o else f"{c} ({o})") for v, w, c, o in zip(
+            stats["vs_baseline"], stats["within_spread"], stats["cell"], stats["overrides"], strict=True)],
     })
     return [f"Repeated runs: mean ± sample standard deviation over the n finished runs (seeds listed) of each "
             f"cell; every run is a row of `report.csv`. **vs {BASELINE}**: mean words/sec over `{BASELINE}`'s "

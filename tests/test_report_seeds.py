@@ -17,16 +17,17 @@ from lm.train import new_record
 
 
 def record(results: Path, cell: str, seed: int, wps: float, test: float, mode: str | None = None,
-           status: str = "ok", device_name: str = "Test CPU 9000") -> dict:
+           status: str = "ok", device_name: str = "Test CPU 9000", **changed) -> dict:
     """A finished small run (2 epochs of 100 steps) in lm.train's layout; ``mode=None``: a record from before
-    execution modes existed."""
-    rec = new_record(preset("small", epochs=2), cell, torch.device("cpu"), seed, ["rnnbench", "train"])
+    execution modes existed; ``changed``: settings changed from the preset."""
+    rec = new_record(preset("small", epochs=2, **changed), cell, torch.device("cpu"), seed, ["rnnbench", "train"])
     rec.pop("step_mode", None)
     if mode is not None:
         rec["step_mode"] = mode
     rec.update(status=status, words_per_sec=wps, test_ppl=test, peak_memory_bytes=(500 + seed) * 2**20,
                steps_per_epoch=100, epochs=[{"epoch": 1, "valid_ppl": test + 20}, {"epoch": 2, "valid_ppl": test + 5}])
-    rec["run_id"] = f"{cell}-{mode}-{seed}-{status}-{device_name[-4:]}"
+    tag = "".join(f"-{k}{v}" for k, v in changed.items())
+    rec["run_id"] = f"{cell}-{mode}-{seed}-{status}-{device_name[-4:]}{tag}"
     rec["env"].update(device="cpu", device_name=device_name)
     (results / "runs").mkdir(parents=True, exist_ok=True)
     (results / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
@@ -93,3 +94,20 @@ def test_report_shows_the_repeated_runs(results):
     assert "n < 2: spread unknown" in md
     csv = pd.read_csv(results / "report.csv")
     assert len(csv) == 12 and {"seed", "mode"} <= set(csv.columns)
+
+
+def test_runs_with_changed_settings_are_never_averaged_with_the_preset(tmp_path):
+    """Two seeds of cudnn_gru as published and one at another learning rate: two rows, the changed one labelled; the
+    ratio's baseline is cudnn_lstm as published, not a cudnn_lstm run with changed settings."""
+    for seed in (0, 1):
+        record(tmp_path, "cudnn_gru", seed, 1000.0 + 100 * seed, 160.0)
+        record(tmp_path, "cudnn_lstm", seed, 2000.0 + 100 * seed, 115.0)
+    record(tmp_path, "cudnn_gru", 0, 1500.0, 121.0, learning_rate=0.5)
+    record(tmp_path, "cudnn_lstm", 0, 9000.0, 119.0, learning_rate=0.5)
+    _, stats = _stats(tmp_path)
+    gru = stats[stats["cell"] == "cudnn_gru"].set_index("overrides")
+    assert gru.at["", "n"] == 2 and gru.at["", "test_ppl_mean"] == pytest.approx(160.0)
+    assert gru.at["learning_rate 0.5", "n"] == 1 and gru.at["learning_rate 0.5", "test_ppl_mean"] == pytest.approx(121)
+    assert gru.at["", "vs_baseline"] == pytest.approx(1050 / 2050)  # against cudnn_lstm as published
+    md = report.write_report(tmp_path).read_text()
+    assert any(ln.startswith("| cudnn_gru (learning_rate 0.5) ") and "| 1 " in ln for ln in md.splitlines())
