@@ -93,9 +93,9 @@ def cpu_threads(pytestconfig: pytest.Config, benchmark) -> Iterator[int]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _precompiled(request: pytest.FixtureRequest) -> None:
-    """While timing on CUDA: the Triton cells' kernels for every (cell, preset) about to be timed, compiled side by
-    side before the first benchmark (:func:`bench.bench_cells.precompile`), instead of one at a time (~2 s each) in
-    the benchmarks' warm-up."""
+    """While timing on CUDA: the Triton cells' kernels for every (pass, cell, preset) about to be timed, compiled side
+    by side before the first benchmark (:func:`bench.bench_cells.precompile`), instead of one at a time (1-2 s each)
+    in the benchmarks' warm-up."""
     config = request.config
     device = bench_device(config)
     if device.type != "cuda" or config.getoption("benchmark_disable", False):

@@ -102,6 +102,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         return launch.backward(a["w_hh"], a["c0"], c, gates, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
     variants = _variants(plan, dtype)
+
     def every_variant() -> None:
         nonlocal c, gates
         _, c, gates = fwd(plan)  # shapes only: nothing runs while collecting

@@ -17,9 +17,9 @@ greedy search misses what two fields do together); the GPU check runs one round.
 checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU``
 (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio.  Timing: CUDA
 events around each call, synchronized, two untimed calls first, median of ``--reps``.  Compiling, not timing, is
-most of a candidate's cost (two kernels, ~2 s each on the GPU machines' CPUs), so candidates are compiled side by
-side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the
-start every field's candidates around the starting tile, later those of a field after a change was kept; the log
+most of a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side
+by side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at
+the start every field's candidates around the starting tile, later those of a field after a change was kept; the log
 says what each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
