@@ -24,7 +24,9 @@ The check (correctness, and a finished training record for every cell):
                          the cells that compile per shape (``compiles_per_shape``) last, so their
                          compilation cannot crowd out the others
    (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
-   recorded as ``timeout`` with its last heartbeat and the others still train).
+   recorded as ``timeout`` with its last heartbeat and the others still train).  A training step whose sweep
+   exits 0 still fails when a run it wrote scored worse than twice a uniform guess over the vocabulary
+   (:func:`implausible`: a cell that computes the wrong function can finish a run).
 4. ``report`` ``rnnbench report`` over what the check produced.
 
 The timings (``--perf``):
@@ -80,26 +82,15 @@ SLOW_EVAL_WORDS = 4096
 # kernels at ~1-2 s each (the PTB-shape ones 1.3-1.6 s on one core of this project's CPU machines, Triton 3.6).  Eight
 # processes rather than four (untimed: the GPU machines have the cores, and each process holds one CUDA context).
 TEST_WORKERS = 8
-# Per-step limits on one H100/H200.  Measured on an H200 (2026-11-27, 8f4c6d9): env 7 s; the CUDA tests 36 s without
-# the compiled cells'; one epoch of small: cudnn_lstm 22 s, cudnn_gru 19 s, triton_lstm 16-23 s a run (of which
-# ~6 s start-up and Triton compilation, ~2.2 s the test pass); medium cudnn_lstm 20 s; a loop cell ~31 ms a step
-# and ~25 s for its full test pass; the compiled cells ~12 s of compilation before their first step; the eager
-# micro-benchmarks 48 s at --benchmark-max-time 0.1; report 9 s.  So the check should take about 7 + 70 (tests)
-# + 80 (small) + 50 (medium) + 115 (six other cells, 100 steps and 4096 words each; the compiled ones compile for
-# training and for each evaluation shape) + 9 = 330 s of the 355; not yet run in this form on a GPU.  Since then
-# (2026-11-27, later): triton_gru in the CUDA tests (~8 more Triton compile pairs, ~20 s at one at a time) and in the
-# 100-step cells (~8 s), the fused-gates LSTM test (~3 s); the tests now compile in TEST_WORKERS processes where
-# pytest-xdist is installed (the GPU machines' image lists it), which should more than pay for those.
-# The timings, most valuable first (the budget cuts the last): eager micro-benchmarks 48 s at --benchmark-max-time
-# 0.1 for five cells (H200, 2026-11-27), now eight (min_gru, min_lstm, triton_gru; pytest-benchmark writes its JSON
-# only at the end, so the limit leaves room); the probe's 20 kernels per preset and the tile search's two per
-# candidate (~2 s each to compile, one at a time) are compiled side by side on the machine's 16 cores first
-# (cells.triton_lstm.precompile: a pool of 15 processes, ~10 s to start), so what is left is mostly timing: the probe
-# ~1 s a variant at large, the tile search ~1 s a candidate and ~3 s of compiling a field, ~25 candidates per preset
-# and dtype (float32 at medium and large first).  ncu ~15 s of start-up plus its replays.  Not yet run in this form
-# on a GPU.
+# Per-step limits on one H100/H200.  Measured on an H200 (2026-11-28, ea67f19, results/gpu/cuda-nvidia-h200/
+# steps.json and perf-steps.json): the check 327 s of the 355 -- env 6, tests 43 (8 xdist workers, 120 tests), small
+# 76 (three cells, one epoch each), medium 53, the seven other cells 136 (100 steps and 4096 words each; the two
+# compiled cells 18 and 26 s of it), report 6.  The timings at --budget 400, 308 s: env 6, bench 51, probe 24,
+# tune 118 (all eight searches, 2 s under its old limit of 120: now 140), bench-modes 15, bench-compiled 50 at its
+# old limit of 50 s (it had written its JSON; inductor compiling the small and medium graphs fresh: the same
+# benchmarks took 13 s of pytest each with a warm cache, so 75 leaves room), ncu 9, bench-bf16 30, report 5.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 60, "tune": 120, "ncu": 50, "bench-modes": 45, "bench-compiled": 50,
+          "bench": 100, "probe": 60, "tune": 140, "ncu": 50, "bench-modes": 45, "bench-compiled": 75,
           "bench-bf16": 45, "report": REPORT_RESERVE_S}
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
                 "LaunchStats")
@@ -111,6 +102,34 @@ class Step:
     argv: list[str]
     limit_s: float
     env: dict = field(default_factory=dict)
+    runs: Path | None = None  # a training step: the folder of its run records, checked by :func:`implausible`
+
+
+# A run whose perplexity is worse than this many times a uniform guess over the vocabulary did not learn: a wrong
+# kernel, not a short run (the check's shortest, 100 steps of small, reach 2,600 to 4,400 for the slowest learners).
+IMPLAUSIBLE_FACTOR = 2
+
+
+def implausible(runs: Path, since: float) -> list[str]:
+    """One line per run record in ``runs`` written at or after ``since`` (a time.time()) whose validation or test
+    perplexity exceeds :data:`IMPLAUSIBLE_FACTOR` x its vocabulary size (non-finite included): a finished run
+    that learned nothing, which its sweep's exit status cannot show."""
+    bad = []
+    for path in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        if path.stat().st_mtime < since:
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        vocab = rec.get("vocab_size")
+        ppls = [("valid", e.get("valid_ppl")) for e in rec.get("epochs") or []] + [("test", rec.get("test_ppl"))]
+        worst = [(k, p) for k, p in ppls if isinstance(p, (int, float)) and not p <= IMPLAUSIBLE_FACTOR * vocab]
+        if vocab and worst:
+            kind, ppl = max(worst, key=lambda w: w[1])
+            bad.append(f"{rec.get('cell')} {(rec.get('config') or {}).get('name')}: {kind} perplexity {ppl:.4g}, "
+                       f"worse than {IMPLAUSIBLE_FACTOR} x a uniform guess over {vocab} words ({path.name})")
+    return bad
 
 
 def now() -> str:
@@ -191,7 +210,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         return Step(name, [*py, "-m", "lm.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
                            "--device", device, "--results", str(out), "--quiet", "--cell-timeout", cell_timeout,
                            "--kill-grace", "10", "--no-measure",  # the env step measured the device
-                           *common, *extra], limits[name])
+                           *common, *extra], limits[name], runs=out / "runs")
 
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
     report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
@@ -231,7 +250,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
 
 def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
     """Run one step in its own process group; kill the whole group at its time limit (``limit_s`` if given)."""
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     limit = step.limit_s if limit_s is None else limit_s
     if limit < 5:
         print(f"[gpu-check] step {step.name}: skipped, the check's budget of {BUDGET_S} s is spent", flush=True)
@@ -257,10 +276,18 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
             rc, status = proc.returncode, "timeout"
     seconds = time.monotonic() - t0
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    bad = implausible(step.runs, started - 1) if step.runs is not None else []
+    if bad and status == "ok":
+        status = "failed"
+        with open(log, "a") as f:
+            f.write("".join(f"[gpu-check] implausible: {b}\n" for b in bad))
     print(f"[gpu-check] step {step.name}: {status} (exit {rc}) in {seconds:.0f} s; " + " | ".join(tail)[-300:],
           flush=True)
+    for b in bad:
+        print(f"[gpu-check] step {step.name}: implausible: {b}", flush=True)
     return {"step": step.name, "status": status, "exit_code": rc, "seconds": round(seconds, 1),
-            "limit_s": round(limit, 1), "log": log.name, "command": " ".join(step.argv[1:])}
+            "limit_s": round(limit, 1), "log": log.name, "command": " ".join(step.argv[1:])} | (
+        {"implausible": bad} if bad else {})
 
 
 def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S) -> int:

@@ -140,3 +140,32 @@ def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
                         "--commit", "0000000"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a commit of this checkout" in r.stderr
+
+
+def test_a_training_step_whose_run_learned_nothing_fails(tmp_path):
+    """A sweep that exits 0 but left a run worse than twice a uniform guess (triton_gru's first H200 run: valid
+    1.27e5 over 10,000 words) fails its step, which says which run and why; older records are not looked at."""
+    import time
+
+    from bench import gpu_check
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def record(name, valid, test, age=0.0):
+        path = runs / f"{name}.json"
+        path.write_text(json.dumps({"cell": name, "config": {"name": "small"}, "vocab_size": 10000,
+                                    "epochs": [{"valid_ppl": valid}], "test_ppl": test}))
+        os.utime(path, (time.time() - age,) * 2)
+
+    record("old_bad", 1e6, 1e6, age=3600)
+    record("slow_learner", 4090.0, 4357.0)
+    record("unfinished", None, None)
+    step = gpu_check.Step("train-x", [sys.executable, "-c", "pass"], 30, runs=runs)
+    assert gpu_check.run_step(step, tmp_path / "ok.log")["status"] == "ok"
+    record("triton_gru", 126856.8, 150257.4)
+    record("diverged", float("inf"), None)
+    status = gpu_check.run_step(step, tmp_path / "bad.log")
+    assert status["status"] == "failed" and len(status["implausible"]) == 2, status
+    assert "triton_gru small: test perplexity 1.503e+05" in status["implausible"][1]
+    assert "implausible: triton_gru" in (tmp_path / "bad.log").read_text()

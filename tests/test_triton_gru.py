@@ -18,6 +18,7 @@ import cells
 triton = pytest.importorskip("triton", reason="triton_gru needs triton (a dependency on Linux)")
 
 from cells.triton_gru import GRULayerFunction, TritonGRU  # noqa: E402
+from cells.triton_gru import _inference as gru_inference  # noqa: E402
 from cells.triton_lstm import launch, sm90  # noqa: E402
 
 FP32_TOL = 3e-5
@@ -183,3 +184,56 @@ def test_kernels_compile_for_hopper_without_a_gpu():
             assert ("mma" in ptx) == (dtype == torch.bfloat16), kernel
             usage = sm90.usage(out, log)
             assert usage.spill_stores == usage.spill_loads == 0, f"{kernel} {dtype}: {usage}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+@pytest.mark.parametrize(("t", "b"), [(8192, 1), (409, 20)], ids=["T8192-B1", "T409-B20"])
+def test_cuda_long_windows_without_grad_match_cudnn(t, b):
+    """Evaluation's shapes (lm.train.evaluate: batch 1 x 8192 steps, batch 20 x 409), no grad, TF32 off: the same
+    outputs as torch.nn.GRU (tests/test_triton_lstm.py has the LSTM's; the GRU had none when its 100-step H200 run
+    scored worse than uniform, see tests/test_triton_training.py)."""
+    device = torch.device("cuda")
+    cell = TritonGRU(200, 200, 2).to(device)
+    ref = cells.build("cudnn_gru", 200, 200, 2).to(device)
+    ref.load_state_dict(cell.state_dict())
+    x, h0 = torch.randn(t, b, 200, device=device), torch.rand(2, b, 200, device=device) * 2 - 1
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            y, h = cell(x, h0)
+            y_ref, h_ref = ref(x, h0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert y.abs().max() <= 1.0, "h' = (1 - z) n + z h must stay in [-1, 1] from h_0 in it"
+    for key, got, want in (("y", y, y_ref), ("h", h, h_ref)):
+        assert rel(got, want) < 1e-4, f"{key}: {rel(got, want):.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+def test_cuda_barrier_counters_are_left_zero_and_reused():
+    """As tests/test_triton_lstm.py's: persistent GRU launches in a row (forward, backward, forward without grad)
+    repeat their results exactly and leave the shared grid-barrier counters zero."""
+    device = torch.device("cuda")
+    plan = launch.make_plan(20, 200, torch.float32, device, "persistent", kind="GRU")
+    assert plan.sync
+    x, h0 = torch.randn(35, 20, 200, device=device), torch.randn(20, 200, device=device)
+    args = [x, h0] + [torch.randn(600, 200, device=device) / 15 for _ in range(2)] + \
+        [torch.randn(600, device=device) / 15 for _ in range(2)]
+    args = [a.requires_grad_(True) for a in args]
+    first = None
+    for _ in range(20):
+        for a in args:
+            a.grad = None
+        out = GRULayerFunction.apply(*args, plan)
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        with torch.no_grad():
+            infer = gru_inference(*args, plan)
+        got = [o.detach().clone() for o in (*out, *infer)] + [a.grad.clone() for a in args]
+        first = first or got
+        assert all(torch.equal(g, f) for g, f in zip(got, first, strict=True))
+    torch.cuda.synchronize()
+    arrive, done = launch.counters(device)
+    assert not arrive.any() and not done.any()
