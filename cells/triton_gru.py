@@ -16,8 +16,9 @@ gives two gradients for the n gate -- of its recurrent part (``r dn'``, into ``d
 is carried in a ``[B, H]`` buffer.
 
 Plans come from :func:`cells.triton_lstm.launch.make_plan` with ``kind="GRU"``: the W_hh slice (3 x units x H) is
-streamed, one tl.dot per gate (three gates are not a power of two for one fused dot), tiles from the heuristic
-(``launch.TILES`` was made for the LSTM: untimed here too).  Saved for the backward: x, h_0, the weights, y and
+streamed, one tl.dot per gate (three gates are not a power of two for one fused dot), tiles from ``launch.GRU_TILES``
+at medium and large (measured by the tile search on an H200, 2026-11-28) and from the heuristic at small.
+Saved for the backward: x, h_0, the weights, y and
 r, z, n, hn (float32); nothing is recomputed.  Without autograd no gates are stored.
 
 Registers and spills on sm_90 (``cells.triton_lstm.sm90.compile_kernel(..., kind="GRU")``; no GPU): the heuristic
@@ -47,6 +48,13 @@ fwd     large   bf16      125x12  16,32  4   mma.sync  142 / 128    0/0, 20/20
 nograd  large   bf16      125x12  16,32  4   mma.sync  96 / 96      0/0, 8/8
 bwd     large   bf16      125x12  16,32  8   mma.sync  108 / 107    0/0
 ======  ======  ========  ======  =====  ==  ========  ===========  ===========
+
+Those are the heuristic's plans.  The measured GRU_TILES entries compile (Triton 3.6 / 3.9, registers of fwd, bwd,
+nograd; spill bytes stored / loaded): medium fp32 (K 16, s3, rows 16) 72/80, 111/80, 50/50, spills only in the 3.9
+forward (16/8); large fp32 (K 16, 8 warps, s3, split 2) 128/192, 255/164, 78/74, spills under 3.6 in the forward
+(4/4) and backward (40/56); medium bf16 (K 64, 8 warps, split 2) 227/98, 234/243, 205/128, spills only in 3.9's
+nograd (32/24); large bf16 (K 64, split 2, bwd 4 warps) 255/196, 255/255, 253/128, the backward spilling 816/844
+bytes under 3.6 (116/116 under 3.9).  The search chose them by time all the same: spilling is priced in.
 """
 
 from __future__ import annotations

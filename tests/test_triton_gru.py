@@ -140,7 +140,7 @@ def test_interpreter_is_reported_and_training_refused():
     assert "interpreter" in cells.detect_backend(cell, "cpu")
     refusal = TritonGRU.training_refusal("cpu")
     assert refusal.startswith("triton_gru would run") and "--allow-interpreter" in refusal
-    plan = launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+    plan = launch.plan_for(20, 200, torch.float32, 132, kind="GRU")  # (200, float32) is in TILES, not GRU_TILES
     assert plan.source == "heuristic" and not plan.resident and not plan.fuse_gates  # TILES is the LSTM's
     with pytest.raises(ValueError, match="kind"):
         launch.plan_for(20, 650, torch.float32, 132, kind="RNN")

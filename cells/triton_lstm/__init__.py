@@ -105,6 +105,16 @@ bwd         large   bf16          125x12  16,32  8    1   mma.sync  128 / 105   
 nograd      large   bf16          125x12  16,32  4    1   mma.sync  128 / 128    0/0         1024
 ==========  ======  ============  ======  =====  ===  ==  ========  ===========  ==========  ======
 
+The rows above are the earlier, untimed table.  Medium and large now run the tiles the H200's tile search chose
+(``launch.TILES``, 2026-11-28), compiled the same way (fwd / bwd at batch 20, nograd at batch 1; registers under 3.6
+/ 3.9; spill bytes stored / loaded, 3.6 then 3.9):
+
+- medium fp32: 130 x 5, J 8, K 32, 4 / 4 warps, 3 stages, fused, rows 16: 110/114, 212/198, 72/64; no spills;
+- large fp32: 125 x 12, J 16, K 16, 8 / 8 warps, 3 stages, fused, split 2, rows 16: 180/180, 192/196, 128/80; none;
+- medium bf16: 130 x 5, J 8, K 64, 4 / 4 warps, 1 stage, fused: 228/158, 214/168, 128/96; the backward spills 12/20
+  bytes under 3.9 only;
+- large bf16: 125 x 12, J 16, K 128, 8 / 8 warps, 1 stage, fused, rows 16: 94/96, 211/206, 62/64; none.
+
 "tf32x3" is float32 in three TF32 tensor-core products per multiply (``fp32_precision="tf32x3"``); with a K tile of
 32 the forward takes 128 / 255 registers at medium / large (3.6) without spills; with 64 the medium backward and
 both large kernels spill.

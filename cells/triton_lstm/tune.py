@@ -135,6 +135,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     kind = module.mode
     ref = getattr(torch.nn, kind)(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
     ref.load_state_dict(module.state_dict())
+    ref.flatten_parameters()  # one contiguous weight chunk, as cuDNN wants (else it compacts them every call)
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
     cudnn_fwd, cudnn_fwdbwd, _ = _passes(ref, x, reps)
     table = launch.tiles(kind)
