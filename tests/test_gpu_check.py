@@ -159,12 +159,15 @@ def test_a_training_step_whose_run_learned_nothing_fails(tmp_path):
         os.utime(path, (time.time() - age,) * 2)
 
     record("old_bad", 1e6, 1e6, age=3600)
-    record("slow_learner", 4090.0, 4357.0)
-    record("unfinished", None, None)
-    step = gpu_check.Step("train-x", [sys.executable, "-c", "pass"], 30, runs=runs)
+    writes = ("import json, sys; from pathlib import Path; runs = Path(sys.argv[1]); "
+              "[(runs / f'{c}.json').write_text(json.dumps({'cell': c, 'config': {'name': 'small'}, "
+              "'vocab_size': 10000, 'epochs': [{'valid_ppl': v}], 'test_ppl': t})) "
+              "for c, v, t in json.loads(sys.argv[2])]")
+    good = json.dumps([["slow_learner", 4090.0, 4357.0], ["unfinished", None, None]])
+    step = gpu_check.Step("train-x", [sys.executable, "-c", writes, str(runs), good], 30, runs=runs)
     assert gpu_check.run_step(step, tmp_path / "ok.log")["status"] == "ok"
-    record("triton_gru", 126856.8, 150257.4)
-    record("diverged", float("inf"), None)
+    bad = json.dumps([["triton_gru", 126856.8, 150257.4], ["diverged", float("inf"), None]])
+    step = gpu_check.Step("train-y", [sys.executable, "-c", writes, str(runs), bad], 30, runs=runs)
     status = gpu_check.run_step(step, tmp_path / "bad.log")
     assert status["status"] == "failed" and len(status["implausible"]) == 2, status
     assert "triton_gru small: test perplexity 1.503e+05" in status["implausible"][1]
