@@ -122,10 +122,16 @@ def shape_id(shape: str, cfg: Config) -> str:
 Work = Callable[[], torch.Tensor]
 
 
-def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device, dtype: torch.dtype
+def cell_options(config: pytest.Config | None, cell: str) -> dict:
+    """What ``cells.build`` gets besides the sizes: ``--bench-compile-mode`` for the cells that compile."""
+    mode = config.getoption("bench_compile_mode", None) if config is not None else None
+    return {"compile_mode": mode} if mode and getattr(cells.cell_class(cell), "compiles_per_shape", False) else {}
+
+
+def _cell_work(pass_: str, cell: str, cfg: Config, device: torch.device, dtype: torch.dtype, **opts
                ) -> tuple[Work, Callable, nn.Module]:
     T, B, H = cfg.num_steps, cfg.batch_size, cfg.hidden_size
-    rnn = cells.build(cell, H, H, cfg.num_layers).to(device=device, dtype=dtype).train()
+    rnn = cells.build(cell, H, H, cfg.num_layers, **opts).to(device=device, dtype=dtype).train()
     x = torch.randn(T, B, H, device=device, dtype=dtype, requires_grad=True)
     if pass_ == "fwd":
         def work() -> torch.Tensor:
@@ -300,7 +306,7 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         work, check, rnn = _latency_work(cell, cfg, device, dtype)
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, "fwd")
     else:
-        work, check, rnn = _cell_work(pass_, cell, cfg, device, dtype)
+        work, check, rnn = _cell_work(pass_, cell, cfg, device, dtype, **cell_options(config, cell))
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, pass_)
 
     def timed() -> torch.Tensor:

@@ -42,6 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-dtype", default=None, choices=["float32", "bfloat16"],
                 help="parameters and activations of every timed cell (default float32); another dtype is "
                      "another pass in the report (fwdbwd-bf16, ...)")
+    g.addoption("--bench-compile-mode", default=None,
+                choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                help="torch.compile mode of the compiled cells (compiled_lstm, compiled_gru; default: theirs); the "
+                     "backend string names it, and its benchmarks belong in their own JSON file")
     g.addoption("--bench-threads", type=int, default=None,
                 help="torch CPU threads while timing (default: every CPU this process may use)")
 

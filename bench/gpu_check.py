@@ -42,7 +42,9 @@ The timings (``--perf``):
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``).
                       Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
 5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
-6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``).
+6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
+   ``bench-compiled-graphs`` the same with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA graphs;
+   ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
 7. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
                       sections for the large layer's forward and backward kernels (``perf-ncu.log``).
 8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
@@ -91,6 +93,7 @@ TEST_WORKERS = 8
 # benchmarks took 13 s of pytest each with a warm cache, so 75 leaves room), ncu 9, bench-bf16 30, report 5.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 60, "tune": 140, "ncu": 50, "bench-modes": 45, "bench-compiled": 75,
+          "bench-compiled-graphs": 75,
           "bench-bf16": 45, "report": REPORT_RESERVE_S}
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
                 "LaunchStats")
@@ -239,6 +242,11 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
                                     f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
                  limits["bench-compiled"]),
+            # The same under torch.compile's CUDA graphs: which mode the compiled cells should use on a GPU.  Kept out
+            # of bench/ (the report would show two rows of one name): compare it with compiled.json by hand.
+            Step("bench-compiled-graphs", [
+                *pytest, "bench", "--benchmark-only", *versus, "--bench-compile-mode", "reduce-overhead",
+                f"--benchmark-json={gpu / 'compiled-reduce-overhead.json'}"], limits["bench-compiled-graphs"]),
             *ncu,
             Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
                                 f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),

@@ -63,10 +63,12 @@ def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
     out, summary = dry_run(tmp_path, "--perf")
     # (ncu runs only where it is on the PATH, never in the dry run)
     assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "bench-modes",
-                                                     "bench-compiled", "bench-bf16", "report"]
+                                                     "bench-compiled", "bench-compiled-graphs", "bench-bf16",
+                                                     "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
+    assert json.loads((out / "gpu" / slug / "compiled-reduce-overhead.json").read_text())["benchmarks"]
     assert (out / "gpu" / slug / "perf-bench.log").is_file() and not (out / "gpu" / slug / "steps.json").exists()
 
 
@@ -172,3 +174,22 @@ def test_a_training_step_whose_run_learned_nothing_fails(tmp_path):
     assert status["status"] == "failed" and len(status["implausible"]) == 2, status
     assert "triton_gru small: test perplexity 1.503e+05" in status["implausible"][1]
     assert "implausible: triton_gru" in (tmp_path / "bad.log").read_text()
+
+
+def test_the_compile_mode_option_reaches_only_the_compiled_cells():
+    """--bench-compile-mode (the perf part's CUDA-graph variant of the compiled cells) builds compiled_lstm with
+    that torch.compile mode, named in its backend string, and leaves every other cell as it is."""
+    import cells
+    from bench.bench_cells import cell_options
+
+    class Config:
+        def __init__(self, mode):
+            self.mode = mode
+
+        def getoption(self, name, default=None):
+            return self.mode if name == "bench_compile_mode" else default
+
+    assert cell_options(Config("reduce-overhead"), "compiled_lstm") == {"compile_mode": "reduce-overhead"}
+    assert cell_options(Config("reduce-overhead"), "loop_lstm") == {} == cell_options(Config(None), "compiled_gru")
+    rnn = cells.build("compiled_gru", 4, 4, 1, **cell_options(Config("reduce-overhead"), "compiled_gru"))
+    assert "mode=reduce-overhead" in cells.detect_backend(rnn, "cpu")
