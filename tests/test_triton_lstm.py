@@ -587,7 +587,7 @@ def test_tuner_arguments(capsys):
     from cells.triton_lstm import tune
 
     assert tune._cells("triton_lstm,triton_gru") == ["triton_lstm", "triton_gru"]
-    for argv in (["--cell", "cudnn_lstm"], ["--cell", ""], ["--rounds", "4"]):
+    for argv in (["--cell", "cudnn_lstm"], ["--cell", ""], ["--rounds", "4"], ["--fp32-precision", "fp16"]):
         with pytest.raises(SystemExit) as exc:
             tune.main(argv)
         err = capsys.readouterr().err

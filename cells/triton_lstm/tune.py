@@ -121,7 +121,7 @@ CELLS = ("triton_lstm", "triton_gru")
 
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
-         rounds: int = 1) -> list[dict]:
+         rounds: int = 1, fp32_precision: str = "ieee") -> list[dict]:
     """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
     (the command line writes them out at once: a run cut short keeps what it measured)."""
@@ -131,7 +131,9 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     device = torch.device("cuda")
     sms = launch.sm_count(device)
     torch.manual_seed(0)
-    module = cells.build(cell, hidden, hidden, LAYERS).to(device=device, dtype=dtype)
+    # fp32_precision: the float32 recurrent matmuls' arithmetic (the cell's option; bfloat16 ignores it); the table is
+    # per (hidden size, dtype), so a search in "tf32x3" says which tile it would want, not what the table holds.
+    module = cells.build(cell, hidden, hidden, LAYERS, fp32_precision=fp32_precision).to(device=device, dtype=dtype)
     kind = module.mode
     ref = getattr(torch.nn, kind)(hidden, hidden, LAYERS).to(device=device, dtype=dtype)
     ref.load_state_dict(module.state_dict())
@@ -174,7 +176,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         diff = (out - expected).abs().max().item()
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         plan = module.describe_backend(device, batch=BATCH, dtype=dtype)
-        rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile), "fwd_s": fwd,
+        rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "fp32_precision": fp32_precision,
+               "tile": dataclasses.asdict(tile), "fwd_s": fwd,
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_abs_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
@@ -286,14 +289,18 @@ def _cells(value: str | list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
                lambda preset, dtype, args, emit, cell: tune(preset, dtype, args.reps, cell=cell, emit=emit,
-                                                            rounds=args.rounds),
+                                                            rounds=args.rounds, fp32_precision=args.fp32_precision),
                cells=lambda args: args.cell,
                extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
                                          help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
                                               "both comma-separated: per dtype every preset of the first, then of "
                                               "the second")),
                       (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
-                                           help="times over the fields, again only after a round that kept a change"))])
+                                           help="times over the fields, again only after a round that kept a change")),
+                      (("--fp32-precision",), dict(default="ieee", choices=("ieee", "tf32", "tf32x3"),
+                                                   help="the float32 recurrent matmuls' arithmetic (the cells' "
+                                                        "fp32_precision; default exact): which tiles another would "
+                                                        "want"))])
 
 
 if __name__ == "__main__":
