@@ -131,9 +131,11 @@ def implausible(runs: Path, before: dict[Path, int]) -> list[str]:
         except (OSError, ValueError):
             continue
         vocab = rec.get("vocab_size")
+        if not vocab:
+            continue
         ppls = [("valid", e.get("valid_ppl")) for e in rec.get("epochs") or []] + [("test", rec.get("test_ppl"))]
         worst = [(k, p) for k, p in ppls if isinstance(p, (int, float)) and not p <= IMPLAUSIBLE_FACTOR * vocab]
-        if vocab and worst:
+        if worst:
             kind, ppl = max(worst, key=lambda w: w[1])
             bad.append(f"{rec.get('cell')} {(rec.get('config') or {}).get('name')}: {kind} perplexity {ppl:.4g}, "
                        f"worse than {IMPLAUSIBLE_FACTOR} x a uniform guess over {vocab} words ({path.name})")

@@ -50,6 +50,31 @@ def devices() -> list:
         not torch.cuda.is_available(), reason="CUDA is not available")])]
 
 
+def assert_launches_repeat_and_leave_counters_zero(function, inference, args: list, plan, calls: int = 20) -> None:
+    """A fused cell's layer ``calls`` times in a row on one stream: ``function.apply(*args, plan)`` forward and
+    backward (upstream gradients all ones), then ``inference(*args, plan)`` without grad.  Every output and gradient
+    must equal the first call's bit for bit, and the grid-barrier counters (shared by every launch on the stream)
+    must read zero afterwards: one left nonzero would let a later launch pass its barriers early."""
+    from cells.triton_lstm import launch
+
+    args = [a.requires_grad_(True) for a in args]
+    first = None
+    for _ in range(calls):
+        for a in args:
+            a.grad = None
+        out = function.apply(*args, plan)
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        with torch.no_grad():
+            infer = inference(*args, plan)
+        got = [o.detach().clone() for o in (*out, *infer)] + [a.grad.clone() for a in args]
+        first = first or got
+        assert all(torch.equal(g, f) for g, f in zip(got, first, strict=True))
+    if args[0].is_cuda:
+        torch.cuda.synchronize()
+    arrive, done = launch.counters(args[0].device)
+    assert not arrive.any() and not done.any()
+
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
     """fp32 checks compare against float64 with TF32 off."""

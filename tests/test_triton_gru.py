@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from conftest import assert_launches_repeat_and_leave_counters_zero
 
 import cells
 
@@ -198,14 +199,9 @@ def test_cuda_long_windows_without_grad_match_cudnn(t, b):
     ref = cells.build("cudnn_gru", 200, 200, 2).to(device)
     ref.load_state_dict(cell.state_dict())
     x, h0 = torch.randn(t, b, 200, device=device), torch.rand(2, b, 200, device=device) * 2 - 1
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            y, h = cell(x, h0)
-            y_ref, h_ref = ref(x, h0)
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
+    with torch.no_grad():  # (TF32 is off: tests/conftest.py)
+        y, h = cell(x, h0)
+        y_ref, h_ref = ref(x, h0)
     assert y.abs().max() <= 1.0, "h' = (1 - z) n + z h must stay in [-1, 1] from h_0 in it"
     for key, got, want in (("y", y, y_ref), ("h", h, h_ref)):
         assert rel(got, want) < 1e-4, f"{key}: {rel(got, want):.3g}"
@@ -222,18 +218,4 @@ def test_cuda_barrier_counters_are_left_zero_and_reused():
     x, h0 = torch.randn(35, 20, 200, device=device), torch.randn(20, 200, device=device)
     args = [x, h0] + [torch.randn(600, 200, device=device) / 15 for _ in range(2)] + \
         [torch.randn(600, device=device) / 15 for _ in range(2)]
-    args = [a.requires_grad_(True) for a in args]
-    first = None
-    for _ in range(20):
-        for a in args:
-            a.grad = None
-        out = GRULayerFunction.apply(*args, plan)
-        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
-        with torch.no_grad():
-            infer = gru_inference(*args, plan)
-        got = [o.detach().clone() for o in (*out, *infer)] + [a.grad.clone() for a in args]
-        first = first or got
-        assert all(torch.equal(g, f) for g, f in zip(got, first, strict=True))
-    torch.cuda.synchronize()
-    arrive, done = launch.counters(device)
-    assert not arrive.any() and not done.any()
+    assert_launches_repeat_and_leave_counters_zero(GRULayerFunction, gru_inference, args, plan)

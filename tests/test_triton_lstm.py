@@ -22,7 +22,7 @@ import re
 
 import pytest
 import torch
-from conftest import devices
+from conftest import assert_launches_repeat_and_leave_counters_zero, devices
 
 import cells
 
@@ -483,21 +483,7 @@ def test_cuda_barrier_counters_are_left_zero_and_reused():
                                                                            for _ in range(2)]
     args += [torch.randn(800, 200, device=device) / 15 for _ in range(2)] + [torch.randn(800, device=device) / 15
                                                                               for _ in range(2)]
-    args = [a.requires_grad_(True) for a in args]
-    first = None
-    for _ in range(20):
-        for a in args:
-            a.grad = None
-        out = LSTMLayerFunction.apply(*args, plan)
-        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
-        with torch.no_grad():
-            infer = _inference(*args, plan)
-        got = [o.detach().clone() for o in (*out, *infer)] + [a.grad.clone() for a in args]
-        first = first or got
-        assert all(torch.equal(g, f) for g, f in zip(got, first, strict=True))
-    torch.cuda.synchronize()
-    arrive, done = launch.counters(device)
-    assert not arrive.any() and not done.any()
+    assert_launches_repeat_and_leave_counters_zero(LSTMLayerFunction, _inference, args, plan)
 
 
 @pytest.mark.gpu

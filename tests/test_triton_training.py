@@ -10,17 +10,17 @@ steps of small to a training perplexity like loop_gru's, then scored valid 1.27e
 uniform guess (10^4), while every layer test passed.  On the CPU (the interpreter) the same computation matches;
 the ``gpu`` cases run it compiled at the PTB small sizes and say which half goes wrong.
 
-Float32 throughout, with TF32 off for cuDNN and torch's GEMMs (the Triton cells run exact float32 by default), so
+Float32 throughout, TF32 off for cuDNN and torch's GEMMs (tests/conftest.py; the Triton cells run exact float32), so
 both models do the same arithmetic up to summation order; over a few dozen steps of SGD at the tutorial's learning
 rate of 1 that order moves the losses by ~1e-6 relative, far inside the bounds."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 import torch
+from conftest import devices
 
 from lm import config
 from lm.model import LanguageModel
@@ -29,8 +29,6 @@ from lm.train import evaluate
 
 pytest.importorskip("triton", reason="the Triton cells need triton (a dependency on Linux)")
 
-CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")])
 PAIRS = [("triton_lstm", "cudnn_lstm"), ("triton_gru", "cudnn_gru")]
 # Per device: vocabulary, hidden size, window (num_steps), batch, training steps, words evaluated.  CUDA: the PTB
 # small preset's sizes, and 8192 words, so that batch 1 runs one window of 8192 steps (lm.train.EVAL_WORDS) and
@@ -41,22 +39,11 @@ PARAM_TOL = 1e-3  # every parameter after training, relative norm of the differe
 PPL_TOL = 1e-4  # evaluation perplexity, relative
 
 
-@contextlib.contextmanager
-def exact_float32():
-    """TF32 off for cuDNN and matmuls, restored after."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize(("cell", "ref"), PAIRS, ids=[p[0] for p in PAIRS])
 def test_training_and_evaluation_match_cudnn(device, cell, ref):
     vocab, hidden, t, b, steps, eval_words = SIZES[device]
@@ -67,26 +54,25 @@ def test_training_and_evaluation_match_cudnn(device, cell, ref):
     theirs = LanguageModel(ref, vocab, hidden, cfg.num_layers, 0.0, cfg.init_scale).to(device)
     theirs.load_state_dict(ours.state_dict())
     stream = torch.randint(0, vocab, (steps * t + 1, b), device=device)
-    with exact_float32():
-        losses = {}
-        for name, model in (("ours", ours), ("theirs", theirs)):
-            model.train()
-            step, state, got = make_step("eager", model, cfg, device), None, []
-            for i in range(steps):
-                x, y = stream[i * t:(i + 1) * t], stream[i * t + 1:(i + 1) * t + 1]
-                loss, _, state = step(x, y, state)
-                got.append(loss.item())
-            losses[name] = got
-        for i, (a, w) in enumerate(zip(losses["ours"], losses["theirs"], strict=True)):
-            assert math.isfinite(a) and abs(a - w) <= LOSS_TOL * abs(w), \
-                f"{cell}: training loss of step {i} {a:.6g}, {ref} {w:.6g}"
-        mine = dict(ours.named_parameters())
-        for key, p in theirs.named_parameters():
-            assert rel(mine[key], p) < PARAM_TOL, f"{cell}: {key} after training: {rel(mine[key], p):.3g}"
-        # Evaluation in lm.train.evaluate's long windows: at the training batch, then at batch 1 (the test set's).
-        words = torch.randint(0, vocab, (eval_words,), device="cpu")
-        for batch in (b, 1):
-            got = evaluate(ours, words, batch, t, device, progress=False)
-            want = evaluate(theirs, words, batch, t, device, progress=False)
-            assert math.isfinite(got) and abs(got - want) <= PPL_TOL * want, \
-                f"{cell}: evaluation at batch {batch}: perplexity {got:.6g}, {ref} {want:.6g}"
+    losses = {}
+    for name, model in (("ours", ours), ("theirs", theirs)):
+        model.train()
+        step, state, got = make_step("eager", model, cfg, device), None, []
+        for i in range(steps):
+            x, y = stream[i * t:(i + 1) * t], stream[i * t + 1:(i + 1) * t + 1]
+            loss, _, state = step(x, y, state)
+            got.append(loss.item())
+        losses[name] = got
+    for i, (a, w) in enumerate(zip(losses["ours"], losses["theirs"], strict=True)):
+        assert math.isfinite(a) and abs(a - w) <= LOSS_TOL * abs(w), \
+            f"{cell}: training loss of step {i} {a:.6g}, {ref} {w:.6g}"
+    mine = dict(ours.named_parameters())
+    for key, p in theirs.named_parameters():
+        assert rel(mine[key], p) < PARAM_TOL, f"{cell}: {key} after training: {rel(mine[key], p):.3g}"
+    # Evaluation in lm.train.evaluate's long windows: at the training batch, then at batch 1 (the test set's).
+    words = torch.randint(0, vocab, (eval_words,), device="cpu")
+    for batch in (b, 1):
+        got = evaluate(ours, words, batch, t, device, progress=False)
+        want = evaluate(theirs, words, batch, t, device, progress=False)
+        assert math.isfinite(got) and abs(got - want) <= PPL_TOL * want, \
+            f"{cell}: evaluation at batch {batch}: perplexity {got:.6g}, {ref} {want:.6g}"
