@@ -315,7 +315,8 @@ class Run:
         rec["steps_per_epoch"] = self.n_steps
         rec["vocab_size"] = self.corpus.vocab_size
 
-    def save_checkpoint(self, epoch: int, step: int, hidden, loss_sum, seconds: float) -> None:
+    def save_checkpoint(self, epoch: int, step: int, hidden, loss_sum, seconds: float,
+                        spikes: WindowSpikes | None = None) -> None:
         if self.checkpoint_path is None:
             return
         self.rec["wall_seconds"] = time.perf_counter() - self.wall0
@@ -323,19 +324,23 @@ class Run:
             "model": self.model.state_dict(), "optimizer": self.step.opt.state_dict(), "rng": ckpt_mod.rng_state(),
             "epoch": epoch, "step": step,
             "carried": {"hidden": None if hidden is None else tuple(h.cpu() for h in as_tuple(hidden)),
-                        "loss_sum": float(loss_sum), "seconds": seconds},
+                        "loss_sum": float(loss_sum), "seconds": seconds,
+                        "spikes": spikes.state() if spikes is not None else None},
             "record": self.rec, "vocab_size": self.corpus.vocab_size, "train_tokens": len(self.corpus.train)})
 
     def _carried_in(self, epoch: int):
-        """(state, loss sum, seconds already trained) at the start of ``epoch``: from a checkpoint when resuming."""
+        """(state, loss sum, seconds already trained, :class:`WindowSpikes`) at the start of ``epoch``: from a
+        checkpoint when resuming."""
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        spikes = WindowSpikes(self.corpus.vocab_size)
         if epoch != self.first_epoch or self.carried is None:
-            return None, loss_sum, 0.0
+            return None, loss_sum, 0.0, spikes
         state, hidden = None, self.carried["hidden"]
         if hidden is not None:
             hidden = tuple(h.to(device=self.device, dtype=self.dtype) for h in hidden)
             state = hidden if self.model.kind == "LSTM" else hidden[0]
-        return state, loss_sum + self.carried["loss_sum"], self.carried["seconds"]
+        spikes.restore(self.carried.get("spikes"))
+        return state, loss_sum + self.carried["loss_sum"], self.carried["seconds"], spikes
 
     def train_epoch(self, epoch: int, stop: dict) -> None:
         """One epoch of training steps; one synchronizing read a second checks divergence and shows progress.
@@ -349,7 +354,7 @@ class Run:
         lr = cfg.lr_at(epoch)
         step_fn.set_lr(lr)
         self.model.train()
-        state, loss_sum, before = self._carried_in(epoch)
+        state, loss_sum, before, spikes = self._carried_in(epoch)
         first = self.start_step if epoch == self.first_epoch else 0
         self.hb.update(phase="train", epoch=epoch, epochs=cfg.epochs, step=first, steps=self.n_steps)
         bar = tqdm(total=self.n_steps, initial=first, desc=f"{self.cell} epoch {epoch}/{cfg.epochs}",
@@ -379,7 +384,8 @@ class Run:
             stopping = stop["signal"] is not None
             due_ckpt = self.every > 0 and now - last_ckpt >= self.every
             if stopping or due_ckpt or now - last_sync >= 1.0 or step + 1 == self.n_steps:
-                last_loss = check_finite(pending, last_loss, epoch)
+                last_loss, losses = check_finite(pending, last_loss, epoch)
+                spikes.add(losses)
                 pending.clear()
                 last_sync = time.perf_counter()
                 bar.set_postfix(ppl=f"{math.exp(min(loss_sum.item() / (step + 1), 50)):.1f}",
@@ -387,7 +393,7 @@ class Run:
                 bar.update(step + 1 - bar.n)
                 if stopping or due_ckpt:
                     self.save_checkpoint(epoch, step + 1, state, loss_sum,
-                                         before + time.perf_counter() - t0 - excluded_s)
+                                         before + time.perf_counter() - t0 - excluded_s, spikes)
                     last_ckpt = time.perf_counter()
                 if stopping:
                     name = signal.Signals(stop["signal"]).name
@@ -405,7 +411,8 @@ class Run:
             rec["graph_breaks"] = step_fn.graph_breaks()
         self._epoch = {"epoch": epoch, "lr": lr, "train_ppl": safe_exp(loss_sum.item() / self.n_steps),
                        "train_seconds": before + seconds,
-                       "words_per_sec": (self.n_steps - excluded) * cfg.batch_size * cfg.num_steps / (before + seconds)}
+                       "words_per_sec": (self.n_steps - excluded) * cfg.batch_size * cfg.num_steps / (before + seconds),
+                       **spikes.fields()}
 
     def validate(self, epoch: int) -> None:
         cfg, rec = self.cfg, self.rec
@@ -465,10 +472,43 @@ def time_to_quality(epochs: list[dict], target: float) -> dict:
     return {"target_valid_ppl": target, "seconds": None, "epoch": None}
 
 
-def check_finite(pending: list[tuple[int, torch.Tensor]], last_loss: float | None, epoch: int) -> float | None:
-    """Raise Diverged at the first step whose loss or gradient norm is not finite; else the last loss."""
+class WindowSpikes:
+    """The training windows of one epoch whose perplexity exceeded twice the vocabulary size -- worse than twice a
+    uniform guess, the bound the GPU check applies to a run's evaluations (``bench.gpu_check.implausible``) -- and the
+    largest window perplexity.  A cell can be right and still spike: the GRUs at the small preset's learning rate of
+    1 exceed it in 11 to 16 of their first 100 windows on the CPU (seed 0), up to 1.5e8, and a model evaluated just
+    after such a window scores like one.  Recorded per epoch as ``train_spikes`` and ``train_max_window_ppl``."""
+
+    def __init__(self, vocab_size: int):
+        self.bound = math.log(2 * vocab_size)
+        self.count, self.max_loss = 0, None
+
+    def add(self, losses: list[float]) -> None:
+        """Count the window losses (mean cross-entropy per word) of steps read back since the last call."""
+        if losses:
+            self.count += sum(loss > self.bound for loss in losses)
+            top = max(losses)
+            self.max_loss = top if self.max_loss is None else max(self.max_loss, top)
+
+    def fields(self) -> dict:
+        return {"train_spikes": self.count,
+                "train_max_window_ppl": None if self.max_loss is None else safe_exp(self.max_loss)}
+
+    def state(self) -> dict:
+        return {"count": self.count, "max_loss": self.max_loss}
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from :meth:`state` of a checkpoint (None: one written before the count existed)."""
+        if state:
+            self.count, self.max_loss = state["count"], state["max_loss"]
+
+
+def check_finite(pending: list[tuple[int, torch.Tensor]], last_loss: float | None, epoch: int
+                 ) -> tuple[float | None, list[float]]:
+    """Raise Diverged at the first step whose loss or gradient norm is not finite; else (the last loss, the losses of
+    ``pending``'s steps, read to the host in the same copy)."""
     if not pending:
-        return last_loss
+        return last_loss, []
     values = torch.stack([v for _, v in pending]).cpu()
     bad = (~torch.isfinite(values)).any(dim=1).nonzero()
     if len(bad):
@@ -480,4 +520,5 @@ def check_finite(pending: list[tuple[int, torch.Tensor]], last_loss: float | Non
         raise Diverged(f"non-finite {what} in epoch {epoch} at step {step + 1} (last finite loss "
                        f"{last_txt}); try a lower --learning-rate or --max-grad-norm",
                        {"epoch": epoch, "step": step + 1, "what": what, "last_finite_loss": last})
-    return float(values[-1, 0])
+    losses = values[:, 0].tolist()
+    return losses[-1], losses

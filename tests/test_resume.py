@@ -61,7 +61,8 @@ def only_record(results: Path) -> dict:
 
 
 def numbers(rec: dict) -> list:
-    return [(e["epoch"], e["lr"], e["train_ppl"], e["valid_ppl"]) for e in rec["epochs"]] + [rec["test_ppl"]]
+    return [(e["epoch"], e["lr"], e["train_ppl"], e["valid_ppl"], e["train_spikes"], e["train_max_window_ppl"])
+            for e in rec["epochs"]] + [rec["test_ppl"]]
 
 
 @pytest.fixture(scope="module")

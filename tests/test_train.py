@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -50,6 +51,22 @@ def test_tiny_training_lowers_the_loss(cell, corpus_dir):
     assert ppl[-1] < ppl[0] and valid[-1] < valid[0]
     assert valid[-1] < 4, "learns the toy grammar (unigram perplexity is about 24)"
     assert rec["test_ppl"] > 1 and rec["words_per_sec"] > 0 and rec["peak_memory_bytes"] > 0
+    # (the tiny GRU's first epoch has windows past twice the vocabulary, up to ~140 over 29 words: lr 1 spikes)
+    assert all(e["train_max_window_ppl"] >= e["train_ppl"] for e in rec["epochs"])
+    assert rec["epochs"][-1]["train_spikes"] == 0
+
+
+def test_window_spikes_count_windows_past_twice_the_vocabulary_and_carry_over():
+    spikes = train.WindowSpikes(vocab_size=100)  # bound: perplexity 200
+    spikes.add([])
+    assert spikes.fields() == {"train_spikes": 0, "train_max_window_ppl": None}
+    spikes.add([math.log(150), math.log(250)])
+    spikes.add([math.log(1e5), math.log(3)])
+    again = train.WindowSpikes(vocab_size=100)
+    again.restore(spikes.state())
+    again.restore(None)  # a checkpoint from before the count: nothing to carry
+    for s in (spikes, again):
+        assert s.fields()["train_spikes"] == 2 and s.fields()["train_max_window_ppl"] == pytest.approx(1e5)
 
 
 def test_same_seed_same_numbers(corpus_dir):

@@ -58,6 +58,11 @@ PLANS = [
     ("stepwise-tiles-padded", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16, row_align=16)),
     ("blocked-2-batch-blocks-split-2-padded", 20, 2, 13, dict(path="blocked"),
      dict(block_b=16, batch_blocks=2, split_k=2, row_align=16)),
+    # the K loops as outer products summed after them (launch.Tile.outer), the backward on a transposed W_hh
+    ("stepwise-tiles-padded-outer", 20, 3, 40, dict(path="stepwise", units=16), dict(block_k=16, row_align=16,
+                                                                                    outer=True, outer_bwd=True)),
+    ("blocked-3x3-tiles-outer-backward", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=8,
+                                                                               outer_bwd=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
@@ -65,6 +70,7 @@ PERSISTENT = [
     ("persistent-B3-H40-3-programs", 3, 4, 40, dict(path="persistent", units=16), {}),
     ("persistent-B20-H650-tf32x3", 20, 35, 650, dict(path="persistent", fp32_precision="tf32x3"), {}),
     ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
+    ("persistent-B20-H650-outer", 20, 35, 650, dict(path="persistent"), dict(outer=True, outer_bwd=True, block_k=16)),
 ]
 
 
@@ -166,6 +172,30 @@ def test_gru_tiles_have_their_own_table_and_never_fuse(monkeypatch):
     finally:
         launch.plan_for.cache_clear()
     assert "fuse_gates" not in tune.FIELDS["GRU"] and "fuse_gates" in tune.FIELDS["LSTM"]
+
+
+def test_outer_products_follow_the_table_refuse_what_they_replace_and_say_so(monkeypatch):
+    """Table entries with ``outer`` / ``outer_bwd`` give plans with them, except where float32 is asked to run on
+    the tensor cores (tf32, tf32x3: tl.dot, as the backend string says); each kernel gets its own flag; the launcher
+    refuses outer products with a resident slice; the backend string names them."""
+    tile = dataclasses.replace(launch.GRU_TILES[(650, torch.float32)], outer=True, split_k=2)
+    monkeypatch.setitem(launch.GRU_TILES, (650, torch.float32), tile)
+    launch.plan_for.cache_clear()
+    launch.launch_options.cache_clear()
+    try:
+        plan = launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+        assert plan.outer and not plan.outer_bwd and "forward's K loop as outer products" in plan.describe()
+        assert "reduction split 2 ways" in plan.describe()  # (the backward's)
+        assert not launch.plan_for(20, 650, torch.float32, 132, fp32_precision="tf32x3", kind="GRU").outer
+        assert launch.launch_options(plan, torch.float32, False)["OUTER"]
+        assert "OUTER" not in launch.launch_options(plan, torch.float32, True)
+        both = dataclasses.replace(plan, outer_bwd=True, split_k=1)
+        assert "OUTER" in launch.launch_options(both, torch.float32, True) and "K loops as" in both.describe()
+        with pytest.raises(ValueError, match="outer products"):
+            launch.launch_options(dataclasses.replace(plan, resident=True), torch.float32, False)
+    finally:
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():

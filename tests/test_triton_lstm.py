@@ -202,6 +202,14 @@ SPLIT_PLANS += [
     ("stepwise-streamed-padded", 20, 3, 40, dict(path="stepwise", units=16, resident=False),
      dict(block_k=16, row_align=16)),
 ]
+# The K loops as outer products summed after them (launch.Tile.outer; the backward on a transposed W_hh), a dot per
+# gate and the four gates in one accumulator, unpadded and padded, a part-masked last tile (H 40 = 32 + 8).
+SPLIT_PLANS += [
+    ("blocked-3x3-tiles-outer", 20, 3, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, outer=True, outer_bwd=True)),
+    ("stepwise-2-batch-blocks-fused-gates-outer-padded", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=8, fuse_gates=True, row_align=16, outer=True, outer_bwd=True)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -212,6 +220,8 @@ PERSISTENT = [
     ("persistent-B20-H650-split-4", 20, 35, 650, dict(path="persistent"), dict(split_k=4, num_warps=16,
                                                                               num_warps_bwd=16)),
     ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
+    ("persistent-B20-H650-fused-gates-outer", 20, 35, 650, dict(path="persistent"),
+     dict(fuse_gates=True, outer=True, outer_bwd=True, split_k=1, block_k=16, num_stages=1, row_align=16)),
 ]
 
 
@@ -548,6 +558,10 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64}
+    outer = tune.candidates(dataclasses.replace(tile, block_k=32), 1500, torch.float32, 132, "outer")
+    assert [(t.outer, t.block_k) for t in outer] == [(False, 32), (True, 16)]  # (outer products: K <= 16)
+    assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {8, 16, 32}
+    assert tune.candidates(tile, 1500, torch.bfloat16, 132, "outer_bwd") == [tile]  # (exact float32 only)
     assert {(t.split_k, t.num_warps, t.num_warps_bwd) for t in tune.candidates(tile, 1500, torch.float32, 132,
                                                                                "split_k")} == {
         (1, 4, 4), (2, 8, 8), (4, 16, 16)}
@@ -596,7 +610,8 @@ def test_probe_launches_every_variant(monkeypatch):
 
     emitted = []  # what the command line writes out as it goes
     recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, emit=emitted.append)
-    variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "tf32x3", "tf32"]
+    variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "tf32x3", "tf32",
+                "outer-products"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert emitted == recs
     assert len(launched) == len(recs)
@@ -604,3 +619,4 @@ def test_probe_launches_every_variant(monkeypatch):
     assert by["fwd", "tf32x3"]["precision"] == "tf32x3" and by["fwd", "stages-3"]["num_stages"] == 3
     assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]
     assert by["bwd", "split-4"]["split_k"] == 4 and by["bwd", "split-4"]["num_warps_bwd"] == 16
+    assert by["bwd", "outer-products"]["outer_bwd"] and by["fwd", "outer-products"]["outer"]

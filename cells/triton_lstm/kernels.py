@@ -30,6 +30,18 @@ gradients ``dA_t`` of every step; ``dW_hh = sum_t dA_t^T h_{t-1}`` and the bias
 gradient are one GEMM and one sum over all T after it (in :mod:`.function`), as
 ``dW_ih`` is -- no per-step read-modify-write of weight-gradient rows.
 
+``OUTER`` (``launch.Tile.outer``): the K loops without tl.dot, for exact float32.  Triton lowers an ieee-precision
+tl.dot to FMAs whose operands it shuffles through shared memory every reduction tile (the H200's Nsight Compute run:
+74 % of the large forward's stalls wait on shared memory, 1 warp per scheduler); here each tile's products
+``a[b, k] w[n, k]`` go by one FMA each into a ``[BLOCK_B, N, BLOCK_K]`` accumulator, and the sum over k is taken
+once, after the loop.  Both operands are read with k contiguous: the forward's W_hh rows as they are, the backward's
+from a transposed copy ``W_hh^T`` ([HP, NG HP], made by the launcher per launch) whose row j holds column j of every
+gate, so the backward reduces over the NG HP columns of dA_{t+1} in one walk.  Sm_90 PTX (Triton 3.6) of a
+standalone tile, h [32, K] against 64 rows of W_hh: 0.13-0.20 shared-memory instructions and 1.0-1.5 bytes of shared
+traffic per FMA against tl.dot's 0.43-0.64 and 2.2-3.2, with 2-3 times tl.dot's CTA barriers per tile and
+registers growing with the accumulator (the package docstring's table).  Operands are taken to the accumulation
+dtype, so 16-bit inputs run exactly on the FMA units too, slowly: it is for float32.  ``PRECISION`` does not apply.
+
 ``RESIDENT`` loads this program's slice of ``W_hh`` once, before the time loop; it
 needs one unit tile and one reduction tile (``UNITS <= BLOCK_J``, ``BLOCK_K >= H``).
 Compiled for sm_90 it spills (the tl.dot operand layout replicates the slice across
@@ -77,6 +89,13 @@ else:
     @triton.jit
     def _bound(x):
         return x
+
+
+# The combine function of the reductions below: triton's own, which tl.sum uses, so that the interpreter takes its
+# NumPy sum for it (any other combine function it applies one element at a time, in Python: seconds a reduction).
+# Called as tl.reduce(x, axis, _SUM), not as tl.sum, which is a @triton.jit function of triton's own that the
+# interpreted flavour of this file cannot call when triton was imported compiled.
+_SUM = tl.standard._sum_combine
 
 
 @triton.jit
@@ -131,11 +150,49 @@ def _leave_grid(arrive_ptr, done_ptr):
 
 
 @triton.jit
+def _outer(acc3, a, w):
+    # acc3 [M, N, BLOCK_K] + a [M, BLOCK_K] (x) w [N, BLOCK_K]: a reduction tile's products, one FMA each, kept apart
+    # over k and summed once after the K loop (OUTER; see the docstring).  In the accumulation dtype.
+    return acc3 + a.to(acc3.dtype)[:, None, :] * w.to(acc3.dtype)[None, :, :]
+
+
+@triton.jit
+def _dh_outer(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, NG: tl.constexpr):
+    # _dh's OUTER loop: acc + dA[rows, :] (W_hh^T)[js, :]^T over the NG H columns, as outer products.
+    acc3 = tl.full((acc.shape[0], acc.shape[1], BLOCK_K), 0.0, dtype=acc.dtype)
+    qr = tl.arange(0, BLOCK_K)
+    for q0 in range(0, _bound(K_END) * NG, BLOCK_K):
+        qs = q0 + qr
+        q_ok = qs < NG * H
+        a = tl.load(da_src + row_g[:, None] + qs[None, :], mask=da_ok[:, None] & q_ok[None, :], other=0.0,
+                    cache_modifier=".cg")
+        w = tl.load(w_ptr + js[:, None] * (NG * H) + qs[None, :], mask=j_ok[:, None] & q_ok[None, :], other=0.0,
+                    eviction_policy="evict_last")
+        acc3 = _outer(acc3, a, w)
+    return acc + tl.reduce(acc3, 2, _SUM)
+
+
+@triton.jit
 def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
+        UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1,
+        OUTER: tl.constexpr = False):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
-    # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.
+    # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.  OUTER: w_ptr is W_hh^T, [H, NG H] (the
+    # launcher's transposed copy), so that row j holds every gate's k contiguously, and the NG H columns of dA and
+    # W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
+    if OUTER:
+        out = _dh_outer(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, NG)
+    else:
+        out = _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, PRECISION, UPCAST, FUSE, NG,
+                      SPLIT)
+    return out
+
+
+@triton.jit
+def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+            UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
+    # _dh with tl.dot.
     if SPLIT > 1:
         return acc + _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, acc.shape[0], acc.shape[1], BLOCK_K,
                                PRECISION, UPCAST, FUSE, NG, SPLIT, acc.dtype)
@@ -174,13 +231,6 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
 
 
 @triton.jit
-def _add(a, b):
-    # The partial sums' combine: tl.reduce with it is tl.sum, which the interpreted flavour of this file cannot call
-    # when triton was imported compiled (tl.sum is a @triton.jit function of triton's own).
-    return a + b
-
-
-@triton.jit
 def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
               BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FUSE: tl.constexpr,
               NG: tl.constexpr, SPLIT: tl.constexpr, acc_ty: tl.constexpr):
@@ -213,7 +263,7 @@ def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.const
                 a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
                 w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
                 part = _dot(a, w, part, PRECISION, UPCAST)
-    return tl.reduce(part, 0, _add)
+    return tl.reduce(part, 0, _SUM)
 
 
 @triton.jit
@@ -243,7 +293,7 @@ def _h_w_split(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.const
         if NG == 4:
             w = tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
             p3 = _dot(h, w, p3, PRECISION, UPCAST)
-    return tl.reduce(p0, 0, _add), tl.reduce(p1, 0, _add), tl.reduce(p2, 0, _add), tl.reduce(p3, 0, _add)
+    return tl.reduce(p0, 0, _SUM), tl.reduce(p1, 0, _SUM), tl.reduce(p2, 0, _SUM), tl.reduce(p3, 0, _SUM)
 
 
 @triton.jit
@@ -262,7 +312,53 @@ def _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_cols, jq_ok, H, K_END, acc_t
         w = tl.load(w_ptr + w_cols[None, :, :] + ks[:, :, None], mask=jq_ok[None, :, :] & k_ok[:, :, None],
                     other=0.0, eviction_policy="evict_last")
         part = _dot(h, w, part, PRECISION, UPCAST)
-    return tl.reduce(part, 0, _add)
+    return tl.reduce(part, 0, _SUM)
+
+
+@triton.jit
+def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr):
+    # _h_w as outer products (OUTER): per gate a [BLOCK_B, BLOCK_J, BLOCK_K] accumulator of h[b, k] W_hh[g H + j, k],
+    # W_hh's rows read with k contiguous, summed over k after the loop.
+    p0 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
+    p1 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
+    p2 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
+    if NG == 4:
+        p3 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
+    else:  # (the GRU: a fourth result of zeros, without a full accumulator's registers)
+        p3 = tl.full((BLOCK_B, BLOCK_J, 1), 0.0, dtype=acc_ty)
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), BLOCK_K):
+        ks = k0 + kr
+        k_ok = ks < H
+        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                    cache_modifier=".cg")
+        w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
+        w_m = j_ok[:, None] & k_ok[None, :]
+        p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        p1 = _outer(p1, h, tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        p2 = _outer(p2, h, tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        if NG == 4:
+            p3 = _outer(p3, h, tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+    return tl.reduce(p0, 2, _SUM), tl.reduce(p1, 2, _SUM), tl.reduce(p2, 2, _SUM), tl.reduce(p3, 2, _SUM)
+
+
+@triton.jit
+def _h_w_fused_outer(h_src, row_h, row_ok, w_ptr, w_rows, jq_ok, H, K_END, acc_ty: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # The forward's four-gate reduction as outer products (FUSE and OUTER): one [BLOCK_B, 4 BLOCK_J, BLOCK_K]
+    # accumulator, row r of the W_hh tile the row offset w_rows[r] (gate r % 4 of unit r // 4), summed over k after.
+    acc3 = tl.full((BLOCK_B, 4 * BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), BLOCK_K):
+        ks = k0 + kr
+        k_ok = ks < H
+        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                    cache_modifier=".cg")
+        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=jq_ok[:, None] & k_ok[None, :], other=0.0,
+                    eviction_policy="evict_last")
+        acc3 = _outer(acc3, h, w)
+    return tl.reduce(acc3, 2, _SUM)
 
 
 @triton.jit
@@ -276,10 +372,24 @@ def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
 @triton.jit
 def _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
          BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
-         UPCAST: tl.constexpr, SPLIT: tl.constexpr = 1):
+         UPCAST: tl.constexpr, SPLIT: tl.constexpr = 1, OUTER: tl.constexpr = False):
     # h_{t-1}[rows, :] W_hh[g H + js, :]^T for the first NG (3 or 4) gates g, a tl.dot per gate and BLOCK_K tile
     # (K_END: H, or 0 to probe); with NG = 3 the fourth result stays zero.  h_{t-1} is read with .cg (L2): other
     # programs wrote it during this launch; the W_hh slice with evict_last, to stay in L1 for the next step.
+    if OUTER:
+        a0, a1, a2, a3 = _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J,
+                                    BLOCK_K, NG)
+    else:
+        a0, a1, a2, a3 = _h_w_dot(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K,
+                                  NG, PRECISION, UPCAST, SPLIT)
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def _h_w_dot(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
+             UPCAST: tl.constexpr, SPLIT: tl.constexpr = 1):
+    # _h_w with tl.dot.
     if SPLIT > 1:
         return _h_w_split(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, NG,
                           PRECISION, UPCAST, SPLIT)
@@ -335,6 +445,7 @@ def lstm_fwd_kernel(
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program (see _h_w_split)
     PAD: tl.constexpr = False,  # HP > H: the matmul reads h_{t-1} from the ring hk (else hk is h_0, HP = H, y is read)
+    OUTER: tl.constexpr = False,  # the K loop as outer products, summed over k after it (no tl.dot)
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -396,25 +507,30 @@ def lstm_fwd_kernel(
                 jq = j0 + cq // 4
                 w_cols = ((cq % 4) * HK + jq)[None, :] * HK
                 jq_ok = (jq < u_hi)[None, :]
-                acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
-                for k0 in range(0, _bound(HK if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
-                    ks = k0 + kr
-                    k_ok = ks < HK
-                    h_m = row_ok[:, None] & k_ok[None, :]
-                    h = tl.load(h_src + row_k[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                    w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
-                                eviction_policy="evict_last")
-                    acc = _dot(h, w, acc, PRECISION, UPCAST)
-                if SPLIT > 1:
-                    acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HK, HK if PROBE % 2 == 0 else 0,
-                                           acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
+                if OUTER:
+                    acc = _h_w_fused_outer(h_src, row_k, row_ok, w_ptr, ((cq % 4) * HK + jq) * HK, jq < u_hi, HK,
+                                           HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K)
+                else:
+                    acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
+                    for k0 in range(0, _bound(HK if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
+                        ks = k0 + kr
+                        k_ok = ks < HK
+                        h_m = row_ok[:, None] & k_ok[None, :]
+                        h = tl.load(h_src + row_k[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+                        w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
+                                    eviction_policy="evict_last")
+                        acc = _dot(h, w, acc, PRECISION, UPCAST)
+                    if SPLIT > 1:
+                        acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HK,
+                                               HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K,
+                                               PRECISION, UPCAST, SPLIT)
                 # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
                 ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
                 a_i, a_g = tl.split(ig)
                 a_f, a_o = tl.split(fo)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 a_i, a_f, a_g, a_o = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0,
-                                          acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT)
+                                          acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT, OUTER)
             xp_t = xp_ptr + t64 * 4 * slab + o_g
             a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
             a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok,
@@ -449,7 +565,7 @@ def lstm_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_kernel(
-    w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]
+    w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]; OUTER: [HP, 4 HP]
     c0_ptr,  # [B, H] initial cell state, dtype of c
     c_ptr,  # [T, B, H] forward cell states, accumulation dtype
     gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
@@ -476,6 +592,7 @@ def lstm_bwd_kernel(
     PROBE: tl.constexpr = 0,  # timing probes only (cells.triton_lstm.probe): 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
+    OUTER: tl.constexpr = False,  # the K loops as outer products (no tl.dot); w_ptr is then W_hh^T
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -529,7 +646,7 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 dh = _dh(dh, da_next, next_ok, row_k, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, BLOCK_K,
-                         PRECISION, UPCAST, FUSE, 4, SPLIT)
+                         PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -562,7 +679,7 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), dak_ptr if PAD else da_ptr, row_ok, row_k,
-                      w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT)
+                      w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:
@@ -605,6 +722,7 @@ def gru_fwd_kernel(
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
+    OUTER: tl.constexpr = False,  # the K loop as outer products, summed over k after it (no tl.dot)
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -632,7 +750,7 @@ def gru_fwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # (probes 1 and 3 leave the recurrent matmul out)
             a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, acc_ty,
-                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT)
+                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT, OUTER)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
                                                                                     acc_ty))
@@ -662,7 +780,7 @@ def gru_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def gru_bwd_kernel(
-    w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]
+    w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]; OUTER: [HP, 3 HP]
     h0_ptr,  # [B, H] initial hidden state, dtype of y
     y_ptr,  # [T, B, H] forward hidden states (h_{t-1} = y_{t-1})
     gates_ptr,  # [T, B, 4H] forward r, z, n, hn, accumulation dtype
@@ -690,6 +808,7 @@ def gru_bwd_kernel(
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
+    OUTER: tl.constexpr = False,  # the K loops as outer products (no tl.dot); w_ptr is then W_hh^T
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -722,7 +841,7 @@ def gru_bwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
             dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HK,
-                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT, OUTER)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -755,7 +874,7 @@ def gru_bwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), dak_ptr if PAD else da_ptr, row_ok, row_k, w_ptr,
-                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT)
+                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT, OUTER)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -50,6 +50,8 @@ class Tile:
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
     split_k: int = 1  # the reduction over H split this many ways inside a program (a power of two; kernels' SPLIT)
     row_align: int = 1  # rows of what the recurrent matmuls read padded to a multiple of this (16: aligned)
+    outer: bool = False  # forward: the K loop as outer products summed over k after it, no tl.dot (kernels' OUTER)
+    outer_bwd: bool = False  # backward: the same, on a transposed copy of W_hh
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
@@ -185,6 +187,8 @@ class Plan:
     split_k: int = 1  # the reduction over H split this many ways inside a program: SPLIT BLOCK_K tiles per trip
     row_align: int = 1  # HP = H rounded up to this: row stride of the (padded) W_hh and the rings (padded_size)
     measured: bool = False  # the table's tile is the one MEASURED_TILES records as timed on a GPU
+    outer: bool = False  # forward: the K loop as outer products summed over k after it (exact FMA, no tl.dot)
+    outer_bwd: bool = False  # backward: the same (on W_hh^T)
 
     @property
     def sync(self) -> bool:
@@ -202,7 +206,11 @@ class Plan:
                 "grid barrier" if self.path == "persistent" else "one launch per step")
         where = "registers" if self.resident else "L1/L2, re-read each step"
         dots = "" if self.resident else ", one dot for the four gates" if self.fuse_gates else ", a dot per gate"
-        if self.split_k > 1 and not self.resident:
+        if (self.outer or self.outer_bwd) and not self.resident:
+            which = "K loops" if self.outer and self.outer_bwd else "forward's K loop" if self.outer else \
+                "backward's K loop"
+            dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
+        if self.split_k > 1 and not self.resident and not (self.outer and self.outer_bwd):
             dots += f", reduction split {self.split_k} ways"
         if self.row_align > 1:
             dots += f", rows padded to a multiple of {self.row_align}"
@@ -297,9 +305,11 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         resident = 4 * block_j * kp <= RESIDENT_MAX["interpreter" if interpret else "compiled"]
     resident = resident and block_j >= units and kind == "LSTM"  # one unit tile per program; the GRU streams
     if tile:
+        exact = not resident and precision == "ieee"  # (float32 on the tensor cores asked for: tl.dot, as it says)
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
-                    tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile)
+                    tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile,
+                    tile.outer and exact, tile.outer_bwd and exact)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -313,6 +323,10 @@ def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool =
     """Keyword arguments of one kernel launch for ``plan`` and compute dtype ``dtype``: the compile-time
     arguments and, compiled, the compiler options.  Cached; callers must not change the dict."""
     meta = constexprs(plan, dtype)
+    if plan.outer_bwd if backward else plan.outer:
+        if plan.resident:
+            raise ValueError("outer products replace tl.dot in the streamed K loop: not with a resident slice")
+        meta["OUTER"] = True  # (the kernels' SPLIT does not apply then)
     if not backward:
         meta["TRAIN"] = train
     if not plan.interpret:
@@ -462,6 +476,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
     hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, c.dtype)
+    w = w.t().contiguous() if plan.outer_bwd else w  # OUTER reads W_hh^T's rows (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
@@ -524,6 +539,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
     hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, gates.dtype)
+    w = w.t().contiguous() if plan.outer_bwd else w  # OUTER reads W_hh^T's rows (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel

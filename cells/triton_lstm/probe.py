@@ -25,7 +25,10 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    warps): a quarter of the dependent trips through the K loop per step, four times the warps;
 * ``tf32x3``, ``tf32`` (float32 only) the full kernel with the recurrent matmul on the tensor cores instead of exact
                    FMA: three TF32 products per multiply (about float32's accuracy; ``fp32_precision="tf32x3"``), or
-                   one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32).
+                   one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32);
+* ``outer-products`` (exact float32) the full kernel with both K loops as outer products summed after them instead
+                   of tl.dot (``outer``, ``outer_bwd``; a K tile of at most 16): FMAs without tl.dot's operand
+                   shuffles through shared memory.
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -77,6 +80,9 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
                                                          num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
     if dtype == torch.float32 and plan.precision == "ieee":
         variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
+        if not (plan.outer and plan.outer_bwd):  # (a resident slice -- the interpreter's -- streamed instead)
+            variants.append(("outer-products", dataclasses.replace(plan, outer=True, outer_bwd=True, resident=False,
+                                                                   block_k=min(plan.block_k, 16)), 0))
     return variants
 
 

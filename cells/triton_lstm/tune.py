@@ -9,7 +9,8 @@ Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run c
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
 tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a multiple of 16 or not (``row_align``),
-the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way),
+the K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most
+16), the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way),
 the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by
 more than 2 %.  Padding comes before the stages because it is what lets the bfloat16 forward pipeline at all (the
 package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round kept a change (a
@@ -105,7 +106,13 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     if field == "split_k":  # SPLIT tiles per trip of the K loop, done side by side: at least 4 warps per way
         return [dataclasses.replace(tile, split_k=v, num_warps=max(tile.num_warps, min(16, 4 * v)),
                                     num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v))) for v in (1, 2, 4)]
-    values = {"block_k": (16, 32, 64) if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
+    if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
+        if dtype != torch.float32:
+            return [tile]
+        return [dataclasses.replace(tile, **{field: v}, block_k=min(tile.block_k, 16) if v else tile.block_k)
+                for v in (False, True)]
+    fp32_k = (8, 16, 32) if tile.outer or tile.outer_bwd else (16, 32, 64)
+    values = {"block_k": fp32_k if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
               "num_warps": (4, 8, 16), "num_warps_bwd": (4, 8, 16), "num_stages": (1, 2, 3),
               "row_align": (1, 16)}[field]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
@@ -114,9 +121,11 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
 # The fields varied, in order: the dot structure, the padding of the rows (before the stages: unpadded, the bfloat16
 # forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
 # change which reduction tile is best.  The GRU's three gates cannot share one dot.
-FIELDS = {"LSTM": ("units", "fuse_gates", "row_align", "num_stages", "split_k", "block_k", "num_warps",
-                   "num_warps_bwd"),
-          "GRU": ("units", "row_align", "num_stages", "split_k", "block_k", "num_warps", "num_warps_bwd")}
+FIELDS = {"LSTM": ("units", "fuse_gates", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
+                   "num_warps", "num_warps_bwd"),
+          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "num_warps",
+                  "num_warps_bwd")}
+OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
 
@@ -150,6 +159,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     else:
         start = original
     records, seen, expected = [], {}, None
+    fields = [f for f in FIELDS[kind] if fp32_precision == "ieee" or f not in OUTER_FIELDS]
 
     def keep(rec: dict) -> None:
         records.append(rec)
@@ -185,7 +195,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
         log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
             f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} k/{tile.split_k} r{tile.row_align} "
-            f"{'fused' if tile.fuse_gates else 'gates'}  "
+            f"{'fused' if tile.fuse_gates else 'gates'}{' outer' if tile.outer else ''}"
+            f"{' outer-bwd' if tile.outer_bwd else ''}  "
             f"fwd {fwd * 1e3:7.3f} ms  "
             f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
             + ("" if rec["ok"] else "  WRONG"))
@@ -201,11 +212,11 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
     try:
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
-        warm([start] + [t for field in FIELDS[kind] for t in candidates(start, hidden, dtype, sms, field)])
+        warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s = start, measure(start)
         for _ in range(rounds):
             kept = best
-            for field in FIELDS[kind]:
+            for field in fields:
                 tiles = candidates(best, hidden, dtype, sms, field)
                 warm(tiles)
                 for tile in tiles:
