@@ -223,7 +223,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 def test_cuda_long_windows_without_grad_match_cudnn(t, b):
     """Evaluation's shapes (lm.train.evaluate: batch 1 x 8192 steps, batch 20 x 409), no grad, TF32 off: the same
     outputs as torch.nn.GRU (tests/test_triton_lstm.py has the LSTM's; the GRU had none when its 100-step H200 run
-    scored worse than uniform, see tests/test_triton_training.py)."""
+    evaluated worse than uniform, see tests/test_triton_training.py)."""
     device = torch.device("cuda")
     cell = TritonGRU(200, 200, 2).to(device)
     ref = cells.build("cudnn_gru", 200, 200, 2).to(device)

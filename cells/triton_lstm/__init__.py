@@ -165,6 +165,28 @@ recurrent matmul as broadcast products summed over K (``sum(h[:, :, None] * w[No
 into the same tl.dot where all three sizes are at least 16 (identical PTX at large), and with a unit tile of 8
 (small, medium) it emitted 90 CTA barriers and 512 warp shuffles in the forward against tl.dot's 16 and 0.
 
+Outer products instead of tl.dot (``launch.Tile.outer`` for the forward, ``outer_bwd`` for the backward; kernels'
+``OUTER``; untimed, so in no table entry: the probe's ``outer-products`` variant and the tile search try them, exact
+float32 only).  Not the rejected broadcast sum above: the products of a tile go into a [B, N, K] accumulator and the
+sum over k is taken once after the loop, so Triton has no dot to rewrite.  The table's tiles with both flags, K 16 /
+K 8 (the search lowers K to 16 when it turns them on), compiled for sm_90, batch 20 (nograd: 1); registers under
+3.6 / 3.9, spill bytes stored / loaded under 3.6:
+
+- LSTM small (4 warps): K 16 193/191, 80/80, 96/96, none; K 8 114/114, 64/56, 64/63;
+- LSTM medium (4 warps, fused, rows 16): K 16 225/223, 80/84, 121/121; K 8 164/211, 66/72, 80/92; none;
+- LSTM large (8 warps, fused, rows 16): K 16 231/231, 110/106, 119/121; K 8 185/185, 78/78, 198/195; none (with 4
+  warps the K 16 forward spills 820/640);
+- GRU small (4 warps): K 16 214/216, 96/96, 80/80, the nograd spilling 12/12; K 8 95/95, 56/56, 51/51;
+- GRU medium (4 warps, rows 16): K 16 220/168, 80/84, 80/80; K 8 96/96, 80/64, 56/56; none;
+- GRU large (8 warps): K 16 212/208, 80/77, 80/80; K 8 97/96, 61/60, 92/93; none.
+
+Shared-memory instructions (``ld.shared`` and ``ldmatrix``, whole kernel) per FMA, Triton 3.6, forward / backward:
+K 16 at the table's warps, against the table's tl.dot tile: LSTM medium 0.12 / 0.30 against 0.46 / 0.38, large
+0.31 / 0.69 against 0.55 / 0.63; GRU large 0.13 / 0.32 against 0.58 / 0.53.  So the forward's shared-memory
+instructions drop 2-4x, the backward's less or, for the large LSTM, not at all (its N is the unit tile, 8-16 wide,
+against the forward's gates x units): hence the two flags.  Outer products need 2-3 times tl.dot's CTA barriers per tile (the operands' layout conversions) and their
+registers grow with the accumulator; whether fewer shared-memory round trips pay for that is for the GPU.
+
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------
 FLOPs = tokens x (48 L H^2 + 6 H V) (LSTM matmuls and the decoder, forward + backward); the fewest
