@@ -184,8 +184,9 @@ Shared-memory instructions (``ld.shared`` and ``ldmatrix``, whole kernel) per FM
 K 16 at the table's warps, against the table's tl.dot tile: LSTM medium 0.12 / 0.30 against 0.46 / 0.38, large
 0.31 / 0.69 against 0.55 / 0.63; GRU large 0.13 / 0.32 against 0.58 / 0.53.  So the forward's shared-memory
 instructions drop 2-4x, the backward's less or, for the large LSTM, not at all (its N is the unit tile, 8-16 wide,
-against the forward's gates x units): hence the two flags.  Outer products need 2-3 times tl.dot's CTA barriers per tile (the operands' layout conversions) and their
-registers grow with the accumulator; whether fewer shared-memory round trips pay for that is for the GPU.
+against the forward's gates x units): hence the two flags.  Outer products need 2-3 times tl.dot's CTA barriers
+per tile (the operands' layout conversions) and their registers grow with the accumulator; whether fewer
+shared-memory round trips pay for that is for the GPU.
 
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------

@@ -157,19 +157,22 @@ def _outer(acc3, a, w):
 
 
 @triton.jit
-def _dh_outer(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, NG: tl.constexpr):
-    # _dh's OUTER loop: acc + dA[rows, :] (W_hh^T)[js, :]^T over the NG H columns, as outer products.
-    acc3 = tl.full((acc.shape[0], acc.shape[1], BLOCK_K), 0.0, dtype=acc.dtype)
-    qr = tl.arange(0, BLOCK_K)
-    for q0 in range(0, _bound(K_END) * NG, BLOCK_K):
-        qs = q0 + qr
-        q_ok = qs < NG * H
-        a = tl.load(da_src + row_g[:, None] + qs[None, :], mask=da_ok[:, None] & q_ok[None, :], other=0.0,
+def _outer_sum(src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+               N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # [BLOCK_B, N]: sum over k < K of src[src_rows[b] + k] w[w_rows[n] + k], both read with k contiguous, as outer
+    # products into a [BLOCK_B, N, BLOCK_K] accumulator summed over k after the loop (OUTER; K_END: K, or 0 to probe).
+    # src_ok, w_ok: the rows to read (others count as zero).  src is what other programs wrote (.cg), w the weights.
+    acc3 = tl.full((BLOCK_B, N, BLOCK_K), 0.0, dtype=acc_ty)
+    kr = tl.arange(0, BLOCK_K)
+    for k0 in range(0, _bound(K_END), BLOCK_K):
+        ks = k0 + kr
+        k_ok = ks < K
+        a = tl.load(src + src_rows[:, None] + ks[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0,
                     cache_modifier=".cg")
-        w = tl.load(w_ptr + js[:, None] * (NG * H) + qs[None, :], mask=j_ok[:, None] & q_ok[None, :], other=0.0,
+        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_ok[:, None] & k_ok[None, :], other=0.0,
                     eviction_policy="evict_last")
         acc3 = _outer(acc3, a, w)
-    return acc + tl.reduce(acc3, 2, _SUM)
+    return tl.reduce(acc3, 2, _SUM)
 
 
 @triton.jit
@@ -181,8 +184,9 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
     # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.  OUTER: w_ptr is W_hh^T, [H, NG H] (the
     # launcher's transposed copy), so that row j holds every gate's k contiguously, and the NG H columns of dA and
     # W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
-    if OUTER:
-        out = _dh_outer(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, NG)
+    if OUTER:  # row j of W_hh^T holds every gate's k: one walk over the NG H columns of dA
+        out = acc + _outer_sum(da_src, row_g, da_ok, w_ptr, js * (NG * H), j_ok, NG * H, _bound(K_END) * NG, acc.dtype,
+                               acc.shape[0], acc.shape[1], BLOCK_K)
     else:
         out = _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, PRECISION, UPCAST, FUSE, NG,
                       SPLIT)
@@ -344,24 +348,6 @@ def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.const
 
 
 @triton.jit
-def _h_w_fused_outer(h_src, row_h, row_ok, w_ptr, w_rows, jq_ok, H, K_END, acc_ty: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    # The forward's four-gate reduction as outer products (FUSE and OUTER): one [BLOCK_B, 4 BLOCK_J, BLOCK_K]
-    # accumulator, row r of the W_hh tile the row offset w_rows[r] (gate r % 4 of unit r // 4), summed over k after.
-    acc3 = tl.full((BLOCK_B, 4 * BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
-    kr = tl.arange(0, BLOCK_K)
-    for k0 in range(0, _bound(K_END), BLOCK_K):
-        ks = k0 + kr
-        k_ok = ks < H
-        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-                    cache_modifier=".cg")
-        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=jq_ok[:, None] & k_ok[None, :], other=0.0,
-                    eviction_policy="evict_last")
-        acc3 = _outer(acc3, h, w)
-    return tl.reduce(acc3, 2, _SUM)
-
-
-@triton.jit
 def _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty: tl.constexpr):
     # b_ih[js] + b_hh[js] in the accumulation dtype, as a [1, BLOCK_J] row.
     b = tl.load(b_ih_ptr + js, mask=j_ok, other=0.0).to(acc_ty)
@@ -507,9 +493,9 @@ def lstm_fwd_kernel(
                 jq = j0 + cq // 4
                 w_cols = ((cq % 4) * HK + jq)[None, :] * HK
                 jq_ok = (jq < u_hi)[None, :]
-                if OUTER:
-                    acc = _h_w_fused_outer(h_src, row_k, row_ok, w_ptr, ((cq % 4) * HK + jq) * HK, jq < u_hi, HK,
-                                           HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K)
+                if OUTER:  # row r of the W_hh tile: gate r % 4 of unit j0 + r // 4, as for the dot
+                    acc = _outer_sum(h_src, row_k, row_ok, w_ptr, ((cq % 4) * HK + jq) * HK, jq < u_hi, HK,
+                                     HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, 4 * BLOCK_J, BLOCK_K)
                 else:
                     acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
                     for k0 in range(0, _bound(HK if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
