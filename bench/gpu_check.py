@@ -26,8 +26,8 @@ The check (correctness, and a finished training record for every cell):
    (run records, via ``rnnbench sweep``; each child under ``--cell-timeout``, so one stuck cell is
    recorded as ``timeout`` with its last heartbeat and the others still train).  A training step whose sweep
    exits 0 still fails when a run it wrote evaluated to a non-finite perplexity, or worse than twice a uniform
-   guess over the vocabulary after training that never came near that (:func:`implausible`: a cell that computes
-   the wrong function can finish a run); worse than that after spiky training is a warning in the log.
+   guess over the vocabulary and worse than any of its own training windows (:func:`implausible`: a cell that
+   computes the wrong function can finish a run); worse than that after training that spiked as far is a warning.
 4. ``report`` ``rnnbench report`` over what the check produced.
 
 The timings (``--perf``):
@@ -126,10 +126,11 @@ def implausible(runs: Path, before: dict[Path, int]) -> tuple[list[str], list[st
     """(failures, warnings): one line per run record in ``runs`` written since ``before`` (:func:`snapshot`) whose
     validation or test perplexity is not finite or exceeds :data:`IMPLAUSIBLE_FACTOR` x its vocabulary size.
 
-    A failure is what a correct cell cannot produce: a non-finite perplexity, or a garbage evaluation after training
-    whose every window stayed under the same bound (``train_spikes`` 0 in every epoch: calm training, so the
-    evaluation path is suspect).  Otherwise a warning: training that spiked past the bound (or a record from before
-    spikes were counted) can leave a correct model mid-spike when it is evaluated -- whether a cell computes its
+    A failure is what a correct cell cannot well produce: a non-finite perplexity, or an evaluation worse than every
+    training window the run went through (``train_max_window_ppl``: the model scored worse on held-out text than it
+    ever did, spikes included, on the text it trained on).  Otherwise a warning: training that itself spiked that far
+    (or a record from before windows were counted) can leave a correct model mid-spike when it is evaluated -- the
+    GRUs at the small preset's learning rate of 1 reach 1.5e8 in their third window.  Whether a cell computes its
     function is for the tests (``tests/test_triton_training.py`` runs the Triton cells beside cuDNN through training
     and evaluation)."""
     failures, warnings = [], []
@@ -151,16 +152,16 @@ def implausible(runs: Path, before: dict[Path, int]) -> tuple[list[str], list[st
         kind, ppl = max(worst, key=lambda w: w[1] if math.isfinite(w[1]) else math.inf)
         line = (f"{rec.get('cell')} {(rec.get('config') or {}).get('name')}: {kind} perplexity {ppl:.4g}, "
                 f"worse than {IMPLAUSIBLE_FACTOR} x a uniform guess over {vocab} words ({path.name})")
-        spikes = [e.get("train_spikes") for e in epochs]
+        windows = [e["train_max_window_ppl"] for e in epochs if isinstance(e.get("train_max_window_ppl"), (int, float))]
+        spikes = sum(e.get("train_spikes") or 0 for e in epochs)
         if not math.isfinite(ppl):
             failures.append(line)
-        elif spikes and all(n == 0 for n in spikes):
-            failures.append(line + "; no training window came near that: the evaluation, not the training, is wrong")
+        elif windows and ppl > max(windows):
+            failures.append(f"{line}, and worse than every training window of the run (the largest {max(windows):.4g})"
+                            ": the evaluation, not the training, went wrong")
         else:
-            known = [n for n in spikes if n is not None]
-            why = (f"{sum(known)} training window(s) passed that bound too, up to perplexity "
-                   f"{max((e.get('train_max_window_ppl') or 0) for e in epochs):.3g}" if known
-                   else "the record does not count its training windows past that bound")
+            why = (f"its training windows reached {max(windows):.4g} ({spikes} past that bound)" if windows
+                   else "the record does not count its training windows")
             warnings.append(f"{line}; {why}: unstable training can leave a correct model mid-spike (the tests "
                             "decide correctness)")
     return failures, warnings

@@ -145,11 +145,11 @@ def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
 
 
 def test_a_training_step_fails_on_what_a_correct_cell_cannot_score_and_warns_on_a_spike(tmp_path):
-    """A sweep that exits 0 but left a run with a non-finite evaluation, or one worse than twice a uniform guess after
-    training whose windows all stayed under that bound, fails its step, which says which run and why.  Worse than
-    that after spiking training windows (lm.train.WindowSpikes), or in a record that does not count them (triton_gru's
-    first H200 run: valid 1.27e5 over 10,000 words), is a warning: GRUs at learning rate 1 spike past it on the CPU
-    too.  Older records are not looked at."""
+    """A sweep that exits 0 but left a run with a non-finite evaluation, or one worse than twice a uniform guess and
+    worse than every training window of the run, fails its step, which says which run and why.  Worse than twice a
+    uniform guess after training windows that spiked as far (lm.train.WindowSpikes), or in a record that does not
+    count them (triton_gru's first H200 run: valid 1.27e5 over 10,000 words), is a warning: GRUs at learning rate 1
+    spike past it on the CPU too.  Older records are not looked at."""
     from bench import gpu_check
 
     runs = tmp_path / "runs"
@@ -159,23 +159,23 @@ def test_a_training_step_fails_on_what_a_correct_cell_cannot_score_and_warns_on_
     writes = ("import json, sys; from pathlib import Path; runs = Path(sys.argv[1]); "
               "[(runs / f'{c}.json').write_text(json.dumps({'cell': c, 'config': {'name': 'small'}, "
               "'vocab_size': 10000, 'epochs': [{'valid_ppl': v, **({} if n is None else {'train_spikes': n, "
-              "'train_max_window_ppl': 6.5e5})}], 'test_ppl': t})) for c, v, t, n in json.loads(sys.argv[2])]")
+              "'train_max_window_ppl': m})}], 'test_ppl': t})) for c, v, t, n, m in json.loads(sys.argv[2])]")
 
     def step(name, rows):
         return gpu_check.run_step(gpu_check.Step(name, [sys.executable, "-c", writes, str(runs), json.dumps(rows)],
                                                  30, runs=runs), tmp_path / f"{name}.log")
 
-    status = step("good", [["slow_learner", 4090.0, 4357.0, 0], ["unfinished", None, None, None]])
+    status = step("good", [["slow_learner", 4090.0, 4357.0, 0, 9999.0], ["unfinished", None, None, None, None]])
     assert status["status"] == "ok" and "warnings" not in status and "implausible" not in status, status
-    status = step("spiky", [["triton_gru", 126856.8, 150257.4, None], ["loop_gru", 6.1e5, 5.2e5, 16]])
+    status = step("spiky", [["triton_gru", 126856.8, 150257.4, None, None], ["loop_gru", 6.1e5, 5.2e5, 16, 1.5e8]])
     assert status["status"] == "ok" and "implausible" not in status and len(status["warnings"]) == 2, status
     assert "does not count its training windows" in status["warnings"][1]  # (sorted by file name)
-    assert "16 training window(s) passed that bound too, up to perplexity 6.5e+05" in status["warnings"][0]
+    assert "its training windows reached 1.5e+08 (16 past that bound)" in status["warnings"][0]
     assert "warning: triton_gru" in (tmp_path / "spiky.log").read_text()
-    status = step("bad", [["calm_garbage", 126856.8, 150257.4, 0], ["diverged", float("inf"), None, 3]])
+    status = step("bad", [["calm_garbage", 126856.8, 150257.4, 2, 28047.8], ["diverged", float("inf"), None, 3, 1e5]])
     assert status["status"] == "failed" and len(status["implausible"]) == 2, status
     assert "calm_garbage small: test perplexity 1.503e+05" in status["implausible"][0]
-    assert "the evaluation, not the training, is wrong" in status["implausible"][0]
+    assert "worse than every training window of the run (the largest 2.805e+04)" in status["implausible"][0]
     assert "diverged small: valid perplexity inf" in status["implausible"][1]
     assert "implausible: calm_garbage" in (tmp_path / "bad.log").read_text()
 
