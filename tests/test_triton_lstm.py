@@ -514,6 +514,28 @@ def test_cuda_long_windows_without_grad_match_cudnn(t, b):
         assert rel(got, want) < 1e-4, f"{key}: {rel(got, want):.3g}"
 
 
+def test_kernels_compile_however_triton_was_imported():
+    """The compiled flavour references no function of triton's own, whose flavour is fixed when triton is imported:
+    with TRITON_INTERPRET=1 at import (as `python -m pytest` has it on a machine without a GPU: bench/conftest.py),
+    triton's @jit functions are interpreted ones, which compiled code cannot call (the sum combine of the kernels'
+    reductions did, once: "Unsupported function referenced")."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if "nvidia" not in pytest.importorskip("triton.backends").backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+    code = ("import torch, triton.language as tl; from cells.triton_lstm import launch, sm90; "
+            "assert type(tl.standard._sum_combine).__name__ == 'InterpretedFunction'; "
+            "plan = launch.plan_for(20, 24, torch.float32, 132, units=8); "
+            "[sm90.compile_kernel(k, plan, torch.float32, True, 20, 24) for k in ('fwd', 'bwd')]")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled flavour, which the interpreter never runs, must get through Triton's compiler: the persistent
     kernels of the PTB medium layer (bfloat16, 130 programs, grid barrier) built for sm_90 down to a cubin, no GPU

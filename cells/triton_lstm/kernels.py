@@ -91,11 +91,20 @@ else:
         return x
 
 
-# The combine function of the reductions below: triton's own, which tl.sum uses, so that the interpreter takes its
-# NumPy sum for it (any other combine function it applies one element at a time, in Python: seconds a reduction).
-# Called as tl.reduce(x, axis, _SUM), not as tl.sum, which is a @triton.jit function of triton's own that the
-# interpreted flavour of this file cannot call when triton was imported compiled.
-_SUM = tl.standard._sum_combine
+# The combine function of the reductions below (tl.reduce(x, axis, _SUM); tl.sum is a @triton.jit function of
+# triton's own, which the interpreted flavour of this file cannot call when triton was imported compiled).
+# Interpreted, triton's own sum combine, which the interpreter recognizes and sums with NumPy (any other it applies
+# one element at a time, in Python: seconds a reduction); it is never called.  Compiled, one of this file's: triton's
+# own is an interpreted function wherever triton was imported with TRITON_INTERPRET=1, and compiled code cannot
+# reference one.
+if triton.knobs.runtime.interpret:
+    _SUM = tl.standard._sum_combine
+
+else:
+
+    @triton.jit
+    def _SUM(a, b):
+        return a + b
 
 
 @triton.jit
