@@ -136,6 +136,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"test ppl {ppl}, {wps} words/sec{where}")
     if rec["status"] != "ok":
         print(f"rnnbench: {rec['status']}: {rec['error']}", file=sys.stderr)
+    last = (rec.get("epochs") or [{}])[-1]
+    if last.get("train_spikes"):
+        print(f"rnnbench: note: {last['train_spikes']} training window(s) of the last epoch scored worse than twice "
+              f"a uniform guess (the worst at perplexity {last['train_max_window_ppl']:.3g}): unstable training, and "
+              "an evaluation right after such a window scores like one", file=sys.stderr)
     return {"ok": 0, "interrupted": rec.get("exit_code", 130)}.get(rec["status"], 1)
 
 

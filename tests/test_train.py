@@ -69,6 +69,21 @@ def test_window_spikes_count_windows_past_twice_the_vocabulary_and_carry_over():
         assert s.fields()["train_spikes"] == 2 and s.fields()["train_max_window_ppl"] == pytest.approx(1e5)
 
 
+def test_training_that_spikes_in_its_last_epoch_says_so(corpus_dir, tmp_path, capsys):
+    """The tiny GRU's one epoch at learning rate 1 passes twice its 29-word vocabulary in some windows: the command
+    ends with a note on stderr, and the run's row in train.csv counts them; a calm run (last epoch) has no note."""
+    import pandas as pd
+
+    args = ["train", "--cell", "loop_gru", "--config", "tiny", "--device", "cpu", "--seed", "1", "--data-dir",
+            str(corpus_dir), "--no-verify", "--results", str(tmp_path), "--quiet", "--heartbeat", "0"]
+    assert main([*args, "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "training window(s) of the last epoch scored worse than twice a uniform guess" in err, err
+    assert pd.read_csv(tmp_path / "train.csv")["spikes"].tolist() == [7]
+    assert main([*args, "--epochs", "3"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_same_seed_same_numbers(corpus_dir):
     corpus = data.load(corpus_dir, check_md5=False)
     cfg = config.preset("tiny", epochs=1)
@@ -95,7 +110,7 @@ def test_cli_end_to_end_writes_a_valid_record(corpus_dir, tmp_path):
     env = rec["env"]
     assert env["device"] == "cpu" and env["device_name"] and env["torch"] == torch.__version__ and env["commit"]
     table = (results / "train.csv").read_text().splitlines()
-    assert len(table) == 2 and "loop_lstm" in table[1]
+    assert len(table) == 2 and "loop_lstm" in table[1] and ",spikes," in table[0]
     assert "loop_lstm" in (results / "train.md").read_text()
     assert not list(results.rglob("*.tmp"))
 
