@@ -749,7 +749,9 @@ def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
 # --- the report -----------------------------------------------------------------------------------------------
 
 def write_report(results: str | Path = "results") -> Path:
-    """Write ``REPORT.md``, ``report.csv`` and ``plots/*.png`` under ``results``; returns the REPORT.md path."""
+    """Write ``REPORT.md``, ``report.csv`` and ``plots/*.png`` under ``results``, and ``train.csv`` / ``train.md``
+    anew from every run record (records merged in from elsewhere, e.g. a GPU check, have not written them); returns
+    the REPORT.md path."""
     from datetime import datetime, timezone
 
     results = Path(results)
@@ -783,4 +785,5 @@ def write_report(results: str | Path = "results") -> Path:
     csv = runs.to_csv(index=False, float_format="%.6g")
     records.atomic_write(results / "report.csv", csv)
     records.atomic_write(results / "REPORT.md", "\n".join(md))
+    records.write_train_tables(results)
     return results / "REPORT.md"

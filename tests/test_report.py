@@ -202,6 +202,7 @@ def test_cli_report(results, capsys):
     assert main(["report", "--results", str(results)]) == 0
     assert "REPORT.md" in capsys.readouterr().out
     assert (results / "REPORT.md").is_file() and (results / "report.csv").is_file()
+    assert "cudnn_lstm" in (results / "train.md").read_text()  # (a record written by hand: the report makes it)
 
 
 def test_missing_results_folder_is_one_line_exit_2(tmp_path, capsys):
