@@ -108,6 +108,12 @@ def load_runs(results: str | os.PathLike) -> list[dict]:
     return out
 
 
+# Worse than this many times a uniform guess over the vocabulary: a training window past it is a spike
+# (lm.train.WindowSpikes, a record's ``train_spikes``); an evaluation past it is what the GPU check looks into
+# (bench.gpu_check.implausible).
+SPIKE_FACTOR = 2
+
+
 TRAIN_COLUMNS = ["started", "config", "cell", "backend", "device", "device_name", "epochs", "steps_per_epoch",
                  "valid_ppl", "test_ppl", "spikes", "words_per_sec", "peak_mem_mib", "wall_min", "status", "commit",
                  "run_id"]

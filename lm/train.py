@@ -480,7 +480,7 @@ class WindowSpikes:
     after such a window scores like one.  Recorded per epoch as ``train_spikes`` and ``train_max_window_ppl``."""
 
     def __init__(self, vocab_size: int):
-        self.bound = math.log(2 * vocab_size)
+        self.bound = math.log(records.SPIKE_FACTOR * vocab_size)
         self.count, self.max_loss = 0, None
 
     def add(self, losses: list[float]) -> None:

@@ -193,7 +193,7 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
     # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.  OUTER: w_ptr is W_hh^T, [H, NG H] (the
     # launcher's transposed copy), so that row j holds every gate's k contiguously, and the NG H columns of dA and
     # W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
-    if OUTER:  # row j of W_hh^T holds every gate's k: one walk over the NG H columns of dA
+    if OUTER:
         out = acc + _outer_sum(da_src, row_g, da_ok, w_ptr, js * (NG * H), j_ok, NG * H, _bound(K_END) * NG, acc.dtype,
                                acc.shape[0], acc.shape[1], BLOCK_K)
     else:
