@@ -64,7 +64,7 @@ def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
     # (ncu runs only where it is on the PATH, never in the dry run)
     assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "bench-modes",
                                                      "bench-compiled", "bench-compiled-graphs", "bench-bf16",
-                                                     "report"]
+                                                     "tune-small", "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
@@ -96,6 +96,11 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     monkeypatch.setattr(gpu_check.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on the GPU machine
     perf = {s.name: s.argv for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "perf")}
     assert perf["probe"][perf["probe"].index("--json") + 1].endswith("probe.json")
+    from cells.triton_lstm import tune  # the fields the check's tile search varies are the search's own
+
+    assert tune._fields(perf["tune"][perf["tune"].index("--fields") + 1]) == gpu_check.TUNE_FIELDS
+    assert perf["tune-small"][perf["tune-small"].index("--presets") + 1] == "small"
+    assert "--fields" not in perf["tune-small"]
     # the profiler: one forward and one backward launch of the large layer, clocks left as they are
     assert perf["ncu"][0] == "ncu" and "--once" in perf["ncu"] and "--clock-control" in perf["ncu"]
     assert gpu_check.BUDGET_S <= 360

@@ -210,6 +210,12 @@ SPLIT_PLANS += [
     ("stepwise-2-batch-blocks-fused-gates-outer-padded", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=8, fuse_gates=True, row_align=16, outer=True, outer_bwd=True)),
 ]
+# The backward's K loop apart from the forward's (launch.BWD_FIELDS): another K tile, dot structure and split.
+SPLIT_PLANS += [
+    ("stepwise-2-batch-blocks-backward-apart", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, block_k_bwd=8, fuse_gates_bwd=False,
+          split_k_bwd=2, num_stages_bwd=2)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -222,6 +228,9 @@ PERSISTENT = [
     ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
     ("persistent-B20-H650-fused-gates-outer", 20, 35, 650, dict(path="persistent"),
      dict(fuse_gates=True, outer=True, outer_bwd=True, split_k=1, block_k=16, num_stages=1, row_align=16)),
+    ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
+     dict(fuse_gates=True, block_k=32, num_stages=3, split_k=1, fuse_gates_bwd=False, block_k_bwd=16,
+          num_stages_bwd=2, split_k_bwd=2, num_warps_bwd=8)),
 ]
 
 
@@ -595,6 +604,24 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         assert (plan.split_k, plan.num_warps) == (2, 8) and "reduction split 2 ways" in plan.describe()
         assert launch.launch_options(plan, torch.float32, False)["SPLIT"] == 2
     launch.plan_for.cache_clear()
+    # From the search's start (the backward's fields stated apart) a field changes one kernel: the forward's split
+    # its warps, the backward's its own; outer products lower the K tile of the loop they change.
+    start = launch.apart(tile)
+    assert (start.block_k_bwd, start.num_stages_bwd, start.split_k_bwd, start.fuse_gates_bwd) == (16, 1, 1, False)
+    assert {(t.split_k, t.split_k_bwd, t.num_warps, t.num_warps_bwd)
+            for t in tune.candidates(start, 1500, torch.float32, 132, "split_k")} == {
+        (1, 1, 4, 4), (2, 1, 8, 4), (4, 1, 16, 4)}
+    assert {(t.split_k, t.split_k_bwd, t.num_warps, t.num_warps_bwd)
+            for t in tune.candidates(start, 1500, torch.float32, 132, "split_k_bwd")} == {
+        (1, 1, 4, 4), (1, 2, 4, 8), (1, 4, 4, 16)}
+    wide = dataclasses.replace(start, block_k=32, block_k_bwd=64)
+    assert [(t.outer_bwd, t.block_k, t.block_k_bwd)
+            for t in tune.candidates(wide, 1500, torch.float32, 132, "outer_bwd")] == [(False, 32, 64), (True, 32, 16)]
+    assert {t.num_stages_bwd for t in tune.candidates(start, 1500, torch.float32, 132, "num_stages_bwd")} == {
+        1, 2, 3, 4}
+    assert {t.block_k_bwd for t in tune.candidates(start, 650, torch.bfloat16, 132, "block_k_bwd")} == {32, 64, 128}
+    assert tune.describe(dataclasses.replace(start, block_k_bwd=32, num_stages_bwd=3, fuse_gates_bwd=True)) == (
+        "u12  J16  K16/32  w4/4 s1/3 k/1 r1 gates/fused")
     if not torch.cuda.is_available():
         r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.tune"], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -604,12 +631,38 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
 
 
+def test_the_backward_kernel_takes_its_own_k_loop_fields():
+    """A tile whose backward fields (launch.BWD_FIELDS) differ: each kernel compiles with its own K tile, stages,
+    split and dot structure; the plan says how the backward differs; a field changed for both drops the backward's."""
+    tile = launch.Tile(units=5, block_j=8, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=3, fuse_gates=True,
+                       block_k_bwd=16, num_stages_bwd=2, split_k_bwd=2, fuse_gates_bwd=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(launch.TILES, (650, torch.float32), tile)
+        launch.plan_for.cache_clear()
+        plan = launch.plan_for(20, 650, torch.float32, 132)
+        fwd, bwd = (launch.launch_options(plan, torch.float32, b) for b in (False, True))
+        assert (fwd["BLOCK_K"], fwd["num_stages"], fwd["SPLIT"], fwd["FUSE"], fwd["num_warps"]) == (32, 3, 1, True, 4)
+        assert (bwd["BLOCK_K"], bwd["num_stages"], bwd["SPLIT"], bwd["FUSE"], bwd["num_warps"]) == (16, 2, 2, False, 8)
+        assert ("the backward's K loop: K tile 16 (forward 32), 2 pipeline stage(s), reduction split 2 way(s), "
+                "a dot per gate") in plan.describe()
+        same = launch.both(plan, num_stages=1, block_k=16)
+        assert launch.launch_options(same, torch.float32, True)["num_stages"] == 1
+        assert launch.launch_options(same, torch.float32, True)["SPLIT"] == 2  # (not changed for both: kept)
+        plain = launch.plan_for(20, 650, torch.float32, 132, fp32_precision="tf32")
+        assert plain.block_k_bwd == 16  # a table entry holds for every arithmetic of its dtype
+    launch.plan_for.cache_clear()
+    launch.launch_options.cache_clear()
+    assert "backward's K loop" not in launch.plan_for(20, 650, torch.float32, 132).describe()
+
+
 def test_tuner_arguments(capsys):
     """--cell names one Triton cell or both (the GPU check's tile search does both); a bad argument is one line."""
     from cells.triton_lstm import tune
 
     assert tune._cells("triton_lstm,triton_gru") == ["triton_lstm", "triton_gru"]
-    for argv in (["--cell", "cudnn_lstm"], ["--cell", ""], ["--rounds", "4"], ["--fp32-precision", "fp16"]):
+    assert tune._fields("outer,split_k_bwd") == ("outer", "split_k_bwd")
+    for argv in (["--cell", "cudnn_lstm"], ["--cell", ""], ["--rounds", "4"], ["--fp32-precision", "fp16"],
+                 ["--fields", "outer,warps"], ["--fields", ""]):
         with pytest.raises(SystemExit) as exc:
             tune.main(argv)
         err = capsys.readouterr().err

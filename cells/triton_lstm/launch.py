@@ -19,6 +19,7 @@ The kernels are interpreted when the tensors are not on CUDA, or when
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -52,6 +53,40 @@ class Tile:
     row_align: int = 1  # rows of what the recurrent matmuls read padded to a multiple of this (16: aligned)
     outer: bool = False  # forward: the K loop as outer products summed over k after it, no tl.dot (kernels' OUTER)
     outer_bwd: bool = False  # backward: the same, on a transposed copy of W_hh
+    # The backward kernel's own K loop where it differs from the forward's (None: as the forward; see BWD_FIELDS).
+    block_k_bwd: int | None = None
+    num_stages_bwd: int | None = None
+    split_k_bwd: int | None = None
+    fuse_gates_bwd: bool | None = None
+
+
+# Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
+# forward's value).  The two K loops differ in shape: the forward reduces over H into gates x units columns, the
+# backward over the gates' NG H rows of dA into the units' columns (4 times the trips at the same K tile, a quarter of
+# the width).  So they need not want the same tiles: on the H200 (results/gpu/cuda-nvidia-h200/perf-probe.log, medium,
+# float32) three pipeline stages took the forward to 0.79 of its time and the backward to 0.51, a 4-way split of the
+# reduction the forward to 2.56 and the backward to 0.64.  The warps and the outer products were apart from the start
+# (num_warps / num_warps_bwd, outer / outer_bwd); units, block_j and row_align are shared (one plan of the programs
+# and of the rings both kernels read).
+BWD_FIELDS = ("block_k", "num_stages", "split_k", "fuse_gates")
+
+
+def kernel_value(tile: Tile | Plan, field: str, backward: bool):
+    """``field`` (one of :data:`BWD_FIELDS`) of ``tile`` as the forward or the backward kernel takes it."""
+    value = getattr(tile, f"{field}_bwd") if backward else None
+    return getattr(tile, field) if value is None else value
+
+
+def both(tile, **changes):
+    """``tile`` (a :class:`Tile` or :class:`Plan`) with ``changes`` made for both kernels: a field of
+    :data:`BWD_FIELDS` changed this way drops the backward's own value."""
+    return dataclasses.replace(tile, **changes, **{f"{k}_bwd": None for k in changes if k in BWD_FIELDS})
+
+
+def apart(tile: Tile) -> Tile:
+    """``tile`` with every backward field of :data:`BWD_FIELDS` stated (the forward's value where it had none): the
+    same kernels, but a change of a forward field no longer carries over to the backward (the tile search's start)."""
+    return dataclasses.replace(tile, **{f"{k}_bwd": kernel_value(tile, k, True) for k in BWD_FIELDS})
 
 
 # The PTB presets on Hopper (132 SMs: H100 SXM, H200), per (hidden size, dtype); batch rows per program are
@@ -189,6 +224,11 @@ class Plan:
     measured: bool = False  # the table's tile is the one MEASURED_TILES records as timed on a GPU
     outer: bool = False  # forward: the K loop as outer products summed over k after it (exact FMA, no tl.dot)
     outer_bwd: bool = False  # backward: the same (on W_hh^T)
+    # The backward kernel's K loop where it differs from the forward's (None: as the forward; BWD_FIELDS)
+    block_k_bwd: int | None = None
+    num_stages_bwd: int | None = None
+    split_k_bwd: int | None = None
+    fuse_gates_bwd: bool | None = None
 
     @property
     def sync(self) -> bool:
@@ -216,8 +256,28 @@ class Plan:
             dots += f", rows padded to a multiple of {self.row_align}"
         if self.num_stages > 1:
             dots += f", K loop in {self.num_stages} pipeline stages"
+        apart = self._backward_apart()
+        if apart:
+            dots += f", the backward's K loop: {', '.join(apart)}"
         return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
                 f"{dots}, tiles from the {source_name(self.source, self.measured)}")
+
+    def _backward_apart(self) -> list[str]:
+        """How the backward's K loop differs from the forward's (:data:`BWD_FIELDS`), in words."""
+        out = []
+        for field in BWD_FIELDS:
+            fwd, bwd = kernel_value(self, field, False), kernel_value(self, field, True)
+            if bwd == fwd:
+                continue
+            if field == "block_k":
+                out.append(f"K tile {bwd} (forward {fwd})")
+            elif field == "num_stages":
+                out.append(f"{bwd} pipeline stage(s)")
+            elif field == "split_k":
+                out.append(f"reduction split {bwd} way(s)" if not self.outer_bwd else "")
+            else:
+                out.append("one dot for the four gates" if bwd else "a dot per gate")
+        return [x for x in out if x]
 
 
 def source_name(source: str, measured: bool = False) -> str:
@@ -283,7 +343,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if interpret:
         sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
     tile = None if interpret or units is not None or sms < TILES_SMS else tiles(kind).get((hidden, dtype))
-    if tile and kind == "GRU" and tile.fuse_gates:
+    if tile and kind == "GRU" and (tile.fuse_gates or tile.fuse_gates_bwd):
         raise ValueError(f"GRU_TILES[{(hidden, dtype)}] fuses the gates: the GRU's three gates take a dot each")
     if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
         tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
@@ -309,7 +369,9 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
                     batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
                     tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile,
-                    tile.outer and exact, tile.outer_bwd and exact)
+                    tile.outer and exact, tile.outer_bwd and exact,
+                    tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
+                    tile.fuse_gates_bwd)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -322,7 +384,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
 def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool = True) -> dict:
     """Keyword arguments of one kernel launch for ``plan`` and compute dtype ``dtype``: the compile-time
     arguments and, compiled, the compiler options.  Cached; callers must not change the dict."""
-    meta = constexprs(plan, dtype)
+    meta = constexprs(plan, dtype, backward)
     if plan.outer_bwd if backward else plan.outer:
         if plan.resident:
             raise ValueError("outer products replace tl.dot in the streamed K loop: not with a resident slice")
@@ -331,18 +393,20 @@ def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool =
         meta["TRAIN"] = train
     if not plan.interpret:
         # FMA contraction stated, not left to the version's default (Triton 3.10 turns it off by default).
-        meta.update(num_warps=plan.num_warps_bwd if backward else plan.num_warps, num_stages=plan.num_stages,
-                    enable_fp_fusion=True)
+        meta.update(num_warps=plan.num_warps_bwd if backward else plan.num_warps,
+                    num_stages=kernel_value(plan, "num_stages", backward), enable_fp_fusion=True)
         if plan.sync:
             meta["launch_cooperative_grid"] = True
     return meta
 
 
-def constexprs(plan: Plan, dtype: torch.dtype) -> dict:
-    """The compile-time arguments both kernels take for ``plan`` and compute dtype ``dtype``."""
-    return dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
-                SYNC=plan.sync, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
-                FUSE=plan.fuse_gates, SPLIT=plan.split_k)
+def constexprs(plan: Plan, dtype: torch.dtype, backward: bool = False) -> dict:
+    """The compile-time arguments the forward (or the backward) kernel takes for ``plan`` and compute dtype
+    ``dtype``."""
+    return dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, BLOCK_K=kernel_value(plan, "block_k", backward),
+                RESIDENT=plan.resident, SYNC=plan.sync, PRECISION=plan.precision,
+                UPCAST=plan.interpret and dtype.itemsize == 2, FUSE=kernel_value(plan, "fuse_gates", backward),
+                SPLIT=kernel_value(plan, "split_k", backward))
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -502,7 +566,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     Returns:
         y [T, B, H] (compute dtype); gates [T, B, 4H] (float32, float64 for float64), None without ``train``.
     """
-    if plan.resident or plan.fuse_gates:
+    if plan.resident or plan.fuse_gates or plan.fuse_gates_bwd:
         raise ValueError("the GRU kernels stream the W_hh slice with a dot per gate: make the plan with kind='GRU'")
     T, B, G = xp.shape
     H = G // 3

@@ -68,21 +68,22 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
 
 def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.Plan, int]]:
     """(name, plan, PROBE flag) of every variant timed for ``plan`` (the module docstring's list)."""
+    # (a field of launch.BWD_FIELDS changed for both kernels: each kernel is timed alone)
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
-    variants.append(("stages-3", dataclasses.replace(plan, num_stages=3), 0))
+    variants.append(("stages-3", launch.both(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
-    variants.append((other, dataclasses.replace(plan, fuse_gates=not plan.fuse_gates), 0))
+    variants.append((other, launch.both(plan, fuse_gates=not plan.fuse_gates), 0))
     other_align = 16 if plan.row_align == 1 else 1
     variants.append(("padded-16" if other_align == 16 else "unpadded", dataclasses.replace(plan, row_align=other_align),
                      0))
     if plan.split_k == 1:
-        variants.append(("split-4", dataclasses.replace(plan, split_k=4, num_warps=max(plan.num_warps, 16),
-                                                         num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
+        variants.append(("split-4", launch.both(plan, split_k=4, num_warps=max(plan.num_warps, 16),
+                                                 num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
     if dtype == torch.float32 and plan.precision == "ieee":
         variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
         if not (plan.outer and plan.outer_bwd):  # (a resident slice -- the interpreter's -- streamed instead)
-            variants.append(("outer-products", dataclasses.replace(plan, outer=True, outer_bwd=True, resident=False,
-                                                                   block_k=min(plan.block_k, 16)), 0))
+            variants.append(("outer-products", launch.both(plan, outer=True, outer_bwd=True, resident=False,
+                                                           block_k=min(plan.block_k, 16)), 0))
     return variants
 
 

@@ -130,8 +130,9 @@ def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS)) ->
                 mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "fma"
                 warps = plan.num_warps_bwd if kernel == "bwd" else plan.num_warps
                 name = kernel if kernel == "bwd" else f"fwd{'' if train else '-nograd'}"
+                k, stages = (launch.kernel_value(plan, f, kernel == "bwd") for f in ("block_k", "num_stages"))
                 rows.append(f"{name:10} {preset:6} {arith:6} B{b:<3} {plan.programs:3}x{plan.units:<3} "
-                            f"J{plan.block_j:<3} K{plan.block_k:<3} w{warps} s{plan.num_stages} {mma:8} "
+                            f"J{plan.block_j:<3} K{k:<3} w{warps} s{stages} {mma:8} "
                             f"{u.registers:4} regs "
                             f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
                 print(rows[-1], flush=True)

@@ -8,20 +8,22 @@ Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run c
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
-tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a multiple of 16 or not (``row_align``),
-the K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most
-16), the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way),
-the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by
-more than 2 %.  Padding comes before the stages because it is what lets the bfloat16 forward pipeline at all (the
-package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round kept a change (a
-greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's output is
-checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU``
-(cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio.  Timing: CUDA
-events around each call, synchronized, two untimed calls first, median of ``--reps``.  Compiling, not timing, is
-most of a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side
-by side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at
-the start every field's candidates around the starting tile, later those of a field after a change was kept; the log
-says what each batch took.
+tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a multiple of 16 or not (``row_align``), the
+K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16), the
+software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way), the
+reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than
+2 %.  The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure, stages, split, K tile;
+each varied right after the forward's, which then changes the forward only); ``--fields`` varies a subset (the GPU
+check: those no GPU has searched yet).  Padding comes before the stages because it is what lets the bfloat16 forward
+pipeline at all (the package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round
+kept a change (a greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's
+output is checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU``
+(cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio.  Timing: CUDA events
+around each call, synchronized, two untimed calls first, median of ``--reps``.  Compiling, not timing, is most of a
+candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side first
+(:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start every
+field's candidates around the starting tile, later those of a field after a change was kept; the log says what each
+batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -103,37 +105,51 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
             if block_j <= 64:
                 out.append(dataclasses.replace(tile, units=units, block_j=block_j))
         return out
-    if field == "split_k":  # SPLIT tiles per trip of the K loop, done side by side: at least 4 warps per way
-        return [dataclasses.replace(tile, split_k=v, num_warps=max(tile.num_warps, min(16, 4 * v)),
-                                    num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v))) for v in (1, 2, 4)]
+    if field in ("split_k", "split_k_bwd"):  # SPLIT tiles per trip of the K loop side by side: >= 4 warps a way
+        # (with the backward's fields stated apart -- the search's start -- each changes its own kernel's warps;
+        # else, as the tiles of the table are, both)
+        backward = field == "split_k_bwd" or tile.split_k_bwd is None
+        forward = field == "split_k"
+        return [dataclasses.replace(tile, **{field: v},
+                                    num_warps=max(tile.num_warps, min(16, 4 * v)) if forward else tile.num_warps,
+                                    num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v)) if backward
+                                    else tile.num_warps_bwd) for v in (1, 2, 4)]
     if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
         if dtype != torch.float32:
             return [tile]
-        return [dataclasses.replace(tile, **{field: v}, block_k=min(tile.block_k, 16) if v else tile.block_k)
-                for v in (False, True)]
-    fp32_k = (8, 16, 32) if tile.outer or tile.outer_bwd else (16, 32, 64)
+        k = "block_k" if field == "outer" else "block_k_bwd"  # the K tile of the loop it changes
+        k_now = launch.kernel_value(tile, "block_k", field == "outer_bwd")
+        return [dataclasses.replace(tile, **{field: v, k: min(k_now, 16) if v else k_now}) for v in (False, True)]
+    outer = tile.outer_bwd if field == "block_k_bwd" else tile.outer
+    fp32_k = (8, 16, 32) if outer else (16, 32, 64)
+    base = field.removesuffix("_bwd")
     values = {"block_k": fp32_k if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
-              "num_warps": (4, 8, 16), "num_warps_bwd": (4, 8, 16), "num_stages": (1, 2, 3),
-              "row_align": (1, 16)}[field]
+              "num_warps": (4, 8, 16), "num_stages": (1, 2, 3), "row_align": (1, 16)}[base]
+    if field == "num_stages_bwd":
+        values = (1, 2, 3, 4)  # the backward's loop pipelines further (the probe: 3 stages took it to 0.51)
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
 
 # The fields varied, in order: the dot structure, the padding of the rows (before the stages: unpadded, the bfloat16
 # forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
-# change which reduction tile is best.  The GRU's three gates cannot share one dot.
-FIELDS = {"LSTM": ("units", "fuse_gates", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
-                   "num_warps", "num_warps_bwd"),
-          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "num_warps",
-                  "num_warps_bwd")}
+# change which reduction tile is best.  Each field of the forward's K loop is followed by the backward's own
+# (launch.BWD_FIELDS: the search starts from the tile with them stated, launch.apart, so that each changes one
+# kernel).  The GRU's three gates cannot share one dot.
+FIELDS = {"LSTM": ("units", "fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "row_align", "num_stages",
+                   "num_stages_bwd", "split_k", "split_k_bwd", "block_k", "block_k_bwd", "num_warps",
+                   "num_warps_bwd"),
+          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "num_stages_bwd", "split_k", "split_k_bwd",
+                  "block_k", "block_k_bwd", "num_warps", "num_warps_bwd")}
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
-         rounds: int = 1, fp32_precision: str = "ieee") -> list[dict]:
+         rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None) -> list[dict]:
     """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
-    (the command line writes them out at once: a run cut short keeps what it measured)."""
+    (the command line writes them out at once: a run cut short keeps what it measured).  ``fields``: vary only these
+    of :data:`FIELDS` (in its order; default all)."""
     import cells
 
     hidden, steps = PRESETS[preset]
@@ -158,8 +174,10 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                             h.split_k, h.row_align)
     else:
         start = original
+    start = launch.apart(start)  # (the same kernels; from here a forward field changes the forward only)
     records, seen, expected = [], {}, None
-    fields = [f for f in FIELDS[kind] if fp32_precision == "ieee" or f not in OUTER_FIELDS]
+    fields = [f for f in FIELDS[kind] if (fp32_precision == "ieee" or f not in OUTER_FIELDS)
+              and (fields is None or f in fields)]
 
     def keep(rec: dict) -> None:
         records.append(rec)
@@ -193,11 +211,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
         keep(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
-        log(f"{preset:6} {str(dtype):14} u{tile.units:<3} J{tile.block_j:<3} K{tile.block_k:<4} "
-            f"w{tile.num_warps}/{tile.num_warps_bwd} s{tile.num_stages} k/{tile.split_k} r{tile.row_align} "
-            f"{'fused' if tile.fuse_gates else 'gates'}{' outer' if tile.outer else ''}"
-            f"{' outer-bwd' if tile.outer_bwd else ''}  "
-            f"fwd {fwd * 1e3:7.3f} ms  "
+        log(f"{preset:6} {str(dtype):14} {describe(tile)}  fwd {fwd * 1e3:7.3f} ms  "
             f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
             + ("" if rec["ok"] else "  WRONG"))
         return seen[tile]
@@ -236,6 +250,19 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
     return records
+
+
+def describe(tile: launch.Tile) -> str:
+    """One tile in a log line: units, J, then per kernel (forward / backward) the K tile, warps, stages, split and dot
+    structure, the rows' padding, and the outer products where on."""
+    def pair(field: str, fmt=str) -> str:
+        f, b = launch.kernel_value(tile, field, False), launch.kernel_value(tile, field, True)
+        return fmt(f) if f == b else f"{fmt(f)}/{fmt(b)}"
+
+    outer = "".join(s for s, on in ((" outer", tile.outer), (" outer-bwd", tile.outer_bwd)) if on)
+    return (f"u{tile.units:<3} J{tile.block_j:<3} K{pair('block_k'):<6} w{tile.num_warps}/{tile.num_warps_bwd} "
+            f"s{pair('num_stages')} k/{pair('split_k')} r{tile.row_align} "
+            f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}")
 
 
 def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None) -> int:
@@ -297,15 +324,31 @@ def _cells(value: str | list[str]) -> list[str]:
     return names
 
 
+def _fields(value: str) -> tuple[str, ...]:
+    """--fields: some of :data:`FIELDS`, comma-separated."""
+    names = tuple(f for f in value.split(",") if f)
+    known = set(FIELDS["LSTM"] + FIELDS["GRU"])
+    bad = [f for f in names if f not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown field {', '.join(bad) or value!r}; choose from "
+                                         f"{', '.join(dict.fromkeys(FIELDS['LSTM'] + FIELDS['GRU']))}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
                lambda preset, dtype, args, emit, cell: tune(preset, dtype, args.reps, cell=cell, emit=emit,
-                                                            rounds=args.rounds, fp32_precision=args.fp32_precision),
+                                                            rounds=args.rounds, fp32_precision=args.fp32_precision,
+                                                            fields=args.fields),
                cells=lambda args: args.cell,
                extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
                                          help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
                                               "both comma-separated: per dtype every preset of the first, then of "
                                               "the second")),
+                      (("--fields",), dict(default=None, type=_fields,
+                                           help="vary only these fields, comma-separated (default: all; each cell "
+                                                "varies those of them it has): "
+                                                + ", ".join(dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"])))),
                       (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
                                            help="times over the fields, again only after a round that kept a change")),
                       (("--fp32-precision",), dict(default="ieee", choices=("ieee", "tf32", "tf32x3"),
