@@ -620,6 +620,10 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     assert {t.num_stages_bwd for t in tune.candidates(start, 1500, torch.float32, 132, "num_stages_bwd")} == {
         1, 2, 3, 4}
     assert {t.block_k_bwd for t in tune.candidates(start, 650, torch.bfloat16, 132, "block_k_bwd")} == {32, 64, 128}
+    pairs = {(t.block_k, t.block_k_bwd, t.num_stages_bwd)
+             for t in tune.candidates(start, 650, torch.bfloat16, 132, "stages_k_bwd")}
+    assert pairs == {(16, k, n) for k in (32, 64, 128) for n in (1, 2, 3)}
+    assert len(tune.candidates(start, 650, torch.float32, 132, "stages_k_bwd")) == 12
     assert tune.describe(dataclasses.replace(start, block_k_bwd=32, num_stages_bwd=3, fuse_gates_bwd=True)) == (
         "u12  J16  K16/32  w4/4 s1/3 k/1 r1 gates/fused")
     if not torch.cuda.is_available():

@@ -188,6 +188,29 @@ against the forward's gates x units): hence the two flags.  Outer products need 
 per tile (the operands' layout conversions) and their registers grow with the accumulator; whether fewer
 shared-memory round trips pay for that is for the GPU.
 
+The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
+``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
+The backward reduces over the gates' 4H rows of dA into the units' columns, the forward over H into gates x units
+columns, and the H200's probe (medium, float32) found them wanting different things: 3 stages took the forward to 0.79
+of its time and the backward to 0.51, a 4-way split 2.56 and 0.64.  Backward kernels compiled for sm_90 under Triton
+3.6, batch 20, registers and spill bytes stored / loaded, from the table's entries with one field changed:
+
+- LSTM medium float32 (K 32, 3 stages, fused, 4 warps): 212, none, 40 KB of smem; 2 stages 164; 4 stages 255 and
+  72/104; split 2 (8 warps) 212, none, 80 KB; split 4 (16 warps) 100/108; K 16 with 4 stages 162, none;
+- LSTM medium bfloat16 (K 64, 1 stage, fused): 214, none; 2-4 stages at K 64 spill 864-3740 bytes, at K 32 204 (2)
+  and 748 (3); split 2 (8 warps) 199, none;
+- LSTM large float32 (K 16, 3 stages, split 2, 8 warps): 192, none; 2 and 4 stages 184, none; split 4 4/4;
+- LSTM large bfloat16 (K 128, 1 stage, fused, 8 warps): 211, none; 2-4 stages at K 128 spill 792-3560 bytes; K 64
+  122, none; K 32 with 2 / 3 stages 218 / 231, none; K 64 split 2 250, none;
+- GRU medium float32 (K 16, 3 stages): 111, none; split 2 4/4; bfloat16 (K 64, split 2, 8 warps): 234, none; 2-4
+  stages 364-648 bytes;
+- GRU large float32 (K 16, 3 stages, split 2, 8 warps): **255 and 40/56 -- the measured entry's backward spills**;
+  unsplit 118, none; 2 stages 202, none.  bfloat16 (K 64, split 2, 4 warps): **255 and 816/844**; unsplit 255 (4
+  warps) or 250 (8), none; unsplit at K 32 156, none.
+
+Deeper pipelines want smaller K tiles, so the search varies the backward's stages and K tile together
+(``stages_k_bwd`` in :mod:`.tune`).
+
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------
 FLOPs = tokens x (48 L H^2 + 6 H V) (LSTM matmuls and the decoder, forward + backward); the fewest

@@ -12,8 +12,8 @@ tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a mu
 K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16), the
 software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way), the
 reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than
-2 %.  The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure, stages, split, K tile;
-each varied right after the forward's, which then changes the forward only); ``--fields`` varies a subset (the GPU
+2 %.  The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure, stages and K tile
+together, split; from the start on, a forward field changes the forward only); ``--fields`` varies a subset (the GPU
 check: those no GPU has searched yet).  Padding comes before the stages because it is what lets the bfloat16 forward
 pipeline at all (the package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round
 kept a change (a greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's
@@ -114,6 +114,11 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
                                     num_warps=max(tile.num_warps, min(16, 4 * v)) if forward else tile.num_warps,
                                     num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v)) if backward
                                     else tile.num_warps_bwd) for v in (1, 2, 4)]
+    if field == "stages_k_bwd":  # the backward's stages and K tile together: deeper pipelines want smaller tiles (the
+        # sm_90 registers of its fused bfloat16 kernel: K 128 spills from 2 stages on, K 32 not up to 3 at large)
+        ks = (8, 16, 32) if tile.outer_bwd else (16, 32, 64) if dtype == torch.float32 else (32, 64, 128)
+        stages = (1, 2, 3, 4) if dtype == torch.float32 else (1, 2, 3)
+        return [dataclasses.replace(tile, block_k_bwd=k, num_stages_bwd=n) for k in ks for n in stages]
     if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
         if dtype != torch.float32:
             return [tile]
@@ -132,14 +137,13 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
 
 # The fields varied, in order: the dot structure, the padding of the rows (before the stages: unpadded, the bfloat16
 # forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
-# change which reduction tile is best.  Each field of the forward's K loop is followed by the backward's own
-# (launch.BWD_FIELDS: the search starts from the tile with them stated, launch.apart, so that each changes one
-# kernel).  The GRU's three gates cannot share one dot.
+# change which reduction tile is best.  The backward's K loop has fields of its own (launch.BWD_FIELDS: the search
+# starts from the tile with them stated, launch.apart, so that each field changes one kernel), its stages and K tile
+# varied together ("stages_k_bwd": 9-12 pairs).  The GRU's three gates cannot share one dot.
 FIELDS = {"LSTM": ("units", "fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "row_align", "num_stages",
-                   "num_stages_bwd", "split_k", "split_k_bwd", "block_k", "block_k_bwd", "num_warps",
-                   "num_warps_bwd"),
-          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "num_stages_bwd", "split_k", "split_k_bwd",
-                  "block_k", "block_k_bwd", "num_warps", "num_warps_bwd")}
+                   "split_k", "block_k", "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"),
+          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "stages_k_bwd",
+                  "split_k_bwd", "num_warps", "num_warps_bwd")}
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
