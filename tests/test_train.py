@@ -40,7 +40,7 @@ def test_presets_are_the_papers():
     assert [s.lr_at(e) for e in (1, 4, 5, 6)] == [1.0, 1.0, 0.5, 0.25]
 
 
-@pytest.mark.parametrize("cell", ["cudnn_lstm", "loop_gru"])
+@pytest.mark.parametrize("cell", ["cudnn_lstm", "cudnn_gru", "loop_gru"])  # (min_*: tests/test_minimal.py)
 def test_tiny_training_lowers_the_loss(cell, corpus_dir):
     corpus = data.load(corpus_dir, check_md5=False)
     cfg = config.preset("tiny", epochs=3)
