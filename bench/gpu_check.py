@@ -107,7 +107,8 @@ LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
 # tiles.json).  Widen it to every field (drop --fields) when the table's entries change by other means.
-TUNE_FIELDS = ("outer", "outer_bwd", "fuse_gates_bwd", "stages_k_bwd", "split_k_bwd", "num_warps_bwd")
+# (fuse_gates: new to the GRU, two candidates for the LSTM.)
+TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "stages_k_bwd", "split_k_bwd", "num_warps_bwd")
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
                 "LaunchStats")
 

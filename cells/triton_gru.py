@@ -16,7 +16,9 @@ gives two gradients for the n gate -- of its recurrent part (``r dn'``, into ``d
 is carried in a ``[B, H]`` buffer.
 
 Plans come from :func:`cells.triton_lstm.launch.make_plan` with ``kind="GRU"``: the W_hh slice (3 x units x H) is
-streamed, one tl.dot per gate (three gates are not a power of two for one fused dot), tiles from ``launch.GRU_TILES``
+streamed, one tl.dot per gate, or with ``fuse_gates`` one per reduction tile for the three gates and a fourth of zeros
+(a quarter of its products wasted, for a third of the dots and their operand shuffles; untimed), tiles from
+``launch.GRU_TILES``
 at medium and large (measured by the tile search on an H200, 2026-11-28) and from the heuristic at small.
 Saved for the backward: x, h_0, the weights, y and
 r, z, n, hn (float32); nothing is recomputed.  Without autograd no gates are stored.

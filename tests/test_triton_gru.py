@@ -66,6 +66,15 @@ PLANS = [
     # the backward's K loop apart from the forward's (launch.BWD_FIELDS)
     ("stepwise-2-batch-blocks-backward-apart", 20, 2, 24, dict(path="stepwise", units=8),
      dict(block_b=16, batch_blocks=2, block_k=16, split_k=2, block_k_bwd=8, split_k_bwd=1, num_stages_bwd=2)),
+    # one dot (or outer-product accumulator) per tile for the three gates, a fourth of zeros masked (fuse_gates):
+    # both kernels, split, padded, outer products, a part-masked last tile (H 40 = 32 + 8)
+    ("blocked-3x3-tiles-fused-gates", 20, 3, 40, dict(path="blocked"), dict(block_j=16, block_k=16, fuse_gates=True)),
+    ("stepwise-2-batch-blocks-fused-gates-split-2-padded", 20, 2, 24, dict(path="stepwise", units=8),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16)),
+    ("stepwise-tiles-fused-gates-outer-forward", 20, 2, 40, dict(path="stepwise", units=16),
+     dict(block_k=8, fuse_gates=True, outer=True)),
+    ("blocked-3x3-tiles-fused-backward-only", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=16,
+                                                                                    fuse_gates_bwd=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
@@ -74,6 +83,7 @@ PERSISTENT = [
     ("persistent-B20-H650-tf32x3", 20, 35, 650, dict(path="persistent", fp32_precision="tf32x3"), {}),
     ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
     ("persistent-B20-H650-outer", 20, 35, 650, dict(path="persistent"), dict(outer=True, outer_bwd=True, block_k=16)),
+    ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True, row_align=16)),
     ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
      dict(block_k=16, num_stages=3, block_k_bwd=32, num_stages_bwd=1, split_k_bwd=2, num_warps_bwd=8)),
 ]
@@ -90,7 +100,7 @@ def plan_params():
 def test_paths_and_tilings_match_reference(device, name, b, t, h, plan_args, fields):
     plan = launch.make_plan(b, h, torch.float32, torch.device(device), kind="GRU", **plan_args)
     plan = dataclasses.replace(plan, **fields)
-    assert plan.path == plan_args["path"] and not plan.resident and not plan.fuse_gates
+    assert plan.path == plan_args["path"] and not plan.resident
     i = 6
     f64 = dict(device=device, dtype=torch.float64)
     bound = 1 / math.sqrt(h)
@@ -158,9 +168,9 @@ def test_interpreter_is_reported_and_training_refused():
         launch.plan_for(20, 650, torch.float32, 132, kind="RNN")
 
 
-def test_gru_tiles_have_their_own_table_and_never_fuse(monkeypatch):
-    """GRU_TILES (filled by `python -m cells.triton_lstm.tune --cell triton_gru`) gives the GRU's plans; a fused entry
-    is refused (three gates), and the tile search never varies the dot structure for the GRU."""
+def test_gru_tiles_have_their_own_table(monkeypatch):
+    """GRU_TILES (filled by `python -m cells.triton_lstm.tune --cell triton_gru`) gives the GRU's plans, fused or not
+    (three gates in one dot with a fourth of zeros), and the tile search varies the dot structure for the GRU too."""
     from cells.triton_lstm import tune
 
     tile = launch.Tile(units=10, block_j=16, block_k=32, num_warps=4, num_warps_bwd=8, num_stages=2)
@@ -172,11 +182,12 @@ def test_gru_tiles_have_their_own_table_and_never_fuse(monkeypatch):
         assert launch.plan_for(20, 650, torch.float32, 132).units == launch.TILES[(650, torch.float32)].units
         monkeypatch.setitem(launch.GRU_TILES, (650, torch.float32), dataclasses.replace(tile, fuse_gates=True))
         launch.plan_for.cache_clear()
-        with pytest.raises(ValueError, match="three gates"):
-            launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+        plan = launch.plan_for(20, 650, torch.float32, 132, kind="GRU")
+        assert plan.fuse_gates and launch.launch_options(plan, torch.float32, True)["FUSE"]
     finally:
         launch.plan_for.cache_clear()
-    assert "fuse_gates" not in tune.FIELDS["GRU"] and "fuse_gates" in tune.FIELDS["LSTM"]
+        launch.launch_options.cache_clear()
+    assert {"fuse_gates", "fuse_gates_bwd"} <= set(tune.FIELDS["GRU"])
 
 
 def test_outer_products_follow_the_table_refuse_what_they_replace_and_say_so(monkeypatch):

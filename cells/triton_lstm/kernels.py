@@ -190,9 +190,9 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
         OUTER: tl.constexpr = False):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
-    # FUSE needs NG = 4 (a power of two).  SPLIT > 1: see _dh_split.  OUTER: w_ptr is W_hh^T, [H, NG H] (the
-    # launcher's transposed copy), so that row j holds every gate's k contiguously, and the NG H columns of dA and
-    # W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
+    # FUSE: the NG gates' rows in one tile of 4 BLOCK_K (NG = 3: the fourth masked).  SPLIT > 1: see _dh_split.  OUTER:
+    # w_ptr is W_hh^T, [H, NG H] (the launcher's transposed copy), so that row j holds every gate's k contiguously, and
+    # the NG H columns of dA and W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
     if OUTER:
         out = acc + _outer_sum(da_src, row_g, da_ok, w_ptr, js * (NG * H), j_ok, NG * H, _bound(K_END) * NG, acc.dtype,
                                acc.shape[0], acc.shape[1], BLOCK_K)
@@ -209,12 +209,13 @@ def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.co
     if SPLIT > 1:
         return acc + _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, acc.shape[0], acc.shape[1], BLOCK_K,
                                PRECISION, UPCAST, FUSE, NG, SPLIT, acc.dtype)
-    if FUSE:  # one tl.dot per tile over the four gates' rows: row r of the tile is gate r // BLOCK_K
+    if FUSE:  # one tl.dot per tile over the gates' rows: row r of the tile is gate r // BLOCK_K (NG = 3: 3 masked)
         rq = tl.arange(0, 4 * BLOCK_K)
         gq = (rq // BLOCK_K) * H
+        g_ok = rq // BLOCK_K < NG
         for k0 in range(0, _bound(K_END), BLOCK_K):
             kq = k0 + rq % BLOCK_K
-            kq_ok = kq < H
+            kq_ok = (kq < H) & g_ok
             a = tl.load(da_src + row_g[:, None] + (gq + kq)[None, :], mask=da_ok[:, None] & kq_ok[None, :],
                         other=0.0, cache_modifier=".cg")
             w = tl.load(w_ptr + (gq + kq)[:, None] * H + js[None, :], mask=kq_ok[:, None] & j_ok[None, :], other=0.0,
@@ -255,9 +256,10 @@ def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.const
     if FUSE:  # row r of a tile is gate r // BLOCK_K, as in _dh
         rq = tl.arange(0, 4 * BLOCK_K)
         gq = (rq // BLOCK_K) * H
+        g_ok = (rq // BLOCK_K < NG)[None, :]
         for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
             kq = k0 + sk + (rq % BLOCK_K)[None, :]  # [SPLIT, 4 BLOCK_K]
-            kq_ok = kq < H
+            kq_ok = (kq < H) & g_ok
             a = tl.load(da_src + rows + (gq[None, :] + kq)[:, None, :], mask=rows_ok & kq_ok[:, None, :], other=0.0,
                         cache_modifier=".cg")
             w = tl.load(w_ptr + (gq[None, :] + kq)[:, :, None] * H + js[None, None, :],
@@ -326,6 +328,42 @@ def _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_cols, jq_ok, H, K_END, acc_t
                     other=0.0, eviction_policy="evict_last")
         part = _dot(h, w, part, PRECISION, UPCAST)
     return tl.reduce(part, 0, _SUM)
+
+
+@triton.jit
+def _h_w_fused(h_src, row_h, row_ok, w_ptr, j0, u_hi, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr, SPLIT: tl.constexpr = 1, OUTER: tl.constexpr = False):
+    # _h_w for the units j0 <= j < u_hi with one [BLOCK_K, 4 BLOCK_J] tile of W_hh^T per reduction tile (FUSE):
+    # column 4 u + g holds gate g of unit j0 + u, so one tl.dot (or one outer-product accumulator) covers the gates,
+    # split into them after the reduction.  NG = 3 (the GRU): the fourth gate's columns are masked, so a quarter of
+    # the products are of zeros, for one dot a tile instead of three; its result is zero.
+    cq = tl.arange(0, 4 * BLOCK_J)
+    jq = j0 + cq // 4
+    w_rows = (cq % 4) * H + jq  # the row of W_hh behind each column
+    jq_ok = (jq < u_hi) & (cq % 4 < NG)
+    if OUTER:
+        acc = _outer_sum(h_src, row_h, row_ok, w_ptr, w_rows * H, jq_ok, H, K_END, acc_ty, BLOCK_B, 4 * BLOCK_J,
+                         BLOCK_K)
+    elif SPLIT > 1:
+        acc = _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_rows[None, :] * H, jq_ok[None, :], H, K_END, acc_ty,
+                               BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
+    else:
+        acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
+        kr = tl.arange(0, BLOCK_K)
+        for k0 in range(0, _bound(K_END), BLOCK_K):
+            ks = k0 + kr
+            k_ok = ks < H
+            h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                        cache_modifier=".cg")
+            w = tl.load(w_ptr + w_rows[None, :] * H + ks[:, None], mask=jq_ok[None, :] & k_ok[:, None], other=0.0,
+                        eviction_policy="evict_last")
+            acc = _dot(h, w, acc, PRECISION, UPCAST)
+    # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
+    g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
+    a0, a2 = tl.split(g02)
+    a1, a3 = tl.split(g13)
+    return a0, a1, a2, a3
 
 
 @triton.jit
@@ -495,34 +533,10 @@ def lstm_fwd_kernel(
                 a_f = _dot(h, w_f, a_f, PRECISION, UPCAST)
                 a_g = _dot(h, w_g, a_g, PRECISION, UPCAST)
                 a_o = _dot(h, w_o, a_o, PRECISION, UPCAST)
-            elif FUSE:
-                # One [BLOCK_K, 4 BLOCK_J] tile of W_hh^T per reduction tile, column 4 u + g holding gate g of unit
-                # j0 + u, so one tl.dot covers the four gates; split into them after the reduction.
-                cq = tl.arange(0, 4 * BLOCK_J)
-                jq = j0 + cq // 4
-                w_cols = ((cq % 4) * HK + jq)[None, :] * HK
-                jq_ok = (jq < u_hi)[None, :]
-                if OUTER:  # row r of the W_hh tile: gate r % 4 of unit j0 + r // 4, as for the dot
-                    acc = _outer_sum(h_src, row_k, row_ok, w_ptr, ((cq % 4) * HK + jq) * HK, jq < u_hi, HK,
-                                     HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, 4 * BLOCK_J, BLOCK_K)
-                else:
-                    acc = tl.full((BLOCK_B, 4 * BLOCK_J), 0.0, dtype=acc_ty)
-                    for k0 in range(0, _bound(HK if PROBE % 2 == 0 and SPLIT == 1 else 0), BLOCK_K):
-                        ks = k0 + kr
-                        k_ok = ks < HK
-                        h_m = row_ok[:, None] & k_ok[None, :]
-                        h = tl.load(h_src + row_k[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
-                        w = tl.load(w_ptr + w_cols + ks[:, None], mask=jq_ok & k_ok[:, None], other=0.0,
-                                    eviction_policy="evict_last")
-                        acc = _dot(h, w, acc, PRECISION, UPCAST)
-                    if SPLIT > 1:
-                        acc = _h_w_fused_split(h_src, row_k, row_ok, w_ptr, w_cols, jq_ok, HK,
-                                               HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K,
-                                               PRECISION, UPCAST, SPLIT)
-                # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
-                ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
-                a_i, a_g = tl.split(ig)
-                a_f, a_o = tl.split(fo)
+            elif FUSE:  # one dot (or outer-product accumulator) per reduction tile for the four gates
+                a_i, a_f, a_g, a_o = _h_w_fused(h_src, row_k, row_ok, w_ptr, j0, u_hi, HK,
+                                                HK if PROBE % 2 == 0 else 0, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4,
+                                                PRECISION, UPCAST, SPLIT, OUTER)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 a_i, a_f, a_g, a_o = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0,
                                           acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 4, PRECISION, UPCAST, SPLIT, OUTER)
@@ -713,7 +727,7 @@ def gru_fwd_kernel(
     TRAIN: tl.constexpr,  # store r, z, n and hn for the backward
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
-    FUSE: tl.constexpr,  # must be False (three gates: a dot per gate)
+    FUSE: tl.constexpr,  # one tl.dot per reduction tile for the three gates (a fourth of zeros), else one per gate
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
@@ -744,8 +758,12 @@ def gru_fwd_kernel(
             o_h = row_h[:, None] + js[None, :]
             o_x = row_x[:, None] + js[None, :]
             # (probes 1 and 3 leave the recurrent matmul out)
-            a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, acc_ty,
-                                    BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT, OUTER)
+            if FUSE:  # one dot per reduction tile for the three gates (and a fourth of zeros)
+                a_r, a_z, a_n, _ = _h_w_fused(h_src, row_k, row_ok, w_ptr, j0, u_hi, HK, HK if PROBE % 2 == 0 else 0,
+                                              acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT, OUTER)
+            else:
+                a_r, a_z, a_n, _ = _h_w(h_src, row_k, row_ok, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0,
+                                        acc_ty, BLOCK_B, BLOCK_J, BLOCK_K, 3, PRECISION, UPCAST, SPLIT, OUTER)
             xp_t = xp_ptr + t64 * 3 * slab + o_x
             r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + _bias(b_ih_ptr, b_hh_ptr, js, j_ok,
                                                                                     acc_ty))
@@ -799,7 +817,7 @@ def gru_bwd_kernel(
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
-    FUSE: tl.constexpr,  # must be False
+    FUSE: tl.constexpr,  # one tl.dot per reduction tile over the three gates' rows of dA (as the forward)
     PROBE: tl.constexpr = 0,  # timing probes only: 1 no matmul, 2 no barrier, 3 neither
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
@@ -836,7 +854,7 @@ def gru_bwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
             dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HK,
-                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT, OUTER)
+                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -869,7 +887,7 @@ def gru_bwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), dak_ptr if PAD else da_ptr, row_ok, row_k, w_ptr,
-                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, False, 3, SPLIT, OUTER)
+                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -8,7 +8,7 @@ Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run c
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
-tl.dot for the four gates or one per gate (the LSTM's only), rows padded to a multiple of 16 or not (``row_align``), the
+tl.dot for the gates or one per gate, rows padded to a multiple of 16 or not (``row_align``), the
 K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16), the
 software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way), the
 reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than
@@ -139,11 +139,10 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
 # forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
 # change which reduction tile is best.  The backward's K loop has fields of its own (launch.BWD_FIELDS: the search
 # starts from the tile with them stated, launch.apart, so that each field changes one kernel), its stages and K tile
-# varied together ("stages_k_bwd": 9-12 pairs).  The GRU's three gates cannot share one dot.
-FIELDS = {"LSTM": ("units", "fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "row_align", "num_stages",
-                   "split_k", "block_k", "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"),
-          "GRU": ("units", "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "stages_k_bwd",
-                  "split_k_bwd", "num_warps", "num_warps_bwd")}
+# varied together ("stages_k_bwd": 9-12 pairs).  The GRU fuses its three gates with a fourth of zeros.
+FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "row_align",
+                                         "num_stages", "split_k", "block_k", "stages_k_bwd", "split_k_bwd", "num_warps",
+                                         "num_warps_bwd"))
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
