@@ -57,6 +57,13 @@ forward (16/8); large fp32 (K 16, 8 warps, s3, split 2) 128/192, 255/164, 78/74,
 (4/4) and backward (40/56); medium bf16 (K 64, 8 warps, split 2) 227/98, 234/243, 205/128, spills only in 3.9's
 nograd (32/24); large bf16 (K 64, split 2, bwd 4 warps) 255/196, 255/255, 253/128, the backward spilling 816/844
 bytes under 3.6 (116/116 under 3.9).  The search chose them by time all the same: spilling is priced in.
+
+The same entries with the three gates in one dot (``fuse_gates``, both kernels; Triton 3.6, registers, spill bytes,
+then the CTA barriers of the whole kernel against one dot per gate; untimed): medium fp32 90, 121, 60, none, forward
+10 / backward 14 barriers as before, the FMAs up by a third (the gate of zeros); medium bf16 244, 194, 200, none,
+barriers 16 / 23 against 30 / 31; large fp32 255, 255 (8/8), 128 (16/8), barriers 20 / 27 against 26 / 27, the
+backward's spill down from 40/56; large bf16 255 (240/240), 255 (100/128, from 816/844), 255 (16/20), barriers 16 /
+23 against 30 / 31.  Fewer layout shuffles for a third more products: which wins is for the tile search.
 """
 
 from __future__ import annotations
