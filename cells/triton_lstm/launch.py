@@ -246,7 +246,7 @@ class Plan:
             how = f"{self.programs} programs x {self.units} units per batch block, " + (
                 "grid barrier" if self.path == "persistent" else "one launch per step")
         where = "registers" if self.resident else "L1/L2, re-read each step"
-        dots = "" if self.resident else ", one dot for the four gates" if self.fuse_gates else ", a dot per gate"
+        dots = "" if self.resident else ", one dot for all gates" if self.fuse_gates else ", a dot per gate"
         if (self.outer or self.outer_bwd) and not self.resident:
             which = "K loops" if self.outer and self.outer_bwd else "forward's K loop" if self.outer else \
                 "backward's K loop"
@@ -277,7 +277,7 @@ class Plan:
             elif field == "split_k":
                 out.append(f"reduction split {bwd} way(s)" if not self.outer_bwd else "")
             else:
-                out.append("one dot for the four gates" if bwd else "a dot per gate")
+                out.append("one dot for all gates" if bwd else "a dot per gate")
         return [x for x in out if x]
 
 
