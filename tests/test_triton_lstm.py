@@ -588,7 +588,7 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     tile = launch.Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
     for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
-    assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64}
+    assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32), 1500, torch.float32, 132, "outer")
     assert [(t.outer, t.block_k) for t in outer] == [(False, 32), (True, 16)]  # (outer products: K <= 16)
     assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {8, 16, 32}

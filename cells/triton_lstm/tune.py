@@ -126,9 +126,12 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         k_now = launch.kernel_value(tile, "block_k", field == "outer_bwd")
         return [dataclasses.replace(tile, **{field: v, k: min(k_now, 16) if v else k_now}) for v in (False, True)]
     outer = tile.outer_bwd if field == "block_k_bwd" else tile.outer
-    fp32_k = (8, 16, 32) if outer else (16, 32, 64)
+    # (the widest K tiles for small, where one or two tiles cover H = 200: with one dot for the gates they compile
+    # without spilling there -- sm_90, Triton 3.6: float32 K 128 forward 250 registers, bfloat16 K 256 255)
+    fp32_k = (8, 16, 32) if outer else (16, 32, 64, 128) if field == "block_k" else (16, 32, 64)
     base = field.removesuffix("_bwd")
-    values = {"block_k": fp32_k if dtype == torch.float32 else (32, 64, 128), "fuse_gates": (True, False),
+    wide_k = (32, 64, 128, 256) if field == "block_k" else (32, 64, 128)
+    values = {"block_k": fp32_k if dtype == torch.float32 else wide_k, "fuse_gates": (True, False),
               "num_warps": (4, 8, 16), "num_stages": (1, 2, 3), "row_align": (1, 16)}[base]
     if field == "num_stages_bwd":
         values = (1, 2, 3, 4)  # the backward's loop pipelines further (the probe: 3 stages took it to 0.51)
