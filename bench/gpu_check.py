@@ -43,7 +43,8 @@ The timings (``--perf``):
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``).
                       Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
-5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``);
+   ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``).
 6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
    ``bench-compiled-graphs`` the same with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA graphs;
    ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
@@ -101,9 +102,8 @@ TEST_WORKERS = 8
 # loop (launch.BWD_FIELDS): it now varies only those that no H200 has searched yet (TUNE_FIELDS), from the measured
 # entries -- about as many candidates as the first search's eight fields had.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 60, "tune": 170, "tune-small": 100, "ncu": 50, "bench-modes": 45, "bench-compiled": 75,
-          "bench-compiled-graphs": 75,
-          "bench-bf16": 45, "report": REPORT_RESERVE_S}
+          "bench": 100, "probe": 60, "tune": 170, "tune-small": 100, "ncu": 50, "bench-modes": 45, "bench-graphs": 45,
+          "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
 # tiles.json).  Widen it to every field (drop --fields) when the table's entries change by other means.
@@ -216,6 +216,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         # cuda-graph is refused on the CPU, so the dry run only proves the plumbing (tests/test_step.py trains in
         # compile mode; compiling here too would cost CI a minute).
         modes = ["-k", "test_step", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
+        graphs = ["-k", "test_fwdbwd_graph", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         versus = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
         bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
         tune = tune_small = probe = ["--help"]  # they time compiled kernels: the dry run only proves they start
@@ -239,6 +240,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         bench = ["--bench-device", "cuda", "--bench-cells", not_compiled, "--bench-modes", "eager",
                  "--benchmark-max-time", "0.1"]
         # The step modes beside eager in one run (ratios only within a run), and the compiled cells beside the loop.
+        # fwd+bwd as one CUDA graph at every preset: the kernels' GPU time beside the eager call's (bench's fwdbwd)
+        graphs = ["-k", "test_fwdbwd_graph", "--bench-device", "cuda", "--bench-cells",
+                  "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-modes", "cuda-graph",
+                  "--benchmark-max-time", "0.1"]
         modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
                  "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm", "--bench-modes", "cuda-graph",
                  "--benchmark-max-time", "0.2"]
@@ -284,6 +289,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             # Before the profiler: these two settle the targets of the issue on compiled cells and CUDA graphs.
             Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
                                  f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
+            Step("bench-graphs", [*pytest, "bench", "--benchmark-only", *graphs,
+                                  f"--benchmark-json={out / 'bench' / slug / 'graphs.json'}"], limits["bench-graphs"]),
             Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
                                     f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
                  limits["bench-compiled"]),

@@ -463,7 +463,9 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
           "Median time per call (pytest-benchmark, `bench/bench_cells.py`; batch 20, 2 layers). fwd: the cell "
           "stack's forward with autograd recording; fwd+bwd: plus the backward; step: the whole LM training step "
           "(vocabulary 10000), eager, and where timed "
-          "compiled (`step compiled`) or as one CUDA graph (`step graph`), the same cell in each row; latency: "
+          "compiled (`step compiled`) or as one CUDA graph (`step graph`), the same cell in each row; `fwd+bwd "
+          "graph`: fwd+bwd captured as one CUDA graph and replayed, the GPU's time without the host's launches; "
+          "latency: "
           "the stack's forward at batch 1, one step, no grad, state carried (per-call cost). **vs cuDNN**: the "
           "time of the cuDNN cell of the same kind (`cudnn_lstm` or "
           "`cudnn_gru`; on the CPU torch's oneDNN/ATen kernels behind the same modules) over the cell's time, on "
@@ -472,11 +474,13 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
           "few hundred MiB the process holds anyway.", ""]
     if bench.empty:
         return md + ["(no micro-benchmark JSON under `bench/`)", ""]
-    wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "step": "step ms", "step-compile": "step compiled ms",
-                 "step-cuda-graph": "step graph ms", "latency": "latency ms"}
+    wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "fwdbwd-cuda-graph": "fwd+bwd graph ms", "step": "step ms",
+                 "step-compile": "step compiled ms", "step-cuda-graph": "step graph ms", "latency": "latency ms"}
+    optional = ("step-", "fwdbwd-")  # (modes: columns only where timed)
     # bfloat16 (bench --bench-dtype bfloat16): its own columns, only where it was timed, ratios within the dtype
     wide_cols |= {f"{p}-bf16": label.replace(" ms", " bf16 ms") for p, label in wide_cols.items()}
-    ratio_cols = [("fwdbwd", "fwd+bwd vs cuDNN"), ("step", "step vs cuDNN"), ("latency", "latency vs cuDNN"),
+    ratio_cols = [("fwdbwd", "fwd+bwd vs cuDNN"), ("fwdbwd-cuda-graph", "fwd+bwd graph vs cuDNN"),
+                  ("step", "step vs cuDNN"), ("latency", "latency vs cuDNN"),
                   ("fwdbwd-bf16", "fwd+bwd bf16 vs cuDNN"), ("step-bf16", "step bf16 vs cuDNN")]
     for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
         rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
@@ -491,11 +495,11 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             t = pd.DataFrame(index=wide.index)
             t["backend"] = sh.groupby("cell")["backend"].first()
             for p, label in wide_cols.items():
-                if p in wide or not (p.startswith("step-") or p.endswith("-bf16")):  # only where timed
+                if p in wide or not (p.startswith(optional) or p.endswith("-bf16")):  # only where timed
                     t[label] = wide[p] if p in wide else math.nan
             kinds = sh.groupby("cell")["kind"].first()
             for p, label in ratio_cols:
-                if p in wide or not p.endswith("-bf16"):
+                if p in wide or not (p.startswith(optional) or p.endswith("-bf16")):
                     t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
             fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
             gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
@@ -511,7 +515,8 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                    _table(t, {"fwd ms": ".4g", "fwd+bwd ms": ".4g", "step ms": ".4g", "fwd+bwd vs cuDNN": ".3g",
                               "step vs cuDNN": ".3g", "fwd+bwd GFLOP/s": ".3g", "% matmul": ".2g",
                               "step words/sec": ".0f", "step peak MiB": ".0f", "latency ms": ".4g",
-                              "step compiled ms": ".4g", "step graph ms": ".4g",
+                              "step compiled ms": ".4g", "step graph ms": ".4g", "fwd+bwd graph ms": ".4g",
+                              "fwd+bwd graph vs cuDNN": ".3g",
                               "latency vs cuDNN": ".3g",
                               **{label: ".4g" for label in wide_cols.values() if "bf16" in label},
                               "fwd+bwd bf16 vs cuDNN": ".3g", "step bf16 vs cuDNN": ".3g"}), ""]

@@ -235,6 +235,26 @@ def test_bfloat16_benchmarks_get_their_own_columns_and_ratios(results):
     assert "| 0.5 " in loop and "| 0.25 " in loop  # float32: 0.03 / 0.06; bfloat16: 0.02 / 0.08
 
 
+def test_graph_replayed_fwdbwd_gets_its_own_column_and_ratio(results):
+    """bench's fwdbwd-cuda-graph pass (fwd+bwd replayed as one CUDA graph): a column and a ratio beside the eager
+    fwd+bwd's, only where it was timed."""
+    path = bench_json(results, "cuda", "GPU", {("fwdbwd", "small", "cudnn_lstm"): 0.004,
+                                              ("fwdbwd", "small", "triton_lstm"): 0.003})
+    plain = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
+    assert "fwd+bwd graph" not in plain
+    doc = json.loads(path.read_text())
+    for b, median in zip(list(doc["benchmarks"]), (0.0005, 0.001), strict=True):
+        graph = json.loads(json.dumps(b))
+        graph["extra_info"]["pass"] = "fwdbwd-cuda-graph"
+        graph["stats"]["median"] = median
+        doc["benchmarks"].append(graph)
+    path.write_text(json.dumps(doc))
+    small = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
+    assert "fwd+bwd graph ms" in small and "fwd+bwd graph vs cuDNN" in small
+    triton = next(line for line in small.splitlines() if line.startswith("| triton_lstm"))
+    assert "| 1.33 " in triton and "| 0.5 " in triton  # eager 0.004 / 0.003; as a graph 0.0005 / 0.001
+
+
 def test_a_run_with_changed_settings_is_labelled_and_kept_apart():
     """A run that overrides its preset (--learning-rate 0.5) says so beside the cell, and is not hidden by, nor
     hides, the preset's own run of the same length."""
