@@ -179,3 +179,49 @@ def test_available_lists_every_cell_with_backend_or_reason():
         assert c.detail
     by_name = {c.name: c for c in infos}
     assert by_name["cudnn_lstm"].runnable and by_name["cudnn_lstm"].detail in ("oneDNN", "ATen native (cpu)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("name", [n for n in cells.names() if n not in COMPILED])
+def test_cuda_graph_replay_with_new_inputs_equals_eager(name):
+    """fwd+bwd captured into one CUDA graph (as bench's test_fwdbwd_graph and --step cuda-graph capture it) and
+    replayed on new values in the same buffers: the outputs and every gradient those of an eager call on them.  A cell
+    that cannot be captured says so (lm.step.refusal) and is skipped with its reason."""
+    from lm.step import refusal
+
+    why = refusal("cuda-graph", torch.device("cuda"), name)
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    t, b, i, h, n = 5, 4, 6, 13, 2
+    cell = cells.build(name, i, h, n).cuda()
+    params = list(cell.parameters())
+    x = torch.randn(t, b, i, device="cuda", requires_grad=True)
+    dy = torch.randn(t, b, h, device="cuda")
+
+    def work():
+        for p in [x, *params]:
+            p.grad = None
+        y = cell(x)[0]
+        y.backward(dy)
+        return y.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            work()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = work()
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+        dy.copy_(torch.randn_like(dy))
+    graph.replay()
+    torch.cuda.synchronize()
+    got = [y_static.clone()] + [p.grad.clone() for p in [x, *params]]
+    want = [work()] + [p.grad.clone() for p in [x, *params]]
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert rel(g, w) < 1e-5, f"{name}: tensor {k} of the replay differs from eager by {rel(g, w):.3g}"
