@@ -58,9 +58,9 @@ def test_dry_run_of_the_check_runs_every_step(tmp_path):
 def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
     out, summary = dry_run(tmp_path, "--perf")
     # (ncu runs only where it is on the PATH, never in the dry run)
-    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "bench-modes", "bench-graphs",
-                                                     "bench-compiled", "bench-compiled-graphs", "bench-bf16",
-                                                     "tune-small", "report"]
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "tune-small", "bench-modes",
+                                                     "bench-graphs", "bench-compiled", "bench-compiled-graphs",
+                                                     "bench-bf16", "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
