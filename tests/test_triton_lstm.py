@@ -699,3 +699,7 @@ def test_probe_launches_every_variant(monkeypatch):
     assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]
     assert by["bwd", "split-4"]["split_k"] == 4 and by["bwd", "split-4"]["num_warps_bwd"] == 16
     assert by["bwd", "outer-products"]["outer_bwd"] and by["fwd", "outer-products"]["outer"]
+    # the GRU's kernels, the same variants (its gates in one dot too)
+    gru = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, cell="triton_gru")
+    assert [(r["kernel"], r["variant"]) for r in gru] == [(k, v) for k in ("fwd", "bwd") for v in variants]
+    assert {r["cell"] for r in gru} == {"triton_gru"} and {r["cell"] for r in recs} == {"triton_lstm"}

@@ -553,7 +553,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
 
 
 def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
-                plan: Plan, train: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                plan: Plan, train: bool = True, probe: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the recurrence of one GRU layer (``kernels.gru_fwd_kernel``).
 
     Args:
@@ -561,6 +561,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
         w_hh: [3H, H], h0: [B, H], b_ih, b_hh: [3H]; contiguous, compute dtype; gate order r, z, n.
         plan: from :func:`make_plan` with ``kind="GRU"``.
         train: keep r, z, n and hn = h_{t-1} W_hn^T + b_hn for the backward.
+        probe: as for :func:`forward` (timing probes only).
 
     Returns:
         y [T, B, H] (compute dtype); gates [T, B, 4H] (float32, float64 for float64), None without ``train``.
@@ -578,19 +579,21 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     kernel = kernels(plan.interpret).gru_fwd_kernel
     meta = launch_options(plan, w_hh.dtype, False, train)
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
+    meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi in _spans(plan, T):
         kernel[plan.grid](xp, w, b_ih, b_hh, hk, y, gates, arrive, done, lo, hi, B, H, hp, plan.units, **meta)
     return y, gates if train else None
 
 
 def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
-                 dhT: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 dhT: torch.Tensor, plan: Plan, probe: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk one GRU layer backward in time (``kernels.gru_bwd_kernel``).
 
     Args:
         w_hh, h0: as for :func:`gru_forward`.  y, gates: what it returned with ``train``.
         dy: [T, B, H] gradient of y.  dhT: [B, H] gradient of the final h.  All contiguous.
         plan: the plan the forward ran with.
+        probe: as for :func:`forward` (timing probes only).
 
     Returns:
         da [T, B, 3H]: gradients of the recurrent pre-activations (h W_hr^T + b_hr, h W_hz^T + b_hz, hn), so
@@ -608,6 +611,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     kernel = kernels(plan.interpret).gru_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
+    meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi, tail in _reverse_spans(plan, T):
         kernel[plan.grid](w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
                           hp, plan.units, **meta)

@@ -3,6 +3,7 @@
 Usage (on a CUDA machine; the variants' kernels are compiled side by side first, :mod:`.precompile`)::
 
     python -m cells.triton_lstm.probe --presets medium,large --dtypes float32 --json OUT.json
+    python -m cells.triton_lstm.probe --cell triton_lstm,triton_gru ...   # the GRU's kernels too
     ncu --clock-control none -k regex:lstm_ -c 2 python -m cells.triton_lstm.probe --presets large --once
 
 Without a profiler's counters, time is placed inside a kernel by timing variants that leave one stage out and
@@ -45,14 +46,15 @@ import sys
 import torch
 
 from . import launch, precompile
-from .tune import BATCH, PRESETS, _time, cli
+from .tune import BATCH, PRESETS, _cells, _time, cli
 
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
 CALLS = 5  # launches between two events
 
 
-def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
-    """Random operands of one layer's forward and backward kernels (the scale of a trained PTB layer)."""
+def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, seed: int = 0, gates: int = 4) -> dict:
+    """Random operands of one layer's forward and backward kernels (the scale of a trained PTB layer); ``gates``: 4
+    (LSTM) or 3 (GRU, which ignores c0 and dcT)."""
     g = torch.Generator(device=device).manual_seed(seed)
     acc = launch.accumulation_dtype(dtype)
 
@@ -60,8 +62,8 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
         return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * scale).to(dt)
 
     bound = hidden ** -0.5
-    return dict(xp=rnd(steps, BATCH, 4 * hidden), w_hh=rnd(4 * hidden, hidden, scale=bound),
-                b_ih=rnd(4 * hidden, scale=bound), b_hh=rnd(4 * hidden, scale=bound), h0=rnd(BATCH, hidden),
+    return dict(xp=rnd(steps, BATCH, gates * hidden), w_hh=rnd(gates * hidden, hidden, scale=bound),
+                b_ih=rnd(gates * hidden, scale=bound), b_hh=rnd(gates * hidden, scale=bound), h0=rnd(BATCH, hidden),
                 c0=rnd(BATCH, hidden, dt=acc), dy=rnd(steps, BATCH, hidden), dhT=rnd(BATCH, hidden),
                 dcT=rnd(BATCH, hidden, dt=acc))
 
@@ -88,31 +90,38 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
 
 
 def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print, device: str = "cuda",
-          timer=_time, emit=None) -> list[dict]:
-    """The variants of both kernels for one preset and dtype; one record per kernel and variant, each also passed to
-    ``emit`` as it is made.
+          timer=_time, emit=None, cell: str = "triton_lstm") -> list[dict]:
+    """The variants of both kernels of ``cell`` (triton_lstm or triton_gru) for one preset and dtype; one record per
+    kernel and variant, each also passed to ``emit`` as it is made.
 
     ``device`` and ``timer`` (``timer(fn, reps, calls)`` -> seconds) are for tests: the CPU runs the kernels in
     Triton's interpreter, where no timing means anything."""
     hidden, steps = PRESETS[preset]
     device = torch.device(device)
-    a = inputs(hidden, steps, dtype, device)
-    plan = launch.make_plan(BATCH, hidden, dtype, device)
+    kind = "GRU" if cell == "triton_gru" else "LSTM"
+    a = inputs(hidden, steps, dtype, device, gates=3 if kind == "GRU" else 4)
+    plan = launch.make_plan(BATCH, hidden, dtype, device, kind=kind)
+    saved = None  # what the forward keeps for the backward: (c, gates), or the GRU's (y, gates)
 
     def fwd(p, probe_flag=0):
-        return launch.forward(a["xp"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"], p, train=True,
-                              probe=probe_flag)
-
-    c = gates = None
+        if kind == "GRU":
+            y, gates = launch.gru_forward(a["xp"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], p, train=True,
+                                          probe=probe_flag)
+            return y, gates
+        _, c, gates = launch.forward(a["xp"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"], p, train=True,
+                                     probe=probe_flag)
+        return c, gates
 
     def bwd(p, probe_flag=0):
-        return launch.backward(a["w_hh"], a["c0"], c, gates, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
+        if kind == "GRU":
+            return launch.gru_backward(a["w_hh"], a["h0"], *saved, a["dy"], a["dhT"], p, probe=probe_flag)
+        return launch.backward(a["w_hh"], a["c0"], *saved, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
     variants = _variants(plan, dtype)
 
     def every_variant() -> None:
-        nonlocal c, gates
-        _, c, gates = fwd(plan)  # shapes only: nothing runs while collecting
+        nonlocal saved
+        saved = fwd(plan)  # shapes only: nothing runs while collecting
         for _, p, flag in variants:
             if flag < 2 or p.sync:
                 fwd(p, flag)
@@ -122,13 +131,13 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         summary = precompile.warm(every_variant)
         if summary:
             log(summary.line())
-    _, c, gates = fwd(plan)  # the backward's inputs, from a real forward
+    saved = fwd(plan)  # the backward's inputs, from a real forward
 
     if once:
         bwd(plan)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        log(f"{preset} {dtype}: one forward and one backward launched ({plan.describe()})")
+        log(f"{cell} {preset} {dtype}: one forward and one backward launched ({plan.describe()})")
         return []
     records = []
     for kernel, fn in (("fwd", fwd), ("bwd", bwd)):
@@ -138,21 +147,25 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
                 continue  # no grid barrier to leave out
             s = timer(functools.partial(fn, p, flag), reps, CALLS)
             full = s if name == "full" else full
-            rec = {"preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
+            rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
                    "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),
                    "describe": p.describe()}
             records.append(rec)
             if emit:
                 emit(rec)
-            log(f"{preset:6} {str(dtype).removeprefix('torch.'):8} {kernel} {name:10} {s * 1e3:8.3f} ms  "
+            log(f"{kind:4} {preset:6} {str(dtype).removeprefix('torch.'):8} {kernel} {name:10} {s * 1e3:8.3f} ms  "
                 f"{rec['per_step_us']:7.2f} us/step" + (f"  ({s / full:.2f} of full)" if full else ""))
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.probe", __doc__, "float32",
-               lambda preset, dtype, args, emit, _: probe(preset, dtype, args.reps, args.once, emit=emit),
-               extra=[(("--once",), dict(action="store_true", help="launch each kernel once, untimed (for ncu)"))])
+               lambda preset, dtype, args, emit, cell: probe(preset, dtype, args.reps, args.once, emit=emit,
+                                                              cell=cell),
+               cells=lambda args: args.cell,
+               extra=[(("--once",), dict(action="store_true", help="launch each kernel once, untimed (for ncu)")),
+                      (("--cell",), dict(default="triton_lstm", type=_cells,
+                                         help="whose kernels: triton_lstm, triton_gru, or both comma-separated"))])
 
 
 if __name__ == "__main__":
