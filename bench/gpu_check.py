@@ -35,8 +35,8 @@ The timings (``--perf``):
 1. ``env`` as above (a later call may get another machine).
 2. ``bench``          the micro-benchmarks at the PTB shapes for every cell but the compiled ones
                       (``bench/<slug>/micro.json``).
-3. ``probe``          where a ``triton_lstm`` and a ``triton_gru`` step's time goes at medium and large (the
-                      LSTM's took 24 s on the H200; probe's limit 60 -> 90 s for both): each kernel timed whole,
+3. ``probe``          where a ``triton_lstm`` and a ``triton_gru`` step's time goes at large (both presets of the
+                      LSTM took 24 s on the H200): each kernel timed whole,
                       without its recurrent matmul, without its grid barrier, pipelined, with the reduction
                       split 4 ways, and on the tensor cores (tf32x3, tf32)
                       (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``).
@@ -48,8 +48,8 @@ The timings (``--perf``):
 5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``);
    ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``).
 6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
-   ``bench-compiled-graphs`` the same with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA graphs;
-   ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
+   ``bench-compiled-graphs`` the same at small with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA
+   graphs; ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
 7. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
                       sections for the large layer's forward and backward kernels (``perf-ncu.log``).
 8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
@@ -103,7 +103,7 @@ TEST_WORKERS = 8
 # loop (launch.BWD_FIELDS): it now varies only those that no H200 has searched yet (TUNE_FIELDS), from the measured
 # entries -- about as many candidates as the first search's eight fields had.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 90, "tune": 170, "tune-small": 100, "ncu": 50, "bench-modes": 45, "bench-graphs": 45,
+          "bench": 100, "probe": 60, "tune": 170, "tune-small": 100, "ncu": 50, "bench-modes": 45, "bench-graphs": 45,
           "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
@@ -218,7 +218,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         # compile mode; compiling here too would cost CI a minute).
         modes = ["-k", "test_step", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         graphs = ["-k", "test_fwdbwd_graph", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
-        versus = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
+        versus = versus_graphs = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
         bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
         tune = tune_small = probe = ["--help"]  # they time compiled kernels: the dry run only proves they start
         limits = dict.fromkeys(LIMITS, 180)
@@ -248,11 +248,15 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
                  "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm", "--bench-modes", "cuda-graph",
                  "--benchmark-max-time", "0.2"]
+        # (--bench-modes eager: -k test_fwdbwd would also select test_fwdbwd_graph)
         versus = ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", "small,medium",
-                  "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--benchmark-max-time", "0.2"]
+                  "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--bench-modes", "eager",
+                  "--benchmark-max-time", "0.2"]
+        # torch.compile's CUDA graphs at small, the shape of the target (compiled_lstm >= 3x loop_lstm)
+        versus_graphs = [*versus[:versus.index("small,medium")], "small", *versus[versus.index("small,medium") + 1:]]
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
-                "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--benchmark-max-time",
-                "0.2"]
+                "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--bench-modes", "eager",
+                "--benchmark-max-time", "0.2"]
         # float32 first: the default arithmetic, and the one furthest behind cuDNN
         # then triton_gru's float32 (its target: at least cuDNN's speed), then bfloat16 for both
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
@@ -260,7 +264,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         # The small preset's entries were never searched (the table's note): every field, in a file of its own.
         tune_small = ["--presets", "small", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
                       "--json", str(gpu / "tiles-small.json")]
-        probe = ["--presets", "medium,large", "--dtypes", "float32", "--cell", "triton_lstm,triton_gru", "--json",
+        # large only: where both cells are furthest behind cuDNN (the LSTM's medium was probed on 2026-11-28)
+        probe = ["--presets", "large", "--dtypes", "float32", "--cell", "triton_lstm,triton_gru", "--json",
                  str(gpu / "probe.json")]
         limits = LIMITS
         cell_timeout = "80"
@@ -300,7 +305,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             # The same under torch.compile's CUDA graphs: which mode the compiled cells should use on a GPU.  Kept out
             # of bench/ (the report would show two rows of one name): compare it with compiled.json by hand.
             Step("bench-compiled-graphs", [
-                *pytest, "bench", "--benchmark-only", *versus, "--bench-compile-mode", "reduce-overhead",
+                *pytest, "bench", "--benchmark-only", *versus_graphs, "--bench-compile-mode", "reduce-overhead",
                 f"--benchmark-json={gpu / 'compiled-reduce-overhead.json'}"], limits["bench-compiled-graphs"]),
             *ncu,
             Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
