@@ -248,12 +248,12 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
                  "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm", "--bench-modes", "cuda-graph",
                  "--benchmark-max-time", "0.2"]
-        # (--bench-modes eager: -k test_fwdbwd would also select test_fwdbwd_graph)
-        versus = ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", "small,medium",
-                  "--bench-cells", f"loop_lstm,loop_gru,{compiled_cells}", "--bench-modes", "eager",
-                  "--benchmark-max-time", "0.2"]
-        # torch.compile's CUDA graphs at small, the shape of the target (compiled_lstm >= 3x loop_lstm)
-        versus_graphs = [*versus[:versus.index("small,medium")], "small", *versus[versus.index("small,medium") + 1:]]
+        def compiled_vs_loop(shapes: str) -> list[str]:  # (--bench-modes eager: else -k also picks the graph test)
+            return ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", shapes, "--bench-cells",
+                    f"loop_lstm,loop_gru,{compiled_cells}", "--bench-modes", "eager", "--benchmark-max-time", "0.2"]
+
+        # torch.compile's CUDA graphs at small only, the shape of the target (compiled_lstm >= 3x loop_lstm)
+        versus, versus_graphs = compiled_vs_loop("small,medium"), compiled_vs_loop("small")
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
                 "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--bench-modes", "eager",
                 "--benchmark-max-time", "0.2"]

@@ -116,26 +116,30 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
                                     else tile.num_warps_bwd) for v in (1, 2, 4)]
     if field == "stages_k_bwd":  # the backward's stages and K tile together: deeper pipelines want smaller tiles (the
         # sm_90 registers of its fused bfloat16 kernel: K 128 spills from 2 stages on, K 32 not up to 3 at large)
-        ks = (8, 16, 32) if tile.outer_bwd else (16, 32, 64) if dtype == torch.float32 else (32, 64, 128)
         stages = (1, 2, 3, 4) if dtype == torch.float32 else (1, 2, 3)
-        return [dataclasses.replace(tile, block_k_bwd=k, num_stages_bwd=n) for k in ks for n in stages]
+        return [dataclasses.replace(tile, block_k_bwd=k, num_stages_bwd=n) for k in k_tiles(tile, dtype, True)
+                for n in stages]
     if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
         if dtype != torch.float32:
             return [tile]
         k = "block_k" if field == "outer" else "block_k_bwd"  # the K tile of the loop it changes
         k_now = launch.kernel_value(tile, "block_k", field == "outer_bwd")
         return [dataclasses.replace(tile, **{field: v, k: min(k_now, 16) if v else k_now}) for v in (False, True)]
-    outer = tile.outer_bwd if field == "block_k_bwd" else tile.outer
-    # (the widest K tiles for small, where one or two tiles cover H = 200: with one dot for the gates they compile
-    # without spilling there -- sm_90, Triton 3.6: float32 K 128 forward 250 registers, bfloat16 K 256 255)
-    fp32_k = (8, 16, 32) if outer else (16, 32, 64, 128) if field == "block_k" else (16, 32, 64)
-    base = field.removesuffix("_bwd")
-    wide_k = (32, 64, 128, 256) if field == "block_k" else (32, 64, 128)
-    values = {"block_k": fp32_k if dtype == torch.float32 else wide_k, "fuse_gates": (True, False),
-              "num_warps": (4, 8, 16), "num_stages": (1, 2, 3), "row_align": (1, 16)}[base]
-    if field == "num_stages_bwd":
-        values = (1, 2, 3, 4)  # the backward's loop pipelines further (the probe: 3 stages took it to 0.51)
+    backward = field.endswith("_bwd")
+    # (the backward's loop pipelines further: on the H200 3 stages took it to 0.51 of its time, the forward to 0.79)
+    values = {"block_k": k_tiles(tile, dtype, backward), "fuse_gates": (True, False), "num_warps": (4, 8, 16),
+              "num_stages": (1, 2, 3, 4) if backward else (1, 2, 3), "row_align": (1, 16)}[field.removesuffix("_bwd")]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
+
+
+def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int, ...]:
+    """The K tiles worth trying for the forward's or the backward's K loop of ``tile``: at most 32 with outer products
+    (registers); for the forward, also the widest, for small, where one or two tiles cover H = 200 and with one dot
+    for the gates compile without spilling (sm_90, Triton 3.6: float32 K 128 250 registers, bfloat16 K 256 255)."""
+    if tile.outer_bwd if backward else tile.outer:
+        return (8, 16, 32)
+    ks = (16, 32, 64, 128) if dtype == torch.float32 else (32, 64, 128, 256)
+    return ks[:-1] if backward else ks
 
 
 # The fields varied, in order: the dot structure, the padding of the rows (before the stages: unpadded, the bfloat16
