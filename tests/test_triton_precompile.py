@@ -86,10 +86,10 @@ def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch)
     from cells.triton_lstm import probe
 
     monkeypatch.setitem(probe.PRESETS, "tiny", (24, 3))
-    monkeypatch.setattr(probe, "inputs", lambda hidden, steps, dtype, device, seed=0: {
+    monkeypatch.setattr(probe, "inputs", lambda hidden, steps, dtype, device, seed=0, gates=4: {
         name: torch.empty(*shape, dtype=dtype, device=device) for name, shape in {
-            "xp": (steps, probe.BATCH, 4 * hidden), "w_hh": (4 * hidden, hidden), "b_ih": (4 * hidden,),
-            "b_hh": (4 * hidden,), "h0": (probe.BATCH, hidden), "c0": (probe.BATCH, hidden),
+            "xp": (steps, probe.BATCH, gates * hidden), "w_hh": (gates * hidden, hidden), "b_ih": (gates * hidden,),
+            "b_hh": (gates * hidden,), "h0": (probe.BATCH, hidden), "c0": (probe.BATCH, hidden),
             "dy": (steps, probe.BATCH, hidden), "dhT": (probe.BATCH, hidden), "dcT": (probe.BATCH, hidden)}.items()})
     monkeypatch.setattr(probe, "_variants", lambda plan, dtype: [("full", plan, 0)])
     timed, lines = [], []
