@@ -39,7 +39,10 @@ The timings (``--perf``):
                       LSTM took 24 s on the H200): each kernel timed whole,
                       without its recurrent matmul, without its grid barrier, pipelined, with the reduction
                       split 4 ways, and on the tensor cores (tf32x3, tf32)
-                      (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``).
+                      (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``);
+   ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall (by SASS line),
+                      memory and bank-conflict sections for the large layer's forward and backward kernels of both
+                      cells in float32 and bfloat16 at the table's tiles (``perf-ncu.log``).
 4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``);
@@ -50,11 +53,9 @@ The timings (``--perf``):
 6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
    ``bench-compiled-graphs`` the same at small with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA
    graphs; ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
-7. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall and memory
-                      sections for the large layer's forward and backward kernels (``perf-ncu.log``).
-8. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
+7. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
                       (``bf16.json``; in the report as their own columns, ratios within the dtype).
-9. ``report``.
+8. ``report``.
 
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
@@ -108,10 +109,16 @@ LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
 # tiles.json).  Widen it to every field (drop --fields) when the table's entries change by other means.
-# (fuse_gates: new to the GRU, two candidates for the LSTM.)
-TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "stages_k_bwd", "split_k_bwd", "num_warps_bwd")
-NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis", "Occupancy",
-                "LaunchStats")
+# (fuse_gates: new to the GRU, two candidates for the LSTM; transposed_bwd: new, the backward's dot on W_hh^T.)
+TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "transposed_bwd", "outer", "outer_bwd", "stages_k_bwd", "split_k_bwd",
+               "num_warps_bwd")
+# SourceCounters: the warp stalls by SASS instruction; MemoryWorkloadAnalysis_Tables: shared-memory bank conflicts
+# (the H200's profile of the large float32 forward, 2026-11-28: 84 % of L1/shared throughput, a warp stalled 9.7 of
+# every 13.2 cycles on shared memory -- the FMA tl.dot's operands go through it).
+NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
+                "MemoryWorkloadAnalysis_Tables", "SourceCounters", "Occupancy", "LaunchStats")
+NCU_KERNEL_RE = "(lstm|gru)_(fwd|bwd)_kernel"
+NCU_KERNELS = 8  # forward and backward, triton_lstm and triton_gru, float32 and bfloat16
 
 
 @dataclass
@@ -281,16 +288,21 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
     report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
     if part == "perf":
-        # The profiler, where the machine has it: the large layer's forward and backward, one launch each.
+        # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
+        # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.
         ncu = [] if dry_run or not shutil.which("ncu") else [Step("ncu", [
-            "ncu", "--clock-control", "none", "-k", "regex:lstm_", "-c", "2",
+            "ncu", "--clock-control", "none", "-k", f"regex:{NCU_KERNEL_RE}", "-c", str(NCU_KERNELS),
             *(a for sec in NCU_SECTIONS for a in ("--section", sec)),
-            *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--once"], limits["ncu"])]
+            *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--dtypes", "float32,bfloat16", "--cell",
+            "triton_lstm,triton_gru", "--once"], limits["ncu"])]
         return [
             env,
             Step("bench", [*pytest, "bench", "--benchmark-only", *bench,
                            f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
             Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
+            # Where the table's tiles lose their time, before the searches (9 s for two kernels on the H200): the
+            # probe says which part of a step, the profiler why (shared-memory traffic, stalls, by SASS line).
+            *ncu,
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
             # Small's entries were never searched and its fwd+bwd target is unmet: right after the other search.
             Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"]),
@@ -307,7 +319,6 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             Step("bench-compiled-graphs", [
                 *pytest, "bench", "--benchmark-only", *versus_graphs, "--bench-compile-mode", "reduce-overhead",
                 f"--benchmark-json={gpu / 'compiled-reduce-overhead.json'}"], limits["bench-compiled-graphs"]),
-            *ncu,
             Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
                                 f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
             report,

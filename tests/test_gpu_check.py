@@ -99,6 +99,9 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     assert "--fields" not in perf["tune-small"]
     # the profiler: one forward and one backward launch of the large layer, clocks left as they are
     assert perf["ncu"][0] == "ncu" and "--once" in perf["ncu"] and "--clock-control" in perf["ncu"]
+    assert perf["ncu"][perf["ncu"].index("--cell") + 1] == "triton_lstm,triton_gru"
+    order = list(perf)  # the profiler right after the probe: at the table's tiles, before the searches
+    assert order.index("ncu") == order.index("probe") + 1 < order.index("tune")
     assert gpu_check.BUDGET_S <= 360
 
 

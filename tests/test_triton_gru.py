@@ -75,6 +75,11 @@ PLANS = [
      dict(block_k=8, fuse_gates=True, outer=True)),
     ("blocked-3x3-tiles-fused-backward-only", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=16,
                                                                                     fuse_gates_bwd=True)),
+    # the backward's tl.dot on a transposed copy of W_hh (transposed_bwd): a dot per gate, then fused, split, padded
+    ("blocked-3x3-tiles-transposed-backward", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=16,
+                                                                                    transposed_bwd=True)),
+    ("stepwise-2-batch-blocks-fused-split-2-padded-transposed-backward", 20, 2, 24, dict(path="stepwise", units=8),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16, transposed_bwd=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
@@ -86,6 +91,8 @@ PERSISTENT = [
     ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True, row_align=16)),
     ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
      dict(block_k=16, num_stages=3, block_k_bwd=32, num_stages_bwd=1, split_k_bwd=2, num_warps_bwd=8)),
+    ("persistent-B20-H650-transposed-backward", 20, 35, 650, dict(path="persistent"),
+     dict(fuse_gates=True, transposed_bwd=True)),
 ]
 
 

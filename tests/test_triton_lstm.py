@@ -216,6 +216,15 @@ SPLIT_PLANS += [
      dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, block_k_bwd=8, fuse_gates_bwd=False,
           split_k_bwd=2, num_stages_bwd=2)),
 ]
+# The backward's tl.dot on a transposed copy of W_hh (launch.Tile.transposed_bwd, kernels' WT): a dot per gate
+# unsplit and unpadded, and one dot for the gates split and padded.
+SPLIT_PLANS += [
+    ("blocked-3x3-tiles-transposed-backward", 20, 2, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=16, transposed_bwd=True)),
+    ("stepwise-2-batch-blocks-fused-split-2-padded-transposed-backward", 20, 2, 24,
+     dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16, transposed_bwd=True)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -231,6 +240,8 @@ PERSISTENT = [
     ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
      dict(fuse_gates=True, block_k=32, num_stages=3, split_k=1, fuse_gates_bwd=False, block_k_bwd=16,
           num_stages_bwd=2, split_k_bwd=2, num_warps_bwd=8)),
+    ("persistent-B20-H650-transposed-backward", 20, 35, 650, dict(path="persistent"),
+     dict(transposed_bwd=True)),
 ]
 
 
@@ -574,6 +585,22 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         assert "mma" in ptx, f"{kernel}: bfloat16 recurrent matmuls off the tensor cores"
         usage = sm90.usage(out, log)
         assert usage.spill_stores == usage.spill_loads == 0, f"{kernel}: {usage}"
+        trip = sm90.kloop(out)  # the SASS of one trip of the K loop: the tensor cores, operands from shared memory
+        assert trip.mma and 0 < trip.fma < trip.instructions and trip.shared_bytes > 0, f"{kernel}: {trip}"
+
+
+def test_the_backward_on_a_transposed_weight_is_one_flag():
+    """``transposed_bwd`` gives the backward kernel W_hh^T and WT, the forward neither, and the backend says so."""
+    from cells.triton_lstm import tune
+
+    plan = dataclasses.replace(launch.plan_for(20, 650, torch.float32, 132), transposed_bwd=True)
+    assert launch.launch_options(plan, torch.float32, True)["WT"] is True
+    assert "WT" not in launch.launch_options(plan, torch.float32, False)
+    assert "WT" not in launch.launch_options(dataclasses.replace(plan, transposed_bwd=False), torch.float32, True)
+    assert launch.transposed_weight(plan) and "backward's dot on a transposed copy of W_hh" in plan.describe()
+    tile = launch.TILES[(650, torch.float32)]
+    assert [t.transposed_bwd for t in tune.candidates(tile, 650, torch.float32, 132, "transposed_bwd")] == [False,
+                                                                                                          True]
 
 
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
@@ -689,8 +716,8 @@ def test_probe_launches_every_variant(monkeypatch):
 
     emitted = []  # what the command line writes out as it goes
     recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, emit=emitted.append)
-    variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "tf32x3", "tf32",
-                "outer-products"]
+    variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "transposed-bwd", "tf32x3",
+                "tf32", "outer-products"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert emitted == recs
     assert len(launched) == len(recs)
@@ -699,6 +726,7 @@ def test_probe_launches_every_variant(monkeypatch):
     assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]
     assert by["bwd", "split-4"]["split_k"] == 4 and by["bwd", "split-4"]["num_warps_bwd"] == 16
     assert by["bwd", "outer-products"]["outer_bwd"] and by["fwd", "outer-products"]["outer"]
+    assert by["bwd", "transposed-bwd"]["transposed_bwd"] and not by["bwd", "full"]["transposed_bwd"]
     # the GRU's kernels, the same variants (its gates in one dot too)
     gru = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, cell="triton_gru")
     assert [(r["kernel"], r["variant"]) for r in gru] == [(k, v) for k in ("fwd", "bwd") for v in variants]

@@ -211,6 +211,34 @@ of its time and the backward to 0.51, a 4-way split 2.56 and 0.64.  Backward ker
 Deeper pipelines want smaller K tiles, so the search varies the backward's stages and K tile together
 (``stages_k_bwd`` in :mod:`.tune`).
 
+One trip of the K loop in SASS (``python -m cells.triton_lstm.sm90 --kloop``, :func:`.sm90.kloop`; Triton 3.6, the
+table's tiles, batch 20; per thread: instructions, multiply-adds -- FFMA, or MMA instructions -- and bytes read from
+shared memory).  Exact float32 at medium / large: forward 355 / 329 instructions for 256 FFMA, reading 780 / 524 bytes
+(1.3 / 2.0 FMA per float read); backward 486 / 449 for 256, 1548 / 1036 bytes (0.7 / 1.0).  So the FMA tl.dot takes
+every operand from shared memory, at 2 FMA per float at best, whatever the split and warps (split 4 or 8, 4 or 8
+warps: 1.95-1.99 in the large forward), i.e. at most half the FMA units' rate from shared memory's bandwidth; and
+the issue bound of the large forward's K loop (47 trips of 329 instructions x 8 warps over 4 schedulers) is about
+12 us a layer-step at 1.98 GHz against the 131 us the tile search measured (9.17 ms for 70): the step waits, it does
+not compute -- the H200's Nsight run of the earlier tile said the same (1 warp per scheduler, 9.7 of every 13.2
+cycles stalled on shared memory).  bfloat16: forward 219 / 92 instructions for 8 / 16 MMAs, backward 753 / 1093 for
+32 / 64: the backward's trip is 3-12 times the forward's per MMA.  Its W_hh tile, [gate rows, units], is contiguous
+along a program's units, which start at p x UNITS (5 or 12 units: not 16-byte aligned), so it is read with scalar
+loads (32 two-byte ``LDG`` and 32 ``STS`` a trip at large) and multiplied in TF32 (dA is float32: ``_dot``).
+
+``transposed_bwd`` (kernels' ``WT``; untimed, the tile search tries it): the backward's tl.dot reads a transposed
+copy of W_hh ([HP, NG HP], made per launch, as for ``outer_bwd``), whose tiles are contiguous along the gate rows,
+which start at multiples of the tile: vector loads (4 ``LDG.128`` a trip at large bfloat16).  Backward kernels at the
+table's tiles, registers, spill bytes and one K trip (instructions / multiply-adds), without -> with it:
+
+- LSTM float32: small 72, 288/128 -> 48, 286/128; medium 212, 486/256 -> 128, 447/256; large 192, 449/256 -> 156,
+  388/256; bfloat16: small 94, 408/16 -> 96, 395/16; medium 214, 753/32 -> 222, 725/32; large 211, 1093/64 -> 178,
+  816/64; no spills;
+- GRU float32: small 72 -> 80; medium 111 -> 72; large **255 and 40/56 -> 208, none**, 381/192 -> 344/192;
+  bfloat16: small 147 -> 126; medium 234 -> 255 and 20/24 spilled (790/48 -> 837/48); large 255 and 816/844 ->
+  1076/1092 spilled.
+
+Without the flag the kernels are the same SASS as before it (every table entry's backward, both cells and dtypes).
+
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------
 FLOPs = tokens x (48 L H^2 + 6 H V) (LSTM matmuls and the decoder, forward + backward); the fewest

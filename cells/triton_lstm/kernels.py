@@ -187,28 +187,30 @@ def _outer_sum(src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, K_END, acc_ty: tl.
 @triton.jit
 def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
         UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1,
-        OUTER: tl.constexpr = False):
+        OUTER: tl.constexpr = False, WT: tl.constexpr = False):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
     # FUSE: the NG gates' rows in one tile of 4 BLOCK_K (NG = 3: the fourth masked).  SPLIT > 1: see _dh_split.  OUTER:
     # w_ptr is W_hh^T, [H, NG H] (the launcher's transposed copy), so that row j holds every gate's k contiguously, and
     # the NG H columns of dA and W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
+    # WT: w_ptr is W_hh^T for tl.dot too (see _w_t).
     if OUTER:
         out = acc + _outer_sum(da_src, row_g, da_ok, w_ptr, js * (NG * H), j_ok, NG * H, _bound(K_END) * NG, acc.dtype,
                                acc.shape[0], acc.shape[1], BLOCK_K)
     else:
         out = _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, PRECISION, UPCAST, FUSE, NG,
-                      SPLIT)
+                      SPLIT, WT)
     return out
 
 
 @triton.jit
 def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-            UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
+            UPCAST: tl.constexpr, FUSE: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1,
+            WT: tl.constexpr = False):
     # _dh with tl.dot.
     if SPLIT > 1:
         return acc + _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, acc.shape[0], acc.shape[1], BLOCK_K,
-                               PRECISION, UPCAST, FUSE, NG, SPLIT, acc.dtype)
+                               PRECISION, UPCAST, FUSE, NG, SPLIT, acc.dtype, WT)
     if FUSE:  # one tl.dot per tile over the gates' rows: row r of the tile is gate r // BLOCK_K (NG = 3: 3 masked)
         rq = tl.arange(0, 4 * BLOCK_K)
         gq = (rq // BLOCK_K) * H
@@ -218,8 +220,11 @@ def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.co
             kq_ok = (kq < H) & g_ok
             a = tl.load(da_src + row_g[:, None] + (gq + kq)[None, :], mask=da_ok[:, None] & kq_ok[None, :],
                         other=0.0, cache_modifier=".cg")
-            w = tl.load(w_ptr + (gq + kq)[:, None] * H + js[None, :], mask=kq_ok[:, None] & j_ok[None, :], other=0.0,
-                        eviction_policy="evict_last")
+            if WT:
+                w_ptrs = _w_t(w_ptr, (gq + kq)[:, None], js[None, :], H, NG)
+            else:
+                w_ptrs = w_ptr + (gq + kq)[:, None] * H + js[None, :]
+            w = tl.load(w_ptrs, mask=kq_ok[:, None] & j_ok[None, :], other=0.0, eviction_policy="evict_last")
             acc = _dot(a, w, acc, PRECISION, UPCAST)
         return acc
     for k0 in range(0, _bound(K_END), BLOCK_K):
@@ -227,13 +232,30 @@ def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.co
         k_ok = ks < H
         a_ptrs = da_src + row_g[:, None] + ks[None, :]
         a_m = da_ok[:, None] & k_ok[None, :]
-        w_ptrs = w_ptr + ks[:, None] * H + js[None, :]
+        if WT:
+            w_ptrs = _w_t(w_ptr, ks[:, None], js[None, :], H, NG)
+        else:
+            w_ptrs = w_ptr + ks[:, None] * H + js[None, :]
         w_m = k_ok[:, None] & j_ok[None, :]
         for g in tl.static_range(NG):
             a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
-            w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+            if WT:  # (gate g's block: H columns on in W_hh^T, H rows of H down in W_hh)
+                w = tl.load(w_ptrs + g * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+            else:
+                w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
             acc = _dot(a, w, acc, PRECISION, UPCAST)
     return acc
+
+
+@triton.jit
+def _w_t(w_ptr, r, j, H, NG: tl.constexpr):
+    # The addresses of W_hh[r, j] (r: a row of the NG H gate rows, j: a unit; broadcast shapes) in the launcher's copy
+    # W_hh^T, [H, NG H] (WT, launch.Tile.transposed_bwd): the backward's tiles, [gate rows, units], are then contiguous
+    # along the gate rows, which start at multiples of the tile (vector loads), not along a program's units, which start
+    # at p UNITS (sm_90, Triton 3.6: scalar 2- and 4-byte loads, e.g. 32 of them a trip in the bfloat16 large backward).
+    # Without WT the kernels compute W_hh's addresses inline as before (the same SASS).
+    return w_ptr + j * (NG * H) + r
+
 
 
 # SPLIT > 1 (``launch.Tile.split_k``): the reduction over H split SPLIT ways inside the program.  Each trip of the K
@@ -247,7 +269,7 @@ def _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.co
 @triton.jit
 def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
               BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FUSE: tl.constexpr,
-              NG: tl.constexpr, SPLIT: tl.constexpr, acc_ty: tl.constexpr):
+              NG: tl.constexpr, SPLIT: tl.constexpr, acc_ty: tl.constexpr, WT: tl.constexpr = False):
     # _dh's dA[rows, :] W_hh[:, js] (without acc), SPLIT BLOCK_K tiles per trip.
     part = tl.full((SPLIT, BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty)
     sk = tl.arange(0, SPLIT)[:, None] * BLOCK_K
@@ -262,8 +284,11 @@ def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.const
             kq_ok = (kq < H) & g_ok
             a = tl.load(da_src + rows + (gq[None, :] + kq)[:, None, :], mask=rows_ok & kq_ok[:, None, :], other=0.0,
                         cache_modifier=".cg")
-            w = tl.load(w_ptr + (gq[None, :] + kq)[:, :, None] * H + js[None, None, :],
-                        mask=kq_ok[:, :, None] & j_ok[None, None, :], other=0.0, eviction_policy="evict_last")
+            if WT:
+                w_ptrs = _w_t(w_ptr, (gq[None, :] + kq)[:, :, None], js[None, None, :], H, NG)
+            else:
+                w_ptrs = w_ptr + (gq[None, :] + kq)[:, :, None] * H + js[None, None, :]
+            w = tl.load(w_ptrs, mask=kq_ok[:, :, None] & j_ok[None, None, :], other=0.0, eviction_policy="evict_last")
             part = _dot(a, w, part, PRECISION, UPCAST)
     else:
         kr = tl.arange(0, BLOCK_K)
@@ -272,11 +297,17 @@ def _dh_split(da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_B: tl.const
             k_ok = ks < H
             a_ptrs = da_src + rows + ks[:, None, :]
             a_m = rows_ok & k_ok[:, None, :]
-            w_ptrs = w_ptr + ks[:, :, None] * H + js[None, None, :]
+            if WT:
+                w_ptrs = _w_t(w_ptr, ks[:, :, None], js[None, None, :], H, NG)
+            else:
+                w_ptrs = w_ptr + ks[:, :, None] * H + js[None, None, :]
             w_m = k_ok[:, :, None] & j_ok[None, None, :]
             for g in tl.static_range(NG):
                 a = tl.load(a_ptrs + g * H, mask=a_m, other=0.0, cache_modifier=".cg")
-                w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                if WT:
+                    w = tl.load(w_ptrs + g * H, mask=w_m, other=0.0, eviction_policy="evict_last")
+                else:
+                    w = tl.load(w_ptrs + g * H * H, mask=w_m, other=0.0, eviction_policy="evict_last")
                 part = _dot(a, w, part, PRECISION, UPCAST)
     return tl.reduce(part, 0, _SUM)
 
@@ -574,7 +605,7 @@ def lstm_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_kernel(
-    w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]; OUTER: [HP, 4 HP]
+    w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate zero-padded to [HP, HP]; OUTER or WT: [HP, 4 HP]
     c0_ptr,  # [B, H] initial cell state, dtype of c
     c_ptr,  # [T, B, H] forward cell states, accumulation dtype
     gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
@@ -602,6 +633,7 @@ def lstm_bwd_kernel(
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
     OUTER: tl.constexpr = False,  # the K loops as outer products (no tl.dot); w_ptr is then W_hh^T
+    WT: tl.constexpr = False,  # w_ptr is W_hh^T ([HP, NG HP]) for tl.dot too (_w_t); the launcher sets it with OUTER
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -655,7 +687,7 @@ def lstm_bwd_kernel(
                 dh = _dot(a, v_o, dh, PRECISION, UPCAST)
             else:  # (probes 1 and 3 leave the recurrent matmul out: no reduction tiles; streamed slices only)
                 dh = _dh(dh, da_next, next_ok, row_k, w_ptr, js, j_ok, HK, HK if PROBE % 2 == 0 else 0, BLOCK_K,
-                         PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER)
+                         PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER, WT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             g_t = gates_ptr + t64 * 4 * slab + o_g
@@ -688,7 +720,7 @@ def lstm_bwd_kernel(
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
             dh0 = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), dak_ptr if PAD else da_ptr, row_ok, row_k,
-                      w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER)
+                      w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER, WT)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
     if SYNC:
@@ -793,7 +825,7 @@ def gru_fwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def gru_bwd_kernel(
-    w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate's [H, H] block zero-padded to [HP, HP]; OUTER: [HP, 3 HP]
+    w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate zero-padded to [HP, HP]; OUTER or WT: [HP, 3 HP]
     h0_ptr,  # [B, H] initial hidden state, dtype of y
     y_ptr,  # [T, B, H] forward hidden states (h_{t-1} = y_{t-1})
     gates_ptr,  # [T, B, 4H] forward r, z, n, hn, accumulation dtype
@@ -822,6 +854,7 @@ def gru_bwd_kernel(
     SPLIT: tl.constexpr = 1,  # the reduction over H split this many ways inside the program
     PAD: tl.constexpr = False,  # HP > H: the ring (hk or dak) carries the matmul's operand; else HP = H, y or da
     OUTER: tl.constexpr = False,  # the K loops as outer products (no tl.dot); w_ptr is then W_hh^T
+    WT: tl.constexpr = False,  # w_ptr is W_hh^T ([HP, NG HP]) for tl.dot too (_w_t); the launcher sets it with OUTER
 ):
     p = tl.program_id(0)
     nb = tl.program_id(1)
@@ -854,7 +887,7 @@ def gru_bwd_kernel(
             o_x = row_x[:, None] + js[None, :]
             # dh_t = dy_t + z_{t+1} dh_{t+1} + dA_{t+1} W_hh (+ dh_T at the last step)
             dh = _dh(tl.full((BLOCK_B, BLOCK_J), 0.0, dtype=acc_ty), da_next, next_ok, row_k, w_ptr, js, j_ok, HK,
-                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER)
+                     HK if PROBE % 2 == 0 else 0, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER, WT)
             dh += tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
             dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
             dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
@@ -887,7 +920,7 @@ def gru_bwd_kernel(
             m = row_ok[:, None] & j_ok[None, :]
             o_h = row_h[:, None] + js[None, :]
             dh0 = _dh(tl.load(carry_ptr + o_h, mask=m, other=0.0), dak_ptr if PAD else da_ptr, row_ok, row_k, w_ptr,
-                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER)
+                      js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 3, SPLIT, OUTER, WT)
             tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

@@ -58,6 +58,7 @@ class Tile:
     num_stages_bwd: int | None = None
     split_k_bwd: int | None = None
     fuse_gates_bwd: bool | None = None
+    transposed_bwd: bool = False  # backward: tl.dot reads a transposed copy of W_hh (kernels' WT, _w_tile)
 
 
 # Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
@@ -230,6 +231,7 @@ class Plan:
     num_stages_bwd: int | None = None
     split_k_bwd: int | None = None
     fuse_gates_bwd: bool | None = None
+    transposed_bwd: bool = False  # the backward's tl.dot reads W_hh^T (the launcher's copy; kernels' WT)
 
     @property
     def sync(self) -> bool:
@@ -251,6 +253,8 @@ class Plan:
             which = "K loops" if self.outer and self.outer_bwd else "forward's K loop" if self.outer else \
                 "backward's K loop"
             dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
+        if self.transposed_bwd and not self.outer_bwd and not self.resident:
+            dots += ", the backward's dot on a transposed copy of W_hh"
         if self.split_k > 1 and not self.resident and not (self.outer and self.outer_bwd):
             dots += f", reduction split {self.split_k} ways"
         if self.row_align > 1:
@@ -370,7 +374,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile,
                     tile.outer and exact, tile.outer_bwd and exact,
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
-                    tile.fuse_gates_bwd)
+                    tile.fuse_gates_bwd, tile.transposed_bwd and not resident)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -388,6 +392,8 @@ def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool =
         if plan.resident:
             raise ValueError("outer products replace tl.dot in the streamed K loop: not with a resident slice")
         meta["OUTER"] = True  # (the kernels' SPLIT does not apply then)
+    if backward and transposed_weight(plan):
+        meta["WT"] = True
     if not backward:
         meta["TRAIN"] = train
     if not plan.interpret:
@@ -406,6 +412,11 @@ def constexprs(plan: Plan, dtype: torch.dtype, backward: bool = False) -> dict:
                 RESIDENT=plan.resident, SYNC=plan.sync, PRECISION=plan.precision,
                 UPCAST=plan.interpret and dtype.itemsize == 2, FUSE=kernel_value(plan, "fuse_gates", backward),
                 SPLIT=kernel_value(plan, "split_k", backward))
+
+
+def transposed_weight(plan: Plan) -> bool:
+    """The backward kernel reads W_hh^T (the launcher's transposed copy): with outer products, or ``transposed_bwd``."""
+    return (plan.outer_bwd or plan.transposed_bwd) and not plan.resident
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -539,7 +550,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
     hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, c.dtype)
-    w = w.t().contiguous() if plan.outer_bwd else w  # OUTER reads W_hh^T's rows (kernels' docstring)
+    w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
@@ -605,7 +616,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
     hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, gates.dtype)
-    w = w.t().contiguous() if plan.outer_bwd else w  # OUTER reads W_hh^T's rows (kernels' docstring)
+    w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel

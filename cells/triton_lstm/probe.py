@@ -24,6 +24,8 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    of W_hh per launch; ``unpadded`` the reverse);
 * ``split-4``      the full kernel with the reduction over H split 4 ways inside each program (``split_k=4``, 16
                    warps): a quarter of the dependent trips through the K loop per step, four times the warps;
+* ``transposed-bwd`` the full kernels with the backward's tl.dot on a transposed copy of W_hh (``transposed_bwd``:
+                   vector loads of its tiles; the forward is the same kernel); ``untransposed-bwd`` the reverse;
 * ``tf32x3``, ``tf32`` (float32 only) the full kernel with the recurrent matmul on the tensor cores instead of exact
                    FMA: three TF32 products per multiply (about float32's accuracy; ``fp32_precision="tf32x3"``), or
                    one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32);
@@ -81,6 +83,10 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
     if plan.split_k == 1:
         variants.append(("split-4", launch.both(plan, split_k=4, num_warps=max(plan.num_warps, 16),
                                                  num_warps_bwd=max(plan.num_warps_bwd, 16)), 0))
+    # the backward's dot on W_hh^T (vector loads of its tiles; the forward is the same kernel, the interpreter's
+    # resident slice streamed instead)
+    variants.append(("transposed-bwd" if not plan.transposed_bwd else "untransposed-bwd",
+                     dataclasses.replace(plan, transposed_bwd=not plan.transposed_bwd, resident=False), 0))
     if dtype == torch.float32 and plan.precision == "ieee":
         variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
         if not (plan.outer and plan.outer_bwd):  # (a resident slice -- the interpreter's -- streamed instead)

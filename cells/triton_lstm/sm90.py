@@ -6,6 +6,10 @@ launch gets (16-byte aligned pointers, integers divisible by 16 marked so), and 
 The package docstring's register table comes from::
 
     python -m cells.triton_lstm.sm90 [fp32,tf32,tf32x3,bf16]
+
+and :func:`kloop` reads the disassembled cubin (``cuobjdump -sass``, shipped with Triton) for what one trip of a
+kernel's recurrent K loop issues per thread: multiply-adds (FFMA, or tensor-core MMAs), bytes read from shared memory,
+CTA barriers, shuffles (``python -m cells.triton_lstm.sm90 --kloop [arithmetics]``).  A static count, not a timing.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import math
 import os
 import re
+import subprocess
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -109,15 +116,77 @@ def usage(compiled, ptxas_log: str) -> Usage:
                  int(getattr(compiled.metadata, "shared", 0)))
 
 
+@dataclass
+class KLoop:
+    """One trip of a kernel's recurrent K loop, per thread, from its SASS (:func:`kloop`)."""
+
+    instructions: int
+    fma: int  # FFMA, or tensor-core MMAs (HMMA / HGMMA) where the loop has those
+    mma: bool  # ``fma`` counts tensor-core instructions
+    shared_bytes: int  # read from shared memory by LDS (LDSM: 16 bytes a lane and matrix)
+    barriers: int  # BAR (CTA barriers)
+    shuffles: int  # SHFL
+
+    @property
+    def fma_per_float(self) -> float:
+        """Multiply-adds per 4 bytes read from shared memory: the operand reuse of the loop's register tile."""
+        return self.fma / (self.shared_bytes / 4) if self.shared_bytes else math.inf
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+_SHARED_WIDTH = {"128": 16, "64": 8, "U8": 1, "S8": 1, "U16": 2, "S16": 2}
+
+
+def _opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P[T0-9]+\s+", "", instruction).split()[0]
+
+
+def kloop(compiled) -> KLoop:
+    """The recurrent K loop of a compiled kernel (:func:`compile_kernel`): of the innermost loops of its SASS (a
+    backward branch with no loop inside it), the one that issues the most multiply-adds."""
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        text = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    code = [(int(m.group(1), 16), m.group(2).strip()) for m in map(_SASS_LINE.search, text.splitlines()) if m]
+    index = {addr: i for i, (addr, _) in enumerate(code)}
+    spans = []
+    for i, (addr, ins) in enumerate(code):
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", ins)
+        if target and int(target.group(1), 16) < addr and int(target.group(1), 16) in index:
+            spans.append((index[int(target.group(1), 16)], i))
+    best = None
+    for lo, hi in spans:
+        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in spans):
+            continue  # not innermost
+        ops = Counter(_opcode(ins) for _, ins in code[lo:hi + 1])
+        mma = sum(n for o, n in ops.items() if o.startswith(("HMMA", "HGMMA")))
+        fma = mma or sum(n for o, n in ops.items() if o.startswith("FFMA"))
+        shared = sum(n * _SHARED_WIDTH.get(o.split(".")[-1], 4) for o, n in ops.items()
+                     if o.startswith("LDS") and not o.startswith("LDSM"))
+        shared += sum(n * 16 * int((re.search(r"\.X(\d)", o) or [0, 1])[1]) for o, n in ops.items()
+                      if o.startswith("LDSM"))
+        loop = KLoop(hi - lo + 1, fma, bool(mma), shared, sum(n for o, n in ops.items() if o.startswith("BAR")),
+                     sum(n for o, n in ops.items() if o.startswith("SHFL")))
+        if best is None or loop.fma > best.fma:
+            best = loop
+    if best is None:
+        raise RuntimeError("no loop with multiply-adds in the kernel's SASS")
+    return best
+
+
 # The arithmetics of the table: name -> (dtype, float32 precision)
 ARITHMETICS = {"fp32": (torch.float32, "ieee"), "tf32": (torch.float32, "tf32"), "tf32x3": (torch.float32, "tf32x3"),
                "bf16": (torch.bfloat16, "ieee")}
 
 
-def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS)) -> list[str]:
+def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS), with_kloop: bool = False) -> list[str]:
     """One row per kernel, PTB preset and arithmetic (float32 exact, TF32 and three-pass TF32, bfloat16): the plan
     (programs x units, J and K tiles, warps, stages) and what ptxas reports (registers, spill bytes, stack) and
-    Triton's shared memory."""
+    Triton's shared memory; with ``with_kloop``, what a trip of the K loop issues per thread (:func:`kloop`)."""
     rows = []
     for arith in arithmetics:
         dtype, precision = ARITHMETICS[arith]
@@ -135,6 +204,11 @@ def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS)) ->
                             f"J{plan.block_j:<3} K{k:<3} w{warps} s{stages} {mma:8} "
                             f"{u.registers:4} regs "
                             f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
+                if with_kloop:
+                    lp = kloop(out)
+                    rows[-1] += (f"  | K trip: {lp.instructions} instr, {lp.fma} {'MMA' if lp.mma else 'FFMA'}, "
+                                 f"{lp.shared_bytes} B shared ({lp.fma_per_float:.2f} per float), "
+                                 f"{lp.barriers} BAR, {lp.shuffles} SHFL")
                 print(rows[-1], flush=True)
     return rows
 
@@ -142,4 +216,5 @@ def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS)) ->
 if __name__ == "__main__":
     import sys
 
-    table(arithmetics=tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else tuple(ARITHMETICS))
+    args = [a for a in sys.argv[1:] if a != "--kloop"]
+    table(arithmetics=tuple(args[0].split(",")) if args else tuple(ARITHMETICS), with_kloop="--kloop" in sys.argv)

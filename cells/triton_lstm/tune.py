@@ -128,7 +128,8 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     backward = field.endswith("_bwd")
     # (the backward's loop pipelines further: on the H200 3 stages took it to 0.51 of its time, the forward to 0.79)
     values = {"block_k": k_tiles(tile, dtype, backward), "fuse_gates": (True, False), "num_warps": (4, 8, 16),
-              "num_stages": (1, 2, 3, 4) if backward else (1, 2, 3), "row_align": (1, 16)}[field.removesuffix("_bwd")]
+              "num_stages": (1, 2, 3, 4) if backward else (1, 2, 3), "row_align": (1, 16),
+              "transposed": (False, True)}[field.removesuffix("_bwd")]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
 
 
@@ -146,10 +147,11 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
 # forward does not pipeline), the stages and the split of the reduction right after the split of the units, since they
 # change which reduction tile is best.  The backward's K loop has fields of its own (launch.BWD_FIELDS: the search
 # starts from the tile with them stated, launch.apart, so that each field changes one kernel), its stages and K tile
-# varied together ("stages_k_bwd": 9-12 pairs).  The GRU fuses its three gates with a fourth of zeros.
-FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "outer", "outer_bwd", "row_align",
-                                         "num_stages", "split_k", "block_k", "stages_k_bwd", "split_k_bwd", "num_warps",
-                                         "num_warps_bwd"))
+# varied together ("stages_k_bwd": 9-12 pairs).  The GRU fuses its three gates with a fourth of zeros.  The backward
+# reading W_hh transposed ("transposed_bwd") comes before its K tile and stages: it changes the loads they pipeline.
+FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "transposed_bwd", "outer",
+                                         "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "stages_k_bwd",
+                                         "split_k_bwd", "num_warps", "num_warps_bwd"))
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
@@ -264,12 +266,13 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
 def describe(tile: launch.Tile) -> str:
     """One tile in a log line: units, J, then per kernel (forward / backward) the K tile, warps, stages, split and dot
-    structure, the rows' padding, and the outer products where on."""
+    structure, the rows' padding, and the outer products and the backward's transposed W_hh where on."""
     def pair(field: str, fmt=str) -> str:
         f, b = launch.kernel_value(tile, field, False), launch.kernel_value(tile, field, True)
         return fmt(f) if f == b else f"{fmt(f)}/{fmt(b)}"
 
-    outer = "".join(s for s, on in ((" outer", tile.outer), (" outer-bwd", tile.outer_bwd)) if on)
+    outer = "".join(s for s, on in ((" outer", tile.outer), (" outer-bwd", tile.outer_bwd),
+                                    (" wt-bwd", tile.transposed_bwd and not tile.outer_bwd)) if on)
     return (f"u{tile.units:<3} J{tile.block_j:<3} K{pair('block_k'):<6} w{tile.num_warps}/{tile.num_warps_bwd} "
             f"s{pair('num_stages')} k/{pair('split_k')} r{tile.row_align} "
             f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}")
