@@ -109,9 +109,10 @@ LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
 # tiles.json).  Widen it to every field (drop --fields) when the table's entries change by other means.
-# (fuse_gates: new to the GRU, two candidates for the LSTM; transposed_bwd: new, the backward's dot on W_hh^T.)
-TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "transposed_bwd", "outer", "outer_bwd", "stages_k_bwd", "split_k_bwd",
-               "num_warps_bwd")
+# (fuse_gates: new to the GRU, two candidates for the LSTM; round_da_bwd and transposed_bwd: new, the backward's
+# matmul on dA rounded to 16 bits, and on W_hh^T.)
+TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd", "outer", "outer_bwd", "stages_k_bwd",
+               "split_k_bwd", "num_warps_bwd")
 # SourceCounters: the warp stalls by SASS instruction; MemoryWorkloadAnalysis_Tables: shared-memory bank conflicts
 # (the H200's profile of the large float32 forward, 2026-11-28: 84 % of L1/shared throughput, a warp stalled 9.7 of
 # every 13.2 cycles on shared memory -- the FMA tl.dot's operands go through it).

@@ -138,9 +138,15 @@ def test_inference_without_grad_matches_training_forward(device):
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_bfloat16_error_at_most_twice_torch(device):
+@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True)], ids=["plan", "da16-wt"])
+def test_bfloat16_error_at_most_twice_torch(device, backward, monkeypatch):
     """Against the float64 reference, quantity by quantity, at most twice torch.nn.GRU's own bfloat16 error (the
-    kernels round h_t to bfloat16 between steps, as torch's bfloat16 GRU does).  Seeded (0, not chosen)."""
+    kernels round h_t to bfloat16 between steps, as torch's bfloat16 GRU does).  Seeded (0, not chosen).  Also with
+    the backward's recurrent matmul on dA rounded to bfloat16 and a transposed W_hh (launch.Plan.round_da_bwd,
+    transposed_bwd): the gradients stay within the bound."""
+    if backward:
+        make_plan = launch.make_plan
+        monkeypatch.setattr(launch, "make_plan", lambda *a, **k: dataclasses.replace(make_plan(*a, **k), **backward))
     torch.manual_seed(0)
     t, b, i, h, n = 4, 20, 6, 13, 2
     cell = TritonGRU(i, h, n).to(device)

@@ -141,11 +141,18 @@ def test_float32_matches_cudnn_lstm(device, case):
 
 
 @pytest.mark.parametrize(("device", "case"), params(BF16_CPU, BF16_CUDA))
-def test_bfloat16_error_at_most_twice_torch(device, case):
+@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True, resident=False)],
+                         ids=["plan", "da16-wt"])
+def test_bfloat16_error_at_most_twice_torch(device, case, backward, monkeypatch):
     """Like cuDNN, the kernels round h_t to bfloat16 before it feeds the next step and the next layer; torch's
     CPU LSTM keeps them in float32.  That costs about 1.5x torch's error on the CPU, with a tail near 1.85x
     over draws (B20-T4-H13-L2), so the draw is seeded (seed 0, not chosen) to keep the 2x bound from flaking.
+    Also with the backward's recurrent matmul on dA rounded to bfloat16 and a transposed W_hh
+    (launch.Plan.round_da_bwd, transposed_bwd).
     """
+    if backward:
+        make_plan = launch.make_plan
+        monkeypatch.setattr(launch, "make_plan", lambda *a, **k: dataclasses.replace(make_plan(*a, **k), **backward))
     torch.manual_seed(0)
     b, t, i, h, n, _, _ = case
     r = compare(case, device, [("ref", reference(i, h, n), torch.float64),
@@ -601,6 +608,26 @@ def test_the_backward_on_a_transposed_weight_is_one_flag():
     tile = launch.TILES[(650, torch.float32)]
     assert [t.transposed_bwd for t in tune.candidates(tile, 650, torch.float32, 132, "transposed_bwd")] == [False,
                                                                                                           True]
+
+
+def test_the_backward_on_rounded_da_is_for_16_bit_dtypes(monkeypatch):
+    """``round_da_bwd``: searched and planned for bfloat16 only (float32's dA is the compute dtype already), said in
+    the backend; the backward's dA ring is then of the compute dtype, present also where the rows are not padded."""
+    from cells.triton_lstm import tune
+
+    for dtype, want in ((torch.bfloat16, [False, True]), (torch.float32, [False])):
+        tile = launch.TILES[(650, dtype)]
+        assert [t.round_da_bwd for t in tune.candidates(tile, 650, dtype, 132, "round_da_bwd")] == want
+        monkeypatch.setitem(launch.TILES, (650, dtype), dataclasses.replace(tile, round_da_bwd=True))
+        launch.plan_for.cache_clear()
+        plan = launch.plan_for(20, 650, dtype, 132)
+        assert plan.round_da_bwd == (dtype == torch.bfloat16)
+        assert ("dA rounded to the compute dtype" in plan.describe()) == plan.round_da_bwd
+    launch.plan_for.cache_clear()
+    w, da = torch.zeros(4 * 13, 13, dtype=torch.bfloat16), torch.zeros(3, 20, 4 * 13)
+    plan = dataclasses.replace(launch.plan_for(20, 13, torch.bfloat16, None), round_da_bwd=True)
+    hp, _, ring, pad = launch.matmul_operands(plan, w, 4, 3, da, 4, *launch._da_ring(plan, w, da))
+    assert hp == 13 and ring.dtype == torch.bfloat16 and ring.shape == (2, 20, 4 * 13) and pad == {"PAD": True}
 
 
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():

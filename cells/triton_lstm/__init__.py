@@ -237,7 +237,21 @@ table's tiles, registers, spill bytes and one K trip (instructions / multiply-ad
   bfloat16: small 147 -> 126; medium 234 -> 255 and 20/24 spilled (790/48 -> 837/48); large 255 and 816/844 ->
   1076/1092 spilled.
 
-Without the flag the kernels are the same SASS as before it (every table entry's backward, both cells and dtypes).
+``round_da_bwd`` (16-bit dtypes; untimed, the tile search and the probe's ``da16-bwd`` try it): the backward's
+recurrent matmul reads dA_{t+1} rounded to the compute dtype from a ring of that dtype, in one bfloat16 MMA
+(m16n8k16) instead of float32 dA against widened weights in TF32 (two m16n8k8).  dA itself -- what dW_hh, dW_ih, the
+bias and the input's gradient are made of -- stays float32; dh carries one more bfloat16 rounding per step, within
+the bfloat16 tests' bound (twice torch's own bfloat16 error against float64).  Backward kernels at the table's
+bfloat16 tiles, registers, spill bytes, one K trip (instructions / MMAs): as measured -> ``round_da_bwd`` ->
+with ``transposed_bwd`` too:
+
+- LSTM small 94, 408/16 -> 112, 279/8 -> 109, 275/8; medium 214, 753/32 -> 255, 528/16 -> 255, 495/16; large 211,
+  1093/64 -> 127, 490/32 -> **128, 215/32**; no spills;
+- GRU small 147, 309/12 -> 154, 236/6 -> 127, 222/6; medium 234, 790/48 -> 255 and 12/16, 555/24 -> 255, none,
+  551/24; large (split 2, 4 warps) 255 and 816/844, 1839/96 -> 712/756, 1296/48 -> 936/1012, 1264/48.
+
+Without the flags the kernels are the same SASS as before them (every table entry's backward, both cells and
+dtypes).
 
 Work and traffic per training step (PTB presets: 2 layers, embedding = H, vocab V = 10,000, B = 20)
 ----------------------------------------------------------------------------------------------------

@@ -613,7 +613,8 @@ def lstm_bwd_kernel(
     dhT_ptr,  # [B, H] gradient of the final hidden state h_{T-1}
     dc_ptr,  # [B, H] in: gradient of the final cell state; out: gradient of c_0 (accumulation dtype)
     da_ptr,  # [T, B, 4H] out: gate pre-activation gradients, accumulation dtype
-    dak_ptr,  # PAD: [2, B, 4 HP] zeros at the first launch, dA_t in slot t % 2, gate g at column g HP; else unused
+    dak_ptr,  # PAD: [2, B, 4 HP] zeros at first, dA_t in slot t % 2 (gate g at column g HP; float32, or the
+    # compute dtype: launch.Plan.round_da_bwd), what the next step's matmul reads; else unused
     dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
@@ -710,10 +711,10 @@ def lstm_bwd_kernel(
             tl.store(da_t + 3 * H, da_o, mask=m)
             if PAD:
                 dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
-                tl.store(dak_t, da_i, mask=m)
-                tl.store(dak_t + HK, da_f, mask=m)
-                tl.store(dak_t + 2 * HK, da_g, mask=m)
-                tl.store(dak_t + 3 * HK, da_o, mask=m)
+                tl.store(dak_t, da_i.to(dak_ptr.dtype.element_ty), mask=m)
+                tl.store(dak_t + HK, da_f.to(dak_ptr.dtype.element_ty), mask=m)
+                tl.store(dak_t + 2 * HK, da_g.to(dak_ptr.dtype.element_ty), mask=m)
+                tl.store(dak_t + 3 * HK, da_o.to(dak_ptr.dtype.element_ty), mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh, once every program's dA_0 is written
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
@@ -834,7 +835,8 @@ def gru_bwd_kernel(
     carry_ptr,  # [B, H] accumulation dtype, zero at launch: z_t dh_t, the direct path of dh to step t - 1
     da_ptr,  # [T, B, 3H] out: gradients of the recurrent pre-activations (h W_hr, h W_hz, hn), accumulation dtype
     dxn_ptr,  # [T, B, H] out: gradient of the n gate's pre-activation (the input projection's n part)
-    dak_ptr,  # PAD: [2, B, 3 HP] zeros at the first launch, da_t in slot t % 2, gate g at column g HP; else unused
+    dak_ptr,  # PAD: [2, B, 3 HP] zeros at first, da_t in slot t % 2 (gate g at column g HP; float32, or the
+    # compute dtype: launch.Plan.round_da_bwd), what the next step's matmul reads; else unused
     dh0_ptr,  # [B, H] out (DO_TAIL): gradient of h_0
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
@@ -908,9 +910,9 @@ def gru_bwd_kernel(
             tl.store(da_t + 2 * H, da_hn, mask=m)
             if PAD:
                 dak_t = dak_ptr + (t64 % 2) * slab_k + row_k[:, None] + js[None, :]
-                tl.store(dak_t, da_r, mask=m)
-                tl.store(dak_t + HK, da_z, mask=m)
-                tl.store(dak_t + 2 * HK, da_hn, mask=m)
+                tl.store(dak_t, da_r.to(dak_ptr.dtype.element_ty), mask=m)
+                tl.store(dak_t + HK, da_z.to(dak_ptr.dtype.element_ty), mask=m)
+                tl.store(dak_t + 2 * HK, da_hn.to(dak_ptr.dtype.element_ty), mask=m)
             tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh, once every program's dA_0 is written

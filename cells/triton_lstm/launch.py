@@ -58,7 +58,8 @@ class Tile:
     num_stages_bwd: int | None = None
     split_k_bwd: int | None = None
     fuse_gates_bwd: bool | None = None
-    transposed_bwd: bool = False  # backward: tl.dot reads a transposed copy of W_hh (kernels' WT, _w_tile)
+    transposed_bwd: bool = False  # backward: tl.dot reads a transposed copy of W_hh (kernels' WT, _w_t)
+    round_da_bwd: bool = False  # backward, 16-bit dtypes: its matmul reads dA rounded to the compute dtype (Plan's)
 
 
 # Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
@@ -232,6 +233,11 @@ class Plan:
     split_k_bwd: int | None = None
     fuse_gates_bwd: bool | None = None
     transposed_bwd: bool = False  # the backward's tl.dot reads W_hh^T (the launcher's copy; kernels' WT)
+    # 16-bit dtypes: the backward's recurrent matmul reads dA_{t+1} rounded to the compute dtype, from a ring of that
+    # dtype, in one tensor-core MMA of it, instead of float32 dA against the 16-bit W_hh in TF32 (kernels' _dot: two
+    # MMAs of half the depth and the weights widened).  dA itself, which dW and the input's gradient take, stays
+    # float32.
+    round_da_bwd: bool = False
 
     @property
     def sync(self) -> bool:
@@ -255,6 +261,8 @@ class Plan:
             dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
         if self.transposed_bwd and not self.outer_bwd and not self.resident:
             dots += ", the backward's dot on a transposed copy of W_hh"
+        if self.round_da_bwd:
+            dots += ", the backward's recurrent matmul on dA rounded to the compute dtype"
         if self.split_k > 1 and not self.resident and not (self.outer and self.outer_bwd):
             dots += f", reduction split {self.split_k} ways"
         if self.row_align > 1:
@@ -374,7 +382,8 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile,
                     tile.outer and exact, tile.outer_bwd and exact,
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
-                    tile.fuse_gates_bwd, tile.transposed_bwd and not resident)
+                    tile.fuse_gates_bwd, tile.transposed_bwd and not resident,
+                    tile.round_da_bwd and dtype.itemsize == 2)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -464,19 +473,27 @@ def ring(batch: int, width: int, dtype: torch.dtype, device: torch.device, first
 
 
 def matmul_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, unpadded: torch.Tensor, width: int,
-                    dtype: torch.dtype, first: torch.Tensor | None = None
+                    dtype: torch.dtype, first: torch.Tensor | None = None, ring_always: bool = False
                     ) -> tuple[int, torch.Tensor, torch.Tensor, dict]:
     """What a launch's recurrent matmul reads, padded or not (:func:`row_stride`): (HP, W_hh as the kernel takes it,
     the buffer of the step's operand, extra compile-time arguments).  Padded: W_hh per :func:`padded_weight`, a
     :func:`ring` of ``width`` HP columns of ``dtype`` holding ``first`` in slot 1, and ``PAD``; else W_hh, ``unpadded``
-    (what the kernel reads the operand from: h_0, or the gate gradients it writes) and nothing."""
+    (what the kernel reads the operand from: h_0, or the gate gradients it writes) and nothing.  ``ring_always``: the
+    ring also unpadded (HP = H), where the operand must be of another dtype than ``unpadded`` (round_da_bwd)."""
     hidden = w_hh.shape[1]
     batch = unpadded.shape[-2]  # h_0 is [B, H], the gate gradients [T, B, gates H]
     hp = row_stride(plan, hidden, steps)
-    if hp == hidden:
+    if hp == hidden and not ring_always:
         return hp, w_hh, unpadded, {}
     return hp, padded_weight(w_hh, gates, hp), ring(batch, width * hp, dtype, w_hh.device, first), {
         "PAD": True}
+
+
+def _da_ring(plan: Plan, w_hh: torch.Tensor, acc: torch.Tensor) -> tuple[torch.dtype, None, bool]:
+    """The dtype of the backward's dA ring, and whether it needs one unpadded: :attr:`Plan.round_da_bwd` rounds dA to
+    the compute dtype there (from a float32 of ``acc``'s dtype)."""
+    rounded = plan.round_da_bwd and w_hh.dtype.itemsize == 2
+    return (w_hh.dtype if rounded else acc.dtype), None, rounded
 
 
 def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
@@ -549,7 +566,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, c.dtype)
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, *_da_ring(plan, w_hh, c))
     w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
@@ -615,7 +632,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, gates.dtype)
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, *_da_ring(plan, w_hh, gates))
     w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)

@@ -26,6 +26,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    warps): a quarter of the dependent trips through the K loop per step, four times the warps;
 * ``transposed-bwd`` the full kernels with the backward's tl.dot on a transposed copy of W_hh (``transposed_bwd``:
                    vector loads of its tiles; the forward is the same kernel); ``untransposed-bwd`` the reverse;
+* ``da16-bwd``     (16-bit dtypes) the full kernels with the backward's recurrent matmul on dA rounded to the
+                   compute dtype (``round_da_bwd``: one MMA of that dtype instead of two in TF32); ``da32-bwd`` the
+                   reverse;
 * ``tf32x3``, ``tf32`` (float32 only) the full kernel with the recurrent matmul on the tensor cores instead of exact
                    FMA: three TF32 products per multiply (about float32's accuracy; ``fp32_precision="tf32x3"``), or
                    one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32);
@@ -87,6 +90,9 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
     # resident slice streamed instead)
     variants.append(("transposed-bwd" if not plan.transposed_bwd else "untransposed-bwd",
                      dataclasses.replace(plan, transposed_bwd=not plan.transposed_bwd, resident=False), 0))
+    if dtype.itemsize == 2:  # the backward's recurrent matmul on dA rounded to the compute dtype
+        variants.append(("da16-bwd" if not plan.round_da_bwd else "da32-bwd",
+                         dataclasses.replace(plan, round_da_bwd=not plan.round_da_bwd), 0))
     if dtype == torch.float32 and plan.precision == "ieee":
         variants += [(prec, dataclasses.replace(plan, precision=prec), 0) for prec in ("tf32x3", "tf32")]
         if not (plan.outer and plan.outer_bwd):  # (a resident slice -- the interpreter's -- streamed instead)

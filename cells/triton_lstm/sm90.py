@@ -73,8 +73,9 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}_kernel")
     meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
-    if launch.padded_size(hidden, plan.row_align) > hidden:
-        consts["PAD"] = True  # rows padded: the rings carry the matmul's operand
+    rounded = kernel == "bwd" and plan.round_da_bwd and dtype.itemsize == 2  # dA's ring in the compute dtype
+    if launch.padded_size(hidden, plan.row_align) > hidden or rounded:
+        consts["PAD"] = True  # rows padded (or dA rounded): the rings carry the matmul's operand
     for param in fn.params:  # compile-time arguments a launch leaves at their defaults (PROBE, SPLIT, PAD)
         if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
             consts[param.name] = param.default
@@ -87,7 +88,8 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name in COUNTER_ARGS else f"*{acc}" if name in ACC_ARGS else f"*{elem}"
+            wide = name in ACC_ARGS and not (rounded and name == "dak_ptr")
+            sig[name] = "*i32" if name in COUNTER_ARGS else f"*{acc}" if wide else f"*{elem}"
             attrs[(i,)] = backend.parse_attr("D")  # fresh allocations are 256-byte aligned
         else:
             sig[name] = "i32"

@@ -119,6 +119,8 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         stages = (1, 2, 3, 4) if dtype == torch.float32 else (1, 2, 3)
         return [dataclasses.replace(tile, block_k_bwd=k, num_stages_bwd=n) for k in k_tiles(tile, dtype, True)
                 for n in stages]
+    if field == "round_da_bwd":  # 16-bit dtypes only (float32's dA is the compute dtype already)
+        return [dataclasses.replace(tile, round_da_bwd=v) for v in (False, True)] if dtype.itemsize == 2 else [tile]
     if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
         if dtype != torch.float32:
             return [tile]
@@ -148,10 +150,11 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
 # change which reduction tile is best.  The backward's K loop has fields of its own (launch.BWD_FIELDS: the search
 # starts from the tile with them stated, launch.apart, so that each field changes one kernel), its stages and K tile
 # varied together ("stages_k_bwd": 9-12 pairs).  The GRU fuses its three gates with a fourth of zeros.  The backward
-# reading W_hh transposed ("transposed_bwd") comes before its K tile and stages: it changes the loads they pipeline.
-FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "transposed_bwd", "outer",
-                                         "outer_bwd", "row_align", "num_stages", "split_k", "block_k", "stages_k_bwd",
-                                         "split_k_bwd", "num_warps", "num_warps_bwd"))
+# reading W_hh transposed ("transposed_bwd") and, in 16-bit dtypes, dA rounded to it ("round_da_bwd") come before its
+# K tile and stages: they change the loads those pipeline and the MMAs.
+FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd",
+                                         "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
+                                         "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"))
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 CELLS = ("triton_lstm", "triton_gru")
 
@@ -272,7 +275,8 @@ def describe(tile: launch.Tile) -> str:
         return fmt(f) if f == b else f"{fmt(f)}/{fmt(b)}"
 
     outer = "".join(s for s, on in ((" outer", tile.outer), (" outer-bwd", tile.outer_bwd),
-                                    (" wt-bwd", tile.transposed_bwd and not tile.outer_bwd)) if on)
+                                    (" wt-bwd", tile.transposed_bwd and not tile.outer_bwd),
+                                    (" da16-bwd", tile.round_da_bwd)) if on)
     return (f"u{tile.units:<3} J{tile.block_j:<3} K{pair('block_k'):<6} w{tile.num_warps}/{tile.num_warps_bwd} "
             f"s{pair('num_stages')} k/{pair('split_k')} r{tile.row_align} "
             f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}")
