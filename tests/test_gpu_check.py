@@ -14,14 +14,10 @@ from conftest import write_corpus
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def dry_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
-    corpus = write_corpus(tmp_path / "corpus", lines=200)
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", *flags, str(corpus), str(out)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (steps_file,) = out.glob(f"gpu/*/{'perf-' if flags else ''}steps.json")
+def _finish(proc: subprocess.Popen, out: Path, perf: bool) -> tuple[Path, dict]:
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    (steps_file,) = out.glob(f"gpu/*/{'perf-' if perf else ''}steps.json")
     summary = json.loads(steps_file.read_text())
     assert summary["dry_run"] is True
     assert all(s["status"] == "ok" for s in summary["steps"]), summary["steps"]
@@ -30,8 +26,42 @@ def dry_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
     return out, summary
 
 
-def test_dry_run_of_the_check_runs_every_step(tmp_path):
-    out, summary = dry_run(tmp_path)
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict:
+    """Both dry runs, the check's and the timings', started side by side (each one thread: about a minute apiece of
+    mostly process start-ups, so two cores take them in the time of one); {"check" | "perf": (OUT, steps summary)}."""
+    root = tmp_path_factory.mktemp("dry")
+    corpus = write_corpus(root / "corpus", lines=200)
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for part, flags in (("check", []), ("perf", ["--perf"])):
+        out = root / part
+        procs[part] = out, subprocess.Popen(["bash", "bench/gpu_check.sh", "--dry-run", *flags, str(corpus), str(out)],
+                                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True)
+    results = {}
+    try:
+        for part, (out, proc) in procs.items():
+            try:
+                results[part] = _finish(proc, out, part == "perf")
+            except (AssertionError, ValueError, OSError, subprocess.TimeoutExpired) as e:  # that part's test fails
+                results[part] = e
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def _part(dry_runs: dict, part: str) -> tuple[Path, dict]:
+    got = dry_runs[part]
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def test_dry_run_of_the_check_runs_every_step(dry_runs, tmp_path):
+    out, summary = _part(dry_runs, "check")
     assert [s["step"] for s in summary["steps"]] == ["env", "tests", "train-small", "train-medium",
                                                      "train-small-slow", "report"]
     slug = summary["slug"]
@@ -55,8 +85,8 @@ def test_dry_run_of_the_check_runs_every_step(tmp_path):
     assert (merged / "gpu" / slug / "steps.json").is_file()
 
 
-def test_dry_run_of_the_timings_writes_every_benchmark_file(tmp_path):
-    out, summary = dry_run(tmp_path, "--perf")
+def test_dry_run_of_the_timings_writes_every_benchmark_file(dry_runs):
+    out, summary = _part(dry_runs, "perf")
     # (ncu runs only where it is on the PATH, never in the dry run)
     assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "tune-small", "bench-modes",
                                                      "bench-graphs", "bench-compiled", "bench-compiled-graphs",
