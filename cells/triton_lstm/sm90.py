@@ -208,9 +208,9 @@ def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS), wi
                             f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
                 if with_kloop:
                     lp = kloop(out)
+                    reuse = "" if lp.mma else f" ({lp.fma_per_float:.2f} FFMA per float)"
                     rows[-1] += (f"  | K trip: {lp.instructions} instr, {lp.fma} {'MMA' if lp.mma else 'FFMA'}, "
-                                 f"{lp.shared_bytes} B shared ({lp.fma_per_float:.2f} per float), "
-                                 f"{lp.barriers} BAR, {lp.shuffles} SHFL")
+                                 f"{lp.shared_bytes} B shared{reuse}, {lp.barriers} BAR, {lp.shuffles} SHFL")
                 print(rows[-1], flush=True)
     return rows
 
