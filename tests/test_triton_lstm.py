@@ -605,6 +605,9 @@ def test_the_backward_on_a_transposed_weight_is_one_flag():
     assert "WT" not in launch.launch_options(plan, torch.float32, False)
     assert "WT" not in launch.launch_options(dataclasses.replace(plan, transposed_bwd=False), torch.float32, True)
     assert launch.transposed_weight(plan) and "backward's dot on a transposed copy of W_hh" in plan.describe()
+    w = torch.randn(4 * 13, 13)  # the copy, padded or not, is W_hh padded, then transposed (one allocation)
+    for hp in (13, 16):
+        assert torch.equal(launch.transposed_weight_copy(w, 4, hp), launch.padded_weight(w, 4, hp).t().contiguous())
     tile = launch.TILES[(650, torch.float32)]
     assert [t.transposed_bwd for t in tune.candidates(tile, 650, torch.float32, 132, "transposed_bwd")] == [False,
                                                                                                           True]

@@ -462,6 +462,18 @@ def padded_weight(w_hh: torch.Tensor, gates: int, hp: int) -> torch.Tensor:
         gates * hp, hp)
 
 
+def transposed_weight_copy(w_hh: torch.Tensor, gates: int, hp: int) -> torch.Tensor:
+    """W_hh^T as the backward reads it with outer products or ``transposed_bwd``: [HP, gates HP], element (j, g HP + k)
+    = W_hh[g H + k, j], zero in the padding; one allocation (not :func:`padded_weight` then a transposed copy of it,
+    which would hold both at once: 2 x 36 MB at the large preset in float32).  A copy per launch, as that one."""
+    hidden = w_hh.shape[1]
+    if hp == hidden:
+        return w_hh.t().contiguous()
+    out = w_hh.new_zeros(hp, gates, hp)
+    out[:hidden, :, :hidden] = w_hh.view(gates, hidden, hidden).permute(2, 0, 1)
+    return out.view(hp, gates * hp)
+
+
 def ring(batch: int, width: int, dtype: torch.dtype, device: torch.device, first: torch.Tensor | None = None
          ) -> torch.Tensor:
     """Two zeroed slots [2, batch, width] that the kernels pass the recurrent matmul's operand through (slot t % 2
@@ -473,20 +485,21 @@ def ring(batch: int, width: int, dtype: torch.dtype, device: torch.device, first
 
 
 def matmul_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, unpadded: torch.Tensor, width: int,
-                    dtype: torch.dtype, first: torch.Tensor | None = None, ring_always: bool = False
-                    ) -> tuple[int, torch.Tensor, torch.Tensor, dict]:
+                    dtype: torch.dtype, first: torch.Tensor | None = None, ring_always: bool = False,
+                    transposed: bool = False) -> tuple[int, torch.Tensor, torch.Tensor, dict]:
     """What a launch's recurrent matmul reads, padded or not (:func:`row_stride`): (HP, W_hh as the kernel takes it,
     the buffer of the step's operand, extra compile-time arguments).  Padded: W_hh per :func:`padded_weight`, a
     :func:`ring` of ``width`` HP columns of ``dtype`` holding ``first`` in slot 1, and ``PAD``; else W_hh, ``unpadded``
     (what the kernel reads the operand from: h_0, or the gate gradients it writes) and nothing.  ``ring_always``: the
-    ring also unpadded (HP = H), where the operand must be of another dtype than ``unpadded`` (round_da_bwd)."""
+    ring also unpadded (HP = H), where the operand must be of another dtype than ``unpadded`` (round_da_bwd).
+    ``transposed``: W_hh as :func:`transposed_weight_copy` (the backward's, :func:`transposed_weight`)."""
     hidden = w_hh.shape[1]
     batch = unpadded.shape[-2]  # h_0 is [B, H], the gate gradients [T, B, gates H]
     hp = row_stride(plan, hidden, steps)
+    weight = transposed_weight_copy(w_hh, gates, hp) if transposed else padded_weight(w_hh, gates, hp)
     if hp == hidden and not ring_always:
-        return hp, w_hh, unpadded, {}
-    return hp, padded_weight(w_hh, gates, hp), ring(batch, width * hp, dtype, w_hh.device, first), {
-        "PAD": True}
+        return hp, weight, unpadded, {}
+    return hp, weight, ring(batch, width * hp, dtype, w_hh.device, first), {"PAD": True}
 
 
 def _da_ring(plan: Plan, w_hh: torch.Tensor, acc: torch.Tensor) -> tuple[torch.dtype, None, bool]:
@@ -566,8 +579,8 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, *_da_ring(plan, w_hh, c))
-    w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, *_da_ring(plan, w_hh, c),
+                                      transposed=transposed_weight(plan))  # OUTER / WT read W_hh^T
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
@@ -632,8 +645,8 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, *_da_ring(plan, w_hh, gates))
-    w = w.t().contiguous() if transposed_weight(plan) else w  # OUTER / WT read W_hh^T (kernels' docstring)
+    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, *_da_ring(plan, w_hh, gates),
+                                      transposed=transposed_weight(plan))  # OUTER / WT read W_hh^T
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel
