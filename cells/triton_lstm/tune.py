@@ -17,13 +17,15 @@ together, split; from the start on, a forward field changes the forward only); `
 check: those no GPU has searched yet).  Padding comes before the stages because it is what lets the bfloat16 forward
 pipeline at all (the package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round
 kept a change (a greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's
-output is checked against the starting tile's (same weights, same input) before it is timed. ``torch.nn.LSTM`` / ``GRU``
-(cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its ratio.  Timing: CUDA events
-around each call, synchronized, two untimed calls first, median of ``--reps``.  Compiling, not timing, is most of a
-candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side first
-(:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start every
-field's candidates around the starting tile, later those of a field after a change was kept; the log says what each
-batch took.
+output and input gradient are checked against the starting tile's (same weights, same input; ``max_diff``: the largest
+absolute difference of the outputs or relative one of the gradients, to 1e-4 in float32, 5e-2 in 16 bits; records
+before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a backward field that computes wrong is not kept.
+``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its
+ratio. Timing: CUDA events around each call, synchronized, two untimed calls first, median of ``--reps``. Compiling, not
+timing, is most of a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are
+compiled side by side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's
+cache: at the start every field's candidates around the starting tile, later those of a field after a change was kept;
+the log says what each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.
@@ -65,8 +67,10 @@ def _time(fn, reps: int, calls: int = 1) -> float:
     return statistics.median(times)
 
 
-def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float, float, torch.Tensor]:
-    """(forward s, forward+backward s, the output) of ``module`` on ``x``; upstream gradient all ones."""
+def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
+            ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """(forward s, forward+backward s, the output, the input's gradient) of ``module`` on ``x``; upstream gradient
+    all ones."""
     def fwd():
         return module(x)[0]
 
@@ -74,7 +78,10 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int) -> tuple[float,
         module(x)[0].sum().backward()
 
     out = fwd().detach().float()  # in grad mode: the kernels timed, not also the forward without grad
-    return _time(fwd, reps), _time(fwdbwd, reps), out
+    x.grad = None
+    fwdbwd()
+    grad = x.grad.detach().float()  # (the backward's fields change only this)
+    return _time(fwd, reps), _time(fwdbwd, reps), out, grad
 
 
 def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
@@ -179,7 +186,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     ref.load_state_dict(module.state_dict())
     ref.flatten_parameters()  # one contiguous weight chunk, as cuDNN wants (else it compacts them every call)
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
-    cudnn_fwd, cudnn_fwdbwd, _ = _passes(ref, x, reps)
+    cudnn_fwd, cudnn_fwdbwd, _, _ = _passes(ref, x, reps)
     table = launch.tiles(kind)
     key = (hidden, dtype)
     original = table.get(key)
@@ -208,21 +215,23 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.launch_options.cache_clear()
         t0 = time.perf_counter()
         try:
-            fwd, fwdbwd, out = _passes(module, x, reps)
+            fwd, fwdbwd, out, grad = _passes(module, x, reps)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
             keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
                   "error": f"{type(exc).__name__}: {exc}"[:500]})
             seen[tile] = float("inf")
             return seen[tile]
-        expected = out if expected is None else expected
-        diff = (out - expected).abs().max().item()
+        expected = (out, grad) if expected is None else expected
+        # the output to the first candidate's, absolutely; the input's gradient relatively to its largest element
+        diff = max((out - expected[0]).abs().max().item(),
+                   ((grad - expected[1]).abs().max() / expected[1].abs().max().clamp_min(1e-30)).item())
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         plan = module.describe_backend(device, batch=BATCH, dtype=dtype)
         rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "fp32_precision": fp32_precision,
                "tile": dataclasses.asdict(tile), "fwd_s": fwd,
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
-               "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_abs_diff": diff, "ok": diff <= tol,
+               "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
         keep(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
