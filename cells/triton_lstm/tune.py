@@ -80,7 +80,8 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
     out = fwd().detach().float()  # in grad mode: the kernels timed, not also the forward without grad
     x.grad = None
     fwdbwd()
-    grad = x.grad.detach().float()  # (the backward's fields change only this)
+    grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
+    x.grad = None
     return _time(fwd, reps), _time(fwdbwd, reps), out, grad
 
 
