@@ -40,9 +40,10 @@ The timings (``--perf``):
                       without its recurrent matmul, without its grid barrier, pipelined, with the reduction
                       split 4 ways, and on the tensor cores (tf32x3, tf32)
                       (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``);
-   ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall (by SASS line),
-                      memory and bank-conflict sections for the large layer's forward and backward kernels of both
-                      cells in float32 and bfloat16 at the table's tiles (``perf-ncu.log``).
+   ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall, memory and
+                      bank-conflict sections for the large layer's forward and backward kernels of both cells in
+                      float32 and bfloat16 at the table's tiles (``perf-ncu.log``);
+   ``ncu-source``     the warp stalls by SASS line of the LSTM's large float32 forward (``perf-ncu-source.log``).
 4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``);
@@ -104,8 +105,9 @@ TEST_WORKERS = 8
 # loop (launch.BWD_FIELDS): it now varies only those that no H200 has searched yet (TUNE_FIELDS), from the measured
 # entries -- about as many candidates as the first search's eight fields had.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 60, "tune": 170, "tune-small": 100, "ncu": 50, "bench-modes": 45, "bench-graphs": 45,
-          "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "report": REPORT_RESERVE_S}
+          "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 170, "tune-small": 100, "bench-modes": 45,
+          "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45,
+          "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
 # tiles.json).  Widen it to every field (drop --fields) when the table's entries change by other means.
@@ -113,11 +115,11 @@ LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train
 # matmul on dA rounded to 16 bits, and on W_hh^T.)
 TUNE_FIELDS = ("fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd", "outer", "outer_bwd", "stages_k_bwd",
                "split_k_bwd", "num_warps_bwd")
-# SourceCounters: the warp stalls by SASS instruction; MemoryWorkloadAnalysis_Tables: shared-memory bank conflicts
-# (the H200's profile of the large float32 forward, 2026-11-28: 84 % of L1/shared throughput, a warp stalled 9.7 of
-# every 13.2 cycles on shared memory -- the FMA tl.dot's operands go through it).
+# MemoryWorkloadAnalysis_Tables: shared-memory bank conflicts (the H200's profile of the large float32 forward,
+# 2026-11-28: 84 % of L1/shared throughput, a warp stalled 9.7 of every 13.2 cycles on shared memory -- the FMA
+# tl.dot's operands go through it).  The stalls by SASS line (SourceCounters) are a step of their own (ncu-source).
 NCU_SECTIONS = ("SpeedOfLight", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
-                "MemoryWorkloadAnalysis_Tables", "SourceCounters", "Occupancy", "LaunchStats")
+                "MemoryWorkloadAnalysis_Tables", "Occupancy", "LaunchStats")
 NCU_KERNEL_RE = "(lstm|gru)_(fwd|bwd)_kernel"
 NCU_KERNELS = 8  # forward and backward, triton_lstm and triton_gru, float32 and bfloat16
 
@@ -294,11 +296,18 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
         # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.
-        ncu = [] if dry_run or not shutil.which("ncu") else [Step("ncu", [
-            "ncu", "--clock-control", "none", "-k", f"regex:{NCU_KERNEL_RE}", "-c", str(NCU_KERNELS),
-            *(a for sec in NCU_SECTIONS for a in ("--section", sec)),
-            *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--dtypes", "float32,bfloat16", "--cell",
-            "triton_lstm,triton_gru", "--once"], limits["ncu"])]
+        # Then the warp stalls by SASS line of the one kernel furthest behind (the LSTM's large float32 forward), a step
+        # of its own: instrumented replay of a kernel with a grid barrier is the slow, untried part, and a profiler
+        # killed at its limit prints nothing.
+        ncu = [] if dry_run or not shutil.which("ncu") else [
+            Step("ncu", ["ncu", "--clock-control", "none", "-k", f"regex:{NCU_KERNEL_RE}", "-c", str(NCU_KERNELS),
+                         *(a for sec in NCU_SECTIONS for a in ("--section", sec)),
+                         *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--dtypes", "float32,bfloat16",
+                         "--cell", "triton_lstm,triton_gru", "--once"], limits["ncu"]),
+            Step("ncu-source", ["ncu", "--clock-control", "none", "-k", "regex:lstm_fwd_kernel", "-c", "1",
+                                "--section", "SourceCounters", "--section", "WarpStateStats",
+                                *py, "-m", "cells.triton_lstm.probe", "--presets", "large", "--dtypes", "float32",
+                                "--once"], limits["ncu-source"])]
         return [
             env,
             Step("bench", [*pytest, "bench", "--benchmark-only", *bench,

@@ -132,7 +132,8 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     assert perf["ncu"][0] == "ncu" and "--once" in perf["ncu"] and "--clock-control" in perf["ncu"]
     assert perf["ncu"][perf["ncu"].index("--cell") + 1] == "triton_lstm,triton_gru"
     order = list(perf)  # the profiler right after the probe: at the table's tiles, before the searches
-    assert order.index("ncu") == order.index("probe") + 1 < order.index("tune")
+    assert order.index("ncu") == order.index("probe") + 1 == order.index("ncu-source") - 1 < order.index("tune")
+    assert "SourceCounters" in perf["ncu-source"] and "SourceCounters" not in perf["ncu"]  # (its own step: see why)
     assert gpu_check.BUDGET_S <= 360
 
 
