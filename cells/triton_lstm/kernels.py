@@ -42,6 +42,11 @@ traffic per FMA against tl.dot's 0.43-0.64 and 2.2-3.2, with 2-3 times tl.dot's 
 registers growing with the accumulator (the package docstring's table).  Operands are taken to the accumulation
 dtype, so 16-bit inputs run exactly on the FMA units too, slowly: it is for float32.  ``PRECISION`` does not apply.
 
+``WT`` (``launch.Tile.transposed_bwd``): the backward's tl.dot reads the same transposed copy ``W_hh^T`` as OUTER
+does, so its [gate rows, units] tiles are contiguous along the gate rows (vector loads; ``_w_t``).  The backward's
+ring ``dak`` may be of the compute dtype instead of float32 (``launch.Tile.round_da_bwd``, 16-bit dtypes): dA_t is
+rounded as it is stored there, and the next step's matmul is then one 16-bit tensor-core dot; ``da`` stays float32.
+
 ``RESIDENT`` loads this program's slice of ``W_hh`` once, before the time loop; it
 needs one unit tile and one reduction tile (``UNITS <= BLOCK_J``, ``BLOCK_K >= H``).
 Compiled for sm_90 it spills (the tl.dot operand layout replicates the slice across
