@@ -218,7 +218,7 @@ shared memory).  Exact float32 at medium / large: forward 355 / 329 instructions
 every operand from shared memory, at 2 FMA per float at best, whatever the split and warps (split 4 or 8, 4 or 8
 warps: 1.95-1.99 in the large forward), i.e. at most half the FMA units' rate from shared memory's bandwidth; and
 the issue bound of the large forward's K loop (47 trips of 329 instructions x 8 warps over 4 schedulers) is about
-12 us a layer-step at 1.98 GHz against the 131 us the tile search measured (9.17 ms for 70): the step waits, it does
+16 us a layer-step at 1.98 GHz against the 131 us the tile search measured (9.17 ms for 70): the step waits, it does
 not compute -- the H200's Nsight run of the earlier tile said the same (1 warp per scheduler, 9.7 of every 13.2
 cycles stalled on shared memory).  bfloat16: forward 219 / 92 instructions for 8 / 16 MMAs, backward 753 / 1093 for
 32 / 64: the backward's trip is 3-12 times the forward's per MMA.  Its W_hh tile, [gate rows, units], is contiguous
