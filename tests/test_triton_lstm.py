@@ -629,7 +629,7 @@ def test_the_backward_on_rounded_da_is_for_16_bit_dtypes(monkeypatch):
     launch.plan_for.cache_clear()
     w, da = torch.zeros(4 * 13, 13, dtype=torch.bfloat16), torch.zeros(3, 20, 4 * 13)
     plan = dataclasses.replace(launch.plan_for(20, 13, torch.bfloat16, None), round_da_bwd=True)
-    hp, _, ring, pad = launch.matmul_operands(plan, w, 4, 3, da, 4, *launch._da_ring(plan, w, da))
+    hp, _, ring, pad = launch._backward_operands(plan, w, 4, 3, da)
     assert hp == 13 and ring.dtype == torch.bfloat16 and ring.shape == (2, 20, 4 * 13) and pad == {"PAD": True}
 
 

@@ -502,11 +502,18 @@ def matmul_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, unpa
     return hp, weight, ring(batch, width * hp, dtype, w_hh.device, first), {"PAD": True}
 
 
-def _da_ring(plan: Plan, w_hh: torch.Tensor, acc: torch.Tensor) -> tuple[torch.dtype, None, bool]:
-    """The dtype of the backward's dA ring, and whether it needs one unpadded: :attr:`Plan.round_da_bwd` rounds dA to
-    the compute dtype there (from a float32 of ``acc``'s dtype)."""
-    rounded = plan.round_da_bwd and w_hh.dtype.itemsize == 2
-    return (w_hh.dtype if rounded else acc.dtype), None, rounded
+def rounded_da(plan: Plan, dtype: torch.dtype) -> bool:
+    """The backward's dA ring holds dA rounded to the compute ``dtype`` (:attr:`Plan.round_da_bwd`, 16-bit dtypes)."""
+    return plan.round_da_bwd and dtype.itemsize == 2
+
+
+def _backward_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, da: torch.Tensor
+                       ) -> tuple[int, torch.Tensor, torch.Tensor, dict]:
+    """:func:`matmul_operands` of a backward launch: W_hh transposed where it reads it so (:func:`transposed_weight`),
+    the dA ring of ``da``'s dtype, or of the compute dtype -- then also unpadded -- where :func:`rounded_da`."""
+    rounded = rounded_da(plan, w_hh.dtype)
+    return matmul_operands(plan, w_hh, gates, steps, da, gates, w_hh.dtype if rounded else da.dtype,
+                           ring_always=rounded, transposed=transposed_weight(plan))
 
 
 def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
@@ -579,8 +586,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 4, T, da, 4, *_da_ring(plan, w_hh, c),
-                                      transposed=transposed_weight(plan))  # OUTER / WT read W_hh^T
+    hp, w, dak, pad = _backward_operands(plan, w_hh, 4, T, da)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
@@ -645,8 +651,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
-    hp, w, dak, pad = matmul_operands(plan, w_hh, 3, T, da, 3, *_da_ring(plan, w_hh, gates),
-                                      transposed=transposed_weight(plan))  # OUTER / WT read W_hh^T
+    hp, w, dak, pad = _backward_operands(plan, w_hh, 3, T, da)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel

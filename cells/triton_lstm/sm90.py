@@ -73,7 +73,7 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}_kernel")
     meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
-    rounded = kernel == "bwd" and plan.round_da_bwd and dtype.itemsize == 2  # dA's ring in the compute dtype
+    rounded = kernel == "bwd" and launch.rounded_da(plan, dtype)  # dA's ring in the compute dtype
     if launch.padded_size(hidden, plan.row_align) > hidden or rounded:
         consts["PAD"] = True  # rows padded (or dA rounded): the rings carry the matmul's operand
     for param in fn.params:  # compile-time arguments a launch leaves at their defaults (PROBE, SPLIT, PAD)
