@@ -3,6 +3,9 @@
 - A plain ``pytest`` run disables benchmarking (each benchmark body runs once, as
   a test); any of ``--benchmark-only``, ``--benchmark-enable``, ``--benchmark-json``,
   ``--benchmark-save``, ``--benchmark-autosave`` or ``--benchmark-compare`` turns it on.
+- ``--bench-tiles`` puts the winners of tile searches (``python -m cells.triton_lstm.tune --json``) before the
+  Triton cells' tile tables, so a search's tiles are benchmarked before they are committed; the backend
+  strings say "tiles from the tile file ...".
 - ``--bench-device``, ``--bench-shapes`` and ``--bench-cells`` choose what runs; while timing,
   torch uses ``--bench-threads`` CPU threads (default: all this process may use), so the
   numbers do not depend on what ``tests/conftest.py`` sets for the tests.
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -46,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                 help="torch.compile mode of the compiled cells (compiled_lstm, compiled_gru; default: theirs); the "
                      "backend string names it, and its benchmarks belong in their own JSON file")
+    g.addoption("--bench-tiles", default=None, metavar="FILE[,FILE]",
+                help="the Triton cells' tiles from these tile searches' --json files (python -m "
+                     "cells.triton_lstm.tune), before the tile tables: each search's winner, for its preset and dtype; "
+                     "the backend strings and the JSON's rnnbench entry name the file")
     g.addoption("--bench-threads", type=int, default=None,
                 help="torch CPU threads while timing (default: every CPU this process may use)")
 
@@ -59,6 +67,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # for cuDNN) while the Triton cell and cuBLAS matmuls do not.  Backend strings say which arithmetic ran.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    if config.getoption("bench_tiles", None):
+        use_tile_files(config.getoption("bench_tiles"))
+
+
+def use_tile_files(value: str) -> None:
+    """--bench-tiles: the winners of the named tile searches before the tile tables (a later file's over an earlier
+    one's); a file that is missing or not a tile search's record is a usage error."""
+    from cells.triton_lstm import launch, tune
+
+    found = {}
+    try:
+        for path in filter(None, value.split(",")):
+            found.update(tune.file_tiles(path))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--bench-tiles: {exc}") from None
+    launch.use_file_tiles(found)
 
 
 def bench_device(config: pytest.Config) -> torch.device:
@@ -155,3 +179,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
     finally:
         torch.set_num_threads(old)
     output_json["rnnbench"] = {"commit": env.git_commit(), "matmul": matmul}
+    if config.getoption("bench_tiles", None):  # what --bench-tiles put before the tile tables
+        from cells.triton_lstm import launch
+
+        output_json["rnnbench"]["tiles"] = [
+            {"kind": kind, "hidden_size": hidden, "dtype": str(dtype).removeprefix("torch."),
+             "tile": dataclasses.asdict(tile), "source": source}
+            for (kind, hidden, dtype), (tile, source) in launch.FILE_TILES.items()]

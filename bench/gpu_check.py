@@ -49,6 +49,11 @@ The timings (``--perf``):
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``);
    ``tune-small``     the same at small over every field, ``triton_lstm`` only (``gpu/<slug>/tiles-small.json``).
                       Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
+   ``bench-tuned``    the micro-benchmarks' fwd+bwd and LM step of the cuDNN and Triton cells at every preset with
+                      the searches' winners before the tile tables (``--bench-tiles``; ``gpu/<slug>/tuned.json``),
+   ``bench-tuned-bf16`` the same in bfloat16 (``tuned-bf16.json``): what a session's search found, measured as the
+                      tables' entries are, so it can be committed with its figures; skipped when no search named a
+                      winner.
 5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``);
    ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``).
 6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
@@ -67,6 +72,7 @@ shows the GPU's numbers beside the CPU's, never mixing devices in a ratio.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -105,7 +111,8 @@ TEST_WORKERS = 8
 # loop (launch.BWD_FIELDS): it now varies only those that no H200 has searched yet (TUNE_FIELDS), from the measured
 # entries -- about as many candidates as the first search's eight fields had.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 170, "tune-small": 100, "bench-modes": 45,
+          "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 170, "tune-small": 100, "bench-tuned": 45,
+          "bench-tuned-bf16": 45, "bench-modes": 45,
           "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45,
           "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
@@ -131,6 +138,23 @@ class Step:
     limit_s: float
     env: dict = field(default_factory=dict)
     runs: Path | None = None  # a training step: the folder of its run records, checked by :func:`implausible`
+    # A benchmark of the tile searches' winners: the searches' --json files, passed as --bench-tiles as far as they
+    # name a winner when the step starts; none: the step is skipped (the searches found nothing, or did not run).
+    tile_files: list[Path] = field(default_factory=list)
+
+
+def with_winners(paths: list[Path]) -> list[Path]:
+    """Of ``paths`` (tile searches' --json files), those that exist and name at least one winner."""
+    from cells.triton_lstm import tune
+
+    found = []
+    for path in paths:
+        try:
+            if path.is_file() and tune.file_tiles(path):
+                found.append(path)
+        except ValueError:  # a search killed while writing: not a record to benchmark
+            pass
+    return found
 
 
 # An evaluation worse than this many times a uniform guess over the vocabulary, or not finite: a run that learned
@@ -230,6 +254,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         graphs = ["-k", "test_fwdbwd_graph", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         versus = versus_graphs = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
         bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
+        tuned = tuned_bf16 = ["-k", "test_fwdbwd and not graph", *tiny, "--bench-cells", "cudnn_lstm"]
         tune = tune_small = probe = ["--help"]  # they time compiled kernels: the dry run only proves they start
         limits = dict.fromkeys(LIMITS, 180)
         cell_timeout = "120"
@@ -267,6 +292,11 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
                 "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--bench-modes", "eager",
                 "--benchmark-max-time", "0.2"]
+        # The searches' winners as the micro-benchmarks time them, beside cuDNN in the same run: fwd+bwd and the LM
+        # step at every preset, float32 then bfloat16 -- the figures the tables' entries are chosen by.
+        tuned = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
+                 "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-modes", "eager", "--benchmark-max-time", "0.1"]
+        tuned_bf16 = [*tuned[:-1], "0.2", "--bench-dtype", "bfloat16"]
         # float32 first: the default arithmetic, and the one furthest behind cuDNN
         # then triton_gru's float32 (its target: at least cuDNN's speed), then bfloat16 for both
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
@@ -293,6 +323,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
 
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
     report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
+    # What tune and tune-small write; the dry run's searches do not run, so it benchmarks with the committed file of
+    # an H200's search (the interpreter takes no tiles: it proves the plumbing only).
+    tile_files = ([ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"] if dry_run
+                  else [gpu / "tiles.json", gpu / "tiles-small.json"])
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
         # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.
@@ -319,6 +353,15 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
             # Small's entries were never searched and its fwd+bwd target is unmet: right after the other search.
             Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"]),
+            # What the searches found, timed as the table's entries are (pytest-benchmark, beside cuDNN), so that a
+            # session that tunes also measures what it would commit.  Apart from bench/ (the report would show two rows
+            # of one name): gpu/<slug>/tuned.json and tuned-bf16.json.
+            Step("bench-tuned", [*pytest, "bench", "--benchmark-only", *tuned,
+                                 f"--benchmark-json={gpu / 'tuned.json'}"], limits["bench-tuned"],
+                 tile_files=tile_files),
+            Step("bench-tuned-bf16", [*pytest, "bench", "--benchmark-only", *tuned_bf16,
+                                      f"--benchmark-json={gpu / 'tuned-bf16.json'}"], limits["bench-tuned-bf16"],
+                 tile_files=tile_files),
             # Before the profiler: these two settle the targets of the issue on compiled cells and CUDA graphs.
             Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
                                  f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
@@ -355,6 +398,14 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
         print(f"[gpu-check] step {step.name}: skipped, the check's budget of {BUDGET_S} s is spent", flush=True)
         return {"step": step.name, "status": "skipped", "exit_code": None, "seconds": 0.0, "limit_s": limit,
                 "log": None, "command": " ".join(step.argv[1:]), "reason": f"budget of {BUDGET_S} s spent"}
+    if step.tile_files:
+        files = with_winners(step.tile_files)
+        if not files:
+            why = f"no tile search named a winner ({', '.join(p.name for p in step.tile_files)})"
+            print(f"[gpu-check] step {step.name}: skipped, {why}", flush=True)
+            return {"step": step.name, "status": "skipped", "exit_code": None, "seconds": 0.0, "limit_s": limit,
+                    "log": None, "command": " ".join(step.argv[1:]), "reason": why}
+        step = dataclasses.replace(step, argv=[*step.argv, f"--bench-tiles={','.join(map(str, files))}"])
     print(f"[gpu-check] {now()} step {step.name} (limit {limit:.0f} s): {' '.join(step.argv[1:])}",
           flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

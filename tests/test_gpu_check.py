@@ -88,13 +88,18 @@ def test_dry_run_of_the_check_runs_every_step(dry_runs, tmp_path):
 def test_dry_run_of_the_timings_writes_every_benchmark_file(dry_runs):
     out, summary = _part(dry_runs, "perf")
     # (ncu runs only where it is on the PATH, never in the dry run)
-    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "tune-small", "bench-modes",
-                                                     "bench-graphs", "bench-compiled", "bench-compiled-graphs",
-                                                     "bench-bf16", "report"]
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "tune-small", "bench-tuned",
+                                                     "bench-tuned-bf16", "bench-modes", "bench-graphs",
+                                                     "bench-compiled", "bench-compiled-graphs", "bench-bf16", "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
     assert json.loads((out / "gpu" / slug / "compiled-reduce-overhead.json").read_text())["benchmarks"]
+    # the searches' winners, benchmarked apart from bench/ with the file named in the JSON (the dry run: an H200's)
+    for name in ("tuned", "tuned-bf16"):
+        doc = json.loads((out / "gpu" / slug / f"{name}.json").read_text())
+        assert doc["benchmarks"] and {t["source"] for t in doc["rnnbench"]["tiles"]} == {
+            "tiles.json (the tile search on NVIDIA H200 at commit ea67f19)"}, name
     assert (out / "gpu" / slug / "perf-bench.log").is_file() and not (out / "gpu" / slug / "steps.json").exists()
 
 
@@ -233,3 +238,23 @@ def test_the_compile_mode_option_reaches_only_the_compiled_cells():
     assert cell_options(Config("reduce-overhead"), "loop_lstm") == {} == cell_options(Config(None), "compiled_gru")
     rnn = cells.build("compiled_gru", 4, 4, 1, **cell_options(Config("reduce-overhead"), "compiled_gru"))
     assert "mode=reduce-overhead" in cells.detect_backend(rnn, "cpu")
+
+
+def test_a_benchmark_of_the_searches_winners_takes_the_files_that_name_one_or_is_skipped(tmp_path):
+    """bench-tuned: --bench-tiles names the searches' files that exist and name a winner when the step starts; none,
+    and the step is skipped with its reason (a search that did not run, or was cut short before its first winner)."""
+    from bench import gpu_check
+
+    committed = ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"
+    cut = tmp_path / "tiles-small.json"  # a search killed before it chose
+    cut.write_text(json.dumps({"env": {}, "records": [{"preset": "small", "dtype": "torch.float32", "best": False,
+                                                       "tile": {}}]}))
+    argv = [sys.executable, "-c", "import sys; print(sys.argv[1:])"]
+    step = gpu_check.Step("bench-tuned", argv, 30, tile_files=[tmp_path / "tiles.json", cut])
+    rec = gpu_check.run_step(step, tmp_path / "a.log")
+    assert rec["status"] == "skipped"
+    assert "no tile search named a winner (tiles.json, tiles-small.json)" in rec["reason"]
+    step = gpu_check.Step("bench-tuned", argv, 30, tile_files=[committed, cut])
+    rec = gpu_check.run_step(step, tmp_path / "b.log")
+    assert rec["status"] == "ok" and f"--bench-tiles={committed}" in rec["command"]
+    assert (tmp_path / "b.log").read_text().strip() == repr([f"--bench-tiles={committed}"])

@@ -17,8 +17,10 @@ Tolerances:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +32,8 @@ triton = pytest.importorskip("triton", reason="triton_lstm needs triton (a depen
 
 from cells.triton_lstm import TritonLSTM, interpreted, launch, sm90  # noqa: E402
 from cells.triton_lstm.function import LSTMLayerFunction, _inference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FP32_TOL = 3e-5
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -714,6 +718,48 @@ def test_the_backward_kernel_takes_its_own_k_loop_fields():
     launch.plan_for.cache_clear()
     launch.launch_options.cache_clear()
     assert "backward's K loop" not in launch.plan_for(20, 650, torch.float32, 132).describe()
+
+
+def test_the_tables_hold_the_committed_searchs_winners_and_a_search_file_goes_before_them(tmp_path):
+    """The measured entries of both tile tables are the winners of the H200 search committed beside them; a search's
+    file (--bench-tiles) puts its winners before the tables for this process, and its plans say so."""
+    from cells.triton_lstm import tune
+
+    committed = ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"
+    found = tune.file_tiles(committed)
+    assert {k: t for k, (t, _) in found.items()} == launch.MEASURED_TILES
+    assert {src for _, src in found.values()} == {"tiles.json (the tile search on NVIDIA H200 at commit ea67f19)"}
+    doc = json.loads(committed.read_text())
+    other = launch.both(launch.TILES[(650, torch.float32)], num_stages=2)
+    for rec in doc["records"]:  # a search that kept another medium float32 LSTM tile; one in TF32 is not for a table
+        rec["best"] = rec["best"] and not (rec["preset"] == "medium" and rec.get("cell") == "triton_lstm")
+    doc["records"] += [{"cell": "triton_lstm", "preset": "medium", "dtype": "torch.float32", "ok": True, "best": True,
+                        "tile": dataclasses.asdict(other)},
+                       {"cell": "triton_lstm", "preset": "small", "dtype": "torch.float32", "ok": True, "best": True,
+                        "fp32_precision": "tf32", "tile": dataclasses.asdict(other)}]
+    (tmp_path / "tiles.json").write_text(json.dumps(doc))
+    found = tune.file_tiles(tmp_path / "tiles.json")
+    assert found[("LSTM", 650, torch.float32)][0] == other and ("LSTM", 200, torch.float32) not in found
+    try:
+        launch.use_file_tiles(found)
+        plan = launch.plan_for(20, 650, torch.float32, launch.TILES_SMS)
+        assert plan.num_stages == 2 and not plan.measured
+        assert plan.describe().endswith("tiles from the tile file tiles.json (the tile search on NVIDIA H200 at "
+                                        "commit ea67f19)")
+        assert launch.plan_for(20, 650, torch.float32, 100).source == "heuristic"  # fewer SMs: as for the table
+        assert launch.plan_for(20, 200, torch.float32, launch.TILES_SMS).source == "table"  # no winner: the table
+        large = launch.plan_for(20, 1500, torch.float32, launch.TILES_SMS)  # the table's tile, but from the file
+        assert large.source.startswith("file ") and not large.measured
+    finally:
+        launch.use_file_tiles({})
+    assert launch.plan_for(20, 650, torch.float32, launch.TILES_SMS).measured
+    (tmp_path / "bad.json").write_text('{"records": [{"best": true, "preset": "medium", "dtype": "float32", '
+                                       '"tile": {"units": 5, "lanes": 3}}]}')
+    for path, why in ((tmp_path / "none.json", "No such file"), (tmp_path / "bad.json", "cannot read"),
+                      (ROOT / "pyproject.toml", "not a tile search")):
+        with pytest.raises(ValueError, match=why) as exc:
+            tune.file_tiles(path)
+        assert "\n" not in str(exc.value)
 
 
 def test_tuner_arguments(capsys):

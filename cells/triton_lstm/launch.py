@@ -147,6 +147,22 @@ MEASURED_TILES: dict[tuple[str, int, torch.dtype], Tile] = {
     for (hidden, dtype), tile in table.items() if hidden != 200}
 
 
+# Tiles a tile search has just found, put before the tables for this process (:func:`use_file_tiles`; the
+# micro-benchmarks' ``--bench-tiles``): a search's winners benchmarked in the session that found them, before they are
+# copied into the tables.  (kind, hidden size, dtype) -> (tile, where it came from); plans from them say so ("tiles
+# from the tile file tiles.json (the tile search on NVIDIA H200 at commit ...)").
+FILE_TILES: dict[tuple[str, int, torch.dtype], tuple[Tile, str]] = {}
+
+
+def use_file_tiles(found: dict[tuple[str, int, torch.dtype], tuple[Tile, str]]) -> None:
+    """Put ``found`` ((kind, hidden size, dtype) -> (tile, its source in words)) before :data:`TILES` and
+    :data:`GRU_TILES` in this process, in place of what an earlier call put there (empty: the tables alone again)."""
+    FILE_TILES.clear()
+    FILE_TILES.update(found)
+    plan_for.cache_clear()
+    launch_options.cache_clear()
+
+
 def tiles(kind: str) -> dict[tuple[int, torch.dtype], Tile]:
     """The tile table of a cell kind: :data:`TILES` for "LSTM", :data:`GRU_TILES` for "GRU"."""
     return TILES if kind == "LSTM" else GRU_TILES
@@ -220,7 +236,7 @@ class Plan:
     num_warps: int = 4  # forward kernel
     num_warps_bwd: int = 4
     num_stages: int = 1  # no software pipelining: the loops are latency-bound, and it costs registers
-    source: str = "heuristic"  # "table" when the tiles come from TILES
+    source: str = "heuristic"  # "table" when the tiles come from TILES, "file <where from>" from FILE_TILES
     fuse_gates: bool = False  # one tl.dot per reduction tile for the four gates, else one per gate
     split_k: int = 1  # the reduction over H split this many ways inside a program: SPLIT BLOCK_K tiles per trip
     row_align: int = 1  # HP = H rounded up to this: row stride of the (padded) W_hh and the rings (padded_size)
@@ -294,6 +310,8 @@ class Plan:
 
 
 def source_name(source: str, measured: bool = False) -> str:
+    if source.startswith("file "):
+        return f"tile {source}"
     if source != "table":
         return "heuristic"
     return f"tile table (measured {MEASURED_ON})" if measured else "tile table (awaiting GPU measurement)"
@@ -355,7 +373,10 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
         path = "blocked" if interpret else "persistent"
     if interpret:
         sms = 4 * batch_blocks  # the stepwise path's default split: 4 programs
-    tile = None if interpret or units is not None or sms < TILES_SMS else tiles(kind).get((hidden, dtype))
+    tile, source = None, "table"
+    if not (interpret or units is not None or sms < TILES_SMS):
+        tile, source = FILE_TILES.get((kind, hidden, dtype)) or (tiles(kind).get((hidden, dtype)), "table")
+        source = source if source == "table" else f"file {source}"
     if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
         tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
     if path in ("persistent", "stepwise"):
@@ -378,8 +399,9 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if tile:
         exact = not resident and precision == "ieee"  # (float32 on the tensor cores asked for: tl.dot, as it says)
         return Plan(path, interpret, block_b, block_j, tile.block_k if not resident else kp, units, programs,
-                    batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, "table",
-                    tile.fuse_gates, tile.split_k, tile.row_align, MEASURED_TILES.get((kind, hidden, dtype)) == tile,
+                    batch_blocks, resident, precision, tile.num_warps, tile.num_warps_bwd, tile.num_stages, source,
+                    tile.fuse_gates, tile.split_k, tile.row_align,
+                    source == "table" and MEASURED_TILES.get((kind, hidden, dtype)) == tile,
                     tile.outer and exact, tile.outer_bwd and exact,
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
                     tile.fuse_gates_bwd, tile.transposed_bwd and not resident,

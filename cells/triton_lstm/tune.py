@@ -28,7 +28,9 @@ cache: at the start every field's candidates around the starting tile, later tho
 the log says what each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
-cuDNN times, the device, the versions); replace a table entry only with such a measurement.
+cuDNN times, the device, the versions); replace a table entry only with such a measurement.  ``pytest bench
+--benchmark-only --bench-tiles OUT.json`` times each search's winner with the micro-benchmarks first, before the tables
+(:func:`file_tiles`, :func:`.launch.use_file_tiles`; the GPU check's ``bench-tuned`` steps).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -275,6 +278,37 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
     return records
+
+
+KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # whose table a search's records are for
+
+
+def file_tiles(path: str | Path) -> dict[tuple[str, int, torch.dtype], tuple[launch.Tile, str]]:
+    """The winners of the tile searches in one ``--json`` file of this module, for :func:`.launch.use_file_tiles`:
+    (kind, hidden size, dtype) -> (tile, "NAME (the tile search on DEVICE at commit C)").  A search cut short has no
+    winner (its preset keeps the table's tile); one in another arithmetic than exact float32 (``--fp32-precision``) is
+    not for the table and is left out.  Raises ValueError, one line, on a file that is not such a record."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        records, environment = doc["records"], doc.get("env") or {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: not a tile search's --json file ({why})") from None
+    source = (f"{path.name} (the tile search on {environment.get('device_name', '?')} at commit "
+              f"{str(environment.get('commit') or '?')[:7]})")
+    found = {}
+    for rec in records:
+        if not (isinstance(rec, dict) and rec.get("best") and rec.get("ok", True)
+                and rec.get("fp32_precision", "ieee") == "ieee"):
+            continue
+        try:
+            key = (KINDS[rec.get("cell", "triton_lstm")], PRESETS[rec["preset"]][0],
+                   DTYPES[str(rec["dtype"]).removeprefix("torch.")])
+            found[key] = (launch.Tile(**rec["tile"]), source)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: a best record this version cannot read ({type(exc).__name__}: {exc})") from None
+    return found
 
 
 def describe(tile: launch.Tile) -> str:
