@@ -374,14 +374,18 @@ def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
     of each cell and changed settings (``overrides``: runs at another learning rate are another row, never averaged
     in) within each ``SEED_GROUP``, with the seeds; ``vs_baseline``: mean words/sec over that of ``cudnn_lstm`` as
     its preset has it in the same group, ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
-    overlap (the seeds do not separate them; None when either has fewer than two runs)."""
+    overlap (the seeds do not separate them; None when either has fewer than two runs).  A seed run more than once
+    (a rerun of the same work) counts once, by its latest finished run: n counts seeds, not runs, so a rerun cannot
+    narrow the spread or weigh its seed twice; ``runs`` says how many finished runs there were."""
     keys = [*SEED_GROUP, "cell", "overrides"]
-    cols = [*keys, "n", "seeds", *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")), "vs_baseline",
+    cols = [*keys, "n", "runs", "seeds", *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")), "vs_baseline",
             "within_spread"]
     ok = runs[runs["status"] == "ok"]
     rows = []
-    for key, g in ok.groupby(keys, dropna=False, sort=True):
-        row = dict(zip(keys, key, strict=True), n=len(g),
+    for key, every in ok.groupby(keys, dropna=False, sort=True):
+        seeded = every[every["seed"].notna()].sort_values("started").drop_duplicates("seed", keep="last")
+        g = pd.concat([seeded, every[every["seed"].isna()]])
+        row = dict(zip(keys, key, strict=True), n=len(g), runs=len(every),
                    seeds=",".join(str(int(s)) for s in sorted(g["seed"].dropna().unique())))
         for m in SEED_METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1) if len(g) > 1 else math.nan
@@ -415,15 +419,17 @@ def seed_table(group: pd.DataFrame) -> list[str]:
         "mode": stats["mode"],
         "length": [f"{e:.0f} ep × {s:.0f} steps" for e, s in zip(stats["epochs_planned"], stats["steps_per_epoch"],
                                                                 strict=True)],
-        "n": stats["n"], "seeds": stats["seeds"],
+        "n": [f"{n}" if n == r else f"{n} ({r} runs)" for n, r in zip(stats["n"], stats["runs"], strict=True)],
+        "seeds": stats["seeds"],
         **{label: [_mean_sd(a, b, ".0f" if m in ("words_per_sec", "peak_memory_mib") else ".2f")
                    for a, b in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
            for m, label in SEED_METRICS.items()},
         f"vs {BASELINE}": [_spread_ratio(v, w, c if not o else f"{c} ({o})") for v, w, c, o in zip(
             stats["vs_baseline"], stats["within_spread"], stats["cell"], stats["overrides"], strict=True)],
     })
-    return [f"Repeated runs: mean ± sample standard deviation over the n finished runs (seeds listed) of each "
-            f"cell; every run is a row of `report.csv`. **vs {BASELINE}**: mean words/sec over `{BASELINE}`'s "
+    return [f"Repeated runs: mean ± sample standard deviation over the n seeds (listed) of each cell's finished runs, "
+            "a seed run more than once by its latest run (the runs in brackets); every run is a row of `report.csv`. "
+            f"**vs {BASELINE}**: mean words/sec over `{BASELINE}`'s "
             "mean; *within spread* when the two cells' mean ± sd ranges overlap, i.e. the seeds do not tell "
             "them apart.", "", _table(t.sort_values(["mode", "length", "cell"], key=_sort_key), {}), ""]
 

@@ -111,3 +111,20 @@ def test_runs_with_changed_settings_are_never_averaged_with_the_preset(tmp_path)
     assert gru.at["", "vs_baseline"] == pytest.approx(1050 / 2050)  # against cudnn_lstm as published
     md = report.write_report(tmp_path).read_text()
     assert any(ln.startswith("| cudnn_gru (learning_rate 0.5) ") and "| 1 " in ln for ln in md.splitlines())
+
+
+def test_a_seed_run_twice_counts_once_by_its_latest_run(tmp_path):
+    """A rerun of the same seed is the same sample again, not another seed: it must neither weigh its seed twice nor
+    narrow the spread.  The latest finished run stands for the seed; the table says how many runs there were."""
+    for seed in (0, 1):
+        record(tmp_path, "cudnn_lstm", seed, 2000.0, 115.0 + seed)
+    old = record(tmp_path, "loop_lstm", 0, 1000.0, 113.0)
+    rerun = {**old, "run_id": "loop_lstm-rerun-0", "started": "2099-01-01T00:00:00+00:00", "words_per_sec": 1500.0}
+    (tmp_path / "runs" / "loop_lstm-rerun-0.json").write_text(json.dumps(rerun))
+    record(tmp_path, "loop_lstm", 1, 1700.0, 111.0)
+    _, stats = _stats(tmp_path)
+    loop = stats[stats["cell"] == "loop_lstm"].iloc[0]
+    assert (loop["n"], loop["runs"], loop["seeds"]) == (2, 3, "0,1")
+    assert loop["test_ppl_mean"] == pytest.approx(112.0) and loop["words_per_sec_mean"] == pytest.approx(1600.0)
+    md = report.write_report(tmp_path).read_text()
+    assert any(ln.startswith("| loop_lstm ") and "| 2 (3 runs) " in ln for ln in md.splitlines())
