@@ -165,7 +165,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (and exit status 2), like every other bad input."""
 
     def error(self, message: str):
-        self.exit(2, f"rnnbench: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "rnnbench" else f"{self.prog}: "  # (a command's parser: "rnnbench train: ...")
+        self.exit(2, f"rnnbench: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -224,12 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli import add_commands
 
     add_commands(sub)
+    p.set_defaults(commands=sub.choices)  # each command's parser: it reports the arguments it does not know
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, which lists what it takes ("see rnnbench train --help")
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)

@@ -149,6 +149,20 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, message, corpus_dir,
     assert not results.exists() or not any(results.rglob("*.json"))
 
 
+@pytest.mark.parametrize(("argv", "line"), [
+    (["train", "--cell", "loop_lstm", "--resume", "ckpt.pt"],
+     "rnnbench: error: rnnbench train: unrecognized arguments: ckpt.pt (see rnnbench train --help)"),
+    (["report", "--bogus"], "rnnbench: error: rnnbench report: unrecognized arguments: --bogus (see rnnbench report "
+                            "--help)"),
+    (["bogus"], "rnnbench: error: argument COMMAND: invalid choice: 'bogus' (choose from 'train', 'cells', 'sweep', "
+                "'report') (see rnnbench --help)"),
+], ids=["train", "report", "command"])
+def test_an_unknown_argument_is_named_by_its_command(argv, line, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     r = cli("train", "--cell", "nope", "--results", str(tmp_path / "r"))
     assert r.returncode == 2
