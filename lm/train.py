@@ -217,8 +217,10 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         raise UsageError(f"--max-steps must be a positive integer, got {max_steps}")
     if max_eval_words is not None and max_eval_words <= 0:
         raise UsageError(f"--max-eval-words must be a positive integer, got {max_eval_words}")
-    if checkpoint_every < 0:
+    if not (checkpoint_every >= 0 and math.isfinite(checkpoint_every)):  # (NaN compares false both ways)
         raise UsageError(f"--checkpoint-every must be >= 0 minutes, got {checkpoint_every}")
+    if not (heartbeat >= 0 and math.isfinite(heartbeat)):
+        raise UsageError(f"--heartbeat must be >= 0 seconds (0: none), got {heartbeat}")
     if step_mode not in step_mod.MODES:
         raise UsageError(f"unknown step mode {step_mode!r}; accepted: {', '.join(step_mod.MODES)}")
     if results_dir is not None:

@@ -131,6 +131,8 @@ BAD = [
     (["--cell", "loop_lstm", "--dropout", "1.5"], r"dropout must be in \[0, 1\)"),
     (["--cell", "loop_lstm", "--max-steps", "0"], "--max-steps must be a positive integer"),
     (["--cell", "loop_lstm", "--data-dir", "/nonexistent/ptb"], "data folder /nonexistent/ptb does not exist"),
+    (["--cell", "loop_lstm", "--heartbeat", "-1"], r"--heartbeat must be >= 0 seconds \(0: none\), got -1.0"),
+    (["--cell", "loop_lstm", "--checkpoint-every", "nan"], "--checkpoint-every must be >= 0 minutes, got nan"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--cell", "loop_lstm", "--device", "cuda"], "CUDA is not available here; accepted: cpu"))
