@@ -568,8 +568,11 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
     """Per preset: our finished runs beside the published perplexities, with wall time and time to quality."""
     md = ["## Convergence: perplexities beside the published ones, and time to quality", "",
           f"Sources: {PAPER_SOURCE}. Ours: the latest finished run of each cell per preset, device and planned "
-          "length; runs with fewer epochs than the published schedule are not comparable (the epochs column says "
-          "how many). **test − paper**: our test perplexity minus the paper's. **wall min**: the whole run, "
+          "length, and its seed; runs with fewer epochs than the published schedule are not comparable (the epochs "
+          "column says how many). **test ppl over seeds**: mean ± sample standard deviation over every seed of the "
+          "same work (as in the repeated-runs tables), where there are two or more: at one seed, float32 rounding "
+          "alone moves a run's perplexity by about 1-2 % (README). **test − paper**: our test perplexity minus the "
+          "paper's. **wall min**: the whole run, "
           "start-up and evaluation included. **time to quality** as in the training tables (target: the paper's "
           "validation perplexity + 5%). The plots *valid_ppl-…* and *valid_ppl_vs_time-…* below show every epoch.",
           ""]
@@ -580,19 +583,27 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
         if ours.empty:
             continue
         drawn = True
-        rows = [{"source": "Zaremba et al. 2014, Table 1", "epochs": str(ref["epochs"]), "valid ppl": ref["paper"][0],
-                 "test ppl": ref["paper"][1], "test − paper": math.nan, "wall min": math.nan,
-                 "time to quality": "", "date": ""},
-                {"source": "TF tutorial ptb_word_lm.py", "epochs": str(ref["epochs"]), "valid ppl": ref["tutorial"][1],
-                 "test ppl": ref["tutorial"][2], "test − paper": ref["tutorial"][2] - ref["paper"][1],
+        rows = [{"source": "Zaremba et al. 2014, Table 1", "seed": "", "epochs": str(ref["epochs"]),
+                 "valid ppl": ref["paper"][0], "test ppl": ref["paper"][1], "test − paper": math.nan,
+                 "test ppl over seeds": "", "wall min": math.nan, "time to quality": "", "date": ""},
+                {"source": "TF tutorial ptb_word_lm.py", "seed": "", "epochs": str(ref["epochs"]),
+                 "valid ppl": ref["tutorial"][1], "test ppl": ref["tutorial"][2],
+                 "test − paper": ref["tutorial"][2] - ref["paper"][1], "test ppl over seeds": "",
                  "wall min": math.nan, "time to quality": "", "date": ""}]
         latest = ours.sort_values("started").drop_duplicates(["cell", "mode", "device", "device_name",
                                                               "epochs_planned", "overrides"],
                                                              keep="last")
+        # every seed of the same work (seed_stats: a seed's latest run), beside the one run shown
+        key = lambda r: tuple(str(getattr(r, k)) for k in (*SEED_GROUP, "cell", "overrides"))  # noqa: E731
+        seeds = {key(s): s for s in seed_stats(ours).itertuples()}
         for r in latest.sort_values(["device", "device_name", "cell", "epochs_planned"], key=_sort_key).itertuples():
+            s = seeds.get(key(r))
             rows.append({"source": f"ours: `{_cell_label(r)}` on {_device_title(r.device, r.device_name)}",
+                         "seed": "—" if pd.isna(r.seed) else f"{r.seed:.0f}",
                          "epochs": f"{r.epochs_done}/{r.epochs_planned}", "valid ppl": r.final_valid_ppl,
                          "test ppl": r.test_ppl, "test − paper": r.test_ppl - ref["paper"][1],
+                         "test ppl over seeds": "—" if s is None or s.n < 2 else
+                         f"{s.test_ppl_mean:.2f} ± {s.test_ppl_std:.2f} (seeds {s.seeds})",
                          "wall min": r.wall_minutes, "time to quality": _ttq(r), "date": r.date})
         md += [f"### {preset} (target validation perplexity {TARGET_VALID_PPL[preset]})", "",
                _table(pd.DataFrame(rows), {"valid ppl": ".2f", "test ppl": ".2f", "test − paper": "+.2f",

@@ -128,3 +128,19 @@ def test_a_seed_run_twice_counts_once_by_its_latest_run(tmp_path):
     assert loop["test_ppl_mean"] == pytest.approx(112.0) and loop["words_per_sec_mean"] == pytest.approx(1600.0)
     md = report.write_report(tmp_path).read_text()
     assert any(ln.startswith("| loop_lstm ") and "| 2 (3 runs) " in ln for ln in md.splitlines())
+
+
+def test_the_convergence_table_names_the_runs_seed_and_the_mean_over_seeds(tmp_path):
+    """Beside the published perplexities, the one run shown says its seed, and where the same work ran at two or more
+    seeds their mean ± sd stands beside it: one seed's perplexity is not the cell's."""
+    for seed in (0, 1):
+        record(tmp_path, "cudnn_lstm", seed, 2000.0, 110.0 + 2 * seed)
+    record(tmp_path, "loop_lstm", 0, 1000.0, 113.0)
+    md = report.write_report(tmp_path).read_text()
+    section = md[md.index("## Convergence"):]
+    header = next(ln for ln in section.splitlines() if ln.startswith("| source"))
+    assert [c.strip() for c in header.strip("|").split("|")][:2] == ["source", "seed"]
+    cudnn = next(ln for ln in section.splitlines() if ln.startswith("| ours: `cudnn_lstm`"))
+    loop = next(ln for ln in section.splitlines() if ln.startswith("| ours: `loop_lstm`"))
+    assert "| 1 " in cudnn and "111.00 ± 1.41 (seeds 0,1)" in cudnn  # the latest run (seed 1) and both seeds
+    assert "| 0 " in loop and "±" not in loop
