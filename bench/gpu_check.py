@@ -4,6 +4,7 @@ Usage (from the repository root; nothing is installed, the checkout is put on PY
 
     bash bench/gpu_check.sh PTB_DIR OUT                   # the check, on a GPU machine
     bash bench/gpu_check.sh --perf PTB_DIR OUT            # then the timings, with what the session has left
+    bash bench/gpu_check.sh --full [--full-cells C] PTB_DIR OUT  # or: medium's 39 epochs for C (one call, <= 9 min)
     bash bench/gpu_check.sh --dry-run [--perf] PTB_DIR OUT  # the same steps on the CPU at tiny sizes (CI)
     python -m bench.gpu_check merge OUT results           # fold the output into results/, then `rnnbench report`
 
@@ -63,6 +64,11 @@ The timings (``--perf``):
                       (``bf16.json``; in the report as their own columns, ratios within the dtype).
 8. ``report``.
 
+The full schedule (``--full``, instead of the timings; budget ``FULL_BUDGET_S``): ``env``, ``train-full`` -- the
+medium preset's 39 epochs for ``--full-cells`` (default ``cudnn_lstm``), the training step as one CUDA graph, one run
+after another, each under a ``--cell-timeout`` of what the budget leaves -- and ``report``.  The paper's and the
+tutorial's perplexities (82.7, 82.07) are the comparison; the check before it and one such run fill a session.
+
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
 ``OUT`` is laid out like ``results/`` (``runs/``, ``bench/<slug>/``, ``machine/``, and ``gpu/<slug>/``
@@ -90,6 +96,11 @@ from lm.records import SPIKE_FACTOR
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 355  # the whole check, on one H100 or H200
+# --full: the medium preset's 39 epochs for these cells (issue: full-length training on the GPU), in one call of at
+# most FULL_BUDGET_S (a call may run 10 minutes; the check's 6 do not bind it).  cudnn_lstm alone by default: with the
+# check before it, a session's 15 device minutes hold one such run.
+FULL_CELLS = "cudnn_lstm"
+FULL_BUDGET_S = 540
 REPORT_RESERVE_S = 20
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
@@ -112,7 +123,7 @@ TEST_WORKERS = 8
 # entries -- about as many candidates as the first search's eight fields had.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 170, "tune-small": 100, "bench-tuned": 45,
-          "bench-tuned-bf16": 45, "bench-modes": 45,
+          "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600,
           "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45,
           "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
@@ -217,8 +228,10 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -> list[Step]:
-    """The steps of ``part``: ``check`` (correctness and training) or ``perf`` (the timings)."""
+def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S,
+          full_cells: str = FULL_CELLS) -> list[Step]:
+    """The steps of ``part``: ``check`` (correctness and training), ``perf`` (the timings) or ``full`` (the medium
+    preset's whole schedule for ``full_cells`` within ``budget_s``)."""
     import cells
 
     py = [sys.executable]
@@ -327,6 +340,19 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check") -
     # an H200's search (the interpreter takes no tiles: it proves the plumbing only).
     tile_files = ([ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"] if dry_run
                   else [gpu / "tiles.json", gpu / "tiles-small.json"])
+    if part == "full":
+        # The published schedule (medium: 39 epochs), the whole training step as one CUDA graph: on an H200 the
+        # eager cudnn_lstm trains medium at ~119k words/sec, so 39 epochs take ~5 minutes eagerly, and one CUDA graph
+        # per step removes the host's launches (4.5x at small).  One run may take what the budget leaves; a run cut
+        # by it is recorded as timeout with its last heartbeat.
+        timeout = max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S))
+        full = (["--config", "tiny", "--epochs", "2", "--steps", "eager"] if dry_run  # (cuda-graph: CUDA only)
+                else ["--config", "medium", "--steps", "cuda-graph"])
+        train = Step("train-full", [*py, "-m", "lm.cli", "sweep", "--cells", full_cells, *full, "--device", device,
+                                    "--results", str(out), "--quiet", "--cell-timeout", str(timeout),
+                                    "--kill-grace", "10", "--no-measure", *common], limits["train-full"],
+                     runs=None if dry_run else out / "runs")
+        return [env, train, report]
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
         # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.
@@ -444,7 +470,8 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
         {"implausible": bad} if bad else {}) | ({"warnings": warn} if warn else {})
 
 
-def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S) -> int:
+def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S,
+          full_cells: str = FULL_CELLS) -> int:
     import torch
 
     from bench.machine import device_slug
@@ -461,10 +488,10 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: fl
     gpu = out / "gpu" / slug
     for folder in (gpu, out / "bench" / slug):
         folder.mkdir(parents=True, exist_ok=True)
-    prefix = "" if part == "check" else f"{part}-"  # the perf part's logs and statuses sit beside the check's
+    prefix = "" if part == "check" else f"{part}-"  # the other parts' logs and statuses sit beside the check's
     summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": budget_s, "steps": []}
     t0 = time.monotonic()
-    for step in steps(ptb.resolve(), out.resolve(), slug, dry_run, part):
+    for step in steps(ptb.resolve(), out.resolve(), slug, dry_run, part, budget_s, full_cells):
         left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
         limit = step.limit_s if dry_run else min(step.limit_s, left)
         summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
@@ -571,12 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("ptb", type=Path, help="folder with ptb.{train,valid,test}.txt")
     r.add_argument("out", type=Path, help="output folder (laid out like results/)")
     r.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
-    r.add_argument("--perf", action="store_true",
-                   help="the timing part (micro-benchmarks, step modes, compiled cells) instead of the check")
-    r.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
-                   help=f"wall-clock seconds for all the steps (default {BUDGET_S}: one call of at most 6 minutes); "
-                        "give less when the session has less device time left: the steps past it are skipped, and "
-                        "recorded so")
+    part = r.add_mutually_exclusive_group()
+    part.add_argument("--perf", action="store_true",
+                      help="the timing part (micro-benchmarks, step modes, compiled cells) instead of the check")
+    part.add_argument("--full", action="store_true",
+                      help=f"instead of the check: the medium preset's whole schedule (39 epochs, the step as one "
+                           f"CUDA graph) for --full-cells, default budget {FULL_BUDGET_S} s")
+    r.add_argument("--full-cells", default=FULL_CELLS, metavar="CELLS",
+                   help=f"with --full: the cells, comma-separated, one run after another (default {FULL_CELLS})")
+    r.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help=f"wall-clock seconds for all the steps (default {BUDGET_S}: one call of at most 6 minutes; "
+                        f"--full: {FULL_BUDGET_S}); give less when the session has less device time left: the steps "
+                        "past it are skipped, and recorded so")
     e = sub.add_parser("env", help="step 1 alone")
     e.add_argument("--device", default="cuda")
     e.add_argument("--out", type=Path, required=True)
@@ -591,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return env_step(args.device, args.out)
     if args.cmd == "merge":
         if args.note and not args.commit:
-            p.error("--note goes with --commit")
+            m.error("--note goes with --commit")
         from lm.errors import UsageError
 
         try:
@@ -600,9 +633,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnbench: error: {exc}", file=sys.stderr)
             return 2
     if args.cmd == "run":
-        if not 30 <= args.budget <= 600:
-            p.error(f"--budget takes 30 to 600 seconds, got {args.budget:g}")
-        return check(args.ptb, args.out, args.dry_run, "perf" if args.perf else "check", args.budget)
+        budget = args.budget if args.budget is not None else FULL_BUDGET_S if args.full else BUDGET_S
+        if not 30 <= budget <= 600:
+            r.error(f"--budget takes 30 to 600 seconds, got {budget:g}")
+        if args.full:
+            import cells
+
+            bad = [c for c in args.full_cells.split(",") if c not in cells.names()]
+            if bad or not args.full_cells:
+                r.error(f"--full-cells: unknown cell(s) {', '.join(bad) or repr(args.full_cells)}; known: "
+                        f"{', '.join(cells.names())}")
+        part = "full" if args.full else "perf" if args.perf else "check"
+        return check(args.ptb, args.out, args.dry_run, part, budget, args.full_cells)
     p.print_help()
     return 2
 

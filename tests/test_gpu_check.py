@@ -258,3 +258,30 @@ def test_a_benchmark_of_the_searches_winners_takes_the_files_that_name_one_or_is
     rec = gpu_check.run_step(step, tmp_path / "b.log")
     assert rec["status"] == "ok" and f"--bench-tiles={committed}" in rec["command"]
     assert (tmp_path / "b.log").read_text().strip() == repr([f"--bench-tiles={committed}"])
+
+
+def test_the_full_part_trains_the_published_medium_schedule_as_cuda_graphs(monkeypatch, capsys):
+    """--full: the medium preset's 39 epochs (no --epochs: the preset's), the step as one CUDA graph, for the named
+    cells one after another, each run allowed what the budget leaves after the environment and the report; the
+    command is the sweep's own (its parser takes it).  A bad cell, or --full with --perf, is one line."""
+    from bench import gpu_check
+    from lm.cli import build_parser
+
+    full = gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "full", 540, "cudnn_lstm,triton_lstm")
+    assert [s.name for s in full] == ["env", "train-full", "report"]
+    train = full[1]
+    args = build_parser().parse_args(train.argv[3:])
+    assert (args.command, args.cells, args.config, args.epochs, args.steps, args.device) == (
+        "sweep", "cudnn_lstm,triton_lstm", "medium", None, "cuda-graph", "cuda")
+    assert 60 <= args.cell_timeout <= 540 - gpu_check.LIMITS["env"] - gpu_check.REPORT_RESERVE_S
+    assert train.runs == Path("out") / "runs" and train.limit_s <= 600  # its runs are checked as the check's are
+    seen = {}
+    monkeypatch.setattr(gpu_check, "check", lambda *a: seen.setdefault("args", a) and 0)
+    gpu_check.main(["run", "ptb", "out", "--full"])
+    assert seen["args"][3:] == ("full", gpu_check.FULL_BUDGET_S, gpu_check.FULL_CELLS)
+    for argv, what in ((["--full", "--full-cells", "nope"], "--full-cells: unknown cell(s) nope"),
+                       (["--full", "--perf"], "not allowed with")):
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.main(["run", "ptb", "out", *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and what in err, err
