@@ -9,6 +9,7 @@ result of the right shape (its arithmetic is the GPU's, not host cost).  Also co
 
     python -m cells.triton_lstm.hostcost            # 2 layers, H = 200, 650, 1500, batch 1, one step, no grad
     python -m cells.triton_lstm.hostcost --no-triton  # the same with Triton's launch path skipped too
+    python -m cells.triton_lstm.hostcost --train      # a training forward and backward, batch 20, the presets' T
 
 It patches torch and triton for the whole process: run it on its own, never import it into a program.
 """
@@ -98,6 +99,9 @@ def _fake_cuda(skip_triton: bool) -> dict:
     launch.sm_count.cache_clear()
     launch.plan_for.cache_clear()
     torch.mm = lambda a, b, *rest, **kw: a.new_empty(a.shape[0], b.shape[1])
+    # the backward's GEMMs (function.weight_grads): their shapes, not their arithmetic
+    torch.Tensor.__matmul__ = lambda a, b: a.new_empty(*a.shape[:-1], b.shape[-1])
+    torch.Tensor.addmm_ = lambda self, a, b, **kw: self
     assert triton is not None
     return seen
 
@@ -128,18 +132,64 @@ def measure(hidden: int, layers: int = 2, calls: int = 2000, seen: dict | None =
             "queries": one["queries"], "launches": one["launches"]}
 
 
+def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, calls: int = 200,
+                  seen: dict | None = None) -> dict:
+    """The same for one training forward and backward of the stack, as the micro-benchmarks' fwd+bwd (gradients set
+    to None, then ``y.backward(dy)``): host time per call, ATen ops, device queries and launches.  The ATen ops that
+    are GPU work (the bias gradient's sum, copies, zeroed rings) run on the CPU here: at H 200 tens of us of the
+    figure, at larger H more (the padded W_hh copies), so it bounds the host time from above."""
+    from . import TritonLSTM
+
+    cell = TritonLSTM(hidden, hidden, layers)
+    x = torch.randn(steps, batch, hidden, requires_grad=True)
+    dy = torch.randn(steps, batch, hidden)
+
+    def call() -> None:
+        for p in cell.parameters():
+            p.grad = None
+        x.grad = None
+        y, _ = cell(x)
+        y.backward(dy)
+
+    for _ in range(3):  # compile, fill the caches
+        call()
+    before = dict(seen)
+    with _Count() as count:
+        call()
+    one = {k: seen[k] - before[k] for k in seen}
+    medians = []
+    for _ in range(5):
+        times = []
+        for _ in range(calls // 5):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        medians.append(statistics.median(times))
+    return {"us": min(medians) * 1e6, "aten_ops": sum(count.ops.values()), "ops": count.ops,
+            "queries": one["queries"], "launches": one["launches"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-triton", action="store_true", help="skip Triton's launch path too (our code alone)")
     parser.add_argument("--hidden", default="200,650,1500")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--train", action="store_true",
+                        help="a training forward and backward at batch 20 and the presets' T instead (20 at H 200, "
+                             "else 35)")
     args = parser.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     torch.set_num_threads(1)
     seen = _fake_cuda(args.no_triton)
     for hidden in (int(h) for h in args.hidden.split(",")):
-        r = measure(hidden, calls=args.calls, seen=seen)
-        print(f"H{hidden} B1 T1 no grad, 2 layers: {r['us']:.1f} us/call, {r['aten_ops']} ATen ops, "
+        if args.train:
+            steps = 20 if hidden == 200 else 35
+            r = measure_train(hidden, steps, calls=max(5, args.calls // 10), seen=seen)
+            what = f"B20 T{steps} fwd+bwd"
+        else:
+            r = measure(hidden, calls=args.calls, seen=seen)
+            what = "B1 T1 no grad"
+        print(f"H{hidden} {what}, 2 layers: {r['us']:.1f} us/call, {r['aten_ops']} ATen ops, "
               f"{r['queries']} device queries, {r['launches']} launches  {r['ops']}", flush=True)
 
 
