@@ -106,52 +106,10 @@ def _fake_cuda(skip_triton: bool) -> dict:
     return seen
 
 
-def measure(hidden: int, layers: int = 2, calls: int = 2000, seen: dict | None = None) -> dict:
-    """Median host time of one call (best of 5 batches), ATen ops, device queries and launches per call."""
-    from . import TritonLSTM
-
-    cell = TritonLSTM(hidden, hidden, layers)
-    x = torch.randn(1, 1, hidden)
-    state = (torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden))
-    with torch.no_grad():
-        for _ in range(3):  # compile, fill the caches
-            _, state = cell(x, state)
-        before = dict(seen)
-        with _Count() as count:
-            _, state = cell(x, state)
-        one = {k: seen[k] - before[k] for k in seen}
-        medians = []
-        for _ in range(5):
-            times = []
-            for _ in range(calls // 5):
-                t0 = time.perf_counter()
-                _, state = cell(x, state)
-                times.append(time.perf_counter() - t0)
-            medians.append(statistics.median(times))
-    return {"us": min(medians) * 1e6, "aten_ops": sum(count.ops.values()), "ops": count.ops,
-            "queries": one["queries"], "launches": one["launches"]}
-
-
-def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, calls: int = 200,
-                  seen: dict | None = None) -> dict:
-    """The same for one training forward and backward of the stack, as the micro-benchmarks' fwd+bwd (gradients set
-    to None, then ``y.backward(dy)``): host time per call, ATen ops, device queries and launches.  The ATen ops that
-    are GPU work (the bias gradient's sum, copies, zeroed rings) run on the CPU here: at H 200 tens of us of the
-    figure, at larger H more (the padded W_hh copies), so it bounds the host time from above."""
-    from . import TritonLSTM
-
-    cell = TritonLSTM(hidden, hidden, layers)
-    x = torch.randn(steps, batch, hidden, requires_grad=True)
-    dy = torch.randn(steps, batch, hidden)
-
-    def call() -> None:
-        for p in cell.parameters():
-            p.grad = None
-        x.grad = None
-        y, _ = cell(x)
-        y.backward(dy)
-
-    for _ in range(3):  # compile, fill the caches
+def _measure(call, calls: int, seen: dict) -> dict:
+    """``call()`` three times (compiling, filling the caches), once counted, then its median host time (best of 5
+    batches of ``calls // 5``), with the ATen ops, device queries and launches of one call."""
+    for _ in range(3):
         call()
     before = dict(seen)
     with _Count() as count:
@@ -167,6 +125,44 @@ def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, cal
         medians.append(statistics.median(times))
     return {"us": min(medians) * 1e6, "aten_ops": sum(count.ops.values()), "ops": count.ops,
             "queries": one["queries"], "launches": one["launches"]}
+
+
+def measure(hidden: int, layers: int = 2, calls: int = 2000, seen: dict | None = None) -> dict:
+    """Median host time of one call without grad at batch 1, one step (best of 5 batches), ATen ops, device queries
+    and launches per call."""
+    from . import TritonLSTM
+
+    cell = TritonLSTM(hidden, hidden, layers)
+    x = torch.randn(1, 1, hidden)
+    state = [(torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden))]
+
+    def call() -> None:
+        _, state[0] = cell(x, state[0])
+
+    with torch.no_grad():
+        return _measure(call, calls, seen)
+
+
+def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, calls: int = 200,
+                  seen: dict | None = None) -> dict:
+    """The same for one training forward and backward of the stack, as the micro-benchmarks' fwd+bwd (gradients set
+    to None, then ``y.backward(dy)``).  The ATen ops that are GPU work (the bias gradient's sum, copies, zeroed
+    rings) run on the CPU here: at H 200 tens of us of the figure, at larger H more (the padded W_hh copies), so it
+    bounds the host time from above."""
+    from . import TritonLSTM
+
+    cell = TritonLSTM(hidden, hidden, layers)
+    x = torch.randn(steps, batch, hidden, requires_grad=True)
+    dy = torch.randn(steps, batch, hidden)
+
+    def call() -> None:
+        for p in cell.parameters():
+            p.grad = None
+        x.grad = None
+        y, _ = cell(x)
+        y.backward(dy)
+
+    return _measure(call, calls, seen)
 
 
 def main() -> None:
