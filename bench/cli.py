@@ -1,8 +1,14 @@
-"""``rnnbench sweep`` and ``rnnbench report``, added to the ``rnnbench`` command by :func:`lm.cli.build_parser`."""
+"""The ``rnnbench`` command: ``train`` and ``cells`` (:mod:`lm.cli`), ``sweep`` and ``report`` (here).
+
+``python -m bench.cli`` is the same command (the sweeps start their training runs so)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from lm import cli as lm_cli
+from lm.errors import UsageError
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -21,8 +27,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` and ``report`` subcommands to the ``rnnbench`` subparsers ``sub``."""
-    from lm.cli import add_run_args
-
     s = sub.add_parser("sweep", help="train every chosen cell, preset and seed, each in its own process",
                        description="One full training per (preset, cell, seed), each in its own process "
                                    "(`rnnbench train`), writing the usual run records; cells that cannot train here "
@@ -30,7 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "--cell-timeout a `timeout` record. --config takes several presets, "
                                    "comma-separated.")
     s.add_argument("--cells", default="all", help="all (default), or comma-separated cells (see `rnnbench cells`)")
-    add_run_args(s)
+    lm_cli.add_run_args(s)
     s.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     s.add_argument("--quiet", action="store_true", help="no progress bars from the training processes")
     s.add_argument("--steps", default="eager", metavar="MODES",
@@ -62,3 +66,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "(measured matmul rates).")
     r.add_argument("--results", default="results", help="results folder (default results)")
     r.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = lm_cli.Parser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    lm_cli.add_commands(sub)
+    add_commands(sub)
+    p.set_defaults(commands=sub.choices)  # each command's parser: it reports the arguments it does not know
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, which lists what it takes ("see rnnbench train --help")
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"rnnbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

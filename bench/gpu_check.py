@@ -327,7 +327,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         cell_timeout = "80"
 
     def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
-        return Step(name, [*py, "-m", "lm.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
+        return Step(name, [*py, "-m", "bench.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
                            "--device", device, "--results", str(out), "--quiet", "--cell-timeout", cell_timeout,
                            "--kill-grace", "10", "--no-measure",  # the env step measured the device
                            *common, *extra], limits[name],
@@ -335,7 +335,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
                     runs=None if dry_run else out / "runs")
 
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
-    report = Step("report", [*py, "-m", "lm.cli", "report", "--results", str(out)], limits["report"])
+    report = Step("report", [*py, "-m", "bench.cli", "report", "--results", str(out)], limits["report"])
     # What tune and tune-small write; the dry run's searches do not run, so it benchmarks with the committed file of
     # an H200's search (the interpreter takes no tiles: it proves the plumbing only).
     tile_files = ([ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"] if dry_run
@@ -348,7 +348,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         timeout = max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S))
         full = (["--config", "tiny", "--epochs", "2", "--steps", "eager"] if dry_run  # (cuda-graph: CUDA only)
                 else ["--config", "medium", "--steps", "cuda-graph"])
-        train = Step("train-full", [*py, "-m", "lm.cli", "sweep", "--cells", full_cells, *full, "--device", device,
+        train = Step("train-full", [*py, "-m", "bench.cli", "sweep", "--cells", full_cells, *full, "--device", device,
                                     "--results", str(out), "--quiet", "--cell-timeout", str(timeout),
                                     "--kill-grace", "10", "--no-measure", *common], limits["train-full"],
                      runs=None if dry_run else out / "runs")

@@ -159,11 +159,11 @@ def _owner_file(ckpt: Path) -> Path:
 
 
 def _is_training(pid) -> bool:
-    """Whether ``pid`` is a live ``lm.cli`` process on this host."""
+    """Whether ``pid`` is a live ``bench.cli`` process on this host."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        return b"lm.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"bench.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -222,7 +222,7 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     try:
         argv = train_args(spec, opts, results=scratch, checkpoint=ckpt) + (["--resume"] if resume else [])
         echo = "all" if opts.engine == "local" and not opts.quiet else "heartbeat"
-        res = child.run([sys.executable, "-m", "lm.cli", *argv], echo=echo, timeout=opts.cell_timeout,
+        res = child.run([sys.executable, "-m", "bench.cli", *argv], echo=echo, timeout=opts.cell_timeout,
                         grace=opts.kill_grace, handle_signals=handle_signals, label=str(spec),
                         on_start=lambda pid: _claim(ckpt, pid, attempt))
         found = [r for r in records.load_runs(scratch) if r.get("status") in records.STATUSES]

@@ -2,7 +2,7 @@
 
 The sweep's runs are the product of ``--config`` (one preset or several, comma-separated),
 ``--cells`` and ``--seeds``, each a :class:`bench.runs.RunSpec`.  Each trains in a child
-``python -m lm.cli train ...`` (``bench.runs.execute``), so every record has its own peak
+``python -m bench.cli train ...`` (``bench.runs.execute``), so every record has its own peak
 memory and a crash, an out-of-memory kill or a hang takes down only that child.  A
 cell that cannot train on the device gets a record with status ``unavailable``; a child
 that exits without a finished record gets a ``failed`` one with its exit code and the

@@ -1,4 +1,6 @@
-"""The ``rnnbench`` command: train, cells (and the bench subcommands)."""
+"""The ``rnnbench train`` and ``rnnbench cells`` commands, and what every command's parser shares (:class:`Parser`,
+:func:`add_run_args`, seeds).  The ``rnnbench`` command itself, with ``sweep`` and ``report``, is :mod:`bench.cli`:
+``bench`` builds on ``lm``, never the other way round."""
 
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def _train_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
     argv, worst = _without_seeds(args.argv), 0
     for i, seed in enumerate(seeds, 1):
         print(f"rnnbench train: seed {seed} ({i} of {len(seeds)})", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "lm.cli", *argv, "--seed", str(seed)], start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv, "--seed", str(seed)], start_new_session=True)
         stopped = []
 
         def hand_on(signum, frame, proc=proc, stopped=stopped):  # once per signal, as a sweep does
@@ -192,11 +194,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results folder (default results)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-
-    p = Parser(prog="rnnbench", description="Benchmark LSTM/GRU cell implementations on PTB.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``cells`` subcommands to the ``rnnbench`` subparsers ``sub``."""
     t = sub.add_parser("train", help="train the PTB language model with one cell and write a run record")
     t.add_argument("--cell", required=True, help="a registered cell (see `rnnbench cells`)")
     add_run_args(t)
@@ -221,29 +220,3 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cells", help="list the registered cells and whether they can run here")
     c.add_argument("--device", default=None)
     c.set_defaults(func=cmd_cells)
-
-    from bench.cli import add_commands
-
-    add_commands(sub)
-    p.set_defaults(commands=sub.choices)  # each command's parser: it reports the arguments it does not know
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # said by the command's parser, which lists what it takes ("see rnnbench train --help")
-        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"rnnbench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rnnbench: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -265,7 +265,7 @@ def test_the_full_part_trains_the_published_medium_schedule_as_cuda_graphs(monke
     cells one after another, each run allowed what the budget leaves after the environment and the report; the
     command is the sweep's own (its parser takes it).  A bad cell, or --full with --perf, is one line."""
     from bench import gpu_check
-    from lm.cli import build_parser
+    from bench.cli import build_parser
 
     full = gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "full", 540, "cudnn_lstm,triton_lstm")
     assert [s.name for s in full] == ["env", "train-full", "report"]

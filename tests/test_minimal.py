@@ -14,9 +14,9 @@ import torch
 from conftest import devices
 
 import cells
+from bench.cli import main
 from cells.minimal import g, log_g, min_gru_step, min_lstm_step
 from lm import checkpoint, config, data, train
-from lm.cli import main
 from lm.errors import UsageError
 from lm.model import LanguageModel
 

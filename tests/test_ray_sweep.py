@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import cells
-from lm.cli import main
+from bench.cli import main
 
 # The README's install brings Ray, and CI requires it (RNNBENCH_REQUIRE_RAY=1); the GPU machine has none, so there
 # these tests skip rather than break the collection of the whole suite.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench import flops, report
-from lm.cli import main
+from bench.cli import main
 from lm.config import preset
 from lm.errors import UsageError
 from lm.train import new_record

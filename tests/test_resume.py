@@ -18,8 +18,8 @@ import torch
 from conftest import write_corpus
 
 import cells
+from bench.cli import main
 from lm import checkpoint, config, data, records, train
-from lm.cli import main
 from lm.model import LanguageModel
 from tests.test_train import without_heartbeats
 
@@ -39,7 +39,7 @@ def train_args(corpus: Path, results: Path, *extra: str) -> list[str]:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lm.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

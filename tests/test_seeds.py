@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lm.cli import main
+from bench.cli import main
 
 
 def test_train_seeds_makes_one_record_per_seed_with_its_threads(corpus_dir, tmp_path, capsys):

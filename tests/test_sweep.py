@@ -16,7 +16,7 @@ import torch
 
 from bench import child, runs
 from bench import sweep as sweep_mod
-from lm.cli import main
+from bench.cli import main
 from lm.errors import UsageError
 
 # Cells that fail in the ways a real one can: an exception inside training, a process killed from outside
@@ -82,7 +82,7 @@ def test_one_failure_cannot_take_the_others_down(corpus_dir, tmp_path, broken_en
     env = broken_env
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "lm.cli", "sweep", "--cells", "crash_raise,crash_kill,absent,loop_lstm",
+        [sys.executable, "-m", "bench.cli", "sweep", "--cells", "crash_raise,crash_kill,absent,loop_lstm",
          "--config", "tiny", "--epochs", "1", "--max-steps", "3", "--device", "cpu", "--data-dir", str(corpus_dir),
          "--no-verify", "--results", str(results), "--quiet"],
         capture_output=True, text=True, env=env, timeout=300)
@@ -121,7 +121,7 @@ def test_one_failure_cannot_take_the_others_down(corpus_dir, tmp_path, broken_en
 def test_ctrl_c_stops_the_running_cell_cleanly_and_the_sweep(corpus_dir, tmp_path, broken_env):
     results = tmp_path / "results"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lm.cli", "sweep", "--cells", "slow,loop_lstm", "--config", "tiny", "--epochs", "1",
+        [sys.executable, "-m", "bench.cli", "sweep", "--cells", "slow,loop_lstm", "--config", "tiny", "--epochs", "1",
          "--device", "cpu", "--data-dir", str(corpus_dir), "--no-verify", "--results", str(results)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=broken_env)
     try:
@@ -148,7 +148,7 @@ FAKE_CELLS_ENV = {"RNNBENCH_EXTRA_CELLS": "hang=fake_cells:HangingLSTM",
 def test_a_run_past_the_cell_timeout_is_ended_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path):
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "lm.cli", "sweep", "--cells", "hang,loop_lstm", "--config", "tiny", "--epochs", "1",
+        [sys.executable, "-m", "bench.cli", "sweep", "--cells", "hang,loop_lstm", "--config", "tiny", "--epochs", "1",
          "--max-steps", "2", "--device", "cpu", "--data-dir", str(corpus_dir), "--no-verify", "--results",
          str(results), "--quiet", "--cell-timeout", "12", "--kill-grace", "1", "--heartbeat", "0.5"],
         capture_output=True, text=True, env={**os.environ, **FAKE_CELLS_ENV}, timeout=300)
@@ -273,7 +273,7 @@ def test_engine_ray_without_ray_is_one_line(monkeypatch, tmp_path, capsys):
 
 
 def test_the_local_engine_never_imports_ray(corpus_dir, tmp_path, broken_env):
-    code = ("import sys; from lm.cli import main; "
+    code = ("import sys; from bench.cli import main; "
             f"rc = main(['sweep', '--cells', 'absent', '--config', 'tiny', '--data-dir', {str(corpus_dir)!r}, "
             f"'--no-verify', '--results', {str(tmp_path / 'r')!r}, '--device', 'cpu']); "
             "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import cells
+from bench.cli import main
 from lm import config, data, train
-from lm.cli import main
 from lm.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lm.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=full_env, timeout=300)
 
 
@@ -219,3 +219,14 @@ def test_results_path_that_is_a_file(corpus_dir, tmp_path, capsys):
 def test_unknown_config_field_is_refused():
     with pytest.raises(UsageError, match="unknown config field"):
         config.preset("small", hidden=3)
+
+
+def test_lm_builds_on_nothing_of_bench():
+    """``bench`` (sweeps, report, the ``rnnbench`` command) builds on ``lm``; ``lm`` imports nothing of ``bench``
+    (two packages importing each other would be one package)."""
+    code = ("import pkgutil, importlib, sys, lm; "
+            "[importlib.import_module(f'lm.{m.name}') for m in pkgutil.iter_modules(lm.__path__)]; "
+            "print(sorted(m for m in sys.modules if m == 'bench' or m.startswith('bench.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
