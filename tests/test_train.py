@@ -230,3 +230,12 @@ def test_lm_builds_on_nothing_of_bench():
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, check=True,
                          capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """`rnnbench cells | head -1`: the closed pipe ends the command quietly (exit 141, as for SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "cells", "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
