@@ -31,38 +31,40 @@ The check (correctness, and a finished training record for every cell):
    computes the wrong function can finish a run); worse than that after training that spiked as far is a warning.
 4. ``report`` ``rnnbench report`` over what the check produced.
 
-The timings (``--perf``):
+The timings (``--perf``), most decisive first: a session whose budget ends early has measured, searched and
+benchmarked what it found (steps past the budget are skipped and recorded so; give ``--budget`` what the session has):
 
 1. ``env`` as above (a later call may get another machine).
 2. ``bench``          the micro-benchmarks at the PTB shapes for every cell but the compiled ones
-                      (``bench/<slug>/micro.json``).
-3. ``probe``          where a ``triton_lstm`` and a ``triton_gru`` step's time goes at large (both presets of the
-                      LSTM took 24 s on the H200): each kernel timed whole,
-                      without its recurrent matmul, without its grid barrier, pipelined, with the reduction
-                      split 4 ways, and on the tensor cores (tf32x3, tf32)
-                      (:mod:`cells.triton_lstm.probe`; ``gpu/<slug>/probe.json``);
-   ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall, memory and
+                      (``bench/<slug>/micro.json``), at the tables' tiles.
+3. ``ncu``            where ``ncu`` is on the PATH: Nsight Compute's speed-of-light, warp-stall, memory and
                       bank-conflict sections for the large layer's forward and backward kernels of both cells in
                       float32 and bfloat16 at the table's tiles (``perf-ncu.log``);
    ``ncu-source``     the warp stalls by SASS line of the LSTM's large float32 forward (``perf-ncu-source.log``).
 4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
-                      varying the fields no GPU has searched yet (``TUNE_FIELDS``);
-   ``tune-small``     the same at small over every field, ``triton_lstm`` only (``gpu/<slug>/tiles-small.json``).
-                      Both compile their kernels side by side first (:mod:`cells.triton_lstm.precompile`).
-   ``bench-tuned``    the micro-benchmarks' fwd+bwd and LM step of the cuDNN and Triton cells at every preset with
+                      varying the fields no GPU has searched yet (``TUNE_FIELDS``); it compiles its candidates side by
+                      side first (:mod:`cells.triton_lstm.precompile`).
+5. ``bench-tuned``    the micro-benchmarks' fwd+bwd and LM step of the cuDNN and Triton cells at every preset with
                       the searches' winners before the tile tables (``--bench-tiles``; ``gpu/<slug>/tuned.json``),
    ``bench-tuned-bf16`` the same in bfloat16 (``tuned-bf16.json``): what a session's search found, measured as the
                       tables' entries are, so it can be committed with its figures; skipped when no search named a
                       winner.
-5. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``);
-   ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``).
-6. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
+6. ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``): the
+                      kernels' own time, without the host's share of an eager call.
+7. ``tune-small``     the tile search at small over every field, ``triton_lstm`` only
+                      (``gpu/<slug>/tiles-small.json``; a later session's ``bench-tuned`` times its winner).
+8. ``probe``          where a ``triton_lstm`` and a ``triton_gru`` step's time goes at large: each kernel timed whole,
+                      without its recurrent matmul, without its grid barrier, pipelined, with the reduction split 4
+                      ways, on the tensor cores (tf32x3, tf32), ... (:mod:`cells.triton_lstm.probe`;
+                      ``gpu/<slug>/probe.json``).
+9. ``bench-modes``    the LM step at small, eager and as one CUDA graph, in one run (``modes.json``).
+10. ``bench-compiled`` forward+backward of the compiled cells beside the loop cells they compile (``compiled.json``);
    ``bench-compiled-graphs`` the same at small with ``--bench-compile-mode reduce-overhead`` (torch.compile's CUDA
    graphs; ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
-7. ``bench-bf16``     forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells
-                      (``bf16.json``; in the report as their own columns, ratios within the dtype).
-8. ``report``.
+11. ``bench-bf16``    forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells at the tables'
+                      tiles (``bf16.json``; in the report as their own columns, ratios within the dtype).
+12. ``report``.
 
 The full schedule (``--full``, instead of the timings; budget ``FULL_BUDGET_S``): ``env``, ``train-full`` -- the
 medium preset's 39 epochs for ``--full-cells`` (default ``cudnn_lstm``), the training step as one CUDA graph, one run
@@ -372,13 +374,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
             env,
             Step("bench", [*pytest, "bench", "--benchmark-only", *bench,
                            f"--benchmark-json={out / 'bench' / slug / 'micro.json'}"], limits["bench"]),
-            Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
             # Where the table's tiles lose their time, before the searches (9 s for two kernels on the H200): the
-            # probe says which part of a step, the profiler why (shared-memory traffic, stalls, by SASS line).
+            # profiler says why (shared-memory traffic, stalls, by SASS line).
             *ncu,
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
-            # Small's entries were never searched and its fwd+bwd target is unmet: right after the other search.
-            Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"]),
             # What the searches found, timed as the table's entries are (pytest-benchmark, beside cuDNN), so that a
             # session that tunes also measures what it would commit.  Apart from bench/ (the report would show two rows
             # of one name): gpu/<slug>/tuned.json and tuned-bf16.json.
@@ -388,11 +387,16 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
             Step("bench-tuned-bf16", [*pytest, "bench", "--benchmark-only", *tuned_bf16,
                                       f"--benchmark-json={gpu / 'tuned-bf16.json'}"], limits["bench-tuned-bf16"],
                  tile_files=tile_files),
-            # Before the profiler: these two settle the targets of the issue on compiled cells and CUDA graphs.
-            Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
-                                 f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
+            # The kernels alone (fwd+bwd as one CUDA graph, every preset): where they stand without the host's share.
             Step("bench-graphs", [*pytest, "bench", "--benchmark-only", *graphs,
                                   f"--benchmark-json={out / 'bench' / slug / 'graphs.json'}"], limits["bench-graphs"]),
+            # Small's entries were never searched and its fwd+bwd target is unmet: once the others are timed.
+            Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"]),
+            # Which part of a large step the time goes to (the LSTM's float32 was probed on 2026-11-28).
+            Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
+            # The targets on step modes and compiled cells (CUDA graphs, torch.compile).
+            Step("bench-modes", [*pytest, "bench", "--benchmark-only", *modes,
+                                 f"--benchmark-json={out / 'bench' / slug / 'modes.json'}"], limits["bench-modes"]),
             Step("bench-compiled", [*pytest, "bench", "--benchmark-only", *versus,
                                     f"--benchmark-json={out / 'bench' / slug / 'compiled.json'}"],
                  limits["bench-compiled"]),

@@ -88,8 +88,8 @@ def test_dry_run_of_the_check_runs_every_step(dry_runs, tmp_path):
 def test_dry_run_of_the_timings_writes_every_benchmark_file(dry_runs):
     out, summary = _part(dry_runs, "perf")
     # (ncu runs only where it is on the PATH, never in the dry run)
-    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "probe", "tune", "tune-small", "bench-tuned",
-                                                     "bench-tuned-bf16", "bench-modes", "bench-graphs",
+    assert [s["step"] for s in summary["steps"]] == ["env", "bench", "tune", "bench-tuned", "bench-tuned-bf16",
+                                                     "bench-graphs", "tune-small", "probe", "bench-modes",
                                                      "bench-compiled", "bench-compiled-graphs", "bench-bf16", "report"]
     slug = summary["slug"]
     for name in ("micro", "bf16", "modes", "compiled"):
@@ -136,8 +136,10 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     # the profiler: one forward and one backward launch of the large layer, clocks left as they are
     assert perf["ncu"][0] == "ncu" and "--once" in perf["ncu"] and "--clock-control" in perf["ncu"]
     assert perf["ncu"][perf["ncu"].index("--cell") + 1] == "triton_lstm,triton_gru"
-    order = list(perf)  # the profiler right after the probe: at the table's tiles, before the searches
-    assert order.index("ncu") == order.index("probe") + 1 == order.index("ncu-source") - 1 < order.index("tune")
+    order = list(perf)  # the profiler right after the benchmark: at the table's tiles, before the searches; what the
+    # searches found benchmarked right after them, before anything else (a budget that ends early has it)
+    assert order.index("ncu") == order.index("bench") + 1 == order.index("ncu-source") - 1 < order.index("tune")
+    assert order.index("bench-tuned") == order.index("tune") + 1 == order.index("bench-tuned-bf16") - 1
     assert "SourceCounters" in perf["ncu-source"] and "SourceCounters" not in perf["ncu"]  # (its own step: see why)
     assert gpu_check.BUDGET_S <= 360
 
