@@ -311,7 +311,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         # step at every preset, float32 then bfloat16 -- the figures the tables' entries are chosen by.
         tuned = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
                  "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-modes", "eager", "--benchmark-max-time", "0.1"]
-        tuned_bf16 = [*tuned[:-1], "0.2", "--bench-dtype", "bfloat16"]
+        tuned_bf16 = bf16  # (the same cells and passes)
         # float32 first: the default arithmetic, and the one furthest behind cuDNN
         # then triton_gru's float32 (its target: at least cuDNN's speed), then bfloat16 for both
         tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
@@ -328,10 +328,12 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         limits = LIMITS
         cell_timeout = "80"
 
-    def sweep(name: str, cell_list: str, config: str, extra: list[str]) -> Step:
-        return Step(name, [*py, "-m", "bench.cli", "sweep", "--cells", cell_list, "--config", config, "--epochs", "1",
-                           "--device", device, "--results", str(out), "--quiet", "--cell-timeout", cell_timeout,
-                           "--kill-grace", "10", "--no-measure",  # the env step measured the device
+    def sweep(name: str, cell_list: str, config: str, extra: list[str], epochs: list[str] = ("--epochs", "1"),
+              timeout: str | None = None) -> Step:
+        """A training step: one sweep of ``cell_list`` at ``config`` (``epochs``: empty for the preset's own)."""
+        return Step(name, [*py, "-m", "bench.cli", "sweep", "--cells", cell_list, "--config", config, *epochs,
+                           "--device", device, "--results", str(out), "--quiet", "--cell-timeout",
+                           timeout or cell_timeout, "--kill-grace", "10", "--no-measure",  # env measured the device
                            *common, *extra], limits[name],
                     # (not in the dry run: 3 steps of a 29-word corpus are no test of learning)
                     runs=None if dry_run else out / "runs")
@@ -347,13 +349,11 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         # eager cudnn_lstm trains medium at ~119k words/sec, so 39 epochs take ~5 minutes eagerly, and one CUDA graph
         # per step removes the host's launches (4.5x at small).  One run may take what the budget leaves; a run cut
         # by it is recorded as timeout with its last heartbeat.
-        timeout = max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S))
-        full = (["--config", "tiny", "--epochs", "2", "--steps", "eager"] if dry_run  # (cuda-graph: CUDA only)
-                else ["--config", "medium", "--steps", "cuda-graph"])
-        train = Step("train-full", [*py, "-m", "bench.cli", "sweep", "--cells", full_cells, *full, "--device", device,
-                                    "--results", str(out), "--quiet", "--cell-timeout", str(timeout),
-                                    "--kill-grace", "10", "--no-measure", *common], limits["train-full"],
-                     runs=None if dry_run else out / "runs")
+        timeout = str(max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S)))
+        if dry_run:  # (cuda-graph: CUDA only)
+            train = sweep("train-full", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"], timeout)
+        else:
+            train = sweep("train-full", full_cells, "medium", ["--steps", "cuda-graph"], [], timeout)
         return [env, train, report]
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
@@ -424,17 +424,17 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
     """Run one step in its own process group; kill the whole group at its time limit (``limit_s`` if given)."""
     t0, before = time.monotonic(), snapshot(step.runs)
     limit = step.limit_s if limit_s is None else limit_s
-    if limit < 5:
-        print(f"[gpu-check] step {step.name}: skipped, the check's budget of {BUDGET_S} s is spent", flush=True)
+    def skipped(why: str) -> dict:
+        print(f"[gpu-check] step {step.name}: skipped, {why}", flush=True)
         return {"step": step.name, "status": "skipped", "exit_code": None, "seconds": 0.0, "limit_s": limit,
-                "log": None, "command": " ".join(step.argv[1:]), "reason": f"budget of {BUDGET_S} s spent"}
+                "log": None, "command": " ".join(step.argv[1:]), "reason": why}
+
+    if limit < 5:
+        return skipped(f"budget of {BUDGET_S} s spent")
     if step.tile_files:
         files = with_winners(step.tile_files)
         if not files:
-            why = f"no tile search named a winner ({', '.join(p.name for p in step.tile_files)})"
-            print(f"[gpu-check] step {step.name}: skipped, {why}", flush=True)
-            return {"step": step.name, "status": "skipped", "exit_code": None, "seconds": 0.0, "limit_s": limit,
-                    "log": None, "command": " ".join(step.argv[1:]), "reason": why}
+            return skipped(f"no tile search named a winner ({', '.join(p.name for p in step.tile_files)})")
         step = dataclasses.replace(step, argv=[*step.argv, f"--bench-tiles={','.join(map(str, files))}"])
     print(f"[gpu-check] {now()} step {step.name} (limit {limit:.0f} s): {' '.join(step.argv[1:])}",
           flush=True)

@@ -167,7 +167,8 @@ FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd"
                                          "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
                                          "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"))
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
-CELLS = ("triton_lstm", "triton_gru")
+KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
+CELLS = tuple(KINDS)
 
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
@@ -278,9 +279,6 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
     return records
-
-
-KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # whose table a search's records are for
 
 
 def file_tiles(path: str | Path) -> dict[tuple[str, int, torch.dtype], tuple[launch.Tile, str]]:
