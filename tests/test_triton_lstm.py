@@ -220,6 +220,14 @@ SPLIT_PLANS += [
      dict(block_j=16, block_k=16, outer=True, outer_bwd=True)),
     ("stepwise-2-batch-blocks-fused-gates-outer-padded", 20, 2, 24, dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=8, fuse_gates=True, row_align=16, outer=True, outer_bwd=True)),
+    # unrolled: SPLIT tiles of K 4 / 2 a trip (H 40: two trips of 16 and one of 8 part-masked; the backward's NG H =
+    # 160 columns in trips of 16, or with fused gates 4 x 24 padded = 96 in trips of 16)
+    ("blocked-3x3-tiles-outer-unrolled-4", 20, 2, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=4, split_k=4, outer=True, outer_bwd=True)),
+    ("stepwise-2-batch-blocks-fused-gates-outer-unrolled-8-padded", 20, 2, 24,
+     dict(path="stepwise", units=8, resident=False),
+     dict(block_b=16, batch_blocks=2, block_k=2, split_k=8, fuse_gates=True, row_align=16, outer=True,
+          outer_bwd=True)),
 ]
 # The backward's K loop apart from the forward's (launch.BWD_FIELDS): another K tile, dot structure and split.
 SPLIT_PLANS += [
@@ -248,6 +256,9 @@ PERSISTENT = [
     ("persistent-B20-H650-padded", 20, 35, 650, dict(path="persistent"), dict(row_align=16)),
     ("persistent-B20-H650-fused-gates-outer", 20, 35, 650, dict(path="persistent"),
      dict(fuse_gates=True, outer=True, outer_bwd=True, split_k=1, block_k=16, num_stages=1, row_align=16)),
+    ("persistent-B20-H650-outer-unrolled", 20, 35, 650, dict(path="persistent"),
+     dict(fuse_gates=False, outer=True, outer_bwd=True, split_k=8, block_k=4, num_stages=1, row_align=16,
+          num_warps=8, num_warps_bwd=8)),
     ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
      dict(fuse_gates=True, block_k=32, num_stages=3, split_k=1, fuse_gates_bwd=False, block_k_bwd=16,
           num_stages_bwd=2, split_k_bwd=2, num_warps_bwd=8)),
@@ -651,8 +662,15 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32), 1500, torch.float32, 132, "outer")
-    assert [(t.outer, t.block_k) for t in outer] == [(False, 32), (True, 16)]  # (outer products: K <= 16)
-    assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {8, 16, 32}
+    # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 a trip, 8 warps)
+    assert [(t.outer, t.block_k, t.split_k, t.num_warps, t.num_warps_bwd) for t in outer] == [
+        (False, 32, 1, 4, 4), (True, 16, 1, 4, 4), (True, 4, 8, 8, 4), (True, 2, 8, 8, 4)]
+    assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {2, 4, 8, 16}
+    assert tune.candidates(outer[2], 1500, torch.float32, 132, "outer") == [dataclasses.replace(outer[2], outer=False),
+                                                                          outer[2]]
+    # with outer products the split unrolls the K loop: the warps stay
+    assert {(t.split_k, t.num_warps) for t in tune.candidates(outer[2], 1500, torch.float32, 132, "split_k")} == {
+        (1, 8), (2, 8), (4, 8), (8, 8)}
     assert tune.candidates(tile, 1500, torch.bfloat16, 132, "outer_bwd") == [tile]  # (exact float32 only)
     assert {(t.split_k, t.num_warps, t.num_warps_bwd) for t in tune.candidates(tile, 1500, torch.float32, 132,
                                                                                "split_k")} == {
@@ -664,6 +682,12 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         plan = launch.plan_for(20, 1500, torch.float32, 132)
         assert (plan.split_k, plan.num_warps) == (2, 8) and "reduction split 2 ways" in plan.describe()
         assert launch.launch_options(plan, torch.float32, False)["SPLIT"] == 2
+        unrolled = dataclasses.replace(plan, outer=True, outer_bwd=True, block_k=4, split_k=8)
+        assert ", 8 K tiles a trip, unrolled," in unrolled.describe() and "split" not in unrolled.describe()
+        assert "unrolled (the backward: reduction split 8 ways)" in dataclasses.replace(unrolled,
+                                                                                       outer_bwd=False).describe()
+        assert "the backward's K loop: 2 K tile(s) a trip, unrolled" in dataclasses.replace(
+            unrolled, split_k_bwd=2).describe()
     launch.plan_for.cache_clear()
     # From the search's start (the backward's fields stated apart) a field changes one kernel: the forward's split
     # its warps, the backward's its own; outer products lower the K tile of the loop they change.
@@ -676,8 +700,9 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
             for t in tune.candidates(start, 1500, torch.float32, 132, "split_k_bwd")} == {
         (1, 1, 4, 4), (1, 2, 4, 8), (1, 4, 4, 16)}
     wide = dataclasses.replace(start, block_k=32, block_k_bwd=64)
-    assert [(t.outer_bwd, t.block_k, t.block_k_bwd)
-            for t in tune.candidates(wide, 1500, torch.float32, 132, "outer_bwd")] == [(False, 32, 64), (True, 32, 16)]
+    assert [(t.outer_bwd, t.block_k, t.block_k_bwd, t.split_k_bwd, t.num_warps_bwd)
+            for t in tune.candidates(wide, 1500, torch.float32, 132, "outer_bwd")] == [
+        (False, 32, 64, 1, 4), (True, 32, 16, 1, 4), (True, 32, 4, 8, 8), (True, 32, 2, 8, 8)]
     assert {t.num_stages_bwd for t in tune.candidates(start, 1500, torch.float32, 132, "num_stages_bwd")} == {
         1, 2, 3, 4}
     assert {t.block_k_bwd for t in tune.candidates(start, 650, torch.bfloat16, 132, "block_k_bwd")} == {32, 64, 128}
@@ -793,7 +818,7 @@ def test_probe_launches_every_variant(monkeypatch):
     emitted = []  # what the command line writes out as it goes
     recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, emit=emitted.append)
     variants = ["full", "no-matmul", "stages-3", "fused-gates", "padded-16", "split-4", "transposed-bwd", "tf32x3",
-                "tf32", "outer-products"]
+                "tf32", "outer-products", "outer-unrolled"]
     assert [(r["kernel"], r["variant"]) for r in recs] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert emitted == recs
     assert len(launched) == len(recs)
@@ -802,6 +827,8 @@ def test_probe_launches_every_variant(monkeypatch):
     assert by["bwd", "fused-gates"]["fuse_gates"] and not by["bwd", "full"]["fuse_gates"]
     assert by["bwd", "split-4"]["split_k"] == 4 and by["bwd", "split-4"]["num_warps_bwd"] == 16
     assert by["bwd", "outer-products"]["outer_bwd"] and by["fwd", "outer-products"]["outer"]
+    assert [by["bwd", "outer-unrolled"][f] for f in ("outer_bwd", "block_k", "split_k", "num_warps_bwd")] == [
+        True, 4, 8, 8]
     assert by["bwd", "transposed-bwd"]["transposed_bwd"] and not by["bwd", "full"]["transposed_bwd"]
     # the GRU's kernels, the same variants (its gates in one dot too)
     gru = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, cell="triton_gru")

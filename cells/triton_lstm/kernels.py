@@ -41,6 +41,11 @@ standalone tile, h [32, K] against 64 rows of W_hh: 0.13-0.20 shared-memory inst
 traffic per FMA against tl.dot's 0.43-0.64 and 2.2-3.2, with 2-3 times tl.dot's CTA barriers per tile and
 registers growing with the accumulator (the package docstring's table).  Operands are taken to the accumulation
 dtype, so 16-bit inputs run exactly on the FMA units too, slowly: it is for float32.  ``PRECISION`` does not apply.
+With OUTER, ``SPLIT`` is the K loop's unrolling, not a split into partial sums: a trip reads SPLIT consecutive BLOCK_K
+tiles, each as its own small tensor, into the one accumulator (:func:`_outer_sum`), so the trip's loads are issued
+before its FMAs.  With K tiles of 2 or 4 and 8 warps every operand tile has fewer elements than the CTA has threads
+and Triton loads it in the accumulator's layout directly: no shared memory and no CTA barrier in the loop (the
+package docstring).
 
 ``WT`` (``launch.Tile.transposed_bwd``): the backward's tl.dot reads the same transposed copy ``W_hh^T`` as OUTER
 does, so its [gate rows, units] tiles are contiguous along the gate rows (vector loads; ``_w_t``).  The backward's
@@ -172,20 +177,22 @@ def _outer(acc3, a, w):
 
 @triton.jit
 def _outer_sum(src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
-               N: tl.constexpr, BLOCK_K: tl.constexpr):
+               N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr = 1):
     # [BLOCK_B, N]: sum over k < K of src[src_rows[b] + k] w[w_rows[n] + k], both read with k contiguous, as outer
     # products into a [BLOCK_B, N, BLOCK_K] accumulator summed over k after the loop (OUTER; K_END: K, or 0 to probe).
     # src_ok, w_ok: the rows to read (others count as zero).  src is what other programs wrote (.cg), w the weights.
+    # SPLIT BLOCK_K tiles a trip, unrolled (see the module docstring's OUTER): their loads are issued together.
     acc3 = tl.full((BLOCK_B, N, BLOCK_K), 0.0, dtype=acc_ty)
     kr = tl.arange(0, BLOCK_K)
-    for k0 in range(0, _bound(K_END), BLOCK_K):
-        ks = k0 + kr
-        k_ok = ks < K
-        a = tl.load(src + src_rows[:, None] + ks[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0,
-                    cache_modifier=".cg")
-        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_ok[:, None] & k_ok[None, :], other=0.0,
-                    eviction_policy="evict_last")
-        acc3 = _outer(acc3, a, w)
+    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+        for s in tl.static_range(SPLIT):
+            ks = k0 + s * BLOCK_K + kr
+            k_ok = ks < K
+            a = tl.load(src + src_rows[:, None] + ks[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0,
+                        cache_modifier=".cg")
+            w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_ok[:, None] & k_ok[None, :], other=0.0,
+                        eviction_policy="evict_last")
+            acc3 = _outer(acc3, a, w)
     return tl.reduce(acc3, 2, _SUM)
 
 
@@ -195,13 +202,14 @@ def _dh(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K: tl.conste
         OUTER: tl.constexpr = False, WT: tl.constexpr = False):
     # acc + dA[rows, :] W_hh[:, js]: the reduction over the NG H gate rows in BLOCK_K tiles (K_END: H, or 0 to probe).
     # da_src: the [B, NG H] slab of dA (row_g: its row offsets); da_ok [BLOCK_B]: rows to read (others count as zero).
-    # FUSE: the NG gates' rows in one tile of 4 BLOCK_K (NG = 3: the fourth masked).  SPLIT > 1: see _dh_split.  OUTER:
+    # FUSE: the NG gates' rows in one tile of 4 BLOCK_K (NG = 3: the fourth masked).  SPLIT > 1: see _dh_split
+    # (with OUTER: the unrolling of _outer_sum).  OUTER:
     # w_ptr is W_hh^T, [H, NG H] (the launcher's transposed copy), so that row j holds every gate's k contiguously, and
     # the NG H columns of dA and W_hh^T are walked as one reduction, as the forward walks h against W_hh's rows.
     # WT: w_ptr is W_hh^T for tl.dot too (see _w_t).
     if OUTER:
         out = acc + _outer_sum(da_src, row_g, da_ok, w_ptr, js * (NG * H), j_ok, NG * H, _bound(K_END) * NG, acc.dtype,
-                               acc.shape[0], acc.shape[1], BLOCK_K)
+                               acc.shape[0], acc.shape[1], BLOCK_K, SPLIT)
     else:
         out = _dh_dot(acc, da_src, da_ok, row_g, w_ptr, js, j_ok, H, K_END, BLOCK_K, PRECISION, UPCAST, FUSE, NG,
                       SPLIT, WT)
@@ -380,7 +388,7 @@ def _h_w_fused(h_src, row_h, row_ok, w_ptr, j0, u_hi, H, K_END, acc_ty: tl.const
     jq_ok = (jq < u_hi) & (cq % 4 < NG)
     if OUTER:
         acc = _outer_sum(h_src, row_h, row_ok, w_ptr, w_rows * H, jq_ok, H, K_END, acc_ty, BLOCK_B, 4 * BLOCK_J,
-                         BLOCK_K)
+                         BLOCK_K, SPLIT)
     elif SPLIT > 1:
         acc = _h_w_fused_split(h_src, row_h, row_ok, w_ptr, w_rows[None, :] * H, jq_ok[None, :], H, K_END, acc_ty,
                                BLOCK_B, BLOCK_J, BLOCK_K, PRECISION, UPCAST, SPLIT)
@@ -404,9 +412,9 @@ def _h_w_fused(h_src, row_h, row_ok, w_ptr, j0, u_hi, H, K_END, acc_ty: tl.const
 
 @triton.jit
 def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
-               BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr):
+               BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
     # _h_w as outer products (OUTER): per gate a [BLOCK_B, BLOCK_J, BLOCK_K] accumulator of h[b, k] W_hh[g H + j, k],
-    # W_hh's rows read with k contiguous, summed over k after the loop.
+    # W_hh's rows read with k contiguous, summed over k after the loop; SPLIT BLOCK_K tiles a trip, unrolled.
     p0 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
     p1 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
     p2 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
@@ -415,18 +423,19 @@ def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.const
     else:  # (the GRU: a fourth result of zeros, without a full accumulator's registers)
         p3 = tl.full((BLOCK_B, BLOCK_J, 1), 0.0, dtype=acc_ty)
     kr = tl.arange(0, BLOCK_K)
-    for k0 in range(0, _bound(K_END), BLOCK_K):
-        ks = k0 + kr
-        k_ok = ks < H
-        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-                    cache_modifier=".cg")
-        w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
-        w_m = j_ok[:, None] & k_ok[None, :]
-        p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
-        p1 = _outer(p1, h, tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
-        p2 = _outer(p2, h, tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
-        if NG == 4:
-            p3 = _outer(p3, h, tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
+        for s in tl.static_range(SPLIT):
+            ks = k0 + s * BLOCK_K + kr
+            k_ok = ks < H
+            h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                        cache_modifier=".cg")
+            w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
+            w_m = j_ok[:, None] & k_ok[None, :]
+            p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
+            p1 = _outer(p1, h, tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+            p2 = _outer(p2, h, tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+            if NG == 4:
+                p3 = _outer(p3, h, tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
     return tl.reduce(p0, 2, _SUM), tl.reduce(p1, 2, _SUM), tl.reduce(p2, 2, _SUM), tl.reduce(p3, 2, _SUM)
 
 
@@ -447,7 +456,7 @@ def _h_w(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, 
     # programs wrote it during this launch; the W_hh slice with evict_last, to stay in L1 for the next step.
     if OUTER:
         a0, a1, a2, a3 = _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J,
-                                    BLOCK_K, NG)
+                                    BLOCK_K, NG, SPLIT)
     else:
         a0, a1, a2, a3 = _h_w_dot(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty, BLOCK_B, BLOCK_J, BLOCK_K,
                                   NG, PRECISION, UPCAST, SPLIT)

@@ -49,7 +49,8 @@ class Tile:
     num_warps_bwd: int  # backward kernel
     num_stages: int  # software pipelining of the K loop (1: none)
     fuse_gates: bool = False  # one tl.dot per reduction tile for the gates (GRU: 3 and one of zeros), else one per gate
-    split_k: int = 1  # the reduction over H split this many ways inside a program (a power of two; kernels' SPLIT)
+    split_k: int = 1  # the reduction over H split this many ways inside a program (a power of two; kernels' SPLIT);
+    # with outer products, the K loop's BLOCK_K tiles per trip, unrolled (their loads issued together)
     row_align: int = 1  # rows of what the recurrent matmuls read padded to a multiple of this (16: aligned)
     outer: bool = False  # forward: the K loop as outer products summed over k after it, no tl.dot (kernels' OUTER)
     outer_bwd: bool = False  # backward: the same, on a transposed copy of W_hh
@@ -279,8 +280,12 @@ class Plan:
             dots += ", the backward's dot on a transposed copy of W_hh"
         if self.round_da_bwd:
             dots += ", the backward's recurrent matmul on dA rounded to the compute dtype"
-        if self.split_k > 1 and not self.resident and not (self.outer and self.outer_bwd):
-            dots += f", reduction split {self.split_k} ways"
+        if self.split_k > 1 and not self.resident:
+            # (with outer products SPLIT is the unrolling of the K loop: kernels' _outer_sum)
+            unrolled, split = f"{self.split_k} K tiles a trip, unrolled", f"reduction split {self.split_k} ways"
+            dots += f", {unrolled if self.outer else split}"
+            if self.outer != self.outer_bwd and self.split_k_bwd is None:  # (else: the same, or _backward_apart's)
+                dots += f" (the backward: {unrolled if self.outer_bwd else split})"
         if self.row_align > 1:
             dots += f", rows padded to a multiple of {self.row_align}"
         if self.num_stages > 1:
@@ -303,7 +308,7 @@ class Plan:
             elif field == "num_stages":
                 out.append(f"{bwd} pipeline stage(s)")
             elif field == "split_k":
-                out.append(f"reduction split {bwd} way(s)" if not self.outer_bwd else "")
+                out.append(f"{bwd} K tile(s) a trip, unrolled" if self.outer_bwd else f"reduction split {bwd} way(s)")
             else:
                 out.append("one dot for all gates" if bwd else "a dot per gate")
         return [x for x in out if x]

@@ -34,7 +34,10 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    one (TF32's 10-bit mantissas, what cuDNN does when torch allows TF32);
 * ``outer-products`` (exact float32) the full kernel with both K loops as outer products summed after them instead
                    of tl.dot (``outer``, ``outer_bwd``; a K tile of at most 16): FMAs without tl.dot's operand
-                   shuffles through shared memory.
+                   shuffles through shared memory;
+* ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
+                   ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
+                   issued before its FMAs (the package docstring).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -51,7 +54,7 @@ import sys
 import torch
 
 from . import launch, precompile
-from .tune import BATCH, PRESETS, _cells, _time, cli
+from .tune import BATCH, OUTER_NO_SHARED, PRESETS, _cells, _time, cli
 
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
 CALLS = 5  # launches between two events
@@ -98,6 +101,11 @@ def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.P
         if not (plan.outer and plan.outer_bwd):  # (a resident slice -- the interpreter's -- streamed instead)
             variants.append(("outer-products", launch.both(plan, outer=True, outer_bwd=True, resident=False,
                                                            block_k=min(plan.block_k, 16)), 0))
+        # ... in the shapes whose K loops read no shared memory (tune.OUTER_NO_SHARED's first)
+        k, split, warps = OUTER_NO_SHARED[0]
+        variants.append(("outer-unrolled", launch.both(plan, outer=True, outer_bwd=True, resident=False, block_k=k,
+                                                       split_k=split, num_stages=1, num_warps=warps,
+                                                       num_warps_bwd=warps), 0))
     return variants
 
 

@@ -9,7 +9,8 @@ Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run c
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
 tl.dot for the gates or one per gate, rows padded to a multiple of 16 or not (``row_align``), the
-K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16), the
+K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16, and
+in the shapes whose loop reads no shared memory, ``OUTER_NO_SHARED``; with them ``split_k`` unrolls the loop), the
 software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way), the
 reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than
 2 %.  The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure, stages and K tile
@@ -118,7 +119,10 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         return out
     if field in ("split_k", "split_k_bwd"):  # SPLIT tiles per trip of the K loop side by side: >= 4 warps a way
         # (with the backward's fields stated apart -- the search's start -- each changes its own kernel's warps;
-        # else, as the tiles of the table are, both)
+        # else, as the tiles of the table are, both).  With outer products SPLIT unrolls the K loop instead: the
+        # warps stay.
+        if tile.outer_bwd if field == "split_k_bwd" else tile.outer:
+            return [dataclasses.replace(tile, **{field: v}) for v in (1, 2, 4, 8)]
         backward = field == "split_k_bwd" or tile.split_k_bwd is None
         forward = field == "split_k"
         return [dataclasses.replace(tile, **{field: v},
@@ -135,9 +139,16 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     if field in ("outer", "outer_bwd"):  # exact float32 only; outer products want a K tile of at most 16 (registers)
         if dtype != torch.float32:
             return [tile]
-        k = "block_k" if field == "outer" else "block_k_bwd"  # the K tile of the loop it changes
-        k_now = launch.kernel_value(tile, "block_k", field == "outer_bwd")
-        return [dataclasses.replace(tile, **{field: v, k: min(k_now, 16) if v else k_now}) for v in (False, True)]
+        bwd = field == "outer_bwd"
+        k, split, warps = (("block_k_bwd", "split_k_bwd", "num_warps_bwd") if bwd
+                           else ("block_k", "split_k", "num_warps"))
+        k_now = launch.kernel_value(tile, "block_k", bwd)
+        if getattr(tile, field):
+            return [dataclasses.replace(tile, **{field: False}), tile]
+        # On, as it was (a K tile of at most 16, the loop's split), and in the shapes whose K loop reads no shared
+        # memory (OUTER_NO_SHARED: K tiles of 2 or 4 unrolled 8 a trip, 8 warps)
+        return [tile, dataclasses.replace(tile, **{field: True, k: min(k_now, 16)})] + [
+            dataclasses.replace(tile, **{field: True, k: kt, split: sp, warps: w}) for kt, sp, w in OUTER_NO_SHARED]
     backward = field.endswith("_bwd")
     # (the backward's loop pipelines further: on the H200 3 stages took it to 0.51 of its time, the forward to 0.79)
     values = {"block_k": k_tiles(tile, dtype, backward), "fuse_gates": (True, False), "num_warps": (4, 8, 16),
@@ -151,7 +162,7 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
     (registers); for the forward, also the widest, for small, where one or two tiles cover H = 200 and with one dot
     for the gates compile without spilling (sm_90, Triton 3.6: float32 K 128 250 registers, bfloat16 K 256 255)."""
     if tile.outer_bwd if backward else tile.outer:
-        return (8, 16, 32)
+        return (2, 4, 8, 16)
     ks = (16, 32, 64, 128) if dtype == torch.float32 else (32, 64, 128, 256)
     return ks[:-1] if backward else ks
 
@@ -166,6 +177,10 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
 FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd",
                                          "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
                                          "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"))
+# Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
+# float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
+# loads it in the accumulator's own layout, the trip's loads issued before its FMAs (the package docstring).
+OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8))
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
 CELLS = tuple(KINDS)
