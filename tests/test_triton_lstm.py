@@ -661,10 +661,11 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
-    outer = tune.candidates(dataclasses.replace(tile, block_k=32), 1500, torch.float32, 132, "outer")
-    # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 a trip, 8 warps)
-    assert [(t.outer, t.block_k, t.split_k, t.num_warps, t.num_warps_bwd) for t in outer] == [
-        (False, 32, 1, 4, 4), (True, 16, 1, 4, 4), (True, 4, 8, 8, 4), (True, 2, 8, 8, 4)]
+    outer = tune.candidates(dataclasses.replace(tile, block_k=32, fuse_gates=True), 1500, torch.float32, 132, "outer")
+    # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 a trip, 8 warps,
+    # an accumulator per gate)
+    assert [(t.outer, t.block_k, t.split_k, t.num_warps, t.num_warps_bwd, t.fuse_gates) for t in outer] == [
+        (False, 32, 1, 4, 4, True), (True, 16, 1, 4, 4, True), (True, 4, 8, 8, 4, False), (True, 2, 8, 8, 4, False)]
     assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {2, 4, 8, 16}
     assert tune.candidates(outer[2], 1500, torch.float32, 132, "outer") == [dataclasses.replace(outer[2], outer=False),
                                                                           outer[2]]

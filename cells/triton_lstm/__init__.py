@@ -194,22 +194,23 @@ against the forward's gates x units): hence the two flags.  Outer products need 
 per tile (the operands' layout conversions) and their registers grow with the accumulator; whether fewer
 shared-memory round trips pay for that is for the GPU.
 
-Outer products with no shared memory at all (2026-11-28, ``python -m cells.triton_lstm.sm90``'s :func:`.sm90.kloop`
-on each kernel, Triton 3.6, sm_90, batch 20, the table's units and rows; untimed: the tile search tries them,
-``tune.OUTER_NO_SHARED``).  With a K tile of 4 or 2 and 8 warps each operand tile ([32, K] of h_{t-1} or dA, [N, K] of
-W_hh) has fewer elements than the CTA has threads, so Triton loads it straight into the layout of the outer-product
-accumulator instead of through shared memory: the K loop then has no shared-memory instruction and no CTA barrier
-(K 16, 4 warps: 128-160 bytes of shared loads and 2-10 barriers a trip, and 4 warps at K 4 still 64-512 bytes).
-Such a loop is a chain of exposed L2 latencies (the .cg loads of h_{t-1}), one a trip, so the trip unrolls ``split_k``
-K tiles (kernels' ``SPLIT`` means this with ``OUTER``): the SASS issues the trip's 96 loads before its first FMA.  K
-4, 8 tiles a trip, 8 warps, LSTM forward / backward, a dot per gate: registers small 101 / 101, medium 100 / 58, large
-203 / 187, no spills; a trip 404 / 188, 406 / 191, 609 / 324 instructions for 128 / 32, 128 / 32, 256 / 64 FMAs.  K 2:
-80 / 40, 96 / 40, 176 / 112 registers.  The four gates in one accumulator (``fuse_gates``) take 172-231 registers in
-the forward and spill 908 bytes at large with K 4 (K 2: 228, none).  The GRU alike (forward 77-234 registers, a dot
-per gate; fused up to 255, no spills).  So a step at large walks 47 trips of 32 (each one exposed latency and ~1,200
-issue cycles of 8 warps) where the table's tile walks 47 of 2 x 16 with shared-memory round trips (its measured
-forward: 131 us a layer-step); whether that pays, and whether the backward's smaller per-thread tiles (a quarter to
-a half of the forward's FMAs per instruction) do, is for the GPU.
+Outer products with no shared memory at all (2026-11-28, :func:`.sm90.kloop` on each kernel, Triton 3.6, sm_90,
+batch 20, the table's units and rows; untimed: the tile search and the probe try them, ``tune.OUTER_NO_SHARED``).
+With a K tile of 4 or 2 and 8 warps each operand tile ([32, K] of h_{t-1} or dA, [N, K] of W_hh) has fewer elements
+than the CTA has threads, so Triton loads it straight into the outer-product accumulator's layout instead of through
+shared memory: the K loop has no shared-memory instruction and no CTA barrier (K 16 with 4 warps: 128-160 bytes of
+shared loads and 2-10 barriers a trip; 4 warps at K 4 still 64-512 bytes).  Such a loop is a chain of exposed L2
+latencies (the .cg loads of h_{t-1} or dA), one a trip, so a trip unrolls ``split_k`` K tiles (kernels' ``SPLIT``
+means this with ``OUTER``): the SASS issues the trip's 96 loads before its first FMA.  The whole trips run without a
+mask along k and one part trip with it (masking every load cost 10-27 % more instructions a trip).  A trip of K 4 x 8, 8
+warps, a dot per gate, forward / backward: LSTM small 352 / 150 instructions for 128 / 32 FMAs, medium 353 / 150,
+large 555 / 267 for 256 / 64; registers 246 / 163, 233 / 161, 255 / 238; no spills.  K 2 x 8: 253 / 101, 258 / 101,
+352 / 154 instructions for half the FMAs, 80-238 registers, the small forward spilling 56 bytes.  The four gates in
+one accumulator (``fuse_gates``) spill at K 4 (56-312 bytes), so the search's candidates keep one per gate.  The GRU
+alike (K 4: forward 283 / 284 / 458 instructions for 96 / 96 / 192 FMAs, 167-248 registers, no spills).  So a step at
+large walks 47 trips of 32 (each one exposed latency and ~1,100 issue cycles of 8 warps) where the table's tile walks
+47 of 2 x 16 with shared-memory round trips (its measured forward: 131 us a layer-step); whether that pays, and
+whether the backward's smaller per-thread tiles (a quarter of the forward's FMAs per instruction) do, is for the GPU.
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).

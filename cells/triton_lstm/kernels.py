@@ -43,9 +43,9 @@ registers growing with the accumulator (the package docstring's table).  Operand
 dtype, so 16-bit inputs run exactly on the FMA units too, slowly: it is for float32.  ``PRECISION`` does not apply.
 With OUTER, ``SPLIT`` is the K loop's unrolling, not a split into partial sums: a trip reads SPLIT consecutive BLOCK_K
 tiles, each as its own small tensor, into the one accumulator (:func:`_outer_sum`), so the trip's loads are issued
-before its FMAs.  With K tiles of 2 or 4 and 8 warps every operand tile has fewer elements than the CTA has threads
-and Triton loads it in the accumulator's layout directly: no shared memory and no CTA barrier in the loop (the
-package docstring).
+before its FMAs; the whole trips carry no mask along k, a last part trip does.  With K tiles of 2 or 4 and 8 warps
+every operand tile has fewer elements than the CTA has threads and Triton loads it in the accumulator's layout
+directly: no shared memory and no CTA barrier in the loop (the package docstring).
 
 ``WT`` (``launch.Tile.transposed_bwd``): the backward's tl.dot reads the same transposed copy ``W_hh^T`` as OUTER
 does, so its [gate rows, units] tiles are contiguous along the gate rows (vector loads; ``_w_t``).  The backward's
@@ -176,23 +176,40 @@ def _outer(acc3, a, w):
 
 
 @triton.jit
+def _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, k0, kr, SPLIT: tl.constexpr,
+                BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
+    # One trip of _outer_sum: SPLIT BLOCK_K tiles from k0, unrolled (their loads go out before the FMAs); MASK_K: mask
+    # k >= K (the last trip), else only the rows' masks, which do not change along the loop.
+    for s in tl.static_range(SPLIT):
+        ks = k0 + s * BLOCK_K + kr
+        if MASK_K:
+            a_m = src_ok[:, None] & (ks < K)[None, :]
+            w_m = w_ok[:, None] & (ks < K)[None, :]
+        else:
+            a_m = src_ok[:, None]
+            w_m = w_ok[:, None]
+        a = tl.load(src + src_rows[:, None] + ks[None, :], mask=a_m, other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_m, other=0.0, eviction_policy="evict_last")
+        acc3 = _outer(acc3, a, w)
+    return acc3
+
+
+@triton.jit
 def _outer_sum(src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
                N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr = 1):
     # [BLOCK_B, N]: sum over k < K of src[src_rows[b] + k] w[w_rows[n] + k], both read with k contiguous, as outer
     # products into a [BLOCK_B, N, BLOCK_K] accumulator summed over k after the loop (OUTER; K_END: K, or 0 to probe).
     # src_ok, w_ok: the rows to read (others count as zero).  src is what other programs wrote (.cg), w the weights.
-    # SPLIT BLOCK_K tiles a trip, unrolled (see the module docstring's OUTER): their loads are issued together.
+    # SPLIT BLOCK_K tiles a trip, unrolled (see the module docstring's OUTER); the whole trips without a mask along k,
+    # then a part trip with one.
     acc3 = tl.full((BLOCK_B, N, BLOCK_K), 0.0, dtype=acc_ty)
     kr = tl.arange(0, BLOCK_K)
-    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
-        for s in tl.static_range(SPLIT):
-            ks = k0 + s * BLOCK_K + kr
-            k_ok = ks < K
-            a = tl.load(src + src_rows[:, None] + ks[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0,
-                        cache_modifier=".cg")
-            w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_ok[:, None] & k_ok[None, :], other=0.0,
-                        eviction_policy="evict_last")
-            acc3 = _outer(acc3, a, w)
+    end = _bound(K_END)
+    whole = end // (SPLIT * BLOCK_K) * (SPLIT * BLOCK_K)
+    for k0 in range(0, whole, SPLIT * BLOCK_K):
+        acc3 = _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, k0, kr, SPLIT, BLOCK_K, False)
+    if whole < end:
+        acc3 = _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, whole, kr, SPLIT, BLOCK_K, True)
     return tl.reduce(acc3, 2, _SUM)
 
 
@@ -411,10 +428,33 @@ def _h_w_fused(h_src, row_h, row_ok, w_ptr, j0, u_hi, H, K_END, acc_ty: tl.const
 
 
 @triton.jit
+def _h_w_outer_trip(p0, p1, p2, p3, h_src, row_h, row_ok, w_ptr, js, j_ok, H, k0, kr, NG: tl.constexpr,
+                    SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
+    # One trip of _h_w_outer: SPLIT BLOCK_K tiles from k0, unrolled; MASK_K: mask k >= H (the last trip).
+    for s in tl.static_range(SPLIT):
+        ks = k0 + s * BLOCK_K + kr
+        if MASK_K:
+            h_m = row_ok[:, None] & (ks < H)[None, :]
+            w_m = j_ok[:, None] & (ks < H)[None, :]
+        else:
+            h_m = row_ok[:, None]
+            w_m = j_ok[:, None]
+        h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
+        w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
+        p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        p1 = _outer(p1, h, tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        p2 = _outer(p2, h, tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+        if NG == 4:
+            p3 = _outer(p3, h, tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+    return p0, p1, p2, p3
+
+
+@triton.jit
 def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
                BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, NG: tl.constexpr, SPLIT: tl.constexpr = 1):
     # _h_w as outer products (OUTER): per gate a [BLOCK_B, BLOCK_J, BLOCK_K] accumulator of h[b, k] W_hh[g H + j, k],
-    # W_hh's rows read with k contiguous, summed over k after the loop; SPLIT BLOCK_K tiles a trip, unrolled.
+    # W_hh's rows read with k contiguous, summed over k after the loop; SPLIT BLOCK_K tiles a trip, unrolled, the
+    # whole trips without a mask along k, then a part trip with one (as _outer_sum).
     p0 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
     p1 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
     p2 = tl.full((BLOCK_B, BLOCK_J, BLOCK_K), 0.0, dtype=acc_ty)
@@ -423,19 +463,14 @@ def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.const
     else:  # (the GRU: a fourth result of zeros, without a full accumulator's registers)
         p3 = tl.full((BLOCK_B, BLOCK_J, 1), 0.0, dtype=acc_ty)
     kr = tl.arange(0, BLOCK_K)
-    for k0 in range(0, _bound(K_END), SPLIT * BLOCK_K):
-        for s in tl.static_range(SPLIT):
-            ks = k0 + s * BLOCK_K + kr
-            k_ok = ks < H
-            h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-                        cache_modifier=".cg")
-            w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
-            w_m = j_ok[:, None] & k_ok[None, :]
-            p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
-            p1 = _outer(p1, h, tl.load(w_ptrs + H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
-            p2 = _outer(p2, h, tl.load(w_ptrs + 2 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
-            if NG == 4:
-                p3 = _outer(p3, h, tl.load(w_ptrs + 3 * H * H, mask=w_m, other=0.0, eviction_policy="evict_last"))
+    end = _bound(K_END)
+    whole = end // (SPLIT * BLOCK_K) * (SPLIT * BLOCK_K)
+    for k0 in range(0, whole, SPLIT * BLOCK_K):
+        p0, p1, p2, p3 = _h_w_outer_trip(p0, p1, p2, p3, h_src, row_h, row_ok, w_ptr, js, j_ok, H, k0, kr, NG, SPLIT,
+                                         BLOCK_K, False)
+    if whole < end:
+        p0, p1, p2, p3 = _h_w_outer_trip(p0, p1, p2, p3, h_src, row_h, row_ok, w_ptr, js, j_ok, H, whole, kr, NG,
+                                         SPLIT, BLOCK_K, True)
     return tl.reduce(p0, 2, _SUM), tl.reduce(p1, 2, _SUM), tl.reduce(p2, 2, _SUM), tl.reduce(p3, 2, _SUM)
 
 

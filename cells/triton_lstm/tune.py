@@ -146,9 +146,12 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         if getattr(tile, field):
             return [dataclasses.replace(tile, **{field: False}), tile]
         # On, as it was (a K tile of at most 16, the loop's split), and in the shapes whose K loop reads no shared
-        # memory (OUTER_NO_SHARED: K tiles of 2 or 4 unrolled 8 a trip, 8 warps)
+        # memory (OUTER_NO_SHARED: K tiles of 2 or 4 unrolled 8 a trip, 8 warps), the forward's with an accumulator
+        # per gate (the four gates' one spills at K 4: the package docstring)
+        apart = {} if bwd else {"fuse_gates": False}
         return [tile, dataclasses.replace(tile, **{field: True, k: min(k_now, 16)})] + [
-            dataclasses.replace(tile, **{field: True, k: kt, split: sp, warps: w}) for kt, sp, w in OUTER_NO_SHARED]
+            dataclasses.replace(tile, **{field: True, k: kt, split: sp, warps: w}, **apart)
+            for kt, sp, w in OUTER_NO_SHARED]
     backward = field.endswith("_bwd")
     # (the backward's loop pipelines further: on the H200 3 stages took it to 0.51 of its time, the forward to 0.79)
     values = {"block_k": k_tiles(tile, dtype, backward), "fuse_gates": (True, False), "num_warps": (4, 8, 16),
