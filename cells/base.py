@@ -29,6 +29,10 @@ class LayerStack(nn.Module):
     parameters (before calling :meth:`reset_parameters`) and implement :meth:`layer`."""
 
     mode: str = "LSTM"
+    # True where :meth:`layer` takes ``input_drop``: the stack then hands layer k + 1 the output of layer k and the
+    # inter-layer dropout's keep-mask instead of the dropped copy, so that the layer can save for its backward the
+    # output that layer k saves anyway, and the mask, instead of a dropped copy of T B H values of its own.
+    fuses_input_dropout: bool = False
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
@@ -45,7 +49,8 @@ class LayerStack(nn.Module):
     def layer(self, k: int, x: torch.Tensor, state):
         """Run layer ``k`` over x [T, B, in] from ``state`` (LSTM: (h, c) each [B, H]; other kinds: h).
 
-        Returns (y [T, B, H], final state of the same structure)."""
+        Returns (y [T, B, H], final state of the same structure).  With :attr:`fuses_input_dropout`, also takes
+        ``input_drop``: None, or (keep-mask, p) to apply to x first (:func:`drop`)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state=None):
@@ -55,13 +60,20 @@ class LayerStack(nn.Module):
         if state is None:
             zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
             state = (zeros, zeros) if lstm else zeros
-        finals = []
+        finals, input_drop = [], None
         for k in range(self.num_layers):
             layer_state = (state[0][k], state[1][k]) if lstm else state[k]
-            x, final = self.layer(k, x, layer_state)
+            if input_drop is None:
+                x, final = self.layer(k, x, layer_state)
+            else:
+                x, final = self.layer(k, x, layer_state, input_drop=input_drop)
             finals.append(final)
+            input_drop = None
             if self.dropout > 0 and self.training and k < self.num_layers - 1:
-                x = nn.functional.dropout(x, self.dropout, training=True)
+                if self.fuses_input_dropout:
+                    input_drop = (keep_mask(x, self.dropout), self.dropout)
+                else:
+                    x = nn.functional.dropout(x, self.dropout, training=True)
         if lstm:
             return x, (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals]))
         return x, torch.stack(finals)
@@ -89,6 +101,16 @@ class RecurrentStack(LayerStack):
     def layer_weights(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
+
+
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout's keep-mask for ``x``: bool, each element True with probability 1 - p, independently."""
+    return torch.rand(x.shape, device=x.device) < 1.0 - p
+
+
+def drop(x: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout with a given keep-mask, as ``torch.nn.functional.dropout`` computes it: x * mask / (1 - p)."""
+    return x * mask * (1.0 / (1.0 - p))
 
 
 def check_sizes(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:

@@ -73,28 +73,30 @@ import contextlib
 import torch
 from torch.autograd.function import once_differentiable
 
+from cells.base import drop
 from cells.triton_lstm import TritonLSTM, launch
-from cells.triton_lstm.function import input_projection, layer_inputs, weight_grads
+from cells.triton_lstm.function import dropped_input, input_projection, layer_inputs, weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
-    """One GRU layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T)."""
+    """One GRU layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T).  ``mask``, ``p``: the
+    inter-layer dropout of x, as for :class:`~cells.triton_lstm.function.LSTMLayerFunction`."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
         train = any(ctx.needs_input_grad)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
-        y, gates = launch.gru_forward(input_projection(x, w_ih), w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, plan,
-                                      train=train)
+        y, gates = launch.gru_forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh, b_ih.contiguous(),
+                                      b_hh.contiguous(), h0, plan, train=train)
         if train:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates)
-            ctx.plan = plan
+            ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates, mask)
+            ctx.plan, ctx.p = plan, p
         return y, y[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT):
-        x, h0, w_ih, w_hh, y, gates = ctx.saved_tensors
+        x, h0, w_ih, w_hh, y, gates, mask = ctx.saved_tensors
         T, B, _ = x.shape
         H = w_hh.shape[1]
         da, dxn, dh0 = launch.gru_backward(w_hh, h0, y, gates, dy.contiguous(), dhT.contiguous(), ctx.plan)
@@ -103,19 +105,22 @@ class GRULayerFunction(torch.autograd.Function):
         db_ih, db_hh = dxp.sum(0).to(x.dtype), da.sum(0).to(x.dtype)  # summed in the accumulation dtype
         da, dxp = da.to(x.dtype), dxp.to(x.dtype)  # the GEMMs run in the input dtype
         need = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = weight_grads(da, dxp, x, h0, y, w_ih, (need[0], need[2], need[3]))
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
+        dx, dw_ih, dw_hh = weight_grads(da, dxp, dropped_input(x, mask, ctx.p), h0, y, w_ih,
+                                        (need[0], need[2], need[3]))
+        if dx is not None and mask is not None:
+            dx = drop(dx, mask, ctx.p)
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
 def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-              b_hh: torch.Tensor, path: str = "auto", units: int | None = None, fp32_precision: str = "ieee"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              b_hh: torch.Tensor, path: str = "auto", units: int | None = None, fp32_precision: str = "ieee",
+              input_drop: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One GRU layer with the equations and parameter layout of ``torch.nn.GRU``.
 
     Args:
         x: [T, B, I] input, T >= 1.  h0: [B, H] initial state.
         w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H]; gate order r, z, n.
-        path, units, fp32_precision: as for :func:`cells.triton_lstm.function.lstm_layer`.
+        path, units, fp32_precision, input_drop: as for :func:`cells.triton_lstm.function.lstm_layer`.
 
     Returns:
         y [T, B, H] and the final state h [B, H], in x's dtype (under autocast, the autocast dtype) with float32
@@ -125,14 +130,15 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    mask, p = input_drop or (None, None)
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        return GRULayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
+        return GRULayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
 
 
-def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
     """The forward without autograd: no gates stored; h_T a view of y."""
-    y, _ = launch.gru_forward(input_projection(x, w_ih), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
-                              h0.contiguous(), plan, train=False)
+    y, _ = launch.gru_forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh.contiguous(), b_ih.contiguous(),
+                              b_hh.contiguous(), h0.contiguous(), plan, train=False)
     return y, y[-1]
 
 
@@ -142,7 +148,9 @@ class TritonGRU(TritonLSTM):
     mode = "GRU"
     cell_name = "triton_gru"
 
-    def layer(self, k: int, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T)."""
+    def layer(self, k: int, x: torch.Tensor, state: torch.Tensor, input_drop: tuple[torch.Tensor, float] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T); ``input_drop`` as for
+        :meth:`TritonLSTM.layer`."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return gru_layer(x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision)
+        return gru_layer(x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision, input_drop)

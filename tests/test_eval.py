@@ -128,9 +128,10 @@ def test_heartbeat_line_says_phase_epoch_step():
 
 def test_quiet_run_still_beats(corpus_dir, tmp_path):
     results = tmp_path / "results"
-    r = cli("train", "--cell", "loop_lstm", "--config", "tiny", "--device", "cpu", "--epochs", "1", "--max-steps", "20",
-            "--data-dir",
-            str(corpus_dir), "--no-verify", "--results", str(results), "--quiet", "--heartbeat", "0.05")
+    # (enough steps that training outlasts a few beats on a loaded machine: 20 took under one beat there)
+    r = cli("train", "--cell", "loop_lstm", "--config", "tiny", "--device", "cpu", "--epochs", "1", "--max-steps",
+            "400", "--data-dir", str(corpus_dir), "--no-verify", "--results", str(results), "--quiet", "--heartbeat",
+            "0.02")
     assert r.returncode == 0, r.stderr
     beats = [ln for ln in r.stderr.splitlines() if ln.startswith("rnnbench heartbeat: tiny loop_lstm cpu | phase ")]
     assert beats, r.stderr

@@ -382,6 +382,72 @@ def test_dropout_between_layers_only():
     assert not torch.equal(cell(x)[0], cell(x)[0])
 
 
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages the autograd graph of ``fn()`` saves for the backward."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("name", ["triton_lstm", "triton_gru"])
+def test_inter_layer_dropout_inside_the_layer(name, monkeypatch):
+    """The stack hands a Triton layer the output below and the dropout's keep-mask (fuses_input_dropout): the same
+    function as dropout before the layer -- float64, against torch.nn's layers fed the same masks, outputs, final
+    state and every gradient -- and the graph saves T B H values fewer per inner layer (no dropped copy)."""
+    from torch import nn
+
+    import cells.base as base
+
+    masks = []
+    real = base.keep_mask
+    monkeypatch.setattr(base, "keep_mask", lambda x, p: masks.append(real(x, p)) or masks[-1])
+    T, B, N, H, L, p = 5, 3, 7, 13, 3, 0.4
+    torch.manual_seed(0)
+    cell = cells.build(name, N, H, L, dropout=p).double().train()
+    lstm = cell.mode == "LSTM"
+    x = torch.randn(T, B, N, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(L, B, H, dtype=torch.float64, requires_grad=True)
+    state0 = (h0, torch.randn(L, B, H, dtype=torch.float64, requires_grad=True)) if lstm else h0
+    y, state = cell(x, state0)
+    assert len(masks) == L - 1 and all(m.dtype == torch.bool and m.shape == (T, B, H) for m in masks)
+    assert 0 < sum(int(m.sum()) for m in masks) < sum(m.numel() for m in masks)
+    refs = [getattr(nn, cell.mode)(N if k == 0 else H, H).double() for k in range(L)]
+    for k, ref in enumerate(refs):
+        for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{part}_l0").data.copy_(getattr(cell, f"{part}_l{k}").data)
+    inp, finals = x, []
+    for k, ref in enumerate(refs):
+        inp = inp if k == 0 else inp * masks[k - 1] / (1 - p)
+        inp, final = ref(inp, tuple(s[k:k + 1] for s in state0) if lstm else state0[k:k + 1])
+        finals.append(final)
+    want = (inp, *(torch.cat([f[i] for f in finals]) for i in range(2))) if lstm else (inp, torch.cat(finals))
+    got = (y, *state) if lstm else (y, state)
+    ups = [torch.randn_like(t) for t in got]
+    params = [x, *(state0 if lstm else (state0,))]
+    grads = torch.autograd.grad(got, params + list(cell.parameters()), ups)
+    ref_params = [getattr(ref, f"{part}_l0") for ref in refs for part in ("weight_ih", "weight_hh", "bias_ih",
+                                                                          "bias_hh")]
+    ref_grads = torch.autograd.grad(want, params + ref_params, ups)
+    for g, w in zip(got, want, strict=True):
+        assert rel(g, w) < 1e-12
+    for g, w in zip(grads, ref_grads, strict=True):
+        assert rel(g, w) < 1e-12
+    # what the graph saves: the dropout costs it its bool masks alone; before the layer, at least a dropped copy of
+    # T B H values per inner layer more (on the CPU torch's dropout saves its mask in x's dtype, too)
+    fused = _saved_bytes(lambda: cell(x, state0))
+    monkeypatch.setattr(cell, "dropout", 0.0)
+    assert fused == _saved_bytes(lambda: cell(x, state0)) + (L - 1) * T * B * H
+    monkeypatch.setattr(cell, "dropout", p)
+    monkeypatch.setattr(type(cell), "fuses_input_dropout", False)
+    assert _saved_bytes(lambda: cell(x, state0)) - fused >= (L - 1) * T * B * H * 8
+
+
 def test_autocast_runs_in_the_autocast_dtype():
     cell = TritonLSTM(4, 6, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):

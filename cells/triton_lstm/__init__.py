@@ -350,6 +350,7 @@ class TritonLSTM(RecurrentStack):
 
     mode = "LSTM"
     cell_name = "triton_lstm"
+    fuses_input_dropout = True  # the inter-layer dropout inside the layer above: x and the mask saved, not x dropped
     interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
     jit_kernels = True  # Triton compiles them per shape at first use: bench compiles them side by side first
 
@@ -410,13 +411,16 @@ class TritonLSTM(RecurrentStack):
         return f"Triton {triton.__version__} compiled ({how}; recurrent matmuls {arith}; at batch {batch}: " \
                f"{plan.describe()})"
 
-    def layer(self, k: int, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    def layer(self, k: int, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+              input_drop: tuple[torch.Tensor, float] | None = None
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Layer ``k`` over x [T, B, in] from state (h, c), each [B, H]: (y [T, B, H], (h_T, c_T))."""
+        """Layer ``k`` over x [T, B, in] from state (h, c), each [B, H]: (y [T, B, H], (h_T, c_T)); ``input_drop``:
+        the inter-layer dropout to apply to x first (:attr:`fuses_input_dropout`)."""
         from .function import lstm_layer
 
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision)
+        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision,
+                          input_drop)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", path={self.path!r}, fp32_precision={self.fp32_precision!r}"

@@ -5,14 +5,18 @@ kernel (which adds ``b_ih + b_hh`` in float32).  Backward: the reverse-time kern
 gradients ``dA`` (and dh_0, dc_0); then ``dx = dA W_ih``, ``dW_ih = dA^T x`` and
 ``dW_hh = dA^T [h_0; y_0 .. y_{T-2}]`` are GEMMs over all T and the bias gradient is one sum.
 Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates --
-nothing is recomputed.  Without autograd (``torch.no_grad()``, or no input that requires grad)
-the layer skips the Function, stores no gates and keeps only two slabs of cell state.
+nothing is recomputed but the dropped input where the stack fuses the inter-layer dropout into the layer above (from
+the output below, which that layer saves anyway, and the bool mask: T B H values fewer saved per inner layer).
+Without autograd (``torch.no_grad()``, or no input that requires grad) the layer skips the Function, stores no gates
+and keeps only two slabs of cell state.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from cells.base import drop
 
 from . import launch
 
@@ -41,25 +45,33 @@ def weight_grads(da: torch.Tensor, dxp: torch.Tensor, x: torch.Tensor, h0: torch
     return dx, dw_ih, dw_hh
 
 
+def dropped_input(x: torch.Tensor, mask: torch.Tensor | None, p: float | None) -> torch.Tensor:
+    """x, or with a keep-mask (the stack's fused inter-layer dropout, :attr:`cells.base.LayerStack.fuses_input_dropout`)
+    x dropped by it."""
+    return x if mask is None else drop(x, mask, p)
+
+
 class LSTMLayerFunction(torch.autograd.Function):
-    """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T)."""
+    """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T).  ``mask``, ``p``: the
+    inter-layer dropout of x, applied here (None: none), so that x -- the layer below's output, which that layer saves
+    too -- and the bool mask are saved, not a dropped copy of x."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
         T = x.shape[0]
-        xp = input_projection(x, w_ih)
+        xp = input_projection(dropped_input(x, mask, p), w_ih)
         train = any(ctx.needs_input_grad)
         h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
         y, c, gates = launch.forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, c0, plan, train=train)
         if train:
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates)
-            ctx.plan = plan
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates, mask)
+            ctx.plan, ctx.p = plan, p
         return y, y[-1].clone(), c[(T - 1) % len(c)].to(x.dtype, copy=True)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT, dcT):
-        x, h0, c0, w_ih, w_hh, y, c, gates = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, y, c, gates, mask = ctx.saved_tensors
         T, B, _ = x.shape
         H = w_hh.shape[1]
         da, dh0, dc0 = launch.backward(w_hh, c0, c, gates, dy.contiguous(), dhT.contiguous(), dcT.contiguous(),
@@ -68,15 +80,18 @@ class LSTMLayerFunction(torch.autograd.Function):
         db = da.sum(0).to(x.dtype)  # summed in the accumulation dtype
         da = da.to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype
         need = ctx.needs_input_grad
-        dx, dw_ih, dw_hh = weight_grads(da, da, x, h0, y, w_ih, (need[0], need[3], need[4]))
-        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None
+        dx, dw_ih, dw_hh = weight_grads(da, da, dropped_input(x, mask, ctx.p), h0, y, w_ih,
+                                        (need[0], need[3], need[4]))
+        if dx is not None and mask is not None:
+            dx = drop(dx, mask, ctx.p)
+        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None, None, None
 
 
-def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan):
+def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
     """The forward without autograd: no gates stored, two slabs of cell state, h_T and c_T as views."""
     T = x.shape[0]
-    y, c, _ = launch.forward(input_projection(x, w_ih), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
-                             h0.contiguous(), c0.contiguous(), plan, train=False)
+    y, c, _ = launch.forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh.contiguous(), b_ih.contiguous(),
+                             b_hh.contiguous(), h0.contiguous(), c0.contiguous(), plan, train=False)
     c_last = c[(T - 1) % 2]
     return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 
@@ -98,7 +113,8 @@ def layer_inputs(cell: str, x: torch.Tensor, *tensors: torch.Tensor) -> tuple[to
 
 def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
                b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto", units: int | None = None,
-               fp32_precision: str = "ieee") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+               fp32_precision: str = "ieee", input_drop: tuple[torch.Tensor, float] | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One LSTM layer with the equations and parameter layout of ``torch.nn.LSTM``.
 
     Args:
@@ -108,6 +124,8 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
         path: "auto", "persistent", "blocked" or "stepwise" (see :mod:`.launch`).
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
         fp32_precision: recurrent matmuls of float32 input on CUDA, "ieee" (exact), "tf32" or "tf32x3".
+        input_drop: None, or (keep-mask [T, B, I] bool, p): inverted dropout applied to x first
+            (:func:`cells.base.drop`), with x and the mask saved for the backward instead of the dropped x.
 
     Returns:
         y [T, B, H] and the final state (h [B, H], c [B, H]).  Computed in x's dtype (under autocast, the
@@ -117,9 +135,10 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     dtype, autocast, args = layer_inputs("triton_lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    mask, p = input_drop or (None, None)
     if not autocast:
-        y, h, c = LSTMLayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
+        y, h, c = LSTMLayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
     else:
         with torch.autocast(x.device.type, enabled=False):
-            y, h, c = LSTMLayerFunction.apply(*args, plan) if grad else _inference(*args, plan)
+            y, h, c = LSTMLayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
     return y, (h, c)
