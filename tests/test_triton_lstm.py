@@ -295,6 +295,29 @@ def test_paths_and_tilings_match_reference(device, name, b, t, h, plan_args, fie
         assert rel(a.grad, r.grad) < FP32_TOL, f"{name} grad {key}: {rel(a.grad, r.grad):.3g}"
 
 
+@pytest.mark.parametrize("steps", [1, 2, 5, 6])
+def test_training_forward_keeps_the_cell_states_of_even_steps(steps):
+    """For the backward the forward keeps c_t of even t only (launch.c_slot: ceil(T / 2) slabs, not T), each equal to
+    the reference's; c_T is where c_slot says; the backward recomputes the others (the float64 tests above)."""
+    torch.manual_seed(0)
+    b, h = 3, 5
+    x, h0, c0 = torch.randn(steps, b, 4, dtype=torch.float64), torch.randn(b, h, dtype=torch.float64), torch.randn(
+        b, h, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(4 * h, 4, dtype=torch.float64), torch.randn(4 * h, h, dtype=torch.float64)
+    bias = torch.randn(4 * h, dtype=torch.float64)
+    plan = launch.make_plan(b, h, torch.float64, torch.device("cpu"))
+    _, c, _ = launch.forward(x @ w_ih.t(), w_hh, bias, bias, h0, c0, plan, train=True)
+    assert c.shape == (launch.c_slots(steps), b, h) == (1 + -(-steps // 2), b, h)
+    hs, cs = h0, c0
+    for t in range(steps):
+        i, f, g, o = (x[t] @ w_ih.t() + 2 * bias + hs @ w_hh.t()).chunk(4, 1)
+        cs = torch.sigmoid(f) * cs + torch.sigmoid(i) * torch.tanh(g)
+        hs = torch.sigmoid(o) * torch.tanh(cs)
+        if t % 2 == 0 or t == steps - 1:
+            assert rel(c[launch.c_slot(t, True)], cs) < 1e-12, t
+    assert {launch.c_slot(t, True) for t in range(0, steps, 2)} == set(range(1, launch.c_slots(steps)))
+
+
 def test_probe_flag_leaves_the_recurrent_matmul_out():
     """The timing probe's PROBE=1 (cells.triton_lstm.probe) is the kernels without their recurrent matmul: the
     forward then equals the forward with W_hh = 0, and so do the backward's gate gradients and dc_0."""

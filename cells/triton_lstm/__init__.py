@@ -16,8 +16,16 @@ Design, per layer
   of every step; ``dx = dA W_ih``, ``dW_ih = dA^T x`` and ``dW_hh = dA^T [h_0; y_0 .. y_{T-2}]`` are
   GEMMs over all T after it and the bias gradient is one sum (no per-step read-modify-write of weight
   gradient rows, as cuDNN splits backward-data and backward-weights).
-* Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates
-  (float32); nothing is recomputed.  float32 accumulation and cell state for float32, bfloat16
+* Saved for the backward: x, h_0, c_0, the weights, y, the activated gates and the cell states of even
+  steps (float32; ``launch.c_slot``); the backward recomputes those of odd steps as the forward computed them,
+  ``c_t = f_t c_{t-1} + i_t g_t``, from the gates it reads anyway.  Under the stack's inter-layer dropout a layer above
+  the first saves its input undropped -- the output below, which that layer saves too -- and the bool mask
+  (``cells.base.LayerStack.fuses_input_dropout``).  Against saving every c_t and a dropped copy of the input, that is
+  (T - 1 - ceil(T / 2)) B H values fewer per layer and T B H more per inner layer: at medium float32 3.5 MB of the LM
+  step's saved state (1.7 + 1.8), where the H200 measured the step's peak 2.2 MB above cuDNN's (319.2 against 317.0
+  MB, 2026-11-28, the tiles before the search; the peak falls in the loss's backward, when every saved tensor lives).
+  The backward's registers under Triton 3.6 (sm_90, the table's tiles): 216 / 196 float32 and 216 / 212 bfloat16 at
+  medium / large, 4 or fewer more than before, no spills.  float32 accumulation and cell state for float32, bfloat16
   and float16; float64 stays float64 (for gradcheck).  Without autograd (``torch.no_grad()``, or no
   input that requires grad) the Function is skipped, no gates are stored and the cell state lives in
   two slabs (``c_t`` in slot ``t % 2``), so evaluation windows of 8192 steps cost y and xp only.

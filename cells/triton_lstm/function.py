@@ -4,9 +4,9 @@ Forward: ``xp = x W_ih^T`` for all timesteps in one GEMM, then the fused recurre
 kernel (which adds ``b_ih + b_hh`` in float32).  Backward: the reverse-time kernel gives the gate
 gradients ``dA`` (and dh_0, dc_0); then ``dx = dA W_ih``, ``dW_ih = dA^T x`` and
 ``dW_hh = dA^T [h_0; y_0 .. y_{T-2}]`` are GEMMs over all T and the bias gradient is one sum.
-Saved for the backward: x, h_0, c_0, the weights, y, the cell states and the activated gates --
-nothing is recomputed but the dropped input where the stack fuses the inter-layer dropout into the layer above (from
-the output below, which that layer saves anyway, and the bool mask: T B H values fewer saved per inner layer).
+Saved for the backward: x, h_0, c_0, the weights, y, the activated gates and the cell states of even steps (the
+kernel recomputes the others: :func:`.launch.c_slot`); where the stack fuses the inter-layer dropout into the layer
+above, x undropped (the output below, which that layer saves anyway) and the bool mask, the dropped x recomputed.
 Without autograd (``torch.no_grad()``, or no input that requires grad) the layer skips the Function, stores no gates
 and keeps only two slabs of cell state.
 """
@@ -66,7 +66,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         if train:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates, mask)
             ctx.plan, ctx.p = plan, p
-        return y, y[-1].clone(), c[(T - 1) % len(c)].to(x.dtype, copy=True)
+        return y, y[-1].clone(), c[launch.c_slot(T - 1, train)].to(x.dtype, copy=True)
 
     @staticmethod
     @once_differentiable
@@ -92,7 +92,7 @@ def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, 
     T = x.shape[0]
     y, c, _ = launch.forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh.contiguous(), b_ih.contiguous(),
                              b_hh.contiguous(), h0.contiguous(), c0.contiguous(), plan, train=False)
-    c_last = c[(T - 1) % 2]
+    c_last = c[launch.c_slot(T - 1, False)]
     return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 
 

@@ -539,7 +539,9 @@ def lstm_fwd_kernel(
     hk_ptr,  # PAD: [2, B, HP] zero-padded rows, h_t in slot t % 2 (h_0 in slot 1 at launch); else h_0 [B, H]
     c0_ptr,  # [B, H] initial cell state, dtype of c
     y_ptr,  # [T, B, H] out: hidden states h_t
-    c_ptr,  # out: cell states in the accumulation dtype; TRAIN: [T, B, H], c_t at t; else [2, B, H], c_t at t % 2
+    c_ptr,  # out: cell states in the accumulation dtype; TRAIN: [1 + ceil(T / 2), B, H], c_t of even t in slot
+    # 1 + t / 2, of odd t in slot 0 (read by step t + 1 alone; the backward recomputes it: launch.c_slot); else
+    # [2, B, H], c_t in slot t % 2
     gates_ptr,  # [T, B, 4H] out (TRAIN): activated gates i, f, g, o, accumulation dtype
     arrive_ptr,  # [NB] int32 grid-barrier arrivals per batch block (SYNC), zero at launch, left zero
     done_ptr,  # [NB] int32 programs finished per batch block (SYNC), zero at launch, left zero
@@ -551,7 +553,7 @@ def lstm_fwd_kernel(
     BLOCK_K: tl.constexpr,  # reduction tile over the H inputs of W_hh
     RESIDENT: tl.constexpr,  # load this program's W_hh slice once, before the time loop
     SYNC: tl.constexpr,  # grid barrier between steps (persistent path)
-    TRAIN: tl.constexpr,  # keep what the backward needs: the gates and every c_t (else c is a two-slab ring)
+    TRAIN: tl.constexpr,  # keep what the backward needs: the gates and c_t of even t (else c is a two-slab ring)
     PRECISION: tl.constexpr,  # tl.dot input precision for float32: "ieee", "tf32" or "tf32x3"
     UPCAST: tl.constexpr,  # interpreter with 16-bit floats: take tl.dot operands to float32
     FUSE: tl.constexpr,  # one tl.dot per reduction tile for the four gates (else one per gate)
@@ -584,9 +586,9 @@ def lstm_fwd_kernel(
         w_o = tl.load(w_ptrs + 3 * HK * HK, mask=w_m, other=0.0)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
-        if TRAIN:
-            c_out = c_ptr + t64 * slab
-            c_prev = c_ptr + (t64 - 1) * slab
+        if TRAIN:  # even t in slot 1 + t / 2, odd t in slot 0 (launch.c_slot)
+            c_out = c_ptr + (1 - t64 % 2) * (1 + t64 // 2) * slab
+            c_prev = c_ptr + (t64 % 2) * (1 + t64 // 2) * slab
         else:  # slot t % 2; c_{t-1} is in slot (t + 1) % 2
             c_out = c_ptr + (t64 % 2) * slab
             c_prev = c_ptr + ((t64 + 1) % 2) * slab
@@ -656,7 +658,8 @@ def lstm_fwd_kernel(
 def lstm_bwd_kernel(
     w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate zero-padded to [HP, HP]; OUTER or WT: [HP, 4 HP]
     c0_ptr,  # [B, H] initial cell state, dtype of c
-    c_ptr,  # [T, B, H] forward cell states, accumulation dtype
+    c_ptr,  # [1 + ceil(T / 2), B, H] the forward's cell states of even t (slot 1 + t / 2), accumulation dtype; those
+    # of odd t are recomputed from them and the gates, as the forward computed them
     gates_ptr,  # [T, B, 4H] forward activated gates i, f, g, o, accumulation dtype
     dy_ptr,  # [T, B, H] gradient of the outputs y
     dhT_ptr,  # [B, H] gradient of the final hidden state h_{T-1}
@@ -710,12 +713,14 @@ def lstm_bwd_kernel(
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
-        c_src = tl.where(t > 0, c_ptr + (t64 - 1) * slab, c0_ptr)
         # dA_{t+1}: none after the last step
         da_next = dak_ptr + ((t64 + 1) % 2) * slab_k if PAD else da_ptr + (t64 + 1) * 4 * slab
         # Scalar conditions enter masks broadcast over a block: the interpreter mistypes a splat boolean.
         next_ok = row_ok & (rows * 0 + t + 1 < T)
         last = (rows * 0 + t == T - 1)[:, None]
+        even = (rows * 0 + t) % 2 == 0
+        first = (rows * 0 + t == 0)[:, None]
+        t_1 = tl.maximum(t64 - 1, 0)
         for j0 in range(_bound(u_lo), _bound(u_hi), BLOCK_J):
             js = j0 + tl.arange(0, BLOCK_J)
             j_ok = js < u_hi
@@ -745,9 +750,19 @@ def lstm_bwd_kernel(
             f = tl.load(g_t + H, mask=m, other=0.0)
             g = tl.load(g_t + 2 * H, mask=m, other=0.0)
             o = tl.load(g_t + 3 * H, mask=m, other=0.0)
-            tc = 2.0 / (1.0 + tl.exp(-2.0 * tl.load(c_ptr + t64 * slab + o_h, mask=m, other=0.0))) - 1.0
+            # c_t and c_{t-1}: slot 1 + t // 2 holds c_t for even t, c_{t-1} for odd t; the other is recomputed as
+            # the forward computed it, c_t = f_t c_{t-1} + i_t g_t (for even t from c_{t-2} and the gates of t - 1)
+            kept = tl.load(c_ptr + (1 + t64 // 2) * slab + o_h, mask=m, other=0.0)
+            back = m & (even[:, None] & ~first)
+            g_1 = gates_ptr + t_1 * 4 * slab + o_g
+            c_2 = tl.load(c_ptr + (t64 // 2) * slab + o_h, mask=back, other=0.0)  # (slot >= 1 where it is read)
+            c_1 = tl.load(g_1 + H, mask=back, other=0.0) * c_2 + tl.load(g_1, mask=back, other=0.0) * tl.load(
+                g_1 + 2 * H, mask=back, other=0.0)
+            c_1 = tl.where(first, tl.load(c0_ptr + o_h, mask=m & first, other=0.0), c_1)
+            c_now = tl.where(even[:, None], kept, f * kept + i * g)
+            c_prev = tl.where(even[:, None], c_1, kept)
+            tc = 2.0 / (1.0 + tl.exp(-2.0 * c_now)) - 1.0
             dc = tl.load(dc_ptr + o_h, mask=m, other=0.0) + dh * o * (1.0 - tc * tc)
-            c_prev = tl.load(c_src + o_h, mask=m, other=0.0)  # written before this launch
             da_t = da_ptr + t64 * 4 * slab + o_g
             tl.store(dc_ptr + o_h, dc * f, mask=m)
             da_i = dc * g * i * (1.0 - i)

@@ -543,6 +543,20 @@ def _backward_operands(plan: Plan, w_hh: torch.Tensor, gates: int, steps: int, d
                            ring_always=rounded, transposed=transposed_weight(plan))
 
 
+def c_slots(steps: int) -> int:
+    """Slabs of the cell-state buffer a training forward of ``steps`` steps keeps (:func:`c_slot`)."""
+    return 1 + (steps + 1) // 2
+
+
+def c_slot(t: int, train: bool) -> int:
+    """Where the forward leaves c_t.  Training: c_t of even t in slot 1 + t // 2, for the backward; of odd t in slot 0,
+    overwritten two steps on (the backward recomputes it from c_{t-1} and the gates, as the forward computed it:
+    ceil(T / 2) slabs saved instead of T).  Else the two-slab ring, slot t % 2."""
+    if not train:
+        return t % 2
+    return 1 + t // 2 if t % 2 == 0 else 0
+
+
 def _spans(plan: Plan, T: int) -> list[tuple[int, int]]:
     """The forward's launches, as (t_lo, t_hi): one per step on the stepwise path (the launch is the barrier)."""
     return [(t, t + 1) for t in range(T)] if plan.path == "stepwise" else [(0, T)]
@@ -564,14 +578,14 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         b_ih, b_hh: [4H] contiguous, compute dtype; the kernel adds them in the accumulation dtype (one rounding
             less than adding them to xp in bfloat16).
         plan: from :func:`make_plan`.
-        train: keep what the backward needs (the gates and every c_t).  Without it c holds two slabs, c_t in
-            slot t % 2, and no gates are stored.
+        train: keep what the backward needs (the gates, and c_t of even t: :func:`c_slot`).  Without it c holds two
+            slabs, c_t in slot t % 2, and no gates are stored.
         probe: 0, or for timing probes only (:mod:`.probe`): 1 leaves the recurrent matmul out, 2 the grid
             barrier (the programs then race), 3 both.  Any probe but 0 gives wrong results.
 
     Returns:
-        y [T, B, H] (compute dtype); c, [T, B, H] or [2, B, H] (float32, float64 for float64 input), so that
-        c_T is ``c[(T - 1) % len(c)]``; gates [T, B, 4H] (c's dtype), None without ``train``.
+        y [T, B, H] (compute dtype); c, [c_slots(T), B, H] or [2, B, H] (float32, float64 for float64 input), c_T
+        in slot ``c_slot(T - 1, train)``; gates [T, B, 4H] (c's dtype), None without ``train``.
     """
     T, B, G = xp.shape
     H = G // 4
@@ -579,7 +593,7 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     if c0.dtype != acc:
         c0 = c0.to(acc)  # the kernel selects between c0 and c[t - 1] by pointer: one dtype
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
-    c = torch.empty(T if train else 2, B, H, dtype=acc, device=xp.device)
+    c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
     hp, w, hk, pad = matmul_operands(plan, w_hh, 4, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
