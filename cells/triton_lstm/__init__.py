@@ -21,7 +21,7 @@ Design, per layer
   ``c_t = f_t c_{t-1} + i_t g_t``, from the gates it reads anyway.  Under the stack's inter-layer dropout a layer above
   the first saves its input undropped -- the output below, which that layer saves too -- and the bool mask
   (``cells.base.LayerStack.fuses_input_dropout``).  Against saving every c_t and a dropped copy of the input, that is
-  (T - 1 - ceil(T / 2)) B H values fewer per layer and T B H more per inner layer: at medium float32 3.5 MB of the LM
+  (T - 1 - ceil(T / 2)) B H values fewer per layer and T B H fewer per inner layer: at medium float32 3.5 MB of the LM
   step's saved state (1.7 + 1.8), where the H200 measured the step's peak 2.2 MB above cuDNN's (319.2 against 317.0
   MB, 2026-11-28, the tiles before the search; the peak falls in the loss's backward, when every saved tensor lives).
   The backward's registers under Triton 3.6 (sm_90, the table's tiles): 216 / 196 float32 and 216 / 212 bfloat16 at
