@@ -50,7 +50,7 @@ class LayerStack(nn.Module):
         """Run layer ``k`` over x [T, B, in] from ``state`` (LSTM: (h, c) each [B, H]; other kinds: h).
 
         Returns (y [T, B, H], final state of the same structure).  With :attr:`fuses_input_dropout`, also takes
-        ``input_drop``: None, or (keep-mask, p) to apply to x first (:func:`drop`)."""
+        ``input_drop``: None, or (x dropped, its keep-mask, p) from :func:`dropout_with_mask`."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, state=None):
@@ -71,7 +71,7 @@ class LayerStack(nn.Module):
             input_drop = None
             if self.dropout > 0 and self.training and k < self.num_layers - 1:
                 if self.fuses_input_dropout:
-                    input_drop = (keep_mask(x, self.dropout), self.dropout)
+                    input_drop = (*dropout_with_mask(x, self.dropout), self.dropout)
                 else:
                     x = nn.functional.dropout(x, self.dropout, training=True)
         if lstm:
@@ -103,14 +103,16 @@ class RecurrentStack(LayerStack):
                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
 
-def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout's keep-mask for ``x``: bool, each element True with probability 1 - p, independently."""
-    return torch.rand(x.shape, device=x.device) < 1.0 - p
+def dropout_with_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's dropout of ``x`` in training (the random numbers of ``nn.functional.dropout`` at the same seed) and its
+    bool keep-mask, outside autograd: (x * mask / (1 - p), mask)."""
+    with torch.no_grad():
+        return torch.native_dropout(x.detach(), p, True)
 
 
 def drop(x: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout with a given keep-mask, as ``torch.nn.functional.dropout`` computes it: x * mask / (1 - p)."""
-    return x * mask * (1.0 / (1.0 - p))
+    """x * mask / (1 - p) in one kernel, as torch's dropout computes it (its backward's)."""
+    return torch.ops.aten.native_dropout_backward(x, mask, 1.0 / (1.0 - p))
 
 
 def check_sizes(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:

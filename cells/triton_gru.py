@@ -75,7 +75,7 @@ from torch.autograd.function import once_differentiable
 
 from cells.base import drop
 from cells.triton_lstm import TritonLSTM, launch
-from cells.triton_lstm.function import dropped_input, input_projection, layer_inputs, weight_grads
+from cells.triton_lstm.function import dropped_input, input_projection, layer_inputs, split_drop, weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
@@ -83,10 +83,10 @@ class GRULayerFunction(torch.autograd.Function):
     inter-layer dropout of x, as for :class:`~cells.triton_lstm.function.LSTMLayerFunction`."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, xd=None, mask=None, p=None):
         train = any(ctx.needs_input_grad)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
-        y, gates = launch.gru_forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh, b_ih.contiguous(),
+        y, gates = launch.gru_forward(input_projection(x if xd is None else xd, w_ih), w_hh, b_ih.contiguous(),
                                       b_hh.contiguous(), h0, plan, train=train)
         if train:
             ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates, mask)
@@ -109,7 +109,7 @@ class GRULayerFunction(torch.autograd.Function):
                                         (need[0], need[2], need[3]))
         if dx is not None and mask is not None:
             dx = drop(dx, mask, ctx.p)
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 
 def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
@@ -130,14 +130,14 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    mask, p = input_drop or (None, None)
+    drop = split_drop(x, dtype, input_drop)
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        return GRULayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
+        return GRULayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
 
 
-def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
+def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, xd=None, mask=None, p=None):
     """The forward without autograd: no gates stored; h_T a view of y."""
-    y, _ = launch.gru_forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh.contiguous(), b_ih.contiguous(),
+    y, _ = launch.gru_forward(input_projection(x if xd is None else xd, w_ih), w_hh.contiguous(), b_ih.contiguous(),
                               b_hh.contiguous(), h0.contiguous(), plan, train=False)
     return y, y[-1]
 

@@ -420,16 +420,23 @@ def _saved_bytes(fn) -> int:
 
 @pytest.mark.parametrize("name", ["triton_lstm", "triton_gru"])
 def test_inter_layer_dropout_inside_the_layer(name, monkeypatch):
-    """The stack hands a Triton layer the output below and the dropout's keep-mask (fuses_input_dropout): the same
-    function as dropout before the layer -- float64, against torch.nn's layers fed the same masks, outputs, final
-    state and every gradient -- and the graph saves T B H values fewer per inner layer (no dropped copy)."""
+    """The stack hands a Triton layer the output below, dropped, and the dropout's keep-mask (fuses_input_dropout): the
+    same function as dropout before the layer -- float64, against torch.nn's layers fed the same masks, outputs, final
+    state and every gradient; torch's dropout's random numbers -- and the graph saves T B H values fewer per inner
+    layer (no dropped copy)."""
     from torch import nn
 
     import cells.base as base
 
     masks = []
-    real = base.keep_mask
-    monkeypatch.setattr(base, "keep_mask", lambda x, p: masks.append(real(x, p)) or masks[-1])
+    real = base.dropout_with_mask
+
+    def recorded(x, p):
+        out = real(x, p)
+        masks.append(out[1])
+        return out
+
+    monkeypatch.setattr(base, "dropout_with_mask", recorded)
     T, B, N, H, L, p = 5, 3, 7, 13, 3, 0.4
     torch.manual_seed(0)
     cell = cells.build(name, N, H, L, dropout=p).double().train()
@@ -461,6 +468,13 @@ def test_inter_layer_dropout_inside_the_layer(name, monkeypatch):
         assert rel(g, w) < 1e-12
     for g, w in zip(grads, ref_grads, strict=True):
         assert rel(g, w) < 1e-12
+    # the random numbers of torch's dropout: the loop cell with the same weights and seed computes the same
+    loop = cells.build(name.replace("triton", "loop"), N, H, L, dropout=p).double().train()
+    loop.load_state_dict(cell.state_dict())
+    torch.manual_seed(1)
+    got = cell(x, state0)
+    torch.manual_seed(1)
+    assert rel(loop(x, state0)[0], got[0]) < 1e-12
     # what the graph saves: the dropout costs it its bool masks alone; before the layer, at least a dropped copy of
     # T B H values per inner layer more (on the CPU torch's dropout saves its mask in x's dtype, too)
     fused = _saved_bytes(lambda: cell(x, state0))

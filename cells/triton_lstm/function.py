@@ -51,15 +51,23 @@ def dropped_input(x: torch.Tensor, mask: torch.Tensor | None, p: float | None) -
     return x if mask is None else drop(x, mask, p)
 
 
+def split_drop(x: torch.Tensor, dtype: torch.dtype, input_drop) -> tuple:
+    """(x dropped, mask, p) of a layer's ``input_drop`` (the dropped x in ``dtype``), or (None, None, None)."""
+    if input_drop is None:
+        return None, None, None
+    xd, mask, p = input_drop
+    return (xd if xd.dtype == dtype else xd.to(dtype)), mask, p
+
+
 class LSTMLayerFunction(torch.autograd.Function):
-    """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T).  ``mask``, ``p``: the
-    inter-layer dropout of x, applied here (None: none), so that x -- the layer below's output, which that layer saves
-    too -- and the bool mask are saved, not a dropped copy of x."""
+    """One layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T, c_T).  ``xd``, ``mask``, ``p``:
+    the inter-layer dropout of x (x dropped, its bool keep-mask, p; None: none): the input projection takes xd, the
+    backward x and the mask -- x is the layer below's output, which that layer saves too -- not a dropped copy."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, xd=None, mask=None, p=None):
         T = x.shape[0]
-        xp = input_projection(dropped_input(x, mask, p), w_ih)
+        xp = input_projection(x if xd is None else xd, w_ih)
         train = any(ctx.needs_input_grad)
         h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
         y, c, gates = launch.forward(xp, w_hh, b_ih.contiguous(), b_hh.contiguous(), h0, c0, plan, train=train)
@@ -84,13 +92,13 @@ class LSTMLayerFunction(torch.autograd.Function):
                                         (need[0], need[3], need[4]))
         if dx is not None and mask is not None:
             dx = drop(dx, mask, ctx.p)
-        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None, None, None
+        return dx, dh0, dc0.to(x.dtype), dw_ih, dw_hh, db, db.clone(), None, None, None, None
 
 
-def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, mask=None, p=None):
+def _inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, xd=None, mask=None, p=None):
     """The forward without autograd: no gates stored, two slabs of cell state, h_T and c_T as views."""
     T = x.shape[0]
-    y, c, _ = launch.forward(input_projection(dropped_input(x, mask, p), w_ih), w_hh.contiguous(), b_ih.contiguous(),
+    y, c, _ = launch.forward(input_projection(x if xd is None else xd, w_ih), w_hh.contiguous(), b_ih.contiguous(),
                              b_hh.contiguous(), h0.contiguous(), c0.contiguous(), plan, train=False)
     c_last = c[launch.c_slot(T - 1, False)]
     return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
@@ -124,8 +132,8 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
         path: "auto", "persistent", "blocked" or "stepwise" (see :mod:`.launch`).
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
         fp32_precision: recurrent matmuls of float32 input on CUDA, "ieee" (exact), "tf32" or "tf32x3".
-        input_drop: None, or (keep-mask [T, B, I] bool, p): inverted dropout applied to x first
-            (:func:`cells.base.drop`), with x and the mask saved for the backward instead of the dropped x.
+        input_drop: None, or (x dropped, its keep-mask [T, B, I] bool, p) from :func:`cells.base.dropout_with_mask`:
+            the layer runs on the dropped x and saves x and the mask for the backward instead of it.
 
     Returns:
         y [T, B, H] and the final state (h [B, H], c [B, H]).  Computed in x's dtype (under autocast, the
@@ -135,10 +143,10 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     dtype, autocast, args = layer_inputs("triton_lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    mask, p = input_drop or (None, None)
+    drop = split_drop(x, dtype, input_drop)
     if not autocast:
-        y, h, c = LSTMLayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
+        y, h, c = LSTMLayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
     else:
         with torch.autocast(x.device.type, enabled=False):
-            y, h, c = LSTMLayerFunction.apply(*args, plan, mask, p) if grad else _inference(*args, plan, mask, p)
+            y, h, c = LSTMLayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
     return y, (h, c)
