@@ -209,9 +209,10 @@ than the CTA has threads, so Triton loads it straight into the outer-product acc
 shared memory: the K loop has no shared-memory instruction and no CTA barrier (K 16 with 4 warps: 128-160 bytes of
 shared loads and 2-10 barriers a trip; 4 warps at K 4 still 64-512 bytes).  Such a loop is a chain of exposed L2
 latencies (the .cg loads of h_{t-1} or dA), one a trip, so a trip unrolls ``split_k`` K tiles (kernels' ``SPLIT``
-means this with ``OUTER``): the SASS issues the trip's 96 loads before its first FMA.  The whole trips run without a
-mask along k and one part trip with it (masking every load cost 10-27 % more instructions a trip).  A trip of K 4 x 8, 8
-warps, a dot per gate, forward / backward: LSTM small 352 / 150 instructions for 128 / 32 FMAs, medium 353 / 150,
+means this with ``OUTER``): in the SASS most of a trip's 96 loads go out before its first FMA (76 at large, the
+LSTM's forward).  The whole trips run without a mask along k and one part trip with it (masking every load cost 10-27 %
+more instructions a trip).  A trip of K 4 x 8, 8 warps, a dot per gate, forward / backward: LSTM small 352 / 150
+instructions for 128 / 32 FMAs, medium 353 / 150,
 large 555 / 267 for 256 / 64; registers 246 / 163, 233 / 161, 255 / 238; no spills.  K 2 x 8: 253 / 101, 258 / 101,
 352 / 154 instructions for half the FMAs, 80-238 registers, the small forward spilling 56 bytes.  The four gates in
 one accumulator (``fuse_gates``) spill at K 4 (56-312 bytes), so the search's candidates keep one per gate.  The GRU

@@ -37,7 +37,7 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    shuffles through shared memory;
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
-                   issued before its FMAs (the package docstring).
+                   mostly issued before its FMAs (the package docstring).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
