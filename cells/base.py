@@ -29,9 +29,9 @@ class LayerStack(nn.Module):
     parameters (before calling :meth:`reset_parameters`) and implement :meth:`layer`."""
 
     mode: str = "LSTM"
-    # True where :meth:`layer` takes ``input_drop``: the stack then hands layer k + 1 the output of layer k and the
-    # inter-layer dropout's keep-mask instead of the dropped copy, so that the layer can save for its backward the
-    # output that layer k saves anyway, and the mask, instead of a dropped copy of T B H values of its own.
+    # True where :meth:`layer` takes ``input_drop``: the stack then hands layer k + 1 the output of layer k undropped,
+    # with its dropped copy (outside autograd) and the keep-mask, so that the layer runs on the copy but saves for its
+    # backward the output, which layer k saves anyway, and the bool mask instead of a copy of T B H values.
     fuses_input_dropout: bool = False
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
