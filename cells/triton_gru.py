@@ -74,7 +74,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cells.base import drop
-from cells.triton_lstm import TritonLSTM, launch
+from cells.triton_lstm import TritonLSTM, between_graphs, launch
 from cells.triton_lstm.function import dropped_input, input_projection, layer_inputs, split_drop, weight_grads
 
 
@@ -153,4 +153,5 @@ class TritonGRU(TritonLSTM):
         """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T); ``input_drop`` as for
         :meth:`TritonLSTM.layer`."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return gru_layer(x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision, input_drop)
+        return between_graphs(gru_layer, x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision,
+                              input_drop)

@@ -485,6 +485,31 @@ def test_inter_layer_dropout_inside_the_layer(name, monkeypatch):
     assert _saved_bytes(lambda: cell(x, state0)) - fused >= (L - 1) * T * B * H * 8
 
 
+@pytest.mark.parametrize("name", ["triton_lstm", "triton_gru"])
+def test_torch_compile_runs_the_layers_between_graphs(name):
+    """Under torch.compile (a compiled LM step) a Triton layer is a graph break: its kernels launch between the
+    compiled graphs, eagerly (Dynamo tracing into Triton's interpreter failed), and the results are the eager ones."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    cell = cells.build(name, 4, 6, 2, dropout=0.3).train()
+    x = torch.randn(3, 2, 4, requires_grad=True)
+
+    def loss(inp):
+        return (cell(inp * 2)[0] ** 2).sum()
+
+    torch.manual_seed(1)
+    want = torch.autograd.grad(loss(x), [x, *cell.parameters()])
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(1)
+    with torch._inductor.config.patch(fallback_random=True):  # (the dropout's random numbers as eager draws them)
+        got = torch.autograd.grad(torch.compile(loss)(x), [x, *cell.parameters()])
+    assert sum(counters["graph_break"].values()) >= 1
+    for g, w in zip(got, want, strict=True):
+        assert rel(g, w) < 1e-6
+
+
 def test_autocast_runs_in_the_autocast_dtype():
     cell = TritonLSTM(4, 6, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -341,6 +341,19 @@ def interpreted(device: str | torch.device | None = None) -> bool:
     return device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@torch.compiler.disable
+def _outside_the_graph(fn, *args):
+    return fn(*args)
+
+
+def between_graphs(fn, *args):
+    """``fn(*args)``; under ``torch.compile`` (``rnnbench train --step compile``) as a graph break, so that a layer's
+    kernels launch between the compiled graphs as they do eagerly: Dynamo would otherwise trace into the launch path
+    (into Triton's NumPy interpreter on the CPU, where it fails).  The run's record counts the breaks
+    (``graph_breaks``)."""
+    return _outside_the_graph(fn, *args) if torch.compiler.is_compiling() else fn(*args)
+
+
 class TritonLSTM(RecurrentStack):
     """Multi-layer LSTM on the fused Triton kernels; see :mod:`cells` for the interface.
 
@@ -428,8 +441,8 @@ class TritonLSTM(RecurrentStack):
         from .function import lstm_layer
 
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return lstm_layer(x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision,
-                          input_drop)
+        return between_graphs(lstm_layer, x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units,
+                              self.fp32_precision, input_drop)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", path={self.path!r}, fp32_precision={self.fp32_precision!r}"
