@@ -141,7 +141,9 @@ class CompiledStep(Step):
         return sum(counters["graph_break"].values())
 
     def describe(self) -> str:
-        return f"torch.compile(forward+loss, inductor, default mode); clip foreach, SGD {optimizer_path(self.opt)}"
+        breaks = getattr(getattr(self.model, "rnn", None), "compile_breaks", None)  # a cell's own graph breaks
+        return (f"torch.compile(forward+loss, inductor, default mode{f'; {breaks}' if breaks else ''}); clip foreach, "
+                f"SGD {optimizer_path(self.opt)}")
 
 
 class GraphStep(Step):

@@ -373,6 +373,7 @@ class TritonLSTM(RecurrentStack):
     mode = "LSTM"
     cell_name = "triton_lstm"
     fuses_input_dropout = True  # the inter-layer dropout inside the layer above: x and the mask saved, not x dropped
+    compile_breaks = "each layer's kernels between the graphs"  # under torch.compile (between_graphs): the records say
     interpreted_training_ok = False  # the training harness sets it on --allow-interpreter
     jit_kernels = True  # Triton compiles them per shape at first use: bench compiles them side by side first
 
