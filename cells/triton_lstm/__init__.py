@@ -212,9 +212,9 @@ latencies (the .cg loads of h_{t-1} or dA), one a trip, so a trip unrolls ``spli
 means this with ``OUTER``): in the SASS most of a trip's 96 loads go out before its first FMA (76 at large, the
 LSTM's forward).  The whole trips run without a mask along k and one part trip with it (masking every load cost 10-27 %
 more instructions a trip).  A trip of K 4 x 8, 8 warps, a dot per gate, forward / backward: LSTM small 352 / 150
-instructions for 128 / 32 FMAs, medium 353 / 150,
-large 555 / 267 for 256 / 64; registers 246 / 163, 233 / 161, 255 / 238; no spills.  K 2 x 8: 253 / 101, 258 / 101,
-352 / 154 instructions for half the FMAs, 80-238 registers, the small forward spilling 56 bytes.  The four gates in
+instructions for 128 / 32 FMAs, medium 353 / 157,
+large 555 / 264 for 256 / 64; registers 246 / 163, 233 / 163, 255 / 242; no spills.  K 2 x 8: 253 / 105, 258 / 100,
+352 / 145 instructions for half the FMAs, 80-238 registers, the small forward spilling 56 bytes.  The four gates in
 one accumulator (``fuse_gates``) spill at K 4 (56-312 bytes), so the search's candidates keep one per gate.  The GRU
 alike (K 4: forward 283 / 284 / 458 instructions for 96 / 96 / 192 FMAs, 167-248 registers, no spills).  So a step at
 large walks 47 trips of 32 (each one exposed latency and ~1,100 issue cycles of 8 warps) where the table's tile walks

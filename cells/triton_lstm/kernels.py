@@ -176,18 +176,23 @@ def _outer(acc3, a, w):
 
 
 @triton.jit
+def _trip_masks(a_ok, w_ok, ks, K, MASK_K: tl.constexpr):
+    # The load masks of an outer-product trip's tiles: the operands' rows (a_ok, w_ok), and with MASK_K k < K too
+    # (without it the rows' masks broadcast along k: no comparison per element; sm_90 code as with [rows, 1] masks).
+    if MASK_K:
+        return a_ok[:, None] & (ks < K)[None, :], w_ok[:, None] & (ks < K)[None, :]
+    return (tl.broadcast_to(a_ok[:, None], (a_ok.shape[0], ks.shape[0])),
+            tl.broadcast_to(w_ok[:, None], (w_ok.shape[0], ks.shape[0])))
+
+
+@triton.jit
 def _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, k0, kr, SPLIT: tl.constexpr,
                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
     # One trip of _outer_sum: SPLIT BLOCK_K tiles from k0, unrolled (their loads go out before the FMAs); MASK_K: mask
     # k >= K (the last trip), else only the rows' masks, which do not change along the loop.
     for s in tl.static_range(SPLIT):
         ks = k0 + s * BLOCK_K + kr
-        if MASK_K:
-            a_m = src_ok[:, None] & (ks < K)[None, :]
-            w_m = w_ok[:, None] & (ks < K)[None, :]
-        else:
-            a_m = src_ok[:, None]
-            w_m = w_ok[:, None]
+        a_m, w_m = _trip_masks(src_ok, w_ok, ks, K, MASK_K)
         a = tl.load(src + src_rows[:, None] + ks[None, :], mask=a_m, other=0.0, cache_modifier=".cg")
         w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=w_m, other=0.0, eviction_policy="evict_last")
         acc3 = _outer(acc3, a, w)
@@ -433,12 +438,7 @@ def _h_w_outer_trip(p0, p1, p2, p3, h_src, row_h, row_ok, w_ptr, js, j_ok, H, k0
     # One trip of _h_w_outer: SPLIT BLOCK_K tiles from k0, unrolled; MASK_K: mask k >= H (the last trip).
     for s in tl.static_range(SPLIT):
         ks = k0 + s * BLOCK_K + kr
-        if MASK_K:
-            h_m = row_ok[:, None] & (ks < H)[None, :]
-            w_m = j_ok[:, None] & (ks < H)[None, :]
-        else:
-            h_m = row_ok[:, None]
-            w_m = j_ok[:, None]
+        h_m, w_m = _trip_masks(row_ok, j_ok, ks, H, MASK_K)
         h = tl.load(h_src + row_h[:, None] + ks[None, :], mask=h_m, other=0.0, cache_modifier=".cg")
         w_ptrs = w_ptr + js[:, None] * H + ks[None, :]
         p0 = _outer(p0, h, tl.load(w_ptrs, mask=w_m, other=0.0, eviction_policy="evict_last"))
