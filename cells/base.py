@@ -103,6 +103,10 @@ class RecurrentStack(LayerStack):
                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
 
+# What the stack hands a layer with fuses_input_dropout: (x dropped, its bool keep-mask, p)
+InputDrop = tuple[torch.Tensor, torch.Tensor, float]
+
+
 def dropout_with_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """torch's dropout of ``x`` in training (the random numbers of ``nn.functional.dropout`` at the same seed) and its
     bool keep-mask, outside autograd: (x * mask / (1 - p), mask)."""

@@ -73,13 +73,13 @@ import contextlib
 import torch
 from torch.autograd.function import once_differentiable
 
-from cells.base import drop
+from cells.base import InputDrop, drop
 from cells.triton_lstm import TritonLSTM, between_graphs, launch
 from cells.triton_lstm.function import dropped_input, input_projection, layer_inputs, split_drop, weight_grads
 
 
 class GRULayerFunction(torch.autograd.Function):
-    """One GRU layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T).  ``mask``, ``p``: the
+    """One GRU layer over the whole sequence.  Inputs share one dtype; outputs (y, h_T).  ``xd``, ``mask``, ``p``: the
     inter-layer dropout of x, as for :class:`~cells.triton_lstm.function.LSTMLayerFunction`."""
 
     @staticmethod
@@ -114,7 +114,7 @@ class GRULayerFunction(torch.autograd.Function):
 
 def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
               b_hh: torch.Tensor, path: str = "auto", units: int | None = None, fp32_precision: str = "ieee",
-              input_drop: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              input_drop: InputDrop | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One GRU layer with the equations and parameter layout of ``torch.nn.GRU``.
 
     Args:
@@ -130,7 +130,7 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    drop = split_drop(x, dtype, input_drop)
+    drop = split_drop(dtype, input_drop)
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         return GRULayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
 
@@ -148,7 +148,7 @@ class TritonGRU(TritonLSTM):
     mode = "GRU"
     cell_name = "triton_gru"
 
-    def layer(self, k: int, x: torch.Tensor, state: torch.Tensor, input_drop: tuple[torch.Tensor, float] | None = None
+    def layer(self, k: int, x: torch.Tensor, state: torch.Tensor, input_drop: InputDrop | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T); ``input_drop`` as for
         :meth:`TritonLSTM.layer`."""

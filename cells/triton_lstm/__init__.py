@@ -317,7 +317,7 @@ import os
 
 import torch
 
-from cells.base import RecurrentStack
+from cells.base import InputDrop, RecurrentStack
 
 try:
     import triton
@@ -435,8 +435,7 @@ class TritonLSTM(RecurrentStack):
                f"{plan.describe()})"
 
     def layer(self, k: int, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
-              input_drop: tuple[torch.Tensor, float] | None = None
-              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+              input_drop: InputDrop | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Layer ``k`` over x [T, B, in] from state (h, c), each [B, H]: (y [T, B, H], (h_T, c_T)); ``input_drop``:
         the inter-layer dropout to apply to x first (:attr:`fuses_input_dropout`)."""
         from .function import lstm_layer

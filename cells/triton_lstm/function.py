@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from cells.base import drop
+from cells.base import InputDrop, drop
 
 from . import launch
 
@@ -51,7 +51,7 @@ def dropped_input(x: torch.Tensor, mask: torch.Tensor | None, p: float | None) -
     return x if mask is None else drop(x, mask, p)
 
 
-def split_drop(x: torch.Tensor, dtype: torch.dtype, input_drop) -> tuple:
+def split_drop(dtype: torch.dtype, input_drop: InputDrop | None) -> tuple:
     """(x dropped, mask, p) of a layer's ``input_drop`` (the dropped x in ``dtype``), or (None, None, None)."""
     if input_drop is None:
         return None, None, None
@@ -121,7 +121,7 @@ def layer_inputs(cell: str, x: torch.Tensor, *tensors: torch.Tensor) -> tuple[to
 
 def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
                b_ih: torch.Tensor, b_hh: torch.Tensor, path: str = "auto", units: int | None = None,
-               fp32_precision: str = "ieee", input_drop: tuple[torch.Tensor, float] | None = None
+               fp32_precision: str = "ieee", input_drop: InputDrop | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One LSTM layer with the equations and parameter layout of ``torch.nn.LSTM``.
 
@@ -143,7 +143,7 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     dtype, autocast, args = layer_inputs("triton_lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    drop = split_drop(x, dtype, input_drop)
+    drop = split_drop(dtype, input_drop)
     if not autocast:
         y, h, c = LSTMLayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
     else:
