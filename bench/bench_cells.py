@@ -344,10 +344,13 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
     tokens = steps * batch
     if dtype != torch.float32:  # another dtype is another pass in the tables: never a ratio across dtypes
         pass_ = f"{pass_}-{DTYPE_TAGS[dtype]}"
+    elif (config.getoption("bench_fp32_matmul", None) or "ieee") == "tf32":  # so is another float32 arithmetic
+        pass_ = f"{pass_}-tf32"
     benchmark.group = f"{pass_}-{shape}-H{cfg.hidden_size}-T{steps}-B{batch}"
     info = benchmark.extra_info
     info.update({
         "pass": pass_, "shape": shape, "dtype": str(dtype).removeprefix("torch."), "cell": cell,
+        "fp32_matmul": cells.fp32_matmul() if dtype == torch.float32 else None,
         "kind": cells.kind(cell), "backend": cells.detect_backend(rnn, device, dtype), "device": device.type,
         "device_name": env.device_name(device),
         "hidden_size": cfg.hidden_size, "num_steps": steps, "batch_size": batch,

@@ -6,6 +6,9 @@
 - ``--bench-tiles`` puts the winners of tile searches (``python -m cells.triton_lstm.tune --json``) before the
   Triton cells' tile tables, so a search's tiles are benchmarked before they are committed; the backend
   strings say "tiles from the tile file ...".
+- float32 runs with exact matmuls in every cell (cuDNN's RNNs included, whose torch default is TF32);
+  ``--bench-fp32-matmul tf32`` puts every cell's float32 matmuls on CUDA in TF32 instead, passes of their own
+  (``fwdbwd-tf32``, ...), as ``--bench-dtype bfloat16`` makes ``fwdbwd-bf16``.
 - ``--bench-device``, ``--bench-shapes`` and ``--bench-cells`` choose what runs; while timing,
   torch uses ``--bench-threads`` CPU threads (default: all this process may use), so the
   numbers do not depend on what ``tests/conftest.py`` sets for the tests.
@@ -46,6 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-dtype", default=None, choices=["float32", "bfloat16"],
                 help="parameters and activations of every timed cell (default float32); another dtype is "
                      "another pass in the report (fwdbwd-bf16, ...)")
+    g.addoption("--bench-fp32-matmul", default=None, choices=["ieee", "tf32"],
+                help="float32 matmuls on CUDA for every timed cell alike (cuBLAS, cuDNN's RNNs, the Triton cells): "
+                     "ieee, exact (default), or tf32, on the tensor cores; tf32 is another pass in the report "
+                     "(fwdbwd-tf32, ...)")
     g.addoption("--bench-compile-mode", default=None,
                 choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                 help="torch.compile mode of the compiled cells (compiled_lstm, compiled_gru; default: theirs); the "
@@ -63,10 +70,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs before pytest-benchmark builds its session (its hook is trylast).
     if not any(getattr(config.option, name, None) for name in _MEASURE_OPTIONS):
         config.option.benchmark_disable = True
-    # float32 is compared as exact float32 for every cell: cuDNN's RNNs would otherwise use TF32 (torch's default
-    # for cuDNN) while the Triton cell and cuBLAS matmuls do not.  Backend strings say which arithmetic ran.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # float32 is compared with one arithmetic for every cell, exact unless --bench-fp32-matmul tf32: under torch's
+    # defaults cuDNN's RNNs would use TF32 while cuBLAS matmuls (and so the Triton cells) would not.  Backend strings
+    # say which arithmetic ran.
+    import cells
+
+    precision = config.getoption("bench_fp32_matmul", None) or "ieee"
+    if precision == "tf32" and (config.getoption("bench_dtype", None) or "float32") != "float32":
+        raise pytest.UsageError("--bench-fp32-matmul tf32 is for float32; drop --bench-dtype or the TF32 option")
+    if precision == "tf32" and bench_device(config).type != "cuda":
+        raise pytest.UsageError("--bench-fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 "
+                                "matmuls on the CPU are exact")
+    cells.set_fp32_matmul(precision)
     if config.getoption("bench_tiles", None):
         use_tile_files(config.getoption("bench_tiles"))
 

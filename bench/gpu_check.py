@@ -64,7 +64,9 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
    graphs; ``gpu/<slug>/compiled-reduce-overhead.json``, apart from the report).
 11. ``bench-bf16``    forward+backward and the LM step in bfloat16 for the cuDNN and Triton cells at the tables'
                       tiles (``bf16.json``; in the report as their own columns, ratios within the dtype).
-12. ``report``.
+12. ``bench-tf32``    the same in float32 with every matmul in TF32 (``--bench-fp32-matmul tf32``; ``tf32.json``):
+                      cuDNN as torch's defaults run its RNNs, the Triton cells on their TF32 tensor-core path.
+13. ``report``.
 
 The full schedule (``--full``, instead of the timings; budget ``FULL_BUDGET_S``): ``env``, ``train-full`` -- the
 medium preset's 39 epochs for ``--full-cells`` (default ``cudnn_lstm``), the training step as one CUDA graph, one run
@@ -128,7 +130,7 @@ TEST_WORKERS = 8
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 200, "tune-small": 100, "bench-tuned": 45,
           "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600,
-          "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45,
+          "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "bench-tf32": 45,
           "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
 # table's measured entries (the others were searched on an H200 on 2026-11-28, results/gpu/cuda-nvidia-h200/
@@ -271,6 +273,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         graphs = ["-k", "test_fwdbwd_graph", *tiny, "--bench-cells", "cudnn_lstm", "--bench-modes", "cuda-graph"]
         versus = versus_graphs = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "loop_gru"]
         bf16 = ["-k", "test_fwdbwd", *tiny, "--bench-cells", "cudnn_lstm", "--bench-dtype", "bfloat16"]
+        tf32 = ["-k", "test_fwdbwd and not graph", *tiny, "--bench-cells", "cudnn_lstm"]  # (TF32 is refused on a CPU)
         tuned = tuned_bf16 = ["-k", "test_fwdbwd and not graph", *tiny, "--bench-cells", "cudnn_lstm"]
         tune = tune_small = probe = ["--help"]  # they time compiled kernels: the dry run only proves they start
         limits = dict.fromkeys(LIMITS, 180)
@@ -309,6 +312,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         bf16 = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
                 "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-dtype", "bfloat16", "--bench-modes", "eager",
                 "--benchmark-max-time", "0.2"]
+        # float32 as torch's defaults run cuDNN's RNNs (TF32), for every cell alike: what a user gets from cuDNN
+        # untold, beside the Triton cells' TF32 tensor-core path (whose tiles are float32's: no search has tried TF32).
+        tf32 = [*bf16[:bf16.index("--bench-dtype")], "--bench-modes", "eager", "--benchmark-max-time", "0.2",
+                "--bench-fp32-matmul", "tf32"]
         # The searches' winners as the micro-benchmarks time them, beside cuDNN in the same run: fwd+bwd and the LM
         # step at every preset, float32 then bfloat16 -- the figures the tables' entries are chosen by.
         tuned = ["-k", "test_fwdbwd or test_step and not step_mode", "--bench-device", "cuda", "--bench-cells",
@@ -409,6 +416,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
                 f"--benchmark-json={gpu / 'compiled-reduce-overhead.json'}"], limits["bench-compiled-graphs"]),
             Step("bench-bf16", [*pytest, "bench", "--benchmark-only", *bf16,
                                 f"--benchmark-json={out / 'bench' / slug / 'bf16.json'}"], limits["bench-bf16"]),
+            Step("bench-tf32", [*pytest, "bench", "--benchmark-only", *tf32,
+                                f"--benchmark-json={out / 'bench' / slug / 'tf32.json'}"], limits["bench-tf32"]),
             report,
         ]
     return [

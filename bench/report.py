@@ -29,6 +29,8 @@ from lm.train import time_to_quality
 
 BASELINE = "cudnn_lstm"
 BASELINE_OF_KIND = {"LSTM": "cudnn_lstm", "GRU": "cudnn_gru"}
+# Micro-benchmark passes of another arithmetic than float32 with exact matmuls: fwdbwd-bf16, step-tf32, ...
+NUMERIC_PASSES = ("bf16", "tf32")
 PTB_VOCAB = 10000
 PTB_PRESETS = ("small", "medium", "large")
 
@@ -47,11 +49,13 @@ PAPER_SOURCE = ("Zaremba, Sutskever & Vinyals 2014, *Recurrent Neural Network Re
                 "TensorFlow PTB tutorial, `tensorflow/models` `tutorials/rnn/ptb/ptb_word_lm.py`, docstring table")
 
 # A run's planned length: the report keeps the latest run of each (a shorter run never hides a longer one).
-LENGTH_KEYS = ["cell", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words", "overrides"]
+LENGTH_KEYS = ["cell", "mode", "numerics", "epochs_planned", "steps_per_epoch", "max_eval_words", "overrides"]
+# Runs compared with each other (the ratio to cudnn_lstm, the seed statistics): one step mode, one arithmetic.
+LIKE_KEYS = ["mode", "numerics"]
 
 RUN_COLUMNS = [
-    "run_id", "started", "date", "config", "cell", "seed", "mode", "kind", "backend", "device", "device_name",
-    "status", "error",
+    "run_id", "started", "date", "config", "cell", "seed", "mode", "numerics", "kind", "backend", "device",
+    "device_name", "status", "error",
     "epochs_planned", "epochs_done", "steps_per_epoch", "max_eval_words", "overrides", "hidden_size", "num_layers",
     "num_steps", "batch_size",
     "vocab_size", "train_words", "train_seconds", "compile_seconds", "valid_seconds", "test_seconds", "words_per_sec",
@@ -171,7 +175,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
         rows.append({
             "run_id": r.get("run_id"), "started": r.get("started"), "date": _date(r.get("started")),
             "config": cfg.get("name"), "cell": r.get("cell"), "kind": kind, "backend": r.get("backend"),
-            "seed": r.get("seed"), "mode": run_mode(r),
+            "seed": r.get("seed"), "mode": run_mode(r), "numerics": records.numerics(r),
             "device": env.get("device"), "device_name": env.get("device_name"), "status": r.get("status"),
             "error": r.get("error"), "epochs_planned": cfg.get("epochs"), "epochs_done": len(epochs),
             "steps_per_epoch": r.get("steps_per_epoch"), "max_eval_words": _num(r.get("max_eval_words")),
@@ -199,7 +203,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "record": r.get("record_path") or r.get("_path"),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for _, group in df.groupby(["config", "device", "device_name", "mode"], dropna=False):  # like with like
+    for _, group in df.groupby(["config", "device", "device_name", *LIKE_KEYS], dropna=False):  # like with like
         base = _baseline(group)
         if base is not None:
             df.loc[group.index, "speed_vs_cudnn_lstm"] = group["words_per_sec"] / base["words_per_sec"]
@@ -237,9 +241,31 @@ def _kind(cell) -> str | None:
 
 
 def _baseline(group: pd.DataFrame) -> pd.Series | None:
-    """The latest finished cudnn_lstm run with a words/sec figure in ``group`` (one preset on one device)."""
+    """The latest finished cudnn_lstm run with a words/sec figure in ``group`` (one preset on one device, one step
+    mode and arithmetic)."""
     ok = group[(group["cell"] == BASELINE) & (group["status"] == "ok") & group["words_per_sec"].notna()]
     return ok.sort_values("started").iloc[-1] if len(ok) else None
+
+
+def _baselines_note(group: pd.DataFrame) -> str:
+    """The runs the ratio column divides by in ``group`` (one preset on one device): one per step mode and
+    arithmetic that has one, named as the cell column names them."""
+    found = []
+    for key, like in group.groupby(LIKE_KEYS, dropna=False, sort=True):
+        base = _baseline(like)
+        if base is not None:
+            tag = _tags(*key)
+            found.append(f"{'[' + tag + '] ' if tag else ''}`{base['run_id']}` ({_date(base['started'])}, "
+                         f"{base['words_per_sec']:.0f} words/sec)")
+    if not found:
+        return f"No finished `{BASELINE}` run here: the ratio column is empty."
+    return ("Baseline: " if len(found) == 1 else "Baselines, per step mode and arithmetic: ") + "; ".join(found) + "."
+
+
+def _tags(mode, numerics) -> str:
+    """What a cell's label adds for its step mode and arithmetic: ``cuda-graph, tf32``; empty for eager float32."""
+    tags = [t for t in (mode, numerics) if isinstance(t, str) and t not in ("eager", "fp32")]
+    return ", ".join(tags)
 
 
 # --- markdown -------------------------------------------------------------------------------------------------
@@ -270,7 +296,11 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
           "One table per preset and device; per cell the latest run of each planned length (all runs are in "
           "`report.csv`). words/sec: training tokens over training time (evaluation excluded). "
           f"**vs {BASELINE}**: words/sec over that of the latest finished `{BASELINE}` run of the same preset on the "
-          "same device (>1 is faster). Peak memory: GPU max allocated, or the training process's peak resident "
+          "same device, in the same step mode and arithmetic (>1 is faster). A cell's label names its step mode "
+          "when not eager, and its arithmetic when not float32 with exact matmuls: `tf32` (float32, every matmul "
+          "on CUDA in TF32: `--fp32-matmul tf32`), `bf16` (`--dtype bfloat16`), `tf32-rnn` (a record from before "
+          "the setting existed, 2026-11-29: float32 under torch's defaults, where cuDNN's RNNs use TF32 and "
+          "everything else is exact). Peak memory: GPU max allocated, or the training process's peak resident "
           "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
           "average at the start and end of the run; on a CPU, runs under different load are not comparable. "
           "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
@@ -282,15 +312,13 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
         latest = (group.sort_values("started").drop_duplicates(LENGTH_KEYS,
                                                                keep="last")
-                  .sort_values(["mode", "cell", "epochs_planned"], key=_sort_key))
+                  .sort_values(["mode", "numerics", "cell", "epochs_planned"], key=_sort_key))
         missing = [c for c in cells.names() if c not in set(latest["cell"])]
-        base = _baseline(group)
         threads = sorted({str(t) for t in latest["torch_threads"].dropna()})
         md += [f"### {config} on {_device_title(device, name)}", "",
                f"Runs started {_dates(latest['started'])} (UTC)"
                + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "") + ". "
-               + (f"Baseline: `{base['run_id']}` ({_date(base['started'])}, {base['words_per_sec']:.0f} words/sec)."
-                  if base is not None else f"No finished `{BASELINE}` run here: the ratio column is empty.")
+               + _baselines_note(group)
                + _rate_note(rate_for(rates, device, name, _common(latest["torch_threads"]))), ""]
         t = latest.assign(epochs=[f"{d}/{p}" + _eval_mark(w) for d, p, w in
                                   zip(latest["epochs_done"], latest["epochs_planned"], latest["max_eval_words"],
@@ -326,11 +354,11 @@ def _eval_mark(words) -> str:
 
 
 def _cell_label(r) -> str:
-    """The cell, with its step mode when that is not eager (``compiled_lstm [compile]``) and the settings it
-    changed from its preset (``cudnn_gru (learning_rate 0.5)``)."""
-    mode = getattr(r, "mode", "eager")
-    label = r.cell if mode in ("eager", None) or (isinstance(mode, float) and math.isnan(mode)) \
-        else f"{r.cell} [{mode}]"
+    """The cell, with its step mode when that is not eager and its arithmetic when that is not float32 with exact
+    matmuls (``compiled_lstm [compile]``, ``cudnn_lstm [cuda-graph, tf32]``) and the settings it changed from its
+    preset (``cudnn_gru (learning_rate 0.5)``)."""
+    tag = _tags(getattr(r, "mode", "eager"), getattr(r, "numerics", "fp32"))
+    label = f"{r.cell} [{tag}]" if tag else r.cell
     changed = getattr(r, "overrides", "")
     return f"{label} ({changed})" if isinstance(changed, str) and changed else label
 
@@ -358,8 +386,10 @@ def _ttq(r) -> str:
 
 # --- repeated seeds -------------------------------------------------------------------------------------------
 
-# Runs that differ only in their seed: one preset on one device, one execution mode, one planned length, one cell.
-SEED_GROUP = ["config", "device", "device_name", "mode", "epochs_planned", "steps_per_epoch", "max_eval_words"]
+# Runs that differ only in their seed: one preset on one device, one execution mode and arithmetic, one planned
+# length, one cell.
+SEED_GROUP = ["config", "device", "device_name", "mode", "numerics", "epochs_planned", "steps_per_epoch",
+              "max_eval_words"]
 SEED_METRICS = {"words_per_sec": "words/sec", "peak_memory_mib": "peak MiB", "final_valid_ppl": "valid ppl",
                 "test_ppl": "test ppl"}
 
@@ -416,7 +446,8 @@ def seed_table(group: pd.DataFrame) -> list[str]:
         return []
     t = pd.DataFrame({
         "cell": [f"{c} ({o})" if o else c for c, o in zip(stats["cell"], stats["overrides"], strict=True)],
-        "mode": stats["mode"],
+        "mode": [", ".join(t for t in (m, x) if t != "fp32") for m, x in zip(stats["mode"], stats["numerics"],
+                                                                              strict=True)],
         "length": [f"{e:.0f} ep × {s:.0f} steps" for e, s in zip(stats["epochs_planned"], stats["steps_per_epoch"],
                                                                 strict=True)],
         "n": [f"{n}" if n == r else f"{n} ({r} runs)" for n, r in zip(stats["n"], stats["runs"], strict=True)],
@@ -483,11 +514,15 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
     wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "fwdbwd-cuda-graph": "fwd+bwd graph ms", "step": "step ms",
                  "step-compile": "step compiled ms", "step-cuda-graph": "step graph ms", "latency": "latency ms"}
     optional = ("step-", "fwdbwd-")  # (modes: columns only where timed)
-    # bfloat16 (bench --bench-dtype bfloat16): its own columns, only where it was timed, ratios within the dtype
-    wide_cols |= {f"{p}-bf16": label.replace(" ms", " bf16 ms") for p, label in wide_cols.items()}
+    # bfloat16 (bench --bench-dtype bfloat16) and float32 in TF32 (--bench-fp32-matmul tf32): columns of their own,
+    # only where timed, ratios within the arithmetic
+    wide_cols |= {f"{p}-{tag}": label.replace(" ms", f" {tag} ms") for tag in NUMERIC_PASSES
+                  for p, label in wide_cols.items()}
     ratio_cols = [("fwdbwd", "fwd+bwd vs cuDNN"), ("fwdbwd-cuda-graph", "fwd+bwd graph vs cuDNN"),
                   ("step", "step vs cuDNN"), ("latency", "latency vs cuDNN"),
-                  ("fwdbwd-bf16", "fwd+bwd bf16 vs cuDNN"), ("step-bf16", "step bf16 vs cuDNN")]
+                  *((f"{p}-{tag}", f"{label} {tag} vs cuDNN") for tag in NUMERIC_PASSES
+                    for p, label in (("fwdbwd", "fwd+bwd"), ("step", "step")))]
+    other_numerics = tuple(f"-{tag}" for tag in NUMERIC_PASSES)
     for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
         rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
         threads = sorted({str(t) for t in dev["torch_threads"].dropna()})
@@ -501,11 +536,11 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             t = pd.DataFrame(index=wide.index)
             t["backend"] = sh.groupby("cell")["backend"].first()
             for p, label in wide_cols.items():
-                if p in wide or not (p.startswith(optional) or p.endswith("-bf16")):  # only where timed
+                if p in wide or not (p.startswith(optional) or p.endswith(other_numerics)):  # only where timed
                     t[label] = wide[p] if p in wide else math.nan
             kinds = sh.groupby("cell")["kind"].first()
             for p, label in ratio_cols:
-                if p in wide or not (p.startswith(optional) or p.endswith("-bf16")):
+                if p in wide or not (p.startswith(optional) or p.endswith(other_numerics)):
                     t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
             fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
             gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
@@ -524,8 +559,8 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                               "step compiled ms": ".4g", "step graph ms": ".4g", "fwd+bwd graph ms": ".4g",
                               "fwd+bwd graph vs cuDNN": ".3g",
                               "latency vs cuDNN": ".3g",
-                              **{label: ".4g" for label in wide_cols.values() if "bf16" in label},
-                              "fwd+bwd bf16 vs cuDNN": ".3g", "step bf16 vs cuDNN": ".3g"}), ""]
+                              **{label: ".4g" for label in wide_cols.values()},
+                              **{label: ".3g" for _, label in ratio_cols}}), ""]
     return md
 
 

@@ -73,6 +73,7 @@ class Options:
     engine: str = "local"
     device: str | None = None
     dtype: str = "float32"
+    fp32_matmul: str = "ieee"
     epochs: int | None = None
     max_steps: int | None = None
     max_eval_words: int | None = None
@@ -108,7 +109,7 @@ def train_args(spec: RunSpec, opts: Options, results: str | os.PathLike | None =
     """The ``rnnbench train`` arguments of one run (everything after ``rnnbench``)."""
     quiet = opts.quiet or opts.engine != "local"  # interleaved progress bars of parallel runs say nothing
     out = ["train", *spec.train_flags(), "--device", str(opts.device), "--results", str(results or opts.results),
-           "--dtype", opts.dtype]
+           "--dtype", opts.dtype, "--fp32-matmul", opts.fp32_matmul]
     for flag, value in (("--epochs", opts.epochs), ("--max-steps", opts.max_steps),
                         ("--max-eval-words", opts.max_eval_words), ("--data-dir", opts.data_dir),
                         ("--threads", opts.threads), ("--checkpoint", checkpoint),
@@ -135,7 +136,7 @@ def base_record(spec: RunSpec, opts: Options, device, command: list[str]) -> dic
     from lm.train import new_record
 
     return new_record(lm_config.preset(spec.preset, epochs=opts.epochs), spec.cell, device, spec.seed, command,
-                      spec.mode)
+                      spec.mode, opts.dtype, opts.fp32_matmul)
 
 
 # --- checkpoints and earlier attempts --------------------------------------------------------------------------

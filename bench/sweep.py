@@ -93,7 +93,8 @@ def options(args: argparse.Namespace) -> Options:
     results = Path(args.results).resolve()
     checkpoints = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else results / "checkpoints"
     return Options(results=str(results), checkpoints=str(checkpoints / f"sweep-{sweep_id}"), sweep_id=sweep_id,
-                   engine=args.engine, device=args.device, dtype=args.dtype, epochs=args.epochs,
+                   engine=args.engine, device=args.device, dtype=args.dtype, fp32_matmul=args.fp32_matmul,
+                   epochs=args.epochs,
                    max_steps=args.max_steps, max_eval_words=args.max_eval_words, no_verify=args.no_verify,
                    quiet=args.quiet,
                    data_dir=str(Path(args.data_dir).resolve()) if args.data_dir and args.engine == "ray" else
@@ -128,9 +129,12 @@ def run_local(specs: list[RunSpec], opts: Options) -> list[Outcome]:
 
 def _prepare_local(opts: Options) -> None:
     """The device must be here; the data is located (downloading if needed) and checked once, not per child."""
-    from lm.train import resolve_device
+    import torch
+
+    from lm.train import check_numerics, resolve_device
 
     opts.device = str(resolve_device(opts.device))
+    check_numerics(torch.device(opts.device), getattr(torch, opts.dtype), opts.fp32_matmul)  # not once per run
     folder = data.locate(opts.data_dir)
     if not opts.no_verify:
         for name in data.FILES:

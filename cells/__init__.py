@@ -28,6 +28,7 @@ library is missing cannot break the others.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -172,3 +173,57 @@ def cudnn_rnn_tf32() -> bool:
         if precision != "none":
             return precision == "tf32"
     return False
+
+
+# How float32 matmuls run on CUDA, one setting for every cell of a run (``rnnbench train --fp32-matmul``, ``bench
+# --bench-fp32-matmul``): "ieee" (exact float32 products) or "tf32" (TF32 tensor cores: 10-bit mantissas, float32
+# accumulation).  It covers cuBLAS (torch.matmul, nn.Linear, the loop cells, inductor's matmuls), cuDNN's RNNs and
+# the Triton cells, which follow cuBLAS's setting unless built with an ``fp32_precision`` of their own.  Torch's own
+# defaults differ between the two libraries (cuDNN's RNNs TF32, cuBLAS exact): a comparison under them is not like
+# with like.  Nothing changes on the CPU, where float32 matmuls are exact.
+FP32_MATMULS = ("ieee", "tf32")
+
+
+def fp32_matmul() -> str:
+    """How torch's float32 matmuls on CUDA (cuBLAS) run now: "tf32" or "ieee".  Reads torch's ``fp32_precision``
+    settings (torch.backends.cuda.matmul, then torch.backends) where torch has them, else ``allow_tf32``: reading the
+    old flag after the new API was used is an error in torch."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    for level in (matmul, torch.backends):
+        precision = getattr(level, "fp32_precision", "none")
+        if precision != "none":
+            return "tf32" if precision == "tf32" else "ieee"
+    return "ieee"
+
+
+def set_fp32_matmul(precision: str) -> None:
+    """Make every float32 matmul on CUDA (cuBLAS and cuDNN's RNNs; the Triton cells follow) run as ``precision``,
+    one of :data:`FP32_MATMULS`, through torch's ``fp32_precision`` API where it has one (else ``allow_tf32``)."""
+    if precision not in FP32_MATMULS:
+        raise ValueError(f"float32 matmul precision must be one of {', '.join(FP32_MATMULS)}, got {precision!r}")
+    backends = torch.backends
+    if hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(getattr(backends.cudnn, "rnn", None),
+                                                                    "fp32_precision"):
+        backends.cuda.matmul.fp32_precision = precision
+        backends.cudnn.rnn.fp32_precision = precision
+    else:
+        backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+@contextlib.contextmanager
+def fp32_matmul_precision(precision: str):
+    """:func:`set_fp32_matmul` within the block, torch's previous settings after it."""
+    backends = torch.backends
+    new_api = hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(getattr(backends.cudnn, "rnn", None),
+                                                                           "fp32_precision")
+    levels = ((backends.cuda.matmul, "fp32_precision"), (backends.cudnn.rnn, "fp32_precision")) if new_api else \
+        ((backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32"))
+    old = [getattr(obj, attr) for obj, attr in levels]
+    set_fp32_matmul(precision)
+    try:
+        yield
+    finally:
+        for (obj, attr), value in zip(levels, old, strict=True):
+            setattr(obj, attr, value)

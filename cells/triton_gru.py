@@ -153,5 +153,5 @@ class TritonGRU(TritonLSTM):
         """Layer ``k`` over x [T, B, in] from state h [B, H]: (y [T, B, H], h_T); ``input_drop`` as for
         :meth:`TritonLSTM.layer`."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-        return between_graphs(gru_layer, x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.fp32_precision,
+        return between_graphs(gru_layer, x, state, w_ih, w_hh, b_ih, b_hh, self.path, self.units, self.precision(),
                               input_drop)

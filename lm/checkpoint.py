@@ -23,9 +23,11 @@ FORMAT = 1
 
 
 def default_path(results: str | os.PathLike, config: str, cell: str, device: torch.device, seed: int,
-                 step_mode: str = "eager") -> Path:
+                 step_mode: str = "eager", numerics: str = "") -> Path:
+    """``<results>/checkpoints/<config>-<cell>[-<mode>][<numerics>]-<device>-seed<S>.pt``; ``numerics``: what the
+    run's arithmetic adds to its id (``lm.train.numerics_suffix``: "", "-tf32", "-bf16")."""
     mode = "" if step_mode == "eager" else f"-{step_mode}"
-    return Path(results) / "checkpoints" / f"{config}-{cell}{mode}-{device.type}-seed{seed}.pt"
+    return Path(results) / "checkpoints" / f"{config}-{cell}{mode}{numerics}-{device.type}-seed{seed}.pt"
 
 
 def rng_state() -> dict:
@@ -70,11 +72,19 @@ def load(path: str | os.PathLike) -> dict:
 
 
 def check_compatible(ckpt: dict, path: Path, config: dict, kind: str, vocab_size: int, train_tokens: int,
-                     step_mode: str = "eager") -> None:
-    """Refuse to resume from a checkpoint of another config, cell kind, step mode or corpus."""
+                     step_mode: str = "eager", dtype: str = "float32", fp32_matmul: str = "ieee") -> None:
+    """Refuse to resume from a checkpoint of another config, cell kind, step mode, arithmetic or corpus (a
+    checkpoint from before the arithmetic was recorded is float32 and resumes under either matmul precision)."""
     saved_mode = ckpt["record"].get("step_mode") or "eager"
     if saved_mode != step_mode:
         raise UsageError(f"checkpoint {path} is of a --step {saved_mode} run; resume it with --step {saved_mode}")
+    saved_dtype = ckpt["record"].get("dtype") or "float32"
+    if saved_dtype != dtype:
+        raise UsageError(f"checkpoint {path} is of a --dtype {saved_dtype} run; resume it with --dtype {saved_dtype}")
+    saved_matmul = ckpt["record"].get("fp32_matmul")
+    if dtype == "float32" and saved_matmul is not None and saved_matmul != fp32_matmul:
+        raise UsageError(f"checkpoint {path} is of a --fp32-matmul {saved_matmul} run; resume it with --fp32-matmul "
+                         f"{saved_matmul}")
     saved = ckpt["record"]["config"]
     free = ("epochs", "target_valid_ppl")  # may change between sessions of one run
     diff = sorted(k for k in set(saved) | set(config) if k not in free and saved.get(k) != config.get(k))

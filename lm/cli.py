@@ -107,8 +107,8 @@ def _train_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from lm import config, data
-    from lm.train import check_cell, resolve_device, train
+    from lm import config, data, records
+    from lm.train import check_cell, check_numerics, resolve_device, train
 
     seeds = seeds_of(args)
     if len(seeds) > 1:
@@ -119,21 +119,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config.preset(args.config, **_overrides(args))
     device = resolve_device(args.device)
     check_cell(args.cell, device, args.allow_interpreter)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    check_numerics(device, dtype, args.fp32_matmul)  # before the corpus loads
     if args.results is not None:
         from lm.records import ensure_writable
 
         ensure_writable(args.results)
     corpus = data.load(args.data_dir, check_md5=not args.no_verify)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     rec = train(cfg, args.cell, corpus, device, seed=args.seed, results_dir=args.results, max_steps=args.max_steps,
                 progress=not args.quiet, command=["rnnbench", *args.argv], dtype=dtype,
                 checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
                 deterministic=args.deterministic, heartbeat=args.heartbeat, step_mode=args.step,
-                max_eval_words=args.max_eval_words)
+                max_eval_words=args.max_eval_words, fp32_matmul=args.fp32_matmul)
     ppl = "n/a" if rec["test_ppl"] is None else f"{rec['test_ppl']:.2f}"
     wps = "n/a" if not rec["words_per_sec"] else f"{rec['words_per_sec']:.0f}"
     where = f"; record {rec['record_path']}" if "record_path" in rec else ""
     mode = "" if rec.get("step_mode", "eager") == "eager" else f" --step {rec['step_mode']}"
+    mode += "" if records.numerics(rec) == "fp32" else f" ({records.numerics(rec)})"
     print(f"{rec['cell']}{mode} [{rec['backend']}] {cfg.name} on {rec['env']['device_name']}: status {rec['status']}, "
           f"test ppl {ppl}, {wps} words/sec{where}")
     if rec["status"] != "ok":
@@ -182,6 +184,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "and the report say so; default: the whole streams, as the tutorial)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--fp32-matmul", default="ieee", choices=["ieee", "tf32"],
+                   help="float32 matmuls on CUDA, for every cell alike (cuBLAS, cuDNN's RNNs, the Triton cells): "
+                        "ieee, exact (default); tf32, on the tensor cores. Torch's own defaults differ between "
+                        "cuDNN (TF32) and cuBLAS (exact); the record and the report say which ran")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0)
     seeds.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",

@@ -22,6 +22,25 @@ from lm.errors import UsageError
 STATUSES = ("ok", "failed", "diverged", "oom", "interrupted", "unavailable", "timeout")
 
 
+def numerics_of(dtype: str, fp32_matmul: str | None) -> str:
+    """A run's arithmetic in one word, part of its identity: "fp32" (float32, exact matmuls), "tf32" (float32, TF32
+    matmuls: ``rnnbench train --fp32-matmul tf32``), "bf16" (bfloat16 parameters and activations), ..."""
+    if dtype != "float32":
+        return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+    return {"ieee": "fp32", None: "fp32"}.get(fp32_matmul, fp32_matmul)
+
+
+def numerics(rec: dict) -> str:
+    """:func:`numerics_of` a run record.  Records made before the setting (2026-11-29) ran float32 under torch's
+    defaults: exact, but for cuDNN's RNNs, which used TF32 ("tf32-rnn": a cuDNN backend whose string does not say
+    "exact float32"; the oldest do not say either way, and torch's default was TF32 then as now)."""
+    fp32_matmul = rec.get("fp32_matmul")
+    if "fp32_matmul" not in rec:
+        backend = str(rec.get("backend") or "")
+        fp32_matmul = "tf32-rnn" if backend.startswith("cuDNN") and "exact float32" not in backend else "ieee"
+    return numerics_of(rec.get("dtype") or "float32", fp32_matmul)
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
@@ -114,9 +133,9 @@ def load_runs(results: str | os.PathLike) -> list[dict]:
 SPIKE_FACTOR = 2
 
 
-TRAIN_COLUMNS = ["started", "config", "cell", "backend", "device", "device_name", "epochs", "steps_per_epoch",
-                 "valid_ppl", "test_ppl", "spikes", "words_per_sec", "peak_mem_mib", "wall_min", "status", "commit",
-                 "run_id"]
+TRAIN_COLUMNS = ["started", "config", "cell", "backend", "numerics", "device", "device_name", "epochs",
+                 "steps_per_epoch", "valid_ppl", "test_ppl", "spikes", "words_per_sec", "peak_mem_mib", "wall_min",
+                 "status", "commit", "run_id"]
 
 
 def spikes(rec: dict) -> int | None:
@@ -138,6 +157,7 @@ def train_table(runs: list[dict]):
             "config": (r.get("config") or {}).get("name"),
             "cell": r.get("cell"),
             "backend": r.get("backend"),
+            "numerics": numerics(r),
             "device": env.get("device"),
             "device_name": env.get("device_name"),
             "epochs": len(epochs),

@@ -103,19 +103,22 @@ def safe_exp(x: float) -> float:
 
 
 def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command: list[str] | None,
-               step_mode: str = "eager") -> dict:
+               step_mode: str = "eager", dtype: str = "float32", fp32_matmul: str = "ieee") -> dict:
     """A run record before training; ``kind`` is None when the cell's module cannot be imported.
 
-    The step mode is part of the run's identity: in its id (unless eager) and in ``step_mode``."""
+    The step mode and the arithmetic are part of the run's identity: in its id (unless eager, or float32 with exact
+    matmuls: ``-cuda-graph``, ``-tf32``, ``-bf16``) and in ``step_mode``, ``dtype`` and ``fp32_matmul`` (None for
+    another dtype than float32)."""
     started = datetime.now(timezone.utc)
     try:
         kind = cells.kind(cell)
     except ImportError:
         kind = None
+    fp32_matmul = fp32_matmul if dtype == "float32" else None
     return {
         "schema": 1,
-        "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}{'' if step_mode == 'eager' else '-' + step_mode}-"
-                  f"{device.type}-{uuid.uuid4().hex[:6]}",
+        "run_id": f"{started:%Y%m%dT%H%M%S}-{cfg.name}-{cell}{'' if step_mode == 'eager' else '-' + step_mode}"
+                  f"{numerics_suffix(dtype, fp32_matmul)}-{device.type}-{uuid.uuid4().hex[:6]}",
         "command": env.relative_command(command) if command else None,
         "status": "running",
         "started": started.isoformat(timespec="seconds"),
@@ -123,6 +126,8 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         "cell": cell,
         "kind": kind,
         "step_mode": step_mode,
+        "dtype": dtype,
+        "fp32_matmul": fp32_matmul,
         "backend": None,
         "step": None,
         "config": cfg.as_dict(),
@@ -146,6 +151,25 @@ def new_record(cfg: Config, cell: str, device: torch.device, seed: int, command:
         "wall_seconds": None,
         "error": None,
     }
+
+
+def numerics_suffix(dtype: str, fp32_matmul: str | None) -> str:
+    """What a run's id and default checkpoint name add for its arithmetic: nothing for float32 with exact matmuls,
+    else ``-tf32``, ``-bf16``."""
+    tag = records.numerics_of(dtype, fp32_matmul)
+    return "" if tag == "fp32" else f"-{tag}"
+
+
+def check_numerics(device: torch.device, dtype: torch.dtype, fp32_matmul: str) -> None:
+    """Refuse, with a one-line reason, a float32 matmul precision that is unknown or means nothing for the run."""
+    if fp32_matmul not in cells.FP32_MATMULS:
+        raise UsageError(f"--fp32-matmul takes {' or '.join(cells.FP32_MATMULS)}, got {fp32_matmul!r}")
+    if fp32_matmul == "tf32" and dtype != torch.float32:
+        raise UsageError(f"--fp32-matmul tf32 is for float32 runs; a {str(dtype).removeprefix('torch.')} run's "
+                         "matmuls take its own dtype")
+    if fp32_matmul == "tf32" and device.type != "cuda":
+        raise UsageError(f"--fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 matmuls on "
+                         f"the {device.type.upper()} are exact")
 
 
 class Diverged(Exception):
@@ -195,7 +219,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
           progress: bool = True, command: list[str] | None = None, dtype: torch.dtype = torch.float32,
           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: float = 10.0, resume: bool = False,
           deterministic: bool = False, heartbeat: float = 0.0, step_mode: str = "eager",
-          max_eval_words: int | None = None) -> dict:
+          max_eval_words: int | None = None, fp32_matmul: str = "ieee") -> dict:
     """Train and evaluate one model; write its record under ``results_dir`` (None: write nothing).
 
     Args:
@@ -210,6 +234,9 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         max_eval_words: validate and test on the first this many words of each stream only (a smoke run's
             evaluation, e.g. the GPU check's per-op loop cells, whose 82k-step test pass takes ~25 s on a GPU);
             stated in the record, and the report marks such perplexities.  None: the whole streams.
+        fp32_matmul: how every float32 matmul of the run on CUDA runs (:data:`cells.FP32_MATMULS`): "ieee", exact,
+            or "tf32" -- cuBLAS, cuDNN's RNNs and the Triton cells alike (:func:`cells.set_fp32_matmul`; torch's
+            previous settings are back after the run).  Part of the run's identity, like ``dtype``.
 
     Returns the record; its ``status`` is ok, failed, diverged, oom or interrupted.
     """
@@ -223,21 +250,24 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         raise UsageError(f"--heartbeat must be >= 0 seconds (0: none), got {heartbeat}")
     if step_mode not in step_mod.MODES:
         raise UsageError(f"unknown step mode {step_mode!r}; accepted: {', '.join(step_mod.MODES)}")
+    check_numerics(device, dtype, fp32_matmul)
+    dtype_name = str(dtype).removeprefix("torch.")
     if results_dir is not None:
         records.ensure_writable(results_dir)
     if checkpoint_path is None and results_dir is not None:
-        checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed, step_mode)
+        checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed, step_mode,
+                                                numerics_suffix(dtype_name, fp32_matmul))
     ckpt = None
     if resume:
         if checkpoint_path is None:
             raise UsageError("--resume needs a checkpoint: pass --checkpoint PATH or --results DIR")
         ckpt = ckpt_mod.load(checkpoint_path)
         ckpt_mod.check_compatible(ckpt, Path(checkpoint_path), cfg.as_dict(), cells.kind(cell), corpus.vocab_size,
-                                  len(corpus.train), step_mode)
+                                  len(corpus.train), step_mode, dtype_name, fp32_matmul)
     if deterministic:
         set_deterministic(device)
     torch.manual_seed(seed)
-    rec = new_record(cfg, cell, device, seed, command, step_mode)
+    rec = new_record(cfg, cell, device, seed, command, step_mode, dtype_name, fp32_matmul)
     rec["deterministic"] = deterministic
     rec["max_eval_words"] = max_eval_words
     if device.type == "cuda":
@@ -245,7 +275,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     hb = Heartbeat(f"{cfg.name} {cell}{'' if step_mode == 'eager' else ' ' + step_mode} {device.type}", heartbeat)
     run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, max_steps,
               max_eval_words)
-    with hb:
+    with hb, cells.fp32_matmul_precision(fp32_matmul):
         try:
             run.setup(step_mode, ckpt)
             with stop_requests() as stop:

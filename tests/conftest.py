@@ -78,7 +78,7 @@ def assert_launches_repeat_and_leave_counters_zero(function, inference, args: li
 @pytest.fixture(autouse=True)
 def _no_tf32():
     """fp32 checks compare against float64 with TF32 off."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    import cells
+
+    with cells.fp32_matmul_precision("ieee"):
+        yield

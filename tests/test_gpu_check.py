@@ -90,9 +90,10 @@ def test_dry_run_of_the_timings_writes_every_benchmark_file(dry_runs):
     # (ncu runs only where it is on the PATH, never in the dry run)
     assert [s["step"] for s in summary["steps"]] == ["env", "bench", "tune", "bench-tuned", "bench-tuned-bf16",
                                                      "bench-graphs", "tune-small", "probe", "bench-modes",
-                                                     "bench-compiled", "bench-compiled-graphs", "bench-bf16", "report"]
+                                                     "bench-compiled", "bench-compiled-graphs", "bench-bf16",
+                                                     "bench-tf32", "report"]
     slug = summary["slug"]
-    for name in ("micro", "bf16", "modes", "compiled"):
+    for name in ("micro", "bf16", "modes", "compiled", "tf32"):
         assert json.loads((out / "bench" / slug / f"{name}.json").read_text())["benchmarks"], name
     assert json.loads((out / "gpu" / slug / "compiled-reduce-overhead.json").read_text())["benchmarks"]
     # the searches' winners, benchmarked apart from bench/ with the file named in the JSON (the dry run: an H200's)
@@ -127,6 +128,9 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     monkeypatch.setattr(gpu_check.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on the GPU machine
     perf = {s.name: s.argv for s in gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "perf")}
     assert perf["probe"][perf["probe"].index("--json") + 1].endswith("probe.json")
+    tf32 = perf["bench-tf32"]  # the bfloat16 step's cells and passes, in float32 with every matmul in TF32
+    assert tf32[tf32.index("--bench-fp32-matmul") + 1] == "tf32" and "--bench-dtype" not in tf32
+    assert tf32[tf32.index("--bench-cells") + 1] == "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru"
     from cells.triton_lstm import tune  # the fields the check's tile search varies are the search's own
 
     assert tune._fields(perf["tune"][perf["tune"].index("--fields") + 1]) == gpu_check.TUNE_FIELDS

@@ -184,7 +184,8 @@ def test_ending_a_child_sigterm_first_then_sigkill(handler, ended_with, rc):
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", seed=0, seeds=None,
+    base = dict(cells="all", config="tiny", epochs=1, device="cpu", dtype="float32", fp32_matmul="ieee", seed=0,
+                seeds=None,
                 data_dir=None, no_verify=True, results="results", max_steps=2, quiet=True, threads=None,
                 engine="local", ray_address=None, cell_timeout=None, kill_grace=30.0, heartbeat=10.0,
                 checkpoint_every=None, checkpoint_dir=None, steps="eager", max_eval_words=None, no_measure=False)
@@ -303,6 +304,6 @@ def test_child_command_passes_the_arguments_through():
                         device="cuda:1", threads=2, heartbeat=0.5, checkpoint_every=1.5, max_eval_words=4096)
     assert runs.train_args(runs.RunSpec("tiny", "loop_gru", 7), opts, checkpoint="ck/x.pt") == [
         "train", "--cell", "loop_gru", "--config", "tiny", "--seed", "7", "--device", "cuda:1", "--results", "out",
-        "--dtype", "float32", "--epochs", "3", "--max-steps", "5", "--max-eval-words", "4096", "--data-dir",
-        "/data/ptb", "--threads", "2",
+        "--dtype", "float32", "--fp32-matmul", "ieee", "--epochs", "3", "--max-steps", "5", "--max-eval-words", "4096",
+        "--data-dir", "/data/ptb", "--threads", "2",
         "--checkpoint", "ck/x.pt", "--checkpoint-every", "1.5", "--heartbeat", "0.5"]

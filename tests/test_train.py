@@ -133,6 +133,10 @@ BAD = [
     (["--cell", "loop_lstm", "--data-dir", "/nonexistent/ptb"], "data folder /nonexistent/ptb does not exist"),
     (["--cell", "loop_lstm", "--heartbeat", "-1"], r"--heartbeat must be >= 0 seconds \(0: none\), got -1.0"),
     (["--cell", "loop_lstm", "--checkpoint-every", "nan"], "--checkpoint-every must be >= 0 minutes, got nan"),
+    (["--cell", "loop_lstm", "--device", "cpu", "--fp32-matmul", "tf32"],
+     "--fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 matmuls on the CPU are exact"),
+    (["--cell", "loop_lstm", "--dtype", "bfloat16", "--fp32-matmul", "tf32"],
+     "--fp32-matmul tf32 is for float32 runs; a bfloat16 run's matmuls take its own dtype"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--cell", "loop_lstm", "--device", "cuda"], "CUDA is not available here; accepted: cpu"))

@@ -30,12 +30,14 @@ Design, per layer
   input that requires grad) the Function is skipped, no gates are stored and the cell state lives in
   two slabs (``c_t`` in slot ``t % 2``), so evaluation windows of 8192 steps cost y and xp only.
 * Arithmetic of the recurrent matmuls (``tl.dot``, float32 accumulation): bfloat16 and float16 on the
-  tensor cores (``mma.sync``: the batch block of 16 or 32 rows is below wgmma's 64); float32 exact by
-  default (``input_precision="ieee"``, FMA, no tensor cores), TF32 only with ``fp32_precision="tf32"``,
-  and ``fp32_precision="tf32x3"`` for float32-accurate products on the tensor cores (Triton's three-pass TF32:
-  each operand split into a TF32 head and a TF32 tail, three MMAs; untimed, the probe times it);
-  :meth:`TritonLSTM.describe_backend`, hence every record, says which.  Note that cuDNN's float32 RNN
-  uses TF32 unless torch is told otherwise (:func:`cells.cudnn_rnn_tf32`, also in its backend string).
+  tensor cores (``mma.sync``: the batch block of 16 or 32 rows is below wgmma's 64); float32 as torch's
+  float32 matmuls on CUDA run at the call (:func:`cells.fp32_matmul`: exact by default, ``input_precision="ieee"``,
+  FMA, no tensor cores; TF32 tensor cores when torch allows TF32 in cuBLAS, as ``rnnbench train --fp32-matmul
+  tf32`` does for every cell), or as the cell's ``fp32_precision`` says: "ieee", "tf32", or "tf32x3" for
+  float32-accurate products on the tensor cores (Triton's three-pass TF32: each operand split into a TF32 head and
+  a TF32 tail, three MMAs; untimed, the probe times it); :meth:`TritonLSTM.describe_backend`, hence every record,
+  says which.  Note that cuDNN's float32 RNN uses TF32 under torch's defaults, where cuBLAS does not
+  (:func:`cells.cudnn_rnn_tf32`, also in its backend string); the suite's commands set both alike.
 * Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one
   program per SM (132 SMs, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500, from the tile
   table ``launch.TILES``, which awaits GPU measurement), each program keeps its slice of ``W_hh``
@@ -362,8 +364,10 @@ class TritonLSTM(RecurrentStack):
         path: "auto" (persistent on CUDA when it fits the SMs, else blocked), "persistent", "blocked"
             or "stepwise"; see :mod:`.launch`.
         units: hidden units per program on the persistent and stepwise paths (default: chosen for the GPU).
-        fp32_precision: the recurrent matmuls of float32 input on CUDA: "ieee" (exact float32 products, the
-            default), "tf32" (tensor cores, 10-bit mantissas, as cuDNN's float32 RNN when torch allows TF32) or
+        fp32_precision: the recurrent matmuls of float32 input on CUDA: None (the default) as torch's float32
+            matmuls run at the call (:func:`cells.fp32_matmul`: "ieee" unless TF32 is allowed in cuBLAS),
+            "ieee" (exact float32 products), "tf32" (tensor cores, 10-bit mantissas, as cuDNN's float32 RNN when
+            torch allows TF32) or
             "tf32x3" (tensor cores, three TF32 products per multiply: a_hi b_hi + a_hi b_lo + a_lo b_hi, with
             about float32's accuracy).
             The backend description says which ran.  bfloat16 and float16 always use the tensor cores with
@@ -378,11 +382,11 @@ class TritonLSTM(RecurrentStack):
     jit_kernels = True  # Triton compiles them per shape at first use: bench compiles them side by side first
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 path: str = "auto", units: int | None = None, fp32_precision: str = "ieee"):
+                 path: str = "auto", units: int | None = None, fp32_precision: str | None = None):
         super().__init__(input_size, hidden_size, num_layers, dropout)
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        if fp32_precision not in FP32_PRECISIONS:
+        if fp32_precision is not None and fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
         self.path, self.units, self.fp32_precision = path, units, fp32_precision
 
@@ -420,7 +424,7 @@ class TritonLSTM(RecurrentStack):
         device = torch.device(device)
         dtype = dtype or next(self.parameters()).dtype
         if dtype == torch.float32:
-            arith = "exact float32 (ieee)" if interpreted(device) else FP32_ARITHMETIC[self.fp32_precision]
+            arith = "exact float32 (ieee)" if interpreted(device) else FP32_ARITHMETIC[self.precision()]
         elif dtype == torch.float64:
             arith = "float64"
         else:
@@ -429,7 +433,7 @@ class TritonLSTM(RecurrentStack):
             return (f"Triton {triton.__version__} interpreter (as TRITON_INTERPRET=1; one program per batch block; "
                     f"recurrent matmuls {arith})")
         plan = launch.make_plan(batch, self.hidden_size, dtype, device, self.path, self.units,
-                                fp32_precision=self.fp32_precision, kind=self.mode)
+                                fp32_precision=self.precision(), kind=self.mode)
         how = "persistent, grid barrier" if plan.sync else "one program per batch block"
         return f"Triton {triton.__version__} compiled ({how}; recurrent matmuls {arith}; at batch {batch}: " \
                f"{plan.describe()})"
@@ -442,7 +446,13 @@ class TritonLSTM(RecurrentStack):
 
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         return between_graphs(lstm_layer, x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, self.path, self.units,
-                              self.fp32_precision, input_drop)
+                              self.precision(), input_drop)
+
+    def precision(self) -> str:
+        """The float32 recurrent matmuls' arithmetic now: the cell's ``fp32_precision``, else torch's setting."""
+        import cells
+
+        return self.fp32_precision or cells.fp32_matmul()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", path={self.path!r}, fp32_precision={self.fp32_precision!r}"

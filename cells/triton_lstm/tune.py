@@ -21,12 +21,13 @@ kept a change (a greedy search misses what two fields do together); the GPU chec
 output and input gradient are checked against the starting tile's (same weights, same input; ``max_diff``: the largest
 absolute difference of the outputs or relative one of the gradients, to 1e-4 in float32, 5e-2 in 16 bits; records
 before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a backward field that computes wrong is not kept.
-``torch.nn.LSTM`` / ``GRU`` (cuDNN, TF32 off) is timed in the same process at the same shape, so every row carries its
-ratio. Timing: CUDA events around each call, synchronized, two untimed calls first, median of ``--reps``. Compiling, not
-timing, is most of a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are
-compiled side by side first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's
-cache: at the start every field's candidates around the starting tile, later those of a field after a change was kept;
-the log says what each batch took.
+``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision tf32`` search, else exact) is timed in the
+same process at the same shape, so every row carries its ratio. Timing: CUDA events around each call,
+synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of a candidate's cost
+(two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side first
+(:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start every
+field's candidates around the starting tile, later those of a field after a change was kept; the log says what each
+batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.  ``pytest bench
@@ -45,6 +46,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import cells
 
 from . import launch, precompile
 
@@ -195,8 +198,6 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
     (the command line writes them out at once: a run cut short keeps what it measured).  ``fields``: vary only these
     of :data:`FIELDS` (in its order; default all)."""
-    import cells
-
     hidden, steps = PRESETS[preset]
     device = torch.device("cuda")
     sms = launch.sm_count(device)
@@ -367,7 +368,8 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
         print(f"rnnbench: error: {module} times compiled kernels and needs CUDA (none here)", file=sys.stderr)
         return 2
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 on both sides
+    # cuDNN's float32 RNN as the search's arithmetic: TF32 beside "tf32", exact beside "ieee" and "tf32x3"
+    cells.set_fp32_matmul("tf32" if args.fp32_precision == "tf32" else "ieee")
     from lm import env
     from lm.records import atomic_write
 
