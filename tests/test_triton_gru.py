@@ -66,6 +66,9 @@ PLANS = [
     # unrolled: SPLIT tiles of K 4 a trip (H 40: two trips of 16 and one of 8 part-masked)
     ("blocked-3x3-tiles-outer-unrolled-4", 20, 2, 40, dict(path="blocked"), dict(block_j=16, block_k=4, split_k=4,
                                                                                  outer=True, outer_bwd=True)),
+    # longer trips (H 40: one of 32 and a part trip of 8; the backward's 3 x 40 columns: one of 64, a part trip of 56)
+    ("blocked-3x3-tiles-outer-unrolled-16-backward-32", 20, 2, 40, dict(path="blocked"),
+     dict(block_j=16, block_k=2, split_k=16, outer=True, outer_bwd=True, block_k_bwd=2, split_k_bwd=32)),
     # the backward's K loop apart from the forward's (launch.BWD_FIELDS)
     ("stepwise-2-batch-blocks-backward-apart", 20, 2, 24, dict(path="stepwise", units=8),
      dict(block_b=16, batch_blocks=2, block_k=16, split_k=2, block_k_bwd=8, split_k_bwd=1, num_stages_bwd=2)),
@@ -93,6 +96,9 @@ PERSISTENT = [
     ("persistent-B20-H650-outer", 20, 35, 650, dict(path="persistent"), dict(outer=True, outer_bwd=True, block_k=16)),
     ("persistent-B20-H650-outer-unrolled", 20, 35, 650, dict(path="persistent"),
      dict(outer=True, outer_bwd=True, block_k=4, split_k=8, num_stages=1, num_warps=8, num_warps_bwd=8)),
+    ("persistent-B20-H200-outer-64k-trips", 20, 20, 200, dict(path="persistent"),
+     dict(outer=True, outer_bwd=True, block_k=4, split_k=16, num_stages=1, num_warps=8, block_k_bwd=4,
+          split_k_bwd=16, num_warps_bwd=8)),
     ("persistent-B20-H650-fused-gates", 20, 35, 650, dict(path="persistent"), dict(fuse_gates=True, row_align=16)),
     ("persistent-B20-H650-backward-apart", 20, 35, 650, dict(path="persistent"),
      dict(block_k=16, num_stages=3, block_k_bwd=32, num_stages_bwd=1, split_k_bwd=2, num_warps_bwd=8)),

@@ -228,6 +228,10 @@ SPLIT_PLANS += [
      dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=2, split_k=8, fuse_gates=True, row_align=16, outer=True,
           outer_bwd=True)),
+    # longer trips (64 k in the forward, 128 in the backward at the PTB shapes): H 40 in one trip of 32 and a part
+    # trip of 8; the backward's 160 columns in two trips of 64 and a part trip of 32
+    ("blocked-3x3-tiles-outer-unrolled-16-backward-32", 20, 2, 40, dict(path="blocked", resident=False),
+     dict(block_j=16, block_k=2, split_k=16, outer=True, outer_bwd=True, block_k_bwd=2, split_k_bwd=32)),
 ]
 # The backward's K loop apart from the forward's (launch.BWD_FIELDS): another K tile, dot structure and split.
 SPLIT_PLANS += [
@@ -264,6 +268,9 @@ PERSISTENT = [
           num_stages_bwd=2, split_k_bwd=2, num_warps_bwd=8)),
     ("persistent-B20-H650-transposed-backward", 20, 35, 650, dict(path="persistent"),
      dict(transposed_bwd=True)),
+    ("persistent-B20-H200-outer-64k-trips-backward-128k", 20, 20, 200, dict(path="persistent"),
+     dict(fuse_gates=False, outer=True, outer_bwd=True, block_k=2, split_k=32, num_stages=1, num_warps=8,
+          block_k_bwd=4, split_k_bwd=32, num_warps_bwd=8)),
 ]
 
 
@@ -790,16 +797,20 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32, fuse_gates=True), 1500, torch.float32, 132, "outer")
-    # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 a trip, 8 warps,
-    # an accumulator per gate)
+    # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 or 16 a trip,
+    # 8 warps, an accumulator per gate)
     assert [(t.outer, t.block_k, t.split_k, t.num_warps, t.num_warps_bwd, t.fuse_gates) for t in outer] == [
-        (False, 32, 1, 4, 4, True), (True, 16, 1, 4, 4, True), (True, 4, 8, 8, 4, False), (True, 2, 8, 8, 4, False)]
+        (False, 32, 1, 4, 4, True), (True, 16, 1, 4, 4, True), (True, 4, 8, 8, 4, False), (True, 2, 8, 8, 4, False),
+        (True, 4, 16, 8, 4, False), (True, 2, 16, 8, 4, False)]
     assert {t.block_k for t in tune.candidates(outer[1], 1500, torch.float32, 132, "block_k")} == {2, 4, 8, 16}
     assert tune.candidates(outer[2], 1500, torch.float32, 132, "outer") == [dataclasses.replace(outer[2], outer=False),
                                                                           outer[2]]
     # with outer products the split unrolls the K loop: the warps stay
     assert {(t.split_k, t.num_warps) for t in tune.candidates(outer[2], 1500, torch.float32, 132, "split_k")} == {
-        (1, 8), (2, 8), (4, 8), (8, 8)}
+        (1, 8), (2, 8), (4, 8), (8, 8), (16, 8)}
+    outer_bwd = dataclasses.replace(outer[2], outer_bwd=True)  # (the backward's accumulator is a quarter: to 128 k)
+    assert {t.split_k_bwd for t in tune.candidates(outer_bwd, 1500, torch.float32, 132, "split_k_bwd")} == {
+        1, 2, 4, 8, 16, 32}
     assert tune.candidates(tile, 1500, torch.bfloat16, 132, "outer_bwd") == [tile]  # (exact float32 only)
     assert {(t.split_k, t.num_warps, t.num_warps_bwd) for t in tune.candidates(tile, 1500, torch.float32, 132,
                                                                                "split_k")} == {
@@ -831,7 +842,8 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     wide = dataclasses.replace(start, block_k=32, block_k_bwd=64)
     assert [(t.outer_bwd, t.block_k, t.block_k_bwd, t.split_k_bwd, t.num_warps_bwd)
             for t in tune.candidates(wide, 1500, torch.float32, 132, "outer_bwd")] == [
-        (False, 32, 64, 1, 4), (True, 32, 16, 1, 4), (True, 32, 4, 8, 8), (True, 32, 2, 8, 8)]
+        (False, 32, 64, 1, 4), (True, 32, 16, 1, 4), (True, 32, 4, 8, 8), (True, 32, 2, 8, 8), (True, 32, 4, 16, 8),
+        (True, 32, 2, 16, 8)]
     assert {t.num_stages_bwd for t in tune.candidates(start, 1500, torch.float32, 132, "num_stages_bwd")} == {
         1, 2, 3, 4}
     assert {t.block_k_bwd for t in tune.candidates(start, 650, torch.bfloat16, 132, "block_k_bwd")} == {32, 64, 128}

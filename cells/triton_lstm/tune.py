@@ -124,8 +124,10 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         # (with the backward's fields stated apart -- the search's start -- each changes its own kernel's warps;
         # else, as the tiles of the table are, both).  With outer products SPLIT unrolls the K loop instead: the
         # warps stay.
-        if tile.outer_bwd if field == "split_k_bwd" else tile.outer:
-            return [dataclasses.replace(tile, **{field: v}) for v in (1, 2, 4, 8)]
+        if tile.outer_bwd if field == "split_k_bwd" else tile.outer:  # (up to 64 k a trip without spills in the
+            # forward, 128 in the backward at small and medium: the package docstring)
+            return [dataclasses.replace(tile, **{field: v}) for v in (1, 2, 4, 8, 16, *((32,) if field ==
+                                                                                       "split_k_bwd" else ()))]
         backward = field == "split_k_bwd" or tile.split_k_bwd is None
         forward = field == "split_k"
         return [dataclasses.replace(tile, **{field: v},
@@ -186,7 +188,7 @@ FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd"
 # Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
 # float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
 # loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (the package docstring).
-OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8))
+OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8), (4, 16, 8), (2, 16, 8))  # (the last two: 64 k a trip, 2026-11-29)
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
 CELLS = tuple(KINDS)
