@@ -127,27 +127,6 @@ def test_the_report_compares_like_with_like(tmp_path):
     assert f"[tf32-rnn] `{old_cudnn['run_id']}`" in md and exact["run_id"] in md
 
 
-def test_tf32_micro_benchmarks_are_passes_of_their_own(tmp_path):
-    """bench --bench-fp32-matmul tf32 names its passes fwdbwd-tf32 (...): own columns, ratios within the arithmetic."""
-    from tests.test_report import bench_json
-
-    res = tmp_path / "results"
-    bench_json(res, "cuda", GPU, {("fwdbwd", "small", "cudnn_lstm"): 0.004, ("fwdbwd", "small", "triton_lstm"): 0.002},
-               folder="gpu")
-    path = bench_json(res, "cuda", GPU, {("fwdbwd", "small", "cudnn_lstm"): 0.003,
-                                         ("fwdbwd", "small", "triton_lstm"): 0.001}, folder="gpu-tf32")
-    doc = json.loads(path.read_text())
-    for b in doc["benchmarks"]:
-        b["extra_info"]["pass"] = "fwdbwd-tf32"
-    path.write_text(json.dumps(doc))
-    bench, _ = report.load_bench(res)
-    lines = "\n".join(report.micro_section(bench, {})).splitlines()
-    header = next(line for line in lines if line.startswith("| cell"))
-    assert "fwd+bwd tf32 ms" in header and "fwd+bwd tf32 vs cuDNN" in header and "bf16" not in header
-    trit = next(line for line in lines if line.startswith("| triton_lstm"))
-    assert "| 2 " in trit and "| 3 " in trit  # exact: 0.004 / 0.002, TF32: 0.003 / 0.001, never across
-
-
 def test_bench_refuses_tf32_where_it_means_nothing():
     import subprocess
     import sys

@@ -219,20 +219,23 @@ def test_flops_formula():
     assert flops.cell_flops_per_token("LSTM", 200, 2, "fwd") * 3 == flops.cell_flops_per_token("LSTM", 200, 2)
 
 
-def test_bfloat16_benchmarks_get_their_own_columns_and_ratios(results):
-    """bench --bench-dtype bfloat16 names its passes fwdbwd-bf16 (...): own columns, ratios within the dtype, and
-    the float32 rows of the same cells stay."""
+@pytest.mark.parametrize("tag", ["bf16", "tf32"])
+def test_other_arithmetics_get_their_own_columns_and_ratios(results, tag):
+    """bench --bench-dtype bfloat16 names its passes fwdbwd-bf16 (...), --bench-fp32-matmul tf32 fwdbwd-tf32: own
+    columns, ratios within the arithmetic, and the exact float32 rows of the same cells stay."""
     bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03, ("fwdbwd", "small", "loop_lstm"): 0.06})
     path = bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.02,
-                                            ("fwdbwd", "small", "loop_lstm"): 0.08}, folder="bf16")
+                                            ("fwdbwd", "small", "loop_lstm"): 0.08}, folder=tag)
     doc = json.loads(path.read_text())
     for b in doc["benchmarks"]:
-        b["extra_info"]["pass"] = "fwdbwd-bf16"
+        b["extra_info"]["pass"] = f"fwdbwd-{tag}"
     path.write_text(json.dumps(doc))
     small = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
-    assert "fwd+bwd bf16 ms" in small and "fwd+bwd bf16 vs cuDNN" in small
+    header = next(line for line in small.splitlines() if line.startswith("| cell"))
+    assert f"fwd+bwd {tag} ms" in header and f"fwd+bwd {tag} vs cuDNN" in header
+    assert not {"bf16", "tf32"} - {tag} & set(header.split())  # (the other one's columns only where timed)
     loop = next(line for line in small.splitlines() if line.startswith("| loop_lstm"))
-    assert "| 0.5 " in loop and "| 0.25 " in loop  # float32: 0.03 / 0.06; bfloat16: 0.02 / 0.08
+    assert "| 0.5 " in loop and "| 0.25 " in loop  # exact float32: 0.03 / 0.06; the other: 0.02 / 0.08
 
 
 def test_graph_replayed_fwdbwd_gets_its_own_column_and_ratio(results):
