@@ -200,30 +200,27 @@ def fp32_matmul() -> str:
 
 def set_fp32_matmul(precision: str) -> None:
     """Make every float32 matmul on CUDA (cuBLAS and cuDNN's RNNs; the Triton cells follow) run as ``precision``,
-    one of :data:`FP32_MATMULS`, through torch's ``fp32_precision`` API where it has one (else ``allow_tf32``)."""
+    one of :data:`FP32_MATMULS`."""
     if precision not in FP32_MATMULS:
         raise ValueError(f"float32 matmul precision must be one of {', '.join(FP32_MATMULS)}, got {precision!r}")
-    backends = torch.backends
-    if hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(getattr(backends.cudnn, "rnn", None),
-                                                                    "fp32_precision"):
-        backends.cuda.matmul.fp32_precision = precision
-        backends.cudnn.rnn.fp32_precision = precision
-    else:
-        backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = precision == "tf32"
+    _set_tf32(precision == "tf32", precision == "tf32")
+
+
+def _set_tf32(cublas: bool, cudnn: bool) -> None:
+    # Through torch's allow_tf32 flags, which keep its newer fp32_precision settings in step (torch 2.13: matmul
+    # "tf32" / "ieee", cuDNN's RNNs "tf32" / "none").  Setting fp32_precision alone to TF32 leaves the old getters
+    # raising ("mix of the legacy and new APIs"), and torch's own code still calls some of them
+    # (torch.get_float32_matmul_precision, torch._C._get_cublas_allow_tf32).
+    torch.backends.cuda.matmul.allow_tf32 = cublas
+    torch.backends.cudnn.allow_tf32 = cudnn
 
 
 @contextlib.contextmanager
 def fp32_matmul_precision(precision: str):
-    """:func:`set_fp32_matmul` within the block, torch's previous settings after it."""
-    backends = torch.backends
-    new_api = hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(getattr(backends.cudnn, "rnn", None),
-                                                                           "fp32_precision")
-    levels = ((backends.cuda.matmul, "fp32_precision"), (backends.cudnn.rnn, "fp32_precision")) if new_api else \
-        ((backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32"))
-    old = [getattr(obj, attr) for obj, attr in levels]
+    """:func:`set_fp32_matmul` within the block; after it, TF32 allowed in cuBLAS and in cuDNN's RNNs as before."""
+    old = fp32_matmul() == "tf32", cudnn_rnn_tf32()
     set_fp32_matmul(precision)
     try:
         yield
     finally:
-        for (obj, attr), value in zip(levels, old, strict=True):
-            setattr(obj, attr, value)
+        _set_tf32(*old)

@@ -21,6 +21,8 @@ def test_the_setting_is_torchs_for_cublas_and_cudnn_and_comes_back():
     assert before[0] == "ieee"  # tests/conftest.py: exact while testing
     with cells.fp32_matmul_precision("tf32"):
         assert cells.fp32_matmul() == "tf32" and cells.cudnn_rnn_tf32()
+        # torch's older getters still answer (torch's own code calls them; they raise once the two APIs disagree)
+        assert torch.get_float32_matmul_precision() == "high" and torch._C._get_cublas_allow_tf32()
         with cells.fp32_matmul_precision("ieee"):
             assert cells.fp32_matmul() == "ieee" and not cells.cudnn_rnn_tf32()
         assert cells.fp32_matmul() == "tf32"
