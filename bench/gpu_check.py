@@ -73,6 +73,10 @@ medium preset's 39 epochs for ``--full-cells`` (default ``cudnn_lstm``), the tra
 after another, each under a ``--cell-timeout`` of what the budget leaves -- and ``report``.  The paper's and the
 tutorial's perplexities (82.7, 82.07) are the comparison; the check before it and one such run fill a session.
 
+``--steps NAMES`` runs only the named steps of the part, in the order named (``env`` first and ``report`` last all
+the same): a session with less device time than the whole part chooses what it measures, e.g. ``--perf --steps
+tune,tune-small,bench-tuned`` so that the benchmark of the searches' winners also times small's.
+
 Checkpoints the sweeps write are scratch: they are deleted at the end (``OUT`` is meant to be shipped).
 
 ``OUT`` is laid out like ``results/`` (``runs/``, ``bench/<slug>/``, ``machine/``, and ``gpu/<slug>/``
@@ -486,8 +490,24 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
         {"implausible": bad} if bad else {}) | ({"warnings": warn} if warn else {})
 
 
+def select(schedule: list[Step], only: list[str] | None) -> list[Step]:
+    """``schedule`` itself, or with ``only`` (step names): ``env`` first, the named steps in the order named, ``report``
+    last -- a session that has less time than the whole part chooses what it measures and in which order (e.g. the
+    small tile search before the benchmark of the searches' winners, so that it times small's too).  An unknown or
+    repeated name is a ValueError naming the part's steps."""
+    if only is None:
+        return schedule
+    by_name = {s.name: s for s in schedule}
+    choosable = [n for n in by_name if n not in ("env", "report")]
+    bad = [n for n in only if n not in choosable]
+    if bad or not only or len(set(only)) != len(only):
+        what = f"unknown step(s) {', '.join(bad)}" if bad else "a step named twice" if only else "no step named"
+        raise ValueError(f"--steps: {what}; this part's steps: {', '.join(choosable)}")
+    return [by_name[n] for n in ("env", *only, "report") if n in by_name]
+
+
 def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S,
-          full_cells: str = FULL_CELLS) -> int:
+          full_cells: str = FULL_CELLS, only: list[str] | None = None) -> int:
     import torch
 
     from bench.machine import device_slug
@@ -507,7 +527,7 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: fl
     prefix = "" if part == "check" else f"{part}-"  # the other parts' logs and statuses sit beside the check's
     summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": budget_s, "steps": []}
     t0 = time.monotonic()
-    for step in steps(ptb.resolve(), out.resolve(), slug, dry_run, part, budget_s, full_cells):
+    for step in select(steps(ptb.resolve(), out.resolve(), slug, dry_run, part, budget_s, full_cells), only):
         left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
         limit = step.limit_s if dry_run else min(step.limit_s, left)
         summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
@@ -626,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"wall-clock seconds for all the steps (default {BUDGET_S}: one call of at most 6 minutes; "
                         f"--full: {FULL_BUDGET_S}); give less when the session has less device time left: the steps "
                         "past it are skipped, and recorded so")
+    r.add_argument("--steps", default=None, metavar="NAMES",
+                   help="only these steps of the part, comma-separated, in this order (env first and report last "
+                        "as always), e.g. --perf --steps tune,tune-small,bench-tuned")
     e = sub.add_parser("env", help="step 1 alone")
     e.add_argument("--device", default="cuda")
     e.add_argument("--out", type=Path, required=True)
@@ -660,7 +683,13 @@ def main(argv: list[str] | None = None) -> int:
                 r.error(f"--full-cells: unknown cell(s) {', '.join(bad) or repr(args.full_cells)}; known: "
                         f"{', '.join(cells.names())}")
         part = "full" if args.full else "perf" if args.perf else "check"
-        return check(args.ptb, args.out, args.dry_run, part, budget, args.full_cells)
+        only = None if args.steps is None else [n.strip() for n in args.steps.split(",") if n.strip()]
+        if only is not None:
+            try:
+                select(steps(args.ptb, args.out, "slug", args.dry_run, part, budget, args.full_cells), only)
+            except ValueError as exc:
+                r.error(str(exc))
+        return check(args.ptb, args.out, args.dry_run, part, budget, args.full_cells, only)
     p.print_help()
     return 2
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU check (see bench/gpu_check.py):
-#   bash bench/gpu_check.sh [--dry-run] [--perf | --full [--full-cells CELLS]] [--budget SECONDS] PTB_DIR OUT
+#   bash bench/gpu_check.sh [--dry-run] [--perf | --full [--full-cells CELLS]] [--budget SECONDS] [--steps NAMES]
+#                           PTB_DIR OUT
 # Runs from a plain checkout: nothing is installed, the checkout goes on PYTHONPATH.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 flags=()
 while [[ "${1:-}" == "--dry-run" || "${1:-}" == "--perf" || "${1:-}" == "--full" || "${1:-}" == "--budget"
-        || "${1:-}" == "--full-cells" ]]; do
-  if [[ "$1" == "--budget" || "$1" == "--full-cells" ]]; then
+        || "${1:-}" == "--full-cells" || "${1:-}" == "--steps" ]]; do
+  if [[ "$1" == "--budget" || "$1" == "--full-cells" || "$1" == "--steps" ]]; then
     if [[ $# -lt 2 ]]; then echo "rnnbench: error: $1 takes a value" >&2; exit 2; fi
     flags+=("$1" "$2"); shift 2
   else
@@ -15,7 +16,8 @@ while [[ "${1:-}" == "--dry-run" || "${1:-}" == "--perf" || "${1:-}" == "--full"
   fi
 done
 if [[ $# -ne 2 ]]; then
-  echo "usage: bash bench/gpu_check.sh [--dry-run] [--perf | --full [--full-cells CELLS]] [--budget SECONDS] PTB_DIR OUT" >&2
+  echo "usage: bash bench/gpu_check.sh [--dry-run] [--perf | --full [--full-cells CELLS]] [--budget SECONDS]" \
+       "[--steps NAMES] PTB_DIR OUT" >&2
   exit 2
 fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,26 @@ def test_a_budget_outside_one_call_is_refused_in_one_line(capsys):
             gpu_check.main(["run", "ptb", "out", "--budget", budget])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1 and "--budget" in err, err
+
+
+def test_steps_choose_what_a_short_session_runs_and_in_which_order(monkeypatch, capsys):
+    """--steps: env first, the named steps in the order named, report last; unknown, repeated or no names refused in
+    one line, naming the part's steps."""
+    from bench import gpu_check
+
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on the GPU machine
+    perf = gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "perf")
+    assert gpu_check.select(perf, None) == perf
+    chosen = gpu_check.select(perf, ["tune-small", "tune", "bench-tuned"])
+    assert [s.name for s in chosen] == ["env", "tune-small", "tune", "bench-tuned", "report"]
+    for only, says in ((["tune", "bogus"], "unknown step(s) bogus"), (["tune", "tune"], "a step named twice"),
+                       ([], "no step named"), (["env"], "unknown step(s) env")):
+        with pytest.raises(ValueError, match=r"--steps: " + re.escape(says) + "; this part's steps: bench, ncu, "):
+            gpu_check.select(perf, only)
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(["run", "--perf", "--steps", "tune,nope", "ptb", "out"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "--steps: unknown step(s) nope" in err, err
 
 
 def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
