@@ -305,7 +305,7 @@ def test_the_full_part_trains_the_published_medium_schedule_as_cuda_graphs(monke
     seen = {}
     monkeypatch.setattr(gpu_check, "check", lambda *a: seen.setdefault("args", a) and 0)
     gpu_check.main(["run", "ptb", "out", "--full"])
-    assert seen["args"][3:] == ("full", gpu_check.FULL_BUDGET_S, gpu_check.FULL_CELLS)
+    assert seen["args"][3:] == ("full", gpu_check.FULL_BUDGET_S, gpu_check.FULL_CELLS, None)  # (None: every step)
     for argv, what in ((["--full", "--full-cells", "nope"], "--full-cells: unknown cell(s) nope"),
                        (["--full", "--perf"], "not allowed with")):
         with pytest.raises(SystemExit) as exc:
