@@ -131,7 +131,7 @@ TEST_WORKERS = 8
 # entries -- about as many candidates as the first search's eight fields had.  Outer products in the shapes whose K
 # loops read no shared memory (tune.OUTER_NO_SHARED, 2026-11-28) add two candidates to each outer field and up to
 # six more to the backward's stages, K tile and split: 20-36 more in the four float32 searches, ~0.7 s each: 200.
-# Longer outer trips (OUTER_NO_SHARED's 64 k, outer split_k up to 16 / 32, 2026-11-29): ~16-24 more: 215.
+# Longer outer trips (OUTER_NO_SHARED's 64 k, outer split_k up to 16 / 32, 2026-11-28): ~16-24 more: 215.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 215, "tune-small": 100, "bench-tuned": 45,
           "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600,

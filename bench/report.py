@@ -299,7 +299,7 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
           "same device, in the same step mode and arithmetic (>1 is faster). A cell's label names its step mode "
           "when not eager, and its arithmetic when not float32 with exact matmuls: `tf32` (float32, every matmul "
           "on CUDA in TF32: `--fp32-matmul tf32`), `bf16` (`--dtype bfloat16`), `tf32-rnn` (a record from before "
-          "the setting existed, 2026-11-29: float32 under torch's defaults, where cuDNN's RNNs use TF32 and "
+          "the setting existed, up to 2026-11-28: float32 under torch's defaults, where cuDNN's RNNs use TF32 and "
           "everything else is exact). Peak memory: GPU max allocated, or the training process's peak resident "
           "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
           "average at the start and end of the run; on a CPU, runs under different load are not comparable. "

@@ -31,7 +31,7 @@ def numerics_of(dtype: str, fp32_matmul: str | None) -> str:
 
 
 def numerics(rec: dict) -> str:
-    """:func:`numerics_of` a run record.  Records made before the setting (2026-11-29) ran float32 under torch's
+    """:func:`numerics_of` a run record.  Records made before the setting (up to 2026-11-28) ran float32 under torch's
     defaults: exact, but for cuDNN's RNNs, which used TF32 ("tf32-rnn": a cuDNN backend whose string does not say
     "exact float32"; the oldest do not say either way, and torch's default was TF32 then as now)."""
     fp32_matmul = rec.get("fp32_matmul")

@@ -222,15 +222,17 @@ alike (K 4: forward 283 / 284 / 458 instructions for 96 / 96 / 192 FMAs, 167-248
 large walks 47 trips of 32 (each one exposed latency and ~1,100 issue cycles of 8 warps) where the table's tile walks
 47 of 2 x 16 with shared-memory round trips (its measured forward: 131 us a layer-step); whether that pays, and
 whether the backward's smaller per-thread tiles (a quarter of the forward's FMAs per instruction) do, is for the GPU.
-Longer trips shorten the chain further (2026-11-29, same compiler; registers, spill bytes, one trip's instructions /
-FMAs): 64 k a trip -- K 4 x 16 or K 2 x 32, 8 warps -- compiles without spills in every LSTM kernel at every preset
-but the large forward at K 4 x 16 (16 bytes; K 2 x 16 there: 254 registers, none): forward small 252 / 659 / 256
-and 255 / 930 / 256 (K 2 x 32), medium 254 / 658 / 256, backward 248 / 259 / 64 (small), 240 / 258 / 64 (medium),
-255 / 454 / 128 (large); the GRU's small alike (241 / 524 / 192 forward, 254 / 258 / 64 backward).  At small that is
-4 trips for the forward's 200 k instead of 7.  The backward, whose accumulator is a quarter of the forward's, takes
-128 k a trip (K 4 x 32) without spills at small and medium (221 and 220 registers, 531 / 128 a trip: 7 trips for
-the 800 rows of dA at small instead of 25 at K 4 x 8), not at large (256 bytes); the forward at 128 k spills at
-every preset (36-472 bytes).  So the search's outer ``split_k`` goes to 16 (the backward's to 32) and
+Longer trips shorten the chain further (late 2026-11-28, same compiler; registers, spill bytes, one trip's
+instructions / FMAs): 64 k a trip -- K 4 x 16 or K 2 x 32, 8 warps -- compiles without spills in every LSTM kernel at
+every preset but the large forward at K 4 x 16 (16 bytes; K 2 x 16 there: 254 registers, none): forward small 252 /
+659 / 256 and 255 / 930 / 256 (K 2 x 32), medium 254 / 658 / 256, backward 248 / 259 / 64 (small), 240 / 258 / 64
+(medium), 255 / 454 / 128 (large).  At small that is 4 trips for the forward's 200 k instead of 7.  The backward,
+whose accumulator is a quarter of the forward's, takes 128 k a trip (K 4 x 32) without spills at small and medium
+(221 and 220 registers, 531 / 128 a trip: 7 trips for the 800 rows of dA at small instead of 25 at K 4 x 8), not at
+large (256 bytes); the forward at 128 k spills at every preset (36-472 bytes).  The GRU alike: K 4 x 16 forward 241 /
+238 / 255 registers at small / medium / large (the large one spilling 16 bytes; K 2 x 16 there: 233, none), 524 / 524
+/ 841 instructions a trip, backward 254-255 registers, no spills; its backward at 128 k a trip 228 registers, no
+spills at small and medium.  So the search's outer ``split_k`` goes to 16 (the backward's to 32) and
 ``tune.OUTER_NO_SHARED`` holds K 4 x 16 and K 2 x 16 as well.
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,

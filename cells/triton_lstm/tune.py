@@ -188,7 +188,7 @@ FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd"
 # Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
 # float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
 # loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (the package docstring).
-OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8), (4, 16, 8), (2, 16, 8))  # (the last two: 64 k a trip, 2026-11-29)
+OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8), (4, 16, 8), (2, 16, 8))  # (the last two: 64 k a trip, 2026-11-28)
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
 CELLS = tuple(KINDS)
