@@ -677,9 +677,14 @@ def _plain_log_axis(axis) -> None:
 
 
 def _save(plt, fig, path: Path) -> Path:
+    """``fig`` as ``path``, written whole or not at all (a reader, or a commit, never sees half a plot)."""
+    import io
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    records.atomic_write(path, buf.getvalue())
     return path
 
 
@@ -823,11 +828,11 @@ def write_report(results: str | Path = "results") -> Path:
 
     plots = results / "plots"
     plots.mkdir(exist_ok=True)
-    for old in plots.glob("*.png"):  # plots of devices or presets that no longer have data go away
-        old.unlink()
     pngs = [*plot_valid_ppl(raw_runs, runs, plots), *plot_valid_ppl(raw_runs, runs, plots, x="seconds"),
             *plot_words_per_sec(runs, plots),
             *plot_fwdbwd_vs_hidden(bench, plots)]
+    for old in set(plots.glob("*.png")) - set(pngs):  # plots of devices or presets that no longer have data go away
+        old.unlink()
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     md = ["# rnnbench report", "",

@@ -273,3 +273,16 @@ def test_a_run_with_changed_settings_is_labelled_and_kept_apart():
             for i, changed in ((1, {}), (2, {"learning_rate": 0.5}))]
     md = "\n".join(report.training_section(report.runs_frame(recs), {}))
     assert "| cudnn_gru (learning_rate 0.5) " in md and "| cudnn_gru " in md
+
+
+def test_plots_are_written_whole_and_stale_ones_go(results):
+    """Each plot is replaced in one rename (a reader, or a commit made meanwhile, never sees it half-written or
+    missing); a plot whose device no longer has data is removed after the others are written."""
+    record(results, "cudnn_lstm")
+    stale = results / "plots" / "words_per_sec-cuda-gone.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"old")
+    report.write_report(results)
+    pngs = sorted(p.name for p in (results / "plots").iterdir())
+    assert pngs and stale.name not in pngs and all(p.endswith(".png") for p in pngs)  # (no temporary files left)
+    assert all((results / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
