@@ -151,3 +151,20 @@ def test_a_sweep_refuses_tf32_on_the_cpu_before_any_run(corpus_dir, tmp_path, ca
     assert err == ["rnnbench: error: --fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 "
                    "matmuls on the CPU are exact"]
     assert not results.exists() or not any(results.rglob("*.json"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_on_cuda_a_tf32_run_runs_every_cell_in_tf32(corpus_dir, tmp_path):
+    """The GPU check's proof of the plumbing: a --fp32-matmul tf32 run's record says so, cuDNN's and the Triton cell's
+    backends name TF32, and an exact run's name exact arithmetic; torch's settings are back afterwards."""
+    corpus = data.load(corpus_dir, check_md5=False)
+    cfg = config.preset("tiny", epochs=1)
+    for cell, says_tf32, says_exact in (("cudnn_lstm", "float32 RNN matmuls in TF32", "exact float32 RNN matmuls"),
+                                        ("triton_lstm", "TF32 tensor cores", "exact float32 (ieee)")):
+        for precision, says in (("tf32", says_tf32), ("ieee", says_exact)):
+            rec = train.train(cfg, cell, corpus, torch.device("cuda"), results_dir=None, max_steps=2, progress=False,
+                              fp32_matmul=precision)
+            assert rec["status"] == "ok" and rec["fp32_matmul"] == precision and says in rec["backend"], rec["backend"]
+            assert ("-tf32-" in rec["run_id"]) == (precision == "tf32")
+    assert cells.fp32_matmul() == "ieee" and not cells.cudnn_rnn_tf32()
