@@ -130,9 +130,9 @@ def gru_layer(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision,
                             kind="GRU")
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    drop = split_drop(dtype, input_drop)
+    dropped = split_drop(dtype, input_drop)
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        return GRULayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
+        return GRULayerFunction.apply(*args, plan, *dropped) if grad else _inference(*args, plan, *dropped)
 
 
 def _inference(x, h0, w_ih, w_hh, b_ih, b_hh, plan: launch.Plan, xd=None, mask=None, p=None):

@@ -331,6 +331,7 @@ import os
 
 import torch
 
+from cells import fp32_matmul
 from cells.base import InputDrop, RecurrentStack
 
 try:
@@ -462,9 +463,7 @@ class TritonLSTM(RecurrentStack):
 
     def precision(self) -> str:
         """The float32 recurrent matmuls' arithmetic now: the cell's ``fp32_precision``, else torch's setting."""
-        import cells
-
-        return self.fp32_precision or cells.fp32_matmul()
+        return self.fp32_precision or fp32_matmul()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", path={self.path!r}, fp32_precision={self.fp32_precision!r}"

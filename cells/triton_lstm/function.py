@@ -143,10 +143,10 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     dtype, autocast, args = layer_inputs("triton_lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     plan = launch.make_plan(x.shape[1], w_hh.shape[1], dtype, x.device, path, units, fp32_precision=fp32_precision)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in args)
-    drop = split_drop(dtype, input_drop)
+    dropped = split_drop(dtype, input_drop)
     if not autocast:
-        y, h, c = LSTMLayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
+        y, h, c = LSTMLayerFunction.apply(*args, plan, *dropped) if grad else _inference(*args, plan, *dropped)
     else:
         with torch.autocast(x.device.type, enabled=False):
-            y, h, c = LSTMLayerFunction.apply(*args, plan, *drop) if grad else _inference(*args, plan, *drop)
+            y, h, c = LSTMLayerFunction.apply(*args, plan, *dropped) if grad else _inference(*args, plan, *dropped)
     return y, (h, c)
