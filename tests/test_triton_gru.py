@@ -86,6 +86,9 @@ PLANS = [
                                                                                     transposed_bwd=True)),
     ("stepwise-2-batch-blocks-fused-split-2-padded-transposed-backward", 20, 2, 24, dict(path="stepwise", units=8),
      dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16, transposed_bwd=True)),
+    # narrow programs (launch.Tile.per_sm's grids): a unit a program, one dot for the gates over 4 x 2 columns
+    ("stepwise-1-unit-a-program-fused-gates", 20, 2, 13, dict(path="stepwise", units=1),
+     dict(block_j=2, block_k=16, fuse_gates=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
@@ -104,6 +107,8 @@ PERSISTENT = [
      dict(block_k=16, num_stages=3, block_k_bwd=32, num_stages_bwd=1, split_k_bwd=2, num_warps_bwd=8)),
     ("persistent-B20-H650-transposed-backward", 20, 35, 650, dict(path="persistent"),
      dict(fuse_gates=True, transposed_bwd=True)),
+    ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
+     dict(units=3, block_j=4, programs=217, per_sm=2, row_align=16)),
 ]
 
 

@@ -248,6 +248,15 @@ SPLIT_PLANS += [
      dict(path="stepwise", units=8, resident=False),
      dict(block_b=16, batch_blocks=2, block_k=16, fuse_gates=True, split_k=2, row_align=16, transposed_bwd=True)),
 ]
+# Narrow programs (the tile search's grids of more programs than SMs, launch.Tile.per_sm): a unit or three a program
+# in unit tiles of 2 and 4, one dot for the gates (4 x 2 columns) and one per gate (4 columns), H 13 over 13 and 5
+# programs.
+SPLIT_PLANS += [
+    ("stepwise-1-unit-a-program-fused-gates", 20, 2, 13, dict(path="stepwise", units=1, resident=False),
+     dict(block_j=2, block_k=16, fuse_gates=True)),
+    ("stepwise-3-units-a-program-4-wide", 20, 2, 13, dict(path="stepwise", units=3, resident=False),
+     dict(block_j=4, block_k=8)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -271,6 +280,9 @@ PERSISTENT = [
     ("persistent-B20-H200-outer-64k-trips-backward-128k", 20, 20, 200, dict(path="persistent"),
      dict(fuse_gates=False, outer=True, outer_bwd=True, block_k=2, split_k=32, num_stages=1, num_warps=8,
           block_k_bwd=4, split_k_bwd=32, num_warps_bwd=8)),
+    # more programs than SMs, two an SM (launch.Tile.per_sm): 217 x 3 units in tiles of 4, one dot for the gates
+    ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
+     dict(units=3, block_j=4, programs=217, per_sm=2, fuse_gates=True, block_k=32, num_stages=3, row_align=16)),
 ]
 
 
@@ -784,8 +796,8 @@ def test_the_backward_on_rounded_da_is_for_16_bit_dtypes(monkeypatch):
 
 
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
-    """The tile search (cells.triton_lstm.tune) tries grids of 132 / 66 / 33 programs with one unit tile each; on a
-    machine without CUDA it says so in one line."""
+    """The tile search (cells.triton_lstm.tune) tries grids of up to 4 / 2 / 1 / 1/2 programs an SM with one unit tile
+    each; on a machine without CUDA it says so in one line."""
     import os
     import subprocess
     import sys
@@ -793,8 +805,15 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     from cells.triton_lstm import launch, tune
 
     tile = launch.Tile(units=12, block_j=16, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
-    for t in tune.candidates(tile, 1500, torch.float32, 132, "units"):
-        assert -(-1500 // t.units) <= 132 and t.block_j >= t.units and t.block_j <= 64
+    units = tune.candidates(tile, 1500, torch.float32, 132, "units")
+    for t in units:
+        assert -(-1500 // t.units) <= 132 * t.per_sm and t.block_j >= t.units and t.block_j <= 64
+    assert [(t.units, t.block_j, t.per_sm) for t in units] == [(3, 4, 4), (6, 8, 2), (12, 16, 1), (23, 32, 1)]
+    # (unit tiles of 2 with one dot for the four gates; small's 200 units in one a program, two programs an SM)
+    assert [(t.units, t.block_j, t.per_sm) for t in tune.candidates(dataclasses.replace(tile, fuse_gates=True), 200,
+                                                                    torch.float32, 132, "units")] == [
+        (1, 2, 2), (2, 2, 1), (4, 4, 1)]
+    assert tune.describe(units[1]).endswith(" 2/SM") and not tune.describe(units[2]).endswith("/SM")
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32, fuse_gates=True), 1500, torch.float32, 132, "outer")
     # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 or 16 a trip,
@@ -860,6 +879,58 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
         r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.probe"], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs CUDA" in r.stderr
+
+
+def test_a_tile_may_put_more_programs_than_sms_on_the_persistent_grid(monkeypatch):
+    """``Tile.per_sm``: the persistent grid of a table (or tile-file) entry may hold up to that many programs an SM;
+    without it a grid larger than the SMs is refused (auto: the heuristic instead), and a cooperative launch the GPU
+    refuses says why in one line."""
+    from cells.triton_lstm import launch
+
+    narrow = launch.Tile(units=3, block_j=4, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=3, fuse_gates=True,
+                         row_align=16, per_sm=2)
+    monkeypatch.setitem(launch.TILES, (650, torch.float32), narrow)
+    launch.plan_for.cache_clear()
+    plan = launch.plan_for(20, 650, torch.float32, 132)
+    assert (plan.path, plan.programs, plan.units, plan.block_j, plan.per_sm) == ("persistent", 217, 3, 4, 2)
+    assert "217 programs x 3 units per batch block, grid barrier (up to 2 programs an SM)" in plan.describe()
+    # one an SM (as every entry before): the same split does not fit 132 SMs, so the heuristic's plan runs
+    monkeypatch.setitem(launch.TILES, (650, torch.float32), dataclasses.replace(narrow, per_sm=1))
+    launch.plan_for.cache_clear()
+    plan = launch.plan_for(20, 650, torch.float32, 132)
+    assert (plan.path, plan.programs, plan.per_sm, plan.source) == ("persistent", 130, 1, "heuristic")
+    with pytest.raises(ValueError, match=r"does not fit 132 SMs$"):
+        launch.plan_for(20, 650, torch.float32, 132, path="persistent", units=3)
+    launch.plan_for.cache_clear()
+
+    class Refused:
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+            return run
+
+    sync = dataclasses.replace(launch.plan_for(20, 650, torch.float32, None, path="stepwise", units=3),
+                               path="persistent", interpret=False, per_sm=2)
+    with pytest.raises(RuntimeError) as err:
+        launch._launch(Refused(), sync)
+    assert str(err.value).count("\n") == 0 and "217 programs (217 x 3 units, 1 batch block(s); up to 2 an SM) " \
+        "cannot all be resident" in str(err.value) and "too many blocks in cooperative launch" in str(err.value)
+    with pytest.raises(RuntimeError, match="^Triton Error"):  # (a launch without a grid barrier: as it came)
+        launch._launch(Refused(), dataclasses.replace(sync, path="stepwise"))
+
+
+def test_programs_an_sm_follow_registers_shared_memory_and_warps():
+    """sm90.programs_per_sm: Hopper's occupancy arithmetic for a kernel compiled without the GPU."""
+    from cells.triton_lstm import sm90
+
+    def use(registers, shared):
+        return sm90.Usage(registers, 0, 0, 0, shared)
+
+    assert sm90.programs_per_sm(use(216, 40960), 4) == 2  # 216 x 32 = 6912 a warp: 2 x 4 warps in 64 K
+    assert sm90.programs_per_sm(use(110, 16384), 4) == 4  # 112 x 32 a warp: 4 by registers, 13 by shared memory
+    assert sm90.programs_per_sm(use(255, 0), 8) == 1
+    assert sm90.programs_per_sm(use(32, 0), 1) == 32  # (at most 32 blocks an SM)
+    assert sm90.programs_per_sm(use(64, 120 * 1024), 4) == 1  # shared memory: 228 KB, 1 KB reserved a block
 
 
 def test_the_backward_kernel_takes_its_own_k_loop_fields():
@@ -975,3 +1046,18 @@ def test_probe_launches_every_variant(monkeypatch):
     gru = probe.probe("tiny", torch.float32, 1, device="cpu", timer=timer, log=lambda *_: None, cell="triton_gru")
     assert [(r["kernel"], r["variant"]) for r in gru] == [(k, v) for k in ("fwd", "bwd") for v in variants]
     assert {r["cell"] for r in gru} == {"triton_gru"} and {r["cell"] for r in recs} == {"triton_lstm"}
+    # a variant the GPU refuses (narrow's grid not resident) is recorded with its reason; the others are timed
+    def refusing(fn, reps, calls):
+        if fn.args[0].num_stages == 3:
+            raise RuntimeError("the persistent grid ... cannot all be resident")
+        return timer(fn, reps, calls)
+
+    recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=refusing, log=lambda *_: None)
+    assert [(r["variant"], "error" in r) for r in recs if r["kernel"] == "fwd"][1:3] == [("no-matmul", False),
+                                                                                       ("stages-3", True)]
+    assert len(recs) == 2 * len(variants) and "cannot all be resident" in recs[2]["error"]
+    # on a persistent plan: half the units a program, twice the programs, two an SM
+    plan = launch.plan_for(20, 650, torch.float32, 132)
+    narrow = dict((n, p) for n, p, _ in probe._variants(plan, torch.float32, 650, 132))["narrow"]
+    assert (narrow.units, narrow.programs, narrow.block_j, narrow.per_sm) == (3, 217, 4, 2)
+    assert "narrow" not in [n for n, _, _ in probe._variants(plan, torch.float32)]  # (no H, no SMs: left out)

@@ -91,7 +91,7 @@ def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch)
             "xp": (steps, probe.BATCH, gates * hidden), "w_hh": (gates * hidden, hidden), "b_ih": (gates * hidden,),
             "b_hh": (gates * hidden,), "h0": (probe.BATCH, hidden), "c0": (probe.BATCH, hidden),
             "dy": (steps, probe.BATCH, hidden), "dhT": (probe.BATCH, hidden), "dcT": (probe.BATCH, hidden)}.items()})
-    monkeypatch.setattr(probe, "_variants", lambda plan, dtype: [("full", plan, 0)])
+    monkeypatch.setattr(probe, "_variants", lambda plan, dtype, *a: [("full", plan, 0)])
     timed, lines = [], []
 
     def timer(fn, reps, calls):

@@ -38,20 +38,19 @@ Design, per layer
   a TF32 tail, three MMAs; untimed, the probe times it); :meth:`TritonLSTM.describe_backend`, hence every record,
   says which.  Note that cuDNN's float32 RNN uses TF32 under torch's defaults, where cuBLAS does not
   (:func:`cells.cudnn_rnn_tf32`, also in its backend string); the suite's commands set both alike.
-* Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one
-  program per SM (132 SMs, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500, from the tile
-  table ``launch.TILES``, which awaits GPU measurement), each program keeps its slice of ``W_hh``
-  on chip as far as it fits (4 x units x H values: 6 / 26 / 144 KB in bfloat16, 13 / 52 / 288 KB in
-  float32; re-read each step from L1 with ``evict_last``, L2 for the largest; the register-resident
-  variant spills, see ``RESIDENT``), and the programs of a batch block meet at a grid barrier between
-  steps: a release ``atomic_add`` on a counter, then spinning on acquire loads until it reaches
-  ``(barriers so far) * P``.  The counters (arrive, done) are allocated and zeroed once per device and
-  stream; the last program to leave a launch zeroes them, so a launch needs no memset or allocation.
-  The grid is no larger than the SM count and is launched cooperatively (``launch_cooperative_grid``),
-  so all programs are resident or the launch fails -- it cannot deadlock.  *blocked*: one program per
-  batch block owns all of H, no grid barrier; always used by the interpreter (which runs programs
-  one after another, so a grid barrier would deadlock) and the CUDA fallback.  *stepwise*: the
-  persistent split with one launch per step, so the interpreter can test it.
+* Paths (:mod:`.launch`): *persistent* on CUDA -- the hidden units are split over up to one program per SM, or
+  ``Tile.per_sm`` (132 SMs, batch 20: 50 / 130 / 125 programs at H = 200 / 650 / 1500, from the tile table
+  ``launch.TILES``, measured at medium and large), each program keeps its slice of ``W_hh`` on chip as far as it
+  fits (4 x units x H values: 6 / 26 / 144 KB in bfloat16, 13 / 52 / 288 KB in float32; re-read each step from L1
+  with ``evict_last``, L2 for the largest; the register-resident variant spills, see ``RESIDENT``), and the programs
+  of a batch block meet at a grid barrier between steps: a release ``atomic_add`` on a counter, then spinning on
+  acquire loads until it reaches ``(barriers so far) * P``. The counters (arrive, done) are allocated and zeroed
+  once per device and stream; the last program to leave a launch zeroes them, so a launch needs no memset or
+  allocation. The grid is no larger than the SM count (times ``per_sm``) and is launched cooperatively
+  (``launch_cooperative_grid``), so all programs are resident or the launch fails -- it cannot deadlock. *blocked*:
+  one program per batch block owns all of H, no grid barrier; always used by the interpreter (which runs programs
+  one after another, so a grid barrier would deadlock) and the CUDA fallback. *stepwise*: the persistent split with
+  one launch per step, so the interpreter can test it.
 * Per call, only what depends on the data: the plan (path, tiles), the SM count, the launch options
   and the barrier counters are cached per shape, dtype and device (and stream); a layer call is the xp
   GEMM, y and c allocated, and one kernel launch (two GEMMs, a sum and the backward launch in training).
@@ -234,6 +233,30 @@ large (256 bytes); the forward at 128 k spills at every preset (36-472 bytes).  
 / 841 instructions a trip, backward 254-255 registers, no spills; its backward at 128 k a trip 228 registers, no
 spills at small and medium.  So the search's outer ``split_k`` goes to 16 (the backward's to 32) and
 ``tune.OUTER_NO_SHARED`` holds K 4 x 16 and K 2 x 16 as well.
+
+More programs than SMs (``launch.Tile.per_sm``; 2026-11-29, untimed: the tile search's ``units`` field tries grids of
+up to 4, 2, 1 and 1/2 programs an SM).  Every measured entry runs one program an SM, 4 warps (8 at large), so each SM
+scheduler has one warp -- the warp the H200's Nsight run found stalled 9.7 of every 13.2 cycles -- and a program's
+step is a chain of its own latencies.  Its programs are also padded: 5 units in a tile of 8 at medium, 12 in 16 at
+large.  Narrower programs, side by side on an SM, each with its own warps and CTA barriers, overlap those chains
+(the tile search measured the converse: half the programs, twice the units each, took the medium forward from 3.35 to
+7.93 ms).  The cooperative launch refuses a grid whose programs cannot all be resident, so whether a candidate fits
+is the compiled kernel's registers and shared memory (:func:`.sm90.programs_per_sm`, Hopper's occupancy arithmetic).
+Compiled for sm_90 (Triton 3.6, batch 20, the table's tiles but the units; registers, spill bytes, programs an SM
+that fit, forward / backward; "ok" when both hold the grid's):
+
+- LSTM small, 200 x 1 unit (2 an SM), J 4: float32 72 / 56 registers, 7 / 9 an SM; bfloat16 80 / 80, 6 / 6: ok;
+- LSTM medium float32, 217 x 3 (2), J 4: 72 / 168, 7 / 3: ok; 325 x 2 (3), J 2: 64 (8 bytes spilled) / 118, 8 / 4:
+  ok; bfloat16 217 x 3: 128 / 208, 4 / 2: ok; 325 x 2: the backward holds 2 of 3;
+- LSTM large float32, 250 x 6 (2), J 8, 8 warps: 128 (32 bytes spilled) / 122, 2 / 2: ok; 500 x 3 (4): 3 / 1;
+  bfloat16 250 x 6: the backward (182 registers, 72 KB of shared memory, 8 warps) holds 1;
+- GRU small 200 x 1: 64 / 64 float32, 92 / 96 bfloat16, 5-8 an SM: ok; medium float32 217 x 3 and 325 x 2: 62 / 64,
+  8 / 8: ok; bfloat16 (8 warps, 227-252 registers) and large (the backward at 164-255 registers) hold 1.
+
+So the search's grids of 2 an SM are resident for every float32 LSTM preset, bfloat16 small and medium, and the GRU's
+float32 small and medium; the others are refused at their first launch (a failed candidate in the search's record,
+:func:`.launch._launch`'s one line).  Smaller unit tiles come with them: a dot per gate 4 wide, one for the gates
+2 x 4 wide, which Triton 3.6 compiles for sm_90 in exact float32, TF32 and bfloat16 (padding what the MMA needs).
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).

@@ -4,8 +4,9 @@ Paths (see the kernels' docstring for what each program owns):
 
 * ``persistent`` -- CUDA only.  ``P`` programs per batch block split the hidden
   units so that each one's slice of ``W_hh`` is small, one grid barrier per
-  step; grid ``P x NB <= number of SMs`` and a cooperative launch, so every
-  program is resident (the driver refuses the launch rather than deadlock).
+  step; grid ``P x NB <= number of SMs`` (times ``Tile.per_sm``, the programs a tile
+  puts on one SM) and a cooperative launch, so every program is resident (the
+  driver refuses the launch rather than deadlock).
 * ``blocked`` -- one program per batch block owns all of H, no grid barrier.
   Always used by the interpreter, which runs programs one after another and
   would deadlock at a barrier; the CUDA fallback when the persistent grid does
@@ -61,6 +62,11 @@ class Tile:
     fuse_gates_bwd: bool | None = None
     transposed_bwd: bool = False  # backward: tl.dot reads a transposed copy of W_hh (kernels' WT, _w_t)
     round_da_bwd: bool = False  # backward, 16-bit dtypes: its matmul reads dA rounded to the compute dtype (Plan's)
+    # Programs the persistent grid may put on one SM (P x NB <= per_sm x SMs; the cooperative launch refuses a grid
+    # whose programs cannot all be resident).  1: a program per SM, as every table entry so far.  2 or more: smaller
+    # programs side by side on an SM, each with its own warps and CTA barriers, to hide one another's latency (the
+    # package docstring's occupancy notes; untimed, the tile search tries it through ``units``).
+    per_sm: int = 1
 
 
 # Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
@@ -255,6 +261,7 @@ class Plan:
     # MMAs of half the depth and the weights widened).  dA itself, which dW and the input's gradient take, stays
     # float32.
     round_da_bwd: bool = False
+    per_sm: int = 1  # programs the persistent grid may put on one SM (Tile.per_sm)
 
     @property
     def sync(self) -> bool:
@@ -270,6 +277,8 @@ class Plan:
         else:
             how = f"{self.programs} programs x {self.units} units per batch block, " + (
                 "grid barrier" if self.path == "persistent" else "one launch per step")
+            if self.per_sm > 1 and self.path == "persistent":
+                how += f" (up to {self.per_sm} programs an SM)"
         where = "registers" if self.resident else "L1/L2, re-read each step"
         dots = "" if self.resident else ", one dot for all gates" if self.fuse_gates else ", a dot per gate"
         if (self.outer or self.outer_bwd) and not self.resident:
@@ -382,16 +391,18 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
     if not (interpret or units is not None or sms < TILES_SMS):
         tile, source = FILE_TILES.get((kind, hidden, dtype)) or (tiles(kind).get((hidden, dtype)), "table")
         source = source if source == "table" else f"file {source}"
-    if tile and triton.cdiv(hidden, tile.units) * batch_blocks > sms:
-        tile = None  # more batch blocks than the table's split leaves room for: spread H over the SMs instead
+    per_sm = tile.per_sm if tile else 1  # programs an SM may hold (the heuristic: one)
+    if tile and triton.cdiv(hidden, tile.units) * batch_blocks > per_sm * sms:
+        tile, per_sm = None, 1  # more batch blocks than the table's split leaves room for: spread H over the SMs
     if path in ("persistent", "stepwise"):
         units = tile.units if tile else units or max(4, triton.cdiv(hidden, max(1, sms // batch_blocks)))
         programs = triton.cdiv(hidden, units)
         block_j = tile.block_j if tile else max(8, _pow2(units))
-        if path == "persistent" and (programs * batch_blocks > sms or block_j > 64):
+        if path == "persistent" and (programs * batch_blocks > per_sm * sms or block_j > 64):
             if not auto:
+                room = f"{sms} SMs" if per_sm == 1 else f"{sms} SMs at {per_sm} programs an SM"
                 raise ValueError(f"the persistent grid ({programs} x {batch_blocks} programs, {block_j} units "
-                                 f"each) does not fit {sms} SMs")
+                                 f"each) does not fit {room}")
             path, tile = "blocked", None
         elif path == "persistent" and programs == 1:
             path, tile = "blocked", None  # one program per batch block needs no grid barrier
@@ -410,7 +421,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.outer and exact, tile.outer_bwd and exact,
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
                     tile.fuse_gates_bwd, tile.transposed_bwd and not resident,
-                    tile.round_da_bwd and dtype.itemsize == 2)
+                    tile.round_da_bwd and dtype.itemsize == 2, per_sm if path == "persistent" else 1)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -567,6 +578,22 @@ def _reverse_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
     return [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
 
 
+
+def _launch(kernel, plan: Plan, *args, **meta) -> None:
+    """``kernel[plan.grid](*args, **meta)``; a persistent grid the GPU cannot hold at once (the cooperative launch's
+    refusal) raises a RuntimeError that says so in one line, with the grid and what to change."""
+    try:
+        kernel[plan.grid](*args, **meta)
+    except RuntimeError as exc:
+        if not (plan.sync and "cooperative" in str(exc)):
+            raise
+        raise RuntimeError(
+            f"the persistent grid of {plan.programs * plan.batch_blocks} programs ({plan.programs} x {plan.units} "
+            f"units, {plan.batch_blocks} batch block(s); up to {plan.per_sm} an SM) cannot all be resident on this "
+            f"GPU with the compiled kernel's registers and shared memory ({exc}): choose a tile with fewer programs "
+            "an SM, or fewer warps") from None
+
+
 def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
             c0: torch.Tensor, plan: Plan, train: bool = True, probe: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -602,7 +629,7 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi in _spans(plan, T):
-        kernel[plan.grid](xp, w, b_ih, b_hh, hk, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
+        _launch(kernel, plan, xp, w, b_ih, b_hh, hk, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
                           B, H, hp, plan.units, **meta)
     return y, c, gates
 
@@ -635,7 +662,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi, tail in _reverse_spans(plan, T):
-        kernel[plan.grid](w, c0, c, gates, dy, dhT, dc, da, dak, dh0, arrive, done, lo, hi, tail, T, B, H, hp,
+        _launch(kernel, plan, w, c0, c, gates, dy, dhT, dc, da, dak, dh0, arrive, done, lo, hi, tail, T, B, H, hp,
                           plan.units, **meta)
     return da, dh0, dc
 
@@ -669,7 +696,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi in _spans(plan, T):
-        kernel[plan.grid](xp, w, b_ih, b_hh, hk, y, gates, arrive, done, lo, hi, B, H, hp, plan.units, **meta)
+        _launch(kernel, plan, xp, w, b_ih, b_hh, hk, y, gates, arrive, done, lo, hi, B, H, hp, plan.units, **meta)
     return y, gates if train else None
 
 
@@ -700,6 +727,6 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     meta = {**meta, **pad} if pad else meta  # (the cached dict itself, unpadded)
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi, tail in _reverse_spans(plan, T):
-        kernel[plan.grid](w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
+        _launch(kernel, plan, w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
                           hp, plan.units, **meta)
     return da, dxn, dh0

@@ -37,7 +37,10 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    shuffles through shared memory;
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
-                   mostly issued before its FMAs (the package docstring).
+                   mostly issued before its FMAs (the package docstring);
+* ``narrow``       (persistent plans) half the units a program in the smallest unit tile that holds them, twice the
+                   programs, so two an SM (``launch.Tile.per_sm``): whether narrower programs side by side hide each
+                   other's latency (refused at launch where the kernel's registers leave room for one).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -76,10 +79,18 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
                 dcT=rnd(BATCH, hidden, dt=acc))
 
 
-def _variants(plan: launch.Plan, dtype: torch.dtype) -> list[tuple[str, launch.Plan, int]]:
-    """(name, plan, PROBE flag) of every variant timed for ``plan`` (the module docstring's list)."""
+def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, sms: int | None = None
+              ) -> list[tuple[str, launch.Plan, int]]:
+    """(name, plan, PROBE flag) of every variant timed for ``plan`` (the module docstring's list); ``hidden`` and
+    ``sms`` (H and the GPU's SMs) for the grid of narrower programs."""
     # (a field of launch.BWD_FIELDS changed for both kernels: each kernel is timed alone)
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
+    if plan.sync and hidden and sms and plan.units > 1:  # half the units a program, twice the programs
+        units = -(-plan.units // 2)
+        programs = -(-hidden // units)
+        block_j = max(2 if plan.fuse_gates or plan.outer else 4, 1 << (units - 1).bit_length())
+        variants.append(("narrow", dataclasses.replace(plan, units=units, programs=programs, block_j=block_j,
+                                                       per_sm=-(-programs * plan.batch_blocks // sms)), 0))
     variants.append(("stages-3", launch.both(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
     variants.append((other, launch.both(plan, fuse_gates=not plan.fuse_gates), 0))
@@ -137,7 +148,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             return launch.gru_backward(a["w_hh"], a["h0"], *saved, a["dy"], a["dhT"], p, probe=probe_flag)
         return launch.backward(a["w_hh"], a["c0"], *saved, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
-    variants = _variants(plan, dtype)
+    variants = _variants(plan, dtype, hidden, launch.sm_count(device) if device.type == "cuda" else None)
 
     def every_variant() -> None:
         nonlocal saved
@@ -165,11 +176,20 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
         for name, p, flag in variants:
             if flag >= 2 and not p.sync:
                 continue  # no grid barrier to leave out
-            s = timer(functools.partial(fn, p, flag), reps, CALLS)
+            where = {"cell": cell, "preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name}
+            try:
+                s = timer(functools.partial(fn, p, flag), reps, CALLS)
+            except RuntimeError as exc:  # a variant this GPU refuses (e.g. narrow's grid not resident): the rest go on
+                rec = {**where, "error": str(exc)[:500], "plan": dataclasses.asdict(p), "describe": p.describe()}
+                records.append(rec)
+                if emit:
+                    emit(rec)
+                log(f"{kind:4} {preset:6} {str(dtype).removeprefix('torch.'):8} {kernel} {name:10} failed: "
+                    f"{str(exc)[:200]}")
+                continue
             full = s if name == "full" else full
-            rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name, "seconds": s,
-                   "per_step_us": s / steps * 1e6, "steps": steps, "plan": dataclasses.asdict(p),
-                   "describe": p.describe()}
+            rec = {**where, "seconds": s, "per_step_us": s / steps * 1e6, "steps": steps,
+                   "plan": dataclasses.asdict(p), "describe": p.describe()}
             records.append(rec)
             if emit:
                 emit(rec)

@@ -108,6 +108,21 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     return out, log.getvalue()
 
 
+# Hopper's per-SM limits (CUDA C Programming Guide, compute capability 9.0): 64 K 32-bit registers, allocated per
+# warp in units of 256; 228 KB of shared memory, 1 KB of it reserved per resident block; 64 warps; 32 blocks.
+SM_REGISTERS, REGISTER_UNIT, SM_SHARED, BLOCK_RESERVED, SM_WARPS, SM_BLOCKS = 65536, 256, 233472, 1024, 64, 32
+
+
+def programs_per_sm(use: Usage, warps: int) -> int:
+    """How many programs of a kernel with ``use``'s registers and shared memory and ``warps`` warps one sm_90 SM can
+    hold at once: what a persistent grid of more programs than SMs needs (``launch.Tile.per_sm``) for its cooperative
+    launch.  The occupancy calculator's arithmetic, without the GPU."""
+    per_warp = -(-use.registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    by_registers = SM_REGISTERS // (per_warp * warps)
+    by_shared = SM_SHARED // (use.shared + BLOCK_RESERVED)
+    return min(by_registers, by_shared, SM_WARPS // warps, SM_BLOCKS)
+
+
 def usage(compiled, ptxas_log: str) -> Usage:
     """Registers, spills and stack from ptxas's log; shared memory from Triton's metadata."""
     regs = re.search(r"Used (\d+) registers", ptxas_log)
@@ -188,7 +203,8 @@ ARITHMETICS = {"fp32": (torch.float32, "ieee"), "tf32": (torch.float32, "tf32"),
 def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS), with_kloop: bool = False) -> list[str]:
     """One row per kernel, PTB preset and arithmetic (float32 exact, TF32 and three-pass TF32, bfloat16): the plan
     (programs x units, J and K tiles, warps, stages) and what ptxas reports (registers, spill bytes, stack) and
-    Triton's shared memory; with ``with_kloop``, what a trip of the K loop issues per thread (:func:`kloop`)."""
+    Triton's shared memory, and how many such programs an SM holds (:func:`programs_per_sm`); with ``with_kloop``,
+    what a trip of the K loop issues per thread (:func:`kloop`)."""
     rows = []
     for arith in arithmetics:
         dtype, precision = ARITHMETICS[arith]
@@ -205,7 +221,8 @@ def table(batch: int = 20, arithmetics: tuple[str, ...] = tuple(ARITHMETICS), wi
                 rows.append(f"{name:10} {preset:6} {arith:6} B{b:<3} {plan.programs:3}x{plan.units:<3} "
                             f"J{plan.block_j:<3} K{k:<3} w{warps} s{stages} {mma:8} "
                             f"{u.registers:4} regs "
-                            f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B")
+                            f"spill {u.spill_stores}/{u.spill_loads} B  stack {u.stack:3} B  smem {u.shared} B  "
+                            f"{programs_per_sm(u, warps)} an SM")
                 if with_kloop:
                     lp = kloop(out)
                     reuse = "" if lp.mma else f" ({lp.fma_per_float:.2f} FFMA per float)"

@@ -7,27 +7,27 @@ Usage (on a CUDA machine)::
 Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run cut short has float32 first.
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
-heuristic's plan), then varies one field at a time -- units per program (so the grid is 132 / 66 / 33 programs), one
-tl.dot for the gates or one per gate, rows padded to a multiple of 16 or not (``row_align``), the
-K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile of at most 16, and
-in the shapes whose loop reads no shared memory, ``OUTER_NO_SHARED``; with them ``split_k`` unrolls the loop), the
-software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a way), the
-reduction tile, the warps -- keeping a change only when the median forward+backward of the stack improves by more than
-2 %.  The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure, stages and K tile
-together, split; from the start on, a forward field changes the forward only); ``--fields`` varies a subset (the GPU
-check: those no GPU has searched yet).  Padding comes before the stages because it is what lets the bfloat16 forward
-pipeline at all (the package docstring's PTX notes).  ``--rounds 2`` goes over the fields again when the first round
-kept a change (a greedy search misses what two fields do together); the GPU check runs one round.  Every candidate's
-output and input gradient are checked against the starting tile's (same weights, same input; ``max_diff``: the largest
-absolute difference of the outputs or relative one of the gradients, to 1e-4 in float32, 5e-2 in 16 bits; records
-before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a backward field that computes wrong is not kept.
-``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision tf32`` search, else exact) is timed in the
-same process at the same shape, so every row carries its ratio. Timing: CUDA events around each call,
-synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of a candidate's cost
-(two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side first
-(:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start every
-field's candidates around the starting tile, later those of a field after a change was kept; the log says what each
-batch took.
+heuristic's plan), then varies one field at a time -- units per program (so the grid has up to 4 / 2 / 1 / 1/2
+programs an SM: ``launch.Tile.per_sm``), one tl.dot for the gates or one per gate, rows padded to a multiple of 16 or
+not (``row_align``), the K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K
+tile of at most 16, and in the shapes whose loop reads no shared memory, ``OUTER_NO_SHARED``; with them ``split_k``
+unrolls the loop), the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least
+4 warps a way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack
+improves by more than 2 %. The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure,
+stages and K tile together, split; from the start on, a forward field changes the forward only); ``--fields`` varies a
+subset (the GPU check: those no GPU has searched yet). Padding comes before the stages because it is what lets the
+bfloat16 forward pipeline at all (the package docstring's PTX notes). ``--rounds 2`` goes over the fields again when
+the first round kept a change (a greedy search misses what two fields do together); the GPU check runs one round.
+Every candidate's output and input gradient are checked against the starting tile's (same weights, same input;
+``max_diff``: the largest absolute difference of the outputs or relative one of the gradients, to 1e-4 in float32,
+5e-2 in 16 bits; records before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a backward field that
+computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision tf32`` search,
+else exact) is timed in the same process at the same shape, so every row carries its ratio. Timing: CUDA events around
+each call, synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of a
+candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side
+first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start
+every field's candidates around the starting tile, later those of a field after a change was kept; the log says what
+each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the device, the versions); replace a table entry only with such a measurement.  ``pytest bench
@@ -113,13 +113,20 @@ def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, til
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
     """``tile`` with ``field`` changed to each value worth trying."""
     if field == "units":
+        # Grids of up to 4, 2, 1 and 1/2 programs an SM (``per_sm``: more than one puts smaller programs side by side
+        # on an SM, whose warps then hide one another's latency; a quarter of the SMs lost at every preset on the
+        # H200, 2026-11-28).  The unit tile is the smallest power of two that holds the units, at least 4 wide for a
+        # dot per gate, 2 with one dot for the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of
+        # 4 or 8 columns for sm_90, exact, TF32 and bfloat16, padding what the MMA needs).
         out = []
-        for programs in (sms, sms // 2, sms // 4):
+        for programs in (4 * sms, 2 * sms, sms, sms // 2):
             units = -(-hidden // programs)
-            block_j = max(8, 1 << (units - 1).bit_length())
+            per_sm = -(-launch.triton.cdiv(hidden, units) // sms)
+            least = 2 if tile.fuse_gates or tile.outer else 4
+            block_j = max(least, 1 << (units - 1).bit_length())
             if block_j <= 64:
-                out.append(dataclasses.replace(tile, units=units, block_j=block_j))
-        return out
+                out.append(dataclasses.replace(tile, units=units, block_j=block_j, per_sm=per_sm))
+        return list(dict.fromkeys(out))
     if field in ("split_k", "split_k_bwd"):  # SPLIT tiles per trip of the K loop side by side: >= 4 warps a way
         # (with the backward's fields stated apart -- the search's start -- each changes its own kernel's warps;
         # else, as the tiles of the table are, both).  With outer products SPLIT unrolls the K loop instead: the
@@ -332,7 +339,8 @@ def file_tiles(path: str | Path) -> dict[tuple[str, int, torch.dtype], tuple[lau
 
 def describe(tile: launch.Tile) -> str:
     """One tile in a log line: units, J, then per kernel (forward / backward) the K tile, warps, stages, split and dot
-    structure, the rows' padding, and the outer products and the backward's transposed W_hh where on."""
+    structure, the rows' padding, and the outer products and the backward's transposed W_hh where on, and the programs
+    an SM where more than one."""
     def pair(field: str, fmt=str) -> str:
         f, b = launch.kernel_value(tile, field, False), launch.kernel_value(tile, field, True)
         return fmt(f) if f == b else f"{fmt(f)}/{fmt(b)}"
@@ -340,9 +348,10 @@ def describe(tile: launch.Tile) -> str:
     outer = "".join(s for s, on in ((" outer", tile.outer), (" outer-bwd", tile.outer_bwd),
                                     (" wt-bwd", tile.transposed_bwd and not tile.outer_bwd),
                                     (" da16-bwd", tile.round_da_bwd)) if on)
+    per_sm = f" {tile.per_sm}/SM" if tile.per_sm > 1 else ""
     return (f"u{tile.units:<3} J{tile.block_j:<3} K{pair('block_k'):<6} w{tile.num_warps}/{tile.num_warps_bwd} "
             f"s{pair('num_stages')} k/{pair('split_k')} r{tile.row_align} "
-            f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}")
+            f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}{per_sm}")
 
 
 def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None) -> int:
