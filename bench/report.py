@@ -89,8 +89,9 @@ def _dates(values) -> str:
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
-def load_bench(results: str | Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Micro-benchmark rows (one per benchmark of ``bench/bench_cells.py``) and the files' machine infos."""
+def load_bench(results: str | Path, newest: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+    """Micro-benchmark rows (one per benchmark of ``bench/bench_cells.py``; with ``newest`` only the newest of each
+    device, pass, shape and cell, else every file's) and the files' machine infos."""
     rows, machines = [], []
     for path in sorted(Path(results, "bench").rglob("*.json")):
         try:
@@ -128,7 +129,7 @@ def load_bench(results: str | Path) -> tuple[pd.DataFrame, list[dict]]:
             "num_steps", "batch_size", "median_ms", "min_ms", "rounds", "words_per_sec", "flops_per_call",
             "peak_memory_mib", "torch", "torch_threads", "load_average"]
     df = pd.DataFrame(rows, columns=cols)
-    if len(df):  # the newest measurement of each (device, pass, shape, cell)
+    if len(df) and newest:  # the newest measurement of each (device, pass, shape, cell)
         df = (df.sort_values("date").drop_duplicates(["device", "device_name", "pass", "shape", "cell"], keep="last")
               .reset_index(drop=True))
     return df, machines
@@ -289,6 +290,130 @@ def _device_title(device, device_name) -> str:
 
 def _slug(device, device_name) -> str:
     return name_slug(str(device), device_name if isinstance(device_name, str) else None)
+
+
+GLANCE_PASSES = (("fwdbwd", "fastest fwd+bwd"), ("step", "fastest LM step"))
+
+
+def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
+    """The question the suite answers, per device, preset and kind of cell (LSTM, GRU), from the sections below: the
+    fastest cell in the micro-benchmarks (within the run that timed the kind's cuDNN cell) and, among finished
+    full-schedule training runs in exact float32 with the preset's settings, the lowest test perplexity, the most
+    training words/sec and the soonest time to quality (means over seeds, with the cells the seeds do not tell
+    apart from the winner)."""
+    md = ["## At a glance", "",
+          "Which cell to use, per device, preset and kind, from the sections below; nothing here is measured anew. "
+          "**fastest fwd+bwd / LM step**: the micro-benchmarks' fastest cell of the kind, float32 with exact "
+          "matmuls, among the cells timed in the same benchmark run as the kind's cuDNN cell (`cudnn_lstm` / "
+          "`cudnn_gru`), with its time and its speed over cuDNN's (>1 is faster; where cuDNN is the fastest, the "
+          "runner-up's). **lowest test ppl**, **most words/sec**, **soonest to quality**: over the finished runs of "
+          "the preset's whole schedule with its settings as published, exact float32 (bfloat16 and TF32 runs, "
+          "truncated runs and runs with changed settings are in the training tables), one step mode each (a cell's "
+          "label names a mode other than eager); the mean over seeds where a cell has several, and *within spread "
+          "of* the cells whose mean ± sd overlaps the winner's (the seeds do not tell them apart). A cell that is "
+          "faster per word but converges worse shows here as faster and worse: read the columns together.", ""]
+    found = False
+    keys = sorted({(d, n) for d, n in zip(bench["device"], bench["device_name"], strict=True)}
+                  | {(d, n) for d, n in zip(runs["device"], runs["device_name"], strict=True)
+                     if isinstance(d, str)}, key=lambda k: (str(k[0]), str(k[1])))
+    full = _full_schedule(runs)
+    for device, name in keys:
+        rows = []
+        for preset in PTB_PRESETS:
+            for kind in BASELINE_OF_KIND:
+                row = {"preset": preset, "kind": kind}
+                for p, label in GLANCE_PASSES:
+                    row[label] = _fastest(bench, device, name, preset, p, kind)
+                mine = full[(full["device"] == device) & (full["device_name"] == name) & (full["config"] == preset)
+                            & (full["kind"] == kind)]
+                row.update(_training_winners(mine))
+                if any(v != "—" for k, v in row.items() if k not in ("preset", "kind")):
+                    rows.append(row)
+        if rows:
+            found = True
+            md += [f"### {_device_title(device, name)}", "", _table(pd.DataFrame(rows), {}), ""]
+    if not found:
+        md += ["(no micro-benchmark or finished training run yet)", ""]
+    return md
+
+
+def _fastest(bench: pd.DataFrame, device, name, preset: str, pass_: str, kind: str) -> str:
+    """The fastest cell of ``kind`` in ``pass_`` at ``preset`` on one device, among those timed in one benchmark file
+    with the kind's cuDNN cell (of such files the one that timed the most cells of the kind, then the newest): 'name
+    time (ratio to cuDNN)'; '—' without a cuDNN figure.  ``bench``: every file's rows (``load_bench(newest=False)``)."""
+    if bench.empty:
+        return "—"
+    sel = bench[(bench["device"] == device) & (bench["device_name"] == name) & (bench["shape"] == preset)
+                & (bench["pass"] == pass_) & (bench["kind"] == kind) & bench["median_ms"].notna()]
+    base_name = BASELINE_OF_KIND[kind]
+    files = sel[sel["cell"] == base_name]["file"].unique()
+    if not len(files):
+        return "—"
+    file = max(files, key=lambda f: (sel[sel["file"] == f]["cell"].nunique(), sel[sel["file"] == f]["date"].max()))
+    same = sel[sel["file"] == file].sort_values("date").drop_duplicates("cell", keep="last").sort_values("median_ms")
+    b = same[same["cell"] == base_name].iloc[0]
+    best = same.iloc[0]
+    if best["cell"] != base_name:
+        return (f"`{best['cell']}` {_ms(best['median_ms'])} ({b['median_ms'] / best['median_ms']:.2f}× "
+                f"`{base_name}`)")
+    if len(same) < 2:
+        return f"`{base_name}` {_ms(b['median_ms'])} (no other cell of its kind in that run)"
+    second = same.iloc[1]
+    ratio = b["median_ms"] / second["median_ms"]
+    return f"`{base_name}` {_ms(b['median_ms'])} (next: `{second['cell']}`, {ratio:.2f}×)"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.0f} ms" if v >= 100 else f"{v:.3g} ms"
+
+
+def _full_schedule(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs of a PTB preset's whole schedule (its published epochs, every window of every epoch: the most
+    steps an epoch any record of the preset has), evaluated on the whole streams, in exact float32, with the preset's
+    settings as published."""
+    if runs.empty:
+        return runs
+    ok = runs[(runs["status"] == "ok") & runs["config"].isin(PTB_PRESETS) & (runs["numerics"] == "fp32")
+              & runs["max_eval_words"].isna() & (runs["overrides"] == "")].copy()
+    epochs = ok["config"].map(lambda c: PAPER[c]["epochs"])
+    most = runs.groupby("config")["steps_per_epoch"].max()
+    ok = ok[(ok["epochs_done"] == epochs) & (ok["epochs_planned"] == epochs)
+            & (ok["steps_per_epoch"] == ok["config"].map(most))]
+    return ok
+
+
+def _training_winners(runs: pd.DataFrame) -> dict[str, str]:
+    """Of one preset, device and kind's full-schedule runs: the lowest mean test perplexity, the most mean words/sec,
+    the soonest mean time to quality (over cells whose every seed reached it), each with the cells within its
+    spread."""
+    cols = ("lowest test ppl", "most words/sec", "soonest to quality")
+    if runs.empty:
+        return dict.fromkeys(cols, "—")
+    rows = []
+    for (cell, mode), g in runs.groupby(["cell", "mode"], sort=True):
+        g = g.sort_values("started")
+        g = pd.concat([g[g["seed"].notna()].drop_duplicates("seed", keep="last"), g[g["seed"].isna()]])
+        label = cell if mode == "eager" else f"{cell} [{mode}]"
+        ttq = g["time_to_quality_s"]
+        rows.append({"label": label, "n": len(g), "test": (g["test_ppl"].mean(), g["test_ppl"].std(ddof=1)),
+                     "wps": (g["words_per_sec"].mean(), g["words_per_sec"].std(ddof=1)),
+                     "ttq": (ttq.mean(), ttq.std(ddof=1)) if ttq.notna().all() else (math.nan, math.nan)})
+
+    def pick(key: str, lower: bool, fmt, unit: str = "") -> str:
+        have = [r for r in rows if not math.isnan(r[key][0])]
+        if not have:
+            return "—"
+        best = min(have, key=lambda r: r[key][0] if lower else -r[key][0])
+        m, sd = best[key]
+        text = f"`{best['label']}` {fmt(m)}" + (f" ± {fmt(sd)}" if best["n"] > 1 else "") + unit + (
+            f" ({best['n']} seeds)" if best["n"] > 1 else "")
+        near = [r["label"] for r in have if r is not best and r["n"] > 1 and best["n"] > 1
+                and abs(r[key][0] - m) <= r[key][1] + sd]
+        return text + (f"; within spread of {', '.join(f'`{n}`' for n in near)}" if near else "")
+
+    return {"lowest test ppl": pick("test", True, lambda v: f"{v:.2f}"),
+            "most words/sec": pick("wps", False, lambda v: f"{v:.0f}"),
+            "soonest to quality": pick("ttq", True, lambda v: f"{v / 60:.1f}", " min")}
 
 
 def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
@@ -840,6 +965,7 @@ def write_report(results: str | Path = "results") -> Path:
           f"{len(bench)} micro-benchmark(s) under `bench/` and {len(rates)} matmul measurement(s). "
           "Regenerate with `rnnbench report`; every number below comes from those files. Ratios compare runs on "
           "the same device only. `report.csv` has one row per run with every column.", ""]
+    md += glance_section(runs, load_bench(results, newest=False)[0])
     md += training_section(runs, rates) + micro_section(bench, rates) + flops_section(rates) + paper_section(runs)
     md += ["## Plots", ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in pngs] or ["(nothing to plot yet)"]

@@ -286,3 +286,55 @@ def test_plots_are_written_whole_and_stale_ones_go(results):
     pngs = sorted(p.name for p in (results / "plots").iterdir())
     assert pngs and stale.name not in pngs and all(p.endswith(".png") for p in pngs)  # (no temporary files left)
     assert all((results / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def full_run(results: Path, cell: str, seed: int, test: float, wps: float, reach: float | None,
+             epochs: int = 13, fp32_matmul: str = "ieee", steps: int = 2323, **changed) -> dict:
+    """A finished small run of ``epochs`` (13: the whole schedule) whose validation perplexity reaches the preset's
+    target after ``reach`` seconds (None: never)."""
+    rec = new_record(preset("small", epochs=epochs, **changed), cell, torch.device("cpu"), seed, ["rnnbench", "train"],
+                     fp32_matmul=fp32_matmul)
+    target = preset("small").target_valid_ppl
+    rec.update(status="ok", words_per_sec=wps, test_ppl=test, steps_per_epoch=steps, peak_memory_bytes=2**29,
+               epochs=[{"epoch": e + 1, "elapsed_seconds": 100.0 * (e + 1),
+                        "valid_ppl": target - 1 if reach is not None and 100.0 * (e + 1) >= reach else target + 50}
+                       for e in range(epochs)])
+    rec["run_id"] = f"{cell}-{seed}-{epochs}-{fp32_matmul}-{steps}{''.join(f'-{k}' for k in changed)}"
+    rec["env"].update(device="cpu", device_name=CPU, torch_threads=1)
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    (results / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return rec
+
+
+def test_at_a_glance_names_the_fastest_and_the_best_of_comparable_work(results):
+    """The report's first section: the fastest cell of each kind within one benchmark run with its cuDNN cell, and
+    the best of the whole-schedule runs in exact float32 as published (means over seeds, and who is within spread)."""
+    for seed, (a, b) in enumerate(((111.0, 111.6), (112.0, 112.6), (113.0, 113.6))):
+        full_run(results, "cudnn_lstm", seed, a, 2000.0 + seed, reach=300.0)
+        full_run(results, "loop_lstm", seed, b, 1500.0 + seed, reach=500.0)
+    full_run(results, "compiled_lstm", 0, 150.0, 9000.0, reach=None)  # fastest per word, never reaches the target
+    full_run(results, "compiled_lstm", 1, 150.0, 9000.0, reach=None)
+    # not comparable: a shorter run, changed settings, TF32 (refused on a CPU: a hand-made record), truncated epochs
+    full_run(results, "loop_gru", 0, 90.0, 9e5, reach=100.0, epochs=2)
+    full_run(results, "loop_lstm", 7, 90.0, 9e5, reach=100.0, learning_rate=0.5)
+    full_run(results, "loop_lstm", 8, 90.0, 9e5, reach=100.0, fp32_matmul="tf32")
+    full_run(results, "loop_lstm", 9, 90.0, 9e5, reach=100.0, steps=50)
+    older = bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.030,
+                                             ("fwdbwd", "small", "loop_lstm"): 0.045,
+                                             ("fwdbwd", "small", "compiled_lstm"): 0.040,
+                                             ("fwdbwd", "small", "cudnn_gru"): 0.030,
+                                             ("fwdbwd", "small", "loop_gru"): 0.020})
+    older.rename(older.with_name("a.json"))
+    # a newer run of fewer cells: its faster compiled_lstm is not set against the other run's cuDNN figure
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.031, ("fwdbwd", "small", "compiled_lstm"):
+                                     0.010}, date="2026-02-01T00:00:00+00:00")
+    text = report.write_report(results).read_text()
+    glance = text.split("## At a glance")[1].split("## Training runs")[0]
+    lstm = next(line for line in glance.splitlines() if line.startswith("| small") and "LSTM" in line)
+    gru = next(line for line in glance.splitlines() if line.startswith("| small") and "| GRU" in line)
+    assert "`cudnn_lstm` 30 ms (next: `compiled_lstm`, 0.75×)" in lstm
+    assert "`cudnn_lstm` 112.00 ± 1.00 (3 seeds); within spread of `loop_lstm`" in lstm
+    assert "`compiled_lstm` 9000 ± 0 (2 seeds)" in lstm  # (faster per word; worse, and never at the target)
+    assert "`cudnn_lstm` 5.0 ± 0.0 min (3 seeds)" in lstm and "compiled_lstm` 150" not in lstm
+    assert "`loop_gru` 20 ms (1.50× `cudnn_gru`)" in gru and gru.count("—") == 4  # (no comparable GRU run)
+    assert "90.00" not in glance and "9e+05" not in glance and "900000" not in glance
