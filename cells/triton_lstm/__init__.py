@@ -255,8 +255,13 @@ that fit, forward / backward; "ok" when both hold the grid's):
 
 So the search's grids of 2 an SM are resident for every float32 LSTM preset, bfloat16 small and medium, and the GRU's
 float32 small and medium; the others are refused at their first launch (a failed candidate in the search's record,
-:func:`.launch._launch`'s one line).  Smaller unit tiles come with them: a dot per gate 4 wide, one for the gates
-2 x 4 wide, which Triton 3.6 compiles for sm_90 in exact float32, TF32 and bfloat16 (padding what the MMA needs).
+:func:`.launch._launch`'s one line). Each narrow program's chain is shorter: one trip of the K loop (``--kloop``, 4
+warps, one dot for the gates; instructions / FFMA per thread, forward then backward) at medium, 217 x 3 in tiles of 4,
+K 32: 207 / 128 and 298 / 128, against the table's 130 x 5 (tiles of 8): 355 / 256 and 486 / 256; at large, 250 x 6 in
+tiles of 8, K 16: 192 / 128 and 257 / 128, against the table's (8 warps, split 2) 329 / 256 and 449 / 256. With 2
+warps or 1 the trips grow to 339-681 instructions (medium's backward spilling): 4 warps it is. Smaller unit tiles come
+with them: a dot per gate 4 wide, one for the gates 2 x 4 wide, which Triton 3.6 compiles for sm_90 in exact float32,
+TF32 and bfloat16 (padding what the MMA needs).
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
