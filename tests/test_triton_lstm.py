@@ -814,6 +814,11 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
                                                                     torch.float32, 132, "units")] == [
         (1, 2, 2), (2, 2, 1), (4, 4, 1)]
     assert tune.describe(units[1]).endswith(" 2/SM") and not tune.describe(units[2]).endswith("/SM")
+    # several an SM: at most 4 warps a kernel, the reduction unsplit (the forward's and the backward's stated apart)
+    wide = launch.apart(dataclasses.replace(tile, num_warps=8, num_warps_bwd=8, split_k=2))
+    assert [(t.per_sm, t.num_warps, t.num_warps_bwd, t.split_k, t.split_k_bwd)
+            for t in tune.candidates(wide, 1500, torch.float32, 132, "units")] == [
+        (4, 4, 4, 1, 1), (2, 4, 4, 1, 1), (1, 8, 8, 2, 2), (1, 8, 8, 2, 2)]
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32, fuse_gates=True), 1500, torch.float32, 132, "outer")
     # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 or 16 a trip,
@@ -1059,5 +1064,9 @@ def test_probe_launches_every_variant(monkeypatch):
     # on a persistent plan: half the units a program, twice the programs, two an SM
     plan = launch.plan_for(20, 650, torch.float32, 132)
     narrow = dict((n, p) for n, p, _ in probe._variants(plan, torch.float32, 650, 132))["narrow"]
-    assert (narrow.units, narrow.programs, narrow.block_j, narrow.per_sm) == (3, 217, 4, 2)
+    assert (narrow.units, narrow.programs, narrow.block_j, narrow.per_sm, narrow.num_warps) == (3, 217, 4, 2, 4)
+    large = dict((n, p) for n, p, _ in probe._variants(launch.plan_for(20, 1500, torch.float32, 132), torch.float32,
+                                                       1500, 132))["narrow"]
+    assert (large.units, large.programs, large.per_sm, large.num_warps, large.num_warps_bwd, large.split_k) == (
+        6, 250, 2, 4, 4, 1)
     assert "narrow" not in [n for n, _, _ in probe._variants(plan, torch.float32)]  # (no H, no SMs: left out)

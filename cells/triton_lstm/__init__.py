@@ -242,24 +242,27 @@ large.  Narrower programs, side by side on an SM, each with its own warps and CT
 (the tile search measured the converse: half the programs, twice the units each, took the medium forward from 3.35 to
 7.93 ms).  The cooperative launch refuses a grid whose programs cannot all be resident, so whether a candidate fits
 is the compiled kernel's registers and shared memory (:func:`.sm90.programs_per_sm`, Hopper's occupancy arithmetic).
-Compiled for sm_90 (Triton 3.6, batch 20, the table's tiles but the units; registers, spill bytes, programs an SM
-that fit, forward / backward; "ok" when both hold the grid's):
+Compiled for sm_90 (Triton 3.6, batch 20, the table's tiles with the search's candidate units, and for several an SM
+at most 4 warps and the reduction unsplit, ``tune.narrow_fields``; registers forward / backward, programs an SM that
+fit; "ok" when both kernels hold the grid's):
 
-- LSTM small, 200 x 1 unit (2 an SM), J 4: float32 72 / 56 registers, 7 / 9 an SM; bfloat16 80 / 80, 6 / 6: ok;
-- LSTM medium float32, 217 x 3 (2), J 4: 72 / 168, 7 / 3: ok; 325 x 2 (3), J 2: 64 (8 bytes spilled) / 118, 8 / 4:
-  ok; bfloat16 217 x 3: 128 / 208, 4 / 2: ok; 325 x 2: the backward holds 2 of 3;
-- LSTM large float32, 250 x 6 (2), J 8, 8 warps: 128 (32 bytes spilled) / 122, 2 / 2: ok; 500 x 3 (4): 3 / 1;
-  bfloat16 250 x 6: the backward (182 registers, 72 KB of shared memory, 8 warps) holds 1;
-- GRU small 200 x 1: 64 / 64 float32, 92 / 96 bfloat16, 5-8 an SM: ok; medium float32 217 x 3 and 325 x 2: 62 / 64,
-  8 / 8: ok; bfloat16 (8 warps, 227-252 registers) and large (the backward at 164-255 registers) hold 1.
+- LSTM small, 200 x 1 unit (2 an SM), J 4: float32 72 / 56, 7 / 9; bfloat16 80 / 80, 6 / 6: ok;
+- LSTM medium, 217 x 3 (2 an SM), J 4: float32 72 / 168, 7 / 3; bfloat16 128 / 208, 4 / 2: ok; 325 x 2 (3 an SM),
+  J 2: float32 64 (8 bytes spilled) / 118, 8 / 4: ok; bfloat16 127 / 228, 4 / 2: refused;
+- LSTM large, 250 x 6 (2 an SM), J 8: float32 80 (8 bytes spilled) / 120, 6 / 4; bfloat16 94 / 255, 5 / 2: ok (with
+  the table's 8 warps the bfloat16 backward held 1); 500 x 3 (4 an SM): float32 62 / 158, 8 / 3, bfloat16 64 / 255,
+  8 / 2: refused;
+- GRU small 200 x 1: 64 / 64 float32, 92 / 96 bfloat16, 5-8 an SM: ok; medium 217 x 3 and 325 x 2: float32 62 / 64,
+  8 / 8: ok; bfloat16 128 / 255, 4 / 2: 2 an SM ok; large 250 x 6: float32 110 / 128, 4 / 4; bfloat16 241 / 255,
+  2 / 2 (no spill, where the table's entry spills 816 bytes): ok; 500 x 3: refused.
 
-So the search's grids of 2 an SM are resident for every float32 LSTM preset, bfloat16 small and medium, and the GRU's
-float32 small and medium; the others are refused at their first launch (a failed candidate in the search's record,
-:func:`.launch._launch`'s one line). Each narrow program's chain is shorter: one trip of the K loop (``--kloop``, 4
-warps, one dot for the gates; instructions / FFMA per thread, forward then backward) at medium, 217 x 3 in tiles of 4,
-K 32: 207 / 128 and 298 / 128, against the table's 130 x 5 (tiles of 8): 355 / 256 and 486 / 256; at large, 250 x 6 in
-tiles of 8, K 16: 192 / 128 and 257 / 128, against the table's (8 warps, split 2) 329 / 256 and 449 / 256. With 2
-warps or 1 the trips grow to 339-681 instructions (medium's backward spilling): 4 warps it is. Smaller unit tiles come
+So every grid of 2 an SM is resident, and of 3 an SM the float32 ones at medium; the others are refused at their
+first launch (a failed candidate in the search's record, :func:`.launch._launch`'s one line).  Each narrow program's
+chain is shorter: one trip of the K loop (``--kloop``, 4 warps, one dot for the gates; instructions / FFMA per
+thread, forward then backward) at medium, 217 x 3 in tiles of 4, K 32: 207 / 128 and 298 / 128, against the
+table's 130 x 5 (tiles of 8): 355 / 256 and 486 / 256; at large, 250 x 6 in tiles of 8, K 16: 192 / 128 and 257 /
+128, against the table's (8 warps, split 2) 329 / 256 and 449 / 256.  With 2 warps or 1 the trips grow to 339-681
+instructions (medium's backward spilling): 4 warps it is.  Smaller unit tiles come
 with them: a dot per gate 4 wide, one for the gates 2 x 4 wide, which Triton 3.6 compiles for sm_90 in exact float32,
 TF32 and bfloat16 (padding what the MMA needs).
 

@@ -39,8 +39,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
                    mostly issued before its FMAs (the package docstring);
 * ``narrow``       (persistent plans) half the units a program in the smallest unit tile that holds them, twice the
-                   programs, so two an SM (``launch.Tile.per_sm``): whether narrower programs side by side hide each
-                   other's latency (refused at launch where the kernel's registers leave room for one).
+                   programs, so two an SM (``launch.Tile.per_sm``), at most 4 warps each and the reduction unsplit
+                   (``tune.narrow_fields``): whether narrower programs side by side hide each other's latency
+                   (refused at launch where the kernel's registers leave room for one).
 
 Per step (kernel time / T), the matmul costs about ``full - no-matmul``, the barrier ``full - no-barrier``; the
 parts overlap, so these are estimates, not a partition.  Timing: CUDA events around 5 back-to-back launches (so
@@ -57,7 +58,7 @@ import sys
 import torch
 
 from . import launch, precompile
-from .tune import BATCH, OUTER_NO_SHARED, PRESETS, _cells, _time, cli
+from .tune import BATCH, OUTER_NO_SHARED, PRESETS, _cells, _time, cli, narrow_fields
 
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
 CALLS = 5  # launches between two events
@@ -90,7 +91,8 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
         programs = -(-hidden // units)
         block_j = max(2 if plan.fuse_gates or plan.outer else 4, 1 << (units - 1).bit_length())
         variants.append(("narrow", dataclasses.replace(plan, units=units, programs=programs, block_j=block_j,
-                                                       per_sm=-(-programs * plan.batch_blocks // sms)), 0))
+                                                       per_sm=-(-programs * plan.batch_blocks // sms),
+                                                       **narrow_fields(plan)), 0))
     variants.append(("stages-3", launch.both(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
     variants.append((other, launch.both(plan, fuse_gates=not plan.fuse_gates), 0))

@@ -113,11 +113,12 @@ def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, til
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
     """``tile`` with ``field`` changed to each value worth trying."""
     if field == "units":
-        # Grids of up to 4, 2, 1 and 1/2 programs an SM (``per_sm``: more than one puts smaller programs side by side
-        # on an SM, whose warps then hide one another's latency; a quarter of the SMs lost at every preset on the
-        # H200, 2026-11-28).  The unit tile is the smallest power of two that holds the units, at least 4 wide for a
-        # dot per gate, 2 with one dot for the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of
-        # 4 or 8 columns for sm_90, exact, TF32 and bfloat16, padding what the MMA needs).
+        # Grids of up to 4, 2, 1 and 1/2 programs an SM (``per_sm``: more than one puts narrower programs side by
+        # side on an SM, whose warps then hide one another's latency, each with at most 4 warps: narrow_fields; a
+        # quarter of the SMs lost at every preset on the H200, 2026-11-28, so it is no longer tried).  The unit tile
+        # is the smallest power of two that holds the units, at least 4 wide for a dot per gate, 2 with one dot for
+        # the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of 4 or 8 columns for sm_90,
+        # exact, TF32 and bfloat16, padding what the MMA needs).
         out = []
         for programs in (4 * sms, 2 * sms, sms, sms // 2):
             units = -(-hidden // programs)
@@ -125,7 +126,8 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
             least = 2 if tile.fuse_gates or tile.outer else 4
             block_j = max(least, 1 << (units - 1).bit_length())
             if block_j <= 64:
-                out.append(dataclasses.replace(tile, units=units, block_j=block_j, per_sm=per_sm))
+                out.append(dataclasses.replace(tile, units=units, block_j=block_j, per_sm=per_sm,
+                                               **(narrow_fields(tile) if per_sm > 1 else {})))
         return list(dict.fromkeys(out))
     if field in ("split_k", "split_k_bwd"):  # SPLIT tiles per trip of the K loop side by side: >= 4 warps a way
         # (with the backward's fields stated apart -- the search's start -- each changes its own kernel's warps;
@@ -170,6 +172,19 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
               "num_stages": (1, 2, 3, 4) if backward else (1, 2, 3), "row_align": (1, 16),
               "transposed": (False, True)}[field.removesuffix("_bwd")]
     return [dataclasses.replace(tile, **{field: v}) for v in values]
+
+
+def narrow_fields(tile: launch.Tile | launch.Plan) -> dict:
+    """What a tile's programs change to run several an SM: at most 4 warps a kernel and the reduction unsplit (with
+    outer products the split is the K loop's unrolling, and stays).  sm_90, Triton 3.6: the measured large entries'
+    8 warps hold one program an SM in the backward, 4 warps two or more; a narrow program's K trip with 4 warps is
+    192-298 instructions for 128 FFMA, with 2 or 1 warp 339-681 (the package docstring)."""
+    out = {"num_warps": min(tile.num_warps, 4), "num_warps_bwd": min(tile.num_warps_bwd, 4)}
+    if not tile.outer:
+        out["split_k"] = 1
+    if tile.split_k_bwd is not None and not tile.outer_bwd:
+        out["split_k_bwd"] = 1
+    return out
 
 
 def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int, ...]:
