@@ -257,6 +257,16 @@ SPLIT_PLANS += [
     ("stepwise-3-units-a-program-4-wide", 20, 2, 13, dict(path="stepwise", units=3, resident=False),
      dict(block_j=4, block_k=8)),
 ]
+# The forward's recurrent matmul as an exchange of shares (launch.Tile.exchange): units not dividing H, unit tiles
+# wider than the units, a phase-1 depth padded to 16, several destination and source groups, two batch blocks.
+SPLIT_PLANS += [
+    ("stepwise-exchange-3-units-in-tiles-of-4", 20, 3, 13, dict(path="stepwise", units=3, resident=False),
+     dict(block_j=4, exchange=True)),
+    ("stepwise-exchange-16-units", 20, 2, 40, dict(path="stepwise", units=16, resident=False),
+     dict(block_j=16, exchange=True)),
+    ("stepwise-2-batch-blocks-exchange", 20, 2, 24, dict(path="stepwise", units=5, resident=False),
+     dict(block_b=16, batch_blocks=2, exchange=True)),
+]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
     ("persistent-B20-H650", 20, 35, 650, dict(path="persistent"), {}),
@@ -280,6 +290,10 @@ PERSISTENT = [
     ("persistent-B20-H200-outer-64k-trips-backward-128k", 20, 20, 200, dict(path="persistent"),
      dict(fuse_gates=False, outer=True, outer_bwd=True, block_k=2, split_k=32, num_stages=1, num_warps=8,
           block_k_bwd=4, split_k_bwd=32, num_warps_bwd=8)),
+    # the forward as an exchange of shares (launch.Tile.exchange): 41 x 16 units, and 130 x 5 two an SM's worth
+    ("persistent-B20-H650-exchange-16-units", 20, 35, 650, dict(path="persistent"),
+     dict(units=16, block_j=16, programs=41, exchange=True)),
+    ("persistent-B20-H200-exchange-4-units", 20, 20, 200, dict(path="persistent"), dict(block_j=4, exchange=True)),
     # more programs than SMs, two an SM (launch.Tile.per_sm): 217 x 3 units in tiles of 4, one dot for the gates
     ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
      dict(units=3, block_j=4, programs=217, per_sm=2, fuse_gates=True, block_k=32, num_stages=3, row_align=16)),
@@ -397,10 +411,13 @@ def test_inference_without_grad_matches_training_forward(device, t):
     assert torch.equal(y_eval, y.detach()) and torch.equal(h_eval, h.detach()) and torch.equal(c_eval, c.detach())
 
 
-def test_inference_on_the_stepwise_path_matches_reference():
-    """The two-slab cell state across one launch per step (the persistent split, as the interpreter runs it)."""
+@pytest.mark.parametrize("exchange", [False, True], ids=["k-loop", "exchange"])
+def test_inference_on_the_stepwise_path_matches_reference(exchange):
+    """The two-slab cell state across one launch per step (the persistent split, as the interpreter runs it), with
+    the recurrent matmul's K loop or its exchange of shares (launch.Tile.exchange)."""
     t, b, i, h = 5, 3, 4, 24
     plan = launch.make_plan(b, h, torch.float32, torch.device("cpu"), "stepwise", units=8)
+    plan = dataclasses.replace(plan, exchange=exchange, resident=False)
     args = [torch.randn(t, b, i, dtype=torch.float64), torch.randn(b, h, dtype=torch.float64),
             torch.randn(b, h, dtype=torch.float64)]
     args += [torch.randn(4 * h, k, dtype=torch.float64) / math.sqrt(h) for k in (i, h)]
@@ -924,6 +941,38 @@ def test_a_tile_may_put_more_programs_than_sms_on_the_persistent_grid(monkeypatc
         launch._launch(Refused(), dataclasses.replace(sync, path="stepwise"))
 
 
+def test_the_forward_exchange_is_a_tile_field_for_the_persistent_and_stepwise_paths(monkeypatch):
+    """``Tile.exchange``: the forward's recurrent matmul as an exchange of shares (kernels' lstm_fwd_xchg_kernel) on the
+    persistent path, said in the plan; the blocked path keeps its K loop; the tile search tries it at the tile's
+    units and at 8, 16 and 32 (several an SM with at most 4 warps), the LSTM's search only."""
+    from cells.triton_lstm import tune
+
+    tile = dataclasses.replace(launch.TILES[(650, torch.float32)], exchange=True, units=16, block_j=16)
+    monkeypatch.setitem(launch.TILES, (650, torch.float32), tile)
+    launch.plan_for.cache_clear()
+    plan = launch.plan_for(20, 650, torch.float32, 132)
+    assert plan.exchange and plan.programs == 41 and "forward's recurrent matmul exchanged" in plan.describe()
+    assert not launch.plan_for(20, 650, torch.float32, 132, path="blocked").exchange
+    launch.plan_for.cache_clear()
+    options = launch.exchange_options(plan, torch.float32, True)
+    assert (options["KX"], options["DG"], options["SG"], options["SYNC"]) == (16, 2, 2, True)
+    assert launch.exchange_weight(torch.randn(4 * 650, 650), plan).shape == (41, 16, 41, 64)
+    # wx[s, k, d, 4 u + g] = W_hh[g H + d U + u, s U + k], zeros past H and past a program's units
+    small = dataclasses.replace(launch.plan_for(3, 13, torch.float32, None, path="stepwise", units=5), block_j=8)
+    w = torch.randn(4 * 13, 13)
+    wx = launch.exchange_weight(w, small)
+    assert wx.shape == (3, 16, 3, 32) and wx[1, 2, 2, 4 * 1 + 3] == w[3 * 13 + 2 * 5 + 1, 1 * 5 + 2]
+    assert wx[2, 3, 0, 0] == 0 and wx[0, 5, 0, 0] == 0 and wx[0, 0, 2, 4 * 3] == 0  # (k 13, k 5, unit 13: padding)
+    start = launch.apart(launch.Tile(units=5, block_j=8, block_k=32, num_warps=8, num_warps_bwd=8, num_stages=3))
+    found = tune.candidates(start, 1500, torch.float32, 132, "exchange")
+    assert [(t.exchange, t.units, t.block_j, t.per_sm, t.num_warps) for t in found] == [
+        (False, 5, 8, 1, 8), (True, 5, 8, 3, 4), (True, 8, 8, 2, 4), (True, 16, 16, 1, 8), (True, 32, 32, 1, 8)]
+    assert tune.candidates(found[1], 1500, torch.float32, 132, "exchange") == [
+        dataclasses.replace(found[1], exchange=False), found[1]]
+    assert "exchange" in tune.FIELDS["LSTM"] and "exchange" not in tune.FIELDS["GRU"]
+    assert tune.describe(found[3]).endswith("gates exchange")
+
+
 def test_programs_an_sm_follow_registers_shared_memory_and_warps():
     """sm90.programs_per_sm: Hopper's occupancy arithmetic for a kernel compiled without the GPU."""
     from cells.triton_lstm import sm90
@@ -1070,3 +1119,9 @@ def test_probe_launches_every_variant(monkeypatch):
     assert (large.units, large.programs, large.per_sm, large.num_warps, large.num_warps_bwd, large.split_k) == (
         6, 250, 2, 4, 4, 1)
     assert "narrow" not in [n for n, _, _ in probe._variants(plan, torch.float32)]  # (no H, no SMs: left out)
+    # the forward as an exchange of shares (the LSTM's only), at the plan's units and at 16
+    by_name = dict((n, p) for n, p, _ in probe._variants(plan, torch.float32, 650, 132))
+    assert by_name["exchange"].exchange and by_name["exchange"].units == 5
+    assert (by_name["exchange-16"].units, by_name["exchange-16"].programs, by_name["exchange-16"].block_j) == (
+        16, 41, 16)
+    assert not {"exchange", "exchange-16"} & {n for n, _, _ in probe._variants(plan, torch.float32, 650, 132, "GRU")}

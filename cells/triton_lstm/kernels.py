@@ -654,6 +654,149 @@ def lstm_fwd_kernel(
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
 
 
+# EXCHANGE (``launch.Tile.exchange``): the recurrent matmul without a reduction loop.  Program p owns units
+# [p U, p U + U) and with them the rank-U share h_t[:, own] W_hh[:, own]^T of every program's next pre-activations: it
+# writes that share into an exchange buffer X (phase 1, ``_xchg_out``), the programs meet at the grid barrier, and
+# each sums the P shares of its own columns (phase 2, ``_xchg_in``).  No step waits on a chain of K tiles: phase 1 is
+# P / DG independent dots of depth KX (U padded to 16), phase 2 P / SG independent loads; h_t never travels, only the
+# shares do (X: [2, P, P, B, 4 BLOCK_J], parity t % 2 read at step t, (t + 1) % 2 written; destination-major, so a
+# program's phase 2 reads one contiguous [P, B, 4 BLOCK_J] block; column 4 u + g is gate g of the destination's unit
+# u).  W_hh arrives rearranged per launch (``launch.exchange_weight``): wx[s, k, d, 4 u + g] = W_hh[g H + d U + u,
+# s U + k], zero-padded, so phase 1 of program s reads its own contiguous [KX, P, 4 BLOCK_J] slab.
+
+
+@triton.jit
+def _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
+    # Phase 1: X[xo + (d, p, b, c)] = sum_k h_own[b, k] wx[p, k, d, c] for every destination program d, DG at a time.
+    C4: tl.constexpr = 4 * BLOCK_J
+    n = tl.arange(0, DG * C4)
+    kk = tl.arange(0, KX)
+    xs = tl.cast(B, tl.int64) * C4  # elements of one (destination, source) block
+    w_src = wx_ptr + tl.cast(p, tl.int64) * (KX * P * C4) + kk[:, None] * (P * C4)
+    for d0 in range(0, _bound(P), DG):
+        d = d0 + n // C4
+        d_ok = d < P
+        w = tl.load(w_src + (d0 * C4 + n)[None, :], mask=d_ok[None, :], other=0.0, eviction_policy="evict_last")
+        part = _dot(h_own, w, tl.full((BLOCK_B, DG * C4), 0.0, dtype=acc_ty), PRECISION, UPCAST)
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * C4 + (n % C4)[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+             SG: tl.constexpr):
+    # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load: [BLOCK_B, 4 BLOCK_J].
+    C4: tl.constexpr = 4 * BLOCK_J
+    c = tl.arange(0, C4)
+    sr = tl.arange(0, SG)
+    xs = tl.cast(B, tl.int64) * C4
+    base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * C4 + c[None, None, :]
+    acc = tl.full((BLOCK_B, C4), 0.0, dtype=acc_ty)
+    for s0 in range(0, _bound(P), SG):
+        s = s0 + sr
+        m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < C4)[None, None, :]
+        blk = tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
+        acc += tl.reduce(blk, 0, _SUM)
+    return acc
+
+
+@triton.jit(do_not_specialize=["t_lo", "t_hi", "T", "PRO"])
+def lstm_fwd_xchg_kernel(
+    xp_ptr,  # [T, B, 4H] input projection x_t W_ih^T
+    wx_ptr,  # [P, KX, P, 4 BLOCK_J] W_hh rearranged (launch.exchange_weight), compute dtype
+    b_ih_ptr, b_hh_ptr,  # [4H] biases, compute dtype (added in the accumulation dtype)
+    h0_ptr,  # [B, H] initial hidden state
+    c0_ptr,  # [B, H] initial cell state, dtype of c
+    y_ptr,  # [T, B, H] out: hidden states h_t
+    c_ptr,  # out: cell states, as lstm_fwd_kernel's (TRAIN: even t kept, launch.c_slot; else two slabs)
+    gates_ptr,  # [T, B, 4H] out (TRAIN): activated gates i, f, g, o, accumulation dtype
+    x_ptr,  # [2, P, P, B, 4 BLOCK_J] the exchange buffer, accumulation dtype
+    arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
+    t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
+    T,  # the layer's timesteps (no shares are made after the last)
+    PRO,  # nonzero: first make the shares of h_0 (the stepwise path makes them in a launch of their own)
+    B, H, UNITS, P,  # batch size, hidden size, units a program, programs along grid axis 0
+    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,  # batch rows a program; units a program, padded to a power of two
+    KX: tl.constexpr,  # phase 1's reduction: BLOCK_J, at least 16 (tl.dot)
+    DG: tl.constexpr,  # destination programs a phase-1 dot
+    SG: tl.constexpr,  # source programs a phase-2 load
+    SYNC: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
+):
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = c_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_g = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    ur = tl.arange(0, BLOCK_J)
+    js = u_lo + ur
+    j_ok = (ur < UNITS) & (js < H)
+    m = row_ok[:, None] & j_ok[None, :]
+    o_h = row_h[:, None] + js[None, :]
+    o_g = row_g[:, None] + js[None, :]
+    kr = tl.arange(0, KX)
+    o_k = row_h[:, None] + (u_lo + kr)[None, :]  # this program's own units as phase 1's operand, KX wide
+    m_k = row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :]
+    xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)  # elements of one parity of X
+    b_i = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
+    b_f = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
+    b_g = _bias(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, js, j_ok, acc_ty)
+    b_o = _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, js, j_ok, acc_ty)
+    if PRO:  # the shares of h_0, for step t_lo (= 0)
+        h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
+        _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG,
+                  PRECISION, UPCAST)
+        _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
+    for t in range(_bound(t_lo), _bound(t_hi)):
+        t64 = tl.cast(t, tl.int64)
+        if TRAIN:  # even t in slot 1 + t / 2, odd t in slot 0 (launch.c_slot)
+            c_out = c_ptr + (1 - t64 % 2) * (1 + t64 // 2) * slab
+            c_prev = c_ptr + (t64 % 2) * (1 + t64 // 2) * slab
+        else:
+            c_out = c_ptr + (t64 % 2) * slab
+            c_prev = c_ptr + ((t64 + 1) % 2) * slab
+        c_src = tl.where(t > 0, c_prev, c0_ptr)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+        # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
+        g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
+        a_i, a_g = tl.split(g02)
+        a_f, a_o = tl.split(g13)
+        xp_t = xp_ptr + t64 * 4 * slab + o_g
+        a_i += tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + b_i
+        a_f += tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + b_f
+        a_g += tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) + b_g
+        a_o += tl.load(xp_t + 3 * H, mask=m, other=0.0).to(acc_ty) + b_o
+        i = 1.0 / (1.0 + tl.exp(-a_i))
+        f = 1.0 / (1.0 + tl.exp(-a_f))
+        g = 2.0 / (1.0 + tl.exp(-2.0 * a_g)) - 1.0
+        o = 1.0 / (1.0 + tl.exp(-a_o))
+        c = f * tl.load(c_src + o_h, mask=m, other=0.0, cache_modifier=".cg") + i * g
+        h_new = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+        tl.store(c_out + o_h, c, mask=m)
+        tl.store(y_ptr + t64 * slab + o_h, h_new.to(y_ptr.dtype.element_ty), mask=m)
+        if TRAIN:
+            g_t = gates_ptr + t64 * 4 * slab + o_g
+            tl.store(g_t, i, mask=m)
+            tl.store(g_t + H, f, mask=m)
+            tl.store(g_t + 2 * H, g, mask=m)
+            tl.store(g_t + 3 * H, o, mask=m)
+        if t + 1 < T:  # the shares of h_t for step t + 1: this program's h_t, read back KX wide
+            tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
+            h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
+            _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J,
+                      KX, DG, PRECISION, UPCAST)
+        if t + 1 < t_hi:
+            _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
+
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_kernel(
     w_ptr,  # [4 HP, HP] recurrent weights W_hh, each gate zero-padded to [HP, HP]; OUTER or WT: [HP, 4 HP]

@@ -67,6 +67,10 @@ class Tile:
     # programs side by side on an SM, each with its own warps and CTA barriers, to hide one another's latency (the
     # package docstring's occupancy notes; untimed, the tile search tries it through ``units``).
     per_sm: int = 1
+    # The forward's recurrent matmul as an exchange instead of a K loop (kernels' lstm_fwd_xchg_kernel): each program
+    # sends its units' rank-``units`` share of every program's pre-activations through L2 and sums the shares of its
+    # own; the persistent and stepwise paths (untimed: the tile search and the probe try it).
+    exchange: bool = False
 
 
 # Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
@@ -262,6 +266,7 @@ class Plan:
     # float32.
     round_da_bwd: bool = False
     per_sm: int = 1  # programs the persistent grid may put on one SM (Tile.per_sm)
+    exchange: bool = False  # the forward's recurrent matmul as an exchange of shares (Tile.exchange)
 
     @property
     def sync(self) -> bool:
@@ -287,6 +292,9 @@ class Plan:
             dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
         if self.transposed_bwd and not self.outer_bwd and not self.resident:
             dots += ", the backward's dot on a transposed copy of W_hh"
+        if self.exchange and self.path != "blocked":
+            dots += (", the forward's recurrent matmul exchanged (each program's share of every program's "
+                     "pre-activations through L2, no K loop)")
         if self.round_da_bwd:
             dots += ", the backward's recurrent matmul on dA rounded to the compute dtype"
         if self.split_k > 1 and not self.resident:
@@ -421,7 +429,8 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.outer and exact, tile.outer_bwd and exact,
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
                     tile.fuse_gates_bwd, tile.transposed_bwd and not resident,
-                    tile.round_da_bwd and dtype.itemsize == 2, per_sm if path == "persistent" else 1)
+                    tile.round_da_bwd and dtype.itemsize == 2, per_sm if path == "persistent" else 1,
+                    tile.exchange and path != "blocked" and kind == "LSTM")  # (no GRU exchange kernel yet)
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -594,6 +603,66 @@ def _launch(kernel, plan: Plan, *args, **meta) -> None:
             "an SM, or fewer warps") from None
 
 
+# Phase 1's dots span about this many columns (DG destination programs of 4 BLOCK_J each), phase 2's loads about this
+# many elements (SG source programs of BLOCK_B x 4 BLOCK_J each).  Untimed; compiled for sm_90 (Triton 3.6, batch 20)
+# the forward takes 128-254 registers without spilling at every preset and dtype with 128 / 4096, where 128 / 8192
+# spilled 32-192 bytes at 4 warps (the package docstring).
+EXCHANGE_COLUMNS, EXCHANGE_ELEMENTS = 128, 4096
+
+
+def exchange_k(plan: Plan) -> int:
+    """Phase 1's reduction depth on the exchange path: the unit tile, at least 16 (tl.dot's least K)."""
+    return max(16, plan.block_j)
+
+
+def exchange_options(plan: Plan, dtype: torch.dtype, train: bool) -> dict:
+    """Keyword arguments of an exchange forward launch (kernels' lstm_fwd_xchg_kernel)."""
+    c4 = 4 * plan.block_j
+    meta = dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, KX=exchange_k(plan),
+                DG=max(1, EXCHANGE_COLUMNS // c4), SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * c4)),
+                SYNC=plan.sync, TRAIN=train, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2)
+    if not plan.interpret:
+        meta.update(num_warps=plan.num_warps, num_stages=1, enable_fp_fusion=True)
+        if plan.sync:
+            meta["launch_cooperative_grid"] = True
+    return meta
+
+
+def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """W_hh [4H, H] rearranged for the exchange path: wx[s, k, d, 4 u + g] = W_hh[g H + d U + u, s U + k] (U: units a
+    program), zero where a unit or a k is past H or past the program's units; [P, KX, P, 4 BLOCK_J]."""
+    H = w_hh.shape[1]
+    U, P, J, KX = plan.units, plan.programs, plan.block_j, exchange_k(plan)
+    w = torch.nn.functional.pad(w_hh.view(4, H, H), (0, P * U - H, 0, P * U - H)).view(4, P, U, P, U)
+    w = torch.nn.functional.pad(w, (0, KX - U, 0, 0, 0, J - U))  # [4 (g), P (d), J (u), P (s), KX (k)]
+    return w.permute(3, 4, 1, 2, 0).reshape(P, KX, P, 4 * J)
+
+
+def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
+                      c0: torch.Tensor, plan: Plan, train: bool, probe: int):
+    """:func:`forward` on the exchange path (``plan.exchange``): the same outputs."""
+    T, B, G = xp.shape
+    H = G // 4
+    acc = accumulation_dtype(xp.dtype)
+    if c0.dtype != acc:
+        c0 = c0.to(acc)
+    y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
+    c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
+    gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
+    wx = exchange_weight(w_hh, plan)
+    x = torch.empty(2, plan.programs, plan.programs, B, 4 * plan.block_j, dtype=acc, device=xp.device)
+    arrive, done = counters(xp.device)
+    kernel = kernels(plan.interpret).lstm_fwd_xchg_kernel
+    meta = exchange_options(plan, w_hh.dtype, train)
+    meta = {**meta, "PROBE": probe} if probe else meta
+    # persistent: one launch, the shares of h_0 first; stepwise: those in a launch of their own, then one a step
+    spans = [(0, 0, 1)] + [(t, t + 1, 0) for t in range(T)] if plan.path == "stepwise" else [(0, T, 1)]
+    for lo, hi, pro in spans:
+        _launch(kernel, plan, xp, wx, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, x, arrive, done, lo,
+                hi, T, pro, B, H, plan.units, plan.programs, **meta)
+    return y, c, gates
+
+
 def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
             c0: torch.Tensor, plan: Plan, train: bool = True, probe: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -614,6 +683,8 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         y [T, B, H] (compute dtype); c, [c_slots(T), B, H] or [2, B, H] (float32, float64 for float64 input), c_T
         in slot ``c_slot(T - 1, train)``; gates [T, B, 4H] (c's dtype), None without ``train``.
     """
+    if plan.exchange:
+        return _forward_exchange(xp, w_hh, b_ih, b_hh, h0, c0, plan, train, probe)
     T, B, G = xp.shape
     H = G // 4
     acc = accumulation_dtype(xp.dtype)

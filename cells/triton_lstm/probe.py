@@ -38,6 +38,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
                    mostly issued before its FMAs (the package docstring);
+* ``exchange``     (LSTM, persistent and stepwise plans) the forward's recurrent matmul as an exchange of shares
+                   through L2 instead of a K loop (``launch.Tile.exchange``; the backward is the plan's), and
+                   ``exchange-16`` the same with 16 units a program (phase 1's reduction unpadded);
 * ``narrow``       (persistent plans) half the units a program in the smallest unit tile that holds them, twice the
                    programs, so two an SM (``launch.Tile.per_sm``), at most 4 warps each and the reduction unsplit
                    (``tune.narrow_fields``): whether narrower programs side by side hide each other's latency
@@ -80,10 +83,10 @@ def inputs(hidden: int, steps: int, dtype: torch.dtype, device: torch.device, se
                 dcT=rnd(BATCH, hidden, dt=acc))
 
 
-def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, sms: int | None = None
-              ) -> list[tuple[str, launch.Plan, int]]:
+def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, sms: int | None = None,
+              kind: str = "LSTM") -> list[tuple[str, launch.Plan, int]]:
     """(name, plan, PROBE flag) of every variant timed for ``plan`` (the module docstring's list); ``hidden`` and
-    ``sms`` (H and the GPU's SMs) for the grid of narrower programs."""
+    ``sms`` (H and the GPU's SMs) for the grid of narrower programs and the exchange's of 16 units."""
     # (a field of launch.BWD_FIELDS changed for both kernels: each kernel is timed alone)
     variants = [(name, plan, flag) for name, flag in VARIANTS.items()]
     if plan.sync and hidden and sms and plan.units > 1:  # half the units a program, twice the programs
@@ -93,6 +96,14 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
         variants.append(("narrow", dataclasses.replace(plan, units=units, programs=programs, block_j=block_j,
                                                        per_sm=-(-programs * plan.batch_blocks // sms),
                                                        **narrow_fields(plan)), 0))
+    if kind == "LSTM" and plan.path != "blocked" and not plan.exchange:  # the forward as an exchange of shares
+        variants.append(("exchange", dataclasses.replace(plan, exchange=True, resident=False), 0))
+        if hidden and sms and plan.sync and hidden > 16:
+            programs = -(-hidden // 16)
+            per_sm = -(-programs * plan.batch_blocks // sms)
+            variants.append(("exchange-16", dataclasses.replace(
+                plan, exchange=True, resident=False, units=16, block_j=16, programs=programs, per_sm=per_sm,
+                **(narrow_fields(plan) if per_sm > 1 else {})), 0))
     variants.append(("stages-3", launch.both(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"
     variants.append((other, launch.both(plan, fuse_gates=not plan.fuse_gates), 0))
@@ -150,7 +161,7 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             return launch.gru_backward(a["w_hh"], a["h0"], *saved, a["dy"], a["dhT"], p, probe=probe_flag)
         return launch.backward(a["w_hh"], a["c0"], *saved, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
-    variants = _variants(plan, dtype, hidden, launch.sm_count(device) if device.type == "cuda" else None)
+    variants = _variants(plan, dtype, hidden, launch.sm_count(device) if device.type == "cuda" else None, kind)
 
     def every_variant() -> None:
         nonlocal saved

@@ -31,7 +31,7 @@ from . import launch
 
 PRESETS = {"small": 200, "medium": 650, "large": 1500}  # hidden sizes; batch 20, embedding = H
 SMS = 132
-ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr", "dak_ptr", "carry_ptr", "dxn_ptr"}  # accumulation
+ACC_ARGS = {"c_ptr", "c0_ptr", "gates_ptr", "dc_ptr", "da_ptr", "dak_ptr", "carry_ptr", "dxn_ptr", "x_ptr"}  # acc.
 COUNTER_ARGS = {"arrive_ptr", "done_ptr"}
 TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -70,17 +70,20 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
     k = launch.kernels(False)
-    fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}_kernel")
-    meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
+    exchange = plan.exchange and kernel == "fwd"  # (the exchange forward: kernels' lstm_fwd_xchg_kernel)
+    fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}{'_xchg' if exchange else ''}_kernel")
+    meta = launch.exchange_options(plan, dtype, train) if exchange else launch.launch_options(plan, dtype,
+                                                                                             kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
     rounded = kernel == "bwd" and launch.rounded_da(plan, dtype)  # dA's ring in the compute dtype
-    if launch.padded_size(hidden, plan.row_align) > hidden or rounded:
+    if (launch.padded_size(hidden, plan.row_align) > hidden or rounded) and not exchange:
         consts["PAD"] = True  # rows padded (or dA rounded): the rings carry the matmul's operand
     for param in fn.params:  # compile-time arguments a launch leaves at their defaults (PROBE, SPLIT, PAD)
         if param.is_constexpr and param.name not in consts and param.default is not inspect.Parameter.empty:
             consts[param.name] = param.default
     options = {n: v for n, v in meta.items() if n not in fn.arg_names}
-    ints = {"B": batch, "H": hidden, "HP": launch.padded_size(hidden, plan.row_align), "UNITS": plan.units}
+    ints = {"B": batch, "H": hidden, "HP": launch.padded_size(hidden, plan.row_align), "UNITS": plan.units,
+            "P": plan.programs}
     elem = TRITON_DTYPES[dtype]
     acc = TRITON_DTYPES[launch.accumulation_dtype(dtype)]
     sig, attrs = {}, {}
