@@ -145,14 +145,16 @@ def test_float32_matches_cudnn_lstm(device, case):
 
 
 @pytest.mark.parametrize(("device", "case"), params(BF16_CPU, BF16_CUDA))
-@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True, resident=False)],
-                         ids=["plan", "da16-wt"])
+@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True, resident=False),
+                                      dict(exchange=True, exchange_bwd=True, resident=False)],
+                         ids=["plan", "da16-wt", "exchange"])
 def test_bfloat16_error_at_most_twice_torch(device, case, backward, monkeypatch):
     """Like cuDNN, the kernels round h_t to bfloat16 before it feeds the next step and the next layer; torch's
     CPU LSTM keeps them in float32.  That costs about 1.5x torch's error on the CPU, with a tail near 1.85x
     over draws (B20-T4-H13-L2), so the draw is seeded (seed 0, not chosen) to keep the 2x bound from flaking.
     Also with the backward's recurrent matmul on dA rounded to bfloat16 and a transposed W_hh
-    (launch.Plan.round_da_bwd, transposed_bwd).
+    (launch.Plan.round_da_bwd, transposed_bwd), and with both recurrent matmuls as exchanges of shares
+    (launch.Plan.exchange, exchange_bwd; in the interpreter one program exchanges with itself).
     """
     if backward:
         make_plan = launch.make_plan
@@ -266,6 +268,13 @@ SPLIT_PLANS += [
      dict(block_j=16, exchange=True)),
     ("stepwise-2-batch-blocks-exchange", 20, 2, 24, dict(path="stepwise", units=5, resident=False),
      dict(block_b=16, batch_blocks=2, exchange=True)),
+    # and the backward's dA_{t+1} W_hh (Tile.exchange_bwd): alone, with the forward's, a unit a program, 16 units
+    ("stepwise-exchange-backward", 20, 4, 13, dict(path="stepwise", units=3, resident=False),
+     dict(block_j=4, exchange_bwd=True)),
+    ("stepwise-exchange-both-1-unit", 20, 3, 13, dict(path="stepwise", units=1, resident=False),
+     dict(block_j=2, exchange=True, exchange_bwd=True)),
+    ("stepwise-2-batch-blocks-exchange-both-16-units", 20, 2, 40, dict(path="stepwise", units=16, resident=False),
+     dict(block_b=16, batch_blocks=2, block_j=16, exchange=True, exchange_bwd=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
@@ -294,6 +303,8 @@ PERSISTENT = [
     ("persistent-B20-H650-exchange-16-units", 20, 35, 650, dict(path="persistent"),
      dict(units=16, block_j=16, programs=41, exchange=True)),
     ("persistent-B20-H200-exchange-4-units", 20, 20, 200, dict(path="persistent"), dict(block_j=4, exchange=True)),
+    ("persistent-B20-H1500-exchange-both-16-units", 20, 35, 1500, dict(path="persistent"),
+     dict(units=16, block_j=16, programs=94, exchange=True, exchange_bwd=True, num_warps=8, num_warps_bwd=8)),
     # more programs than SMs, two an SM (launch.Tile.per_sm): 217 x 3 units in tiles of 4, one dot for the gates
     ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
      dict(units=3, block_j=4, programs=217, per_sm=2, fuse_gates=True, block_k=32, num_stages=3, row_align=16)),
@@ -969,7 +980,16 @@ def test_the_forward_exchange_is_a_tile_field_for_the_persistent_and_stepwise_pa
         (False, 5, 8, 1, 8), (True, 5, 8, 3, 4), (True, 8, 8, 2, 4), (True, 16, 16, 1, 8), (True, 32, 32, 1, 8)]
     assert tune.candidates(found[1], 1500, torch.float32, 132, "exchange") == [
         dataclasses.replace(found[1], exchange=False), found[1]]
-    assert "exchange" in tune.FIELDS["LSTM"] and "exchange" not in tune.FIELDS["GRU"]
+    assert {"exchange", "exchange_bwd"} <= set(tune.FIELDS["LSTM"]) and "exchange" not in tune.FIELDS["GRU"]
+    assert [t.exchange_bwd for t in tune.candidates(found[3], 1500, torch.float32, 132, "exchange_bwd")] == [False,
+                                                                                                          True]
+    both = dataclasses.replace(plan, exchange_bwd=True)
+    assert "forward's and backward's recurrent matmuls exchanged" in both.describe()
+    assert launch.exchange_weight_bwd(torch.randn(4 * 650, 650), plan).shape == (41, 64, 41, 16)
+    # wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v]
+    wb = launch.exchange_weight_bwd(w, small)
+    assert wb.shape == (3, 32, 3, 8) and wb[1, 4 * 2 + 3, 2, 1] == w[3 * 13 + 1 * 5 + 2, 2 * 5 + 1]
+    assert wb[2, 4 * 3, 0, 0] == 0 and wb[0, 0, 2, 3] == 0  # (unit 13 and column 13: padding)
     assert tune.describe(found[3]).endswith("gates exchange")
 
 
@@ -1121,7 +1141,7 @@ def test_probe_launches_every_variant(monkeypatch):
     assert "narrow" not in [n for n, _, _ in probe._variants(plan, torch.float32)]  # (no H, no SMs: left out)
     # the forward as an exchange of shares (the LSTM's only), at the plan's units and at 16
     by_name = dict((n, p) for n, p, _ in probe._variants(plan, torch.float32, 650, 132))
-    assert by_name["exchange"].exchange and by_name["exchange"].units == 5
+    assert by_name["exchange"].exchange and by_name["exchange"].exchange_bwd and by_name["exchange"].units == 5
     assert (by_name["exchange-16"].units, by_name["exchange-16"].programs, by_name["exchange-16"].block_j) == (
         16, 41, 16)
     assert not {"exchange", "exchange-16"} & {n for n, _, _ in probe._variants(plan, torch.float32, 650, 132, "GRU")}

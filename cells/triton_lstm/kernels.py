@@ -666,37 +666,35 @@ def lstm_fwd_kernel(
 
 
 @triton.jit
-def _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
-              BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr,
-              UPCAST: tl.constexpr):
-    # Phase 1: X[xo + (d, p, b, c)] = sum_k h_own[b, k] wx[p, k, d, c] for every destination program d, DG at a time.
-    C4: tl.constexpr = 4 * BLOCK_J
-    n = tl.arange(0, DG * C4)
+def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+              W: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Phase 1: X[xo + (d, p, b, c)] = sum_k a_own[b, k] w[p, k, d, c] for every destination program d, DG at a time;
+    # a_own [BLOCK_B, KX], w [P, KX, P, W], X blocks [B, W] (the forward: W = 4 BLOCK_J, the backward: BLOCK_J).
+    n = tl.arange(0, DG * W)
     kk = tl.arange(0, KX)
-    xs = tl.cast(B, tl.int64) * C4  # elements of one (destination, source) block
-    w_src = wx_ptr + tl.cast(p, tl.int64) * (KX * P * C4) + kk[:, None] * (P * C4)
+    xs = tl.cast(B, tl.int64) * W  # elements of one (destination, source) block
+    w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W) + kk[:, None] * (P * W)
     for d0 in range(0, _bound(P), DG):
-        d = d0 + n // C4
+        d = d0 + n // W
         d_ok = d < P
-        w = tl.load(w_src + (d0 * C4 + n)[None, :], mask=d_ok[None, :], other=0.0, eviction_policy="evict_last")
-        part = _dot(h_own, w, tl.full((BLOCK_B, DG * C4), 0.0, dtype=acc_ty), PRECISION, UPCAST)
-        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * C4 + (n % C4)[None, :]
+        w = tl.load(w_src + (d0 * W + n)[None, :], mask=d_ok[None, :], other=0.0, eviction_policy="evict_last")
+        part = _dot(a_own, w, tl.full((BLOCK_B, DG * W), 0.0, dtype=acc_ty), PRECISION, UPCAST)
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * W + (n % W)[None, :]
         tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
-def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
              SG: tl.constexpr):
-    # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load: [BLOCK_B, 4 BLOCK_J].
-    C4: tl.constexpr = 4 * BLOCK_J
-    c = tl.arange(0, C4)
+    # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load: [BLOCK_B, W].
+    c = tl.arange(0, W)
     sr = tl.arange(0, SG)
-    xs = tl.cast(B, tl.int64) * C4
-    base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * C4 + c[None, None, :]
-    acc = tl.full((BLOCK_B, C4), 0.0, dtype=acc_ty)
+    xs = tl.cast(B, tl.int64) * W
+    base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * W + c[None, None, :]
+    acc = tl.full((BLOCK_B, W), 0.0, dtype=acc_ty)
     for s0 in range(0, _bound(P), SG):
         s = s0 + sr
-        m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < C4)[None, None, :]
+        m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < W)[None, None, :]
         blk = tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
         acc += tl.reduce(blk, 0, _SUM)
     return acc
@@ -750,8 +748,8 @@ def lstm_fwd_xchg_kernel(
     b_o = _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, js, j_ok, acc_ty)
     if PRO:  # the shares of h_0, for step t_lo (= 0)
         h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
-        _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG,
-                  PRECISION, UPCAST)
+        _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX,
+                  DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
@@ -762,7 +760,7 @@ def lstm_fwd_xchg_kernel(
             c_out = c_ptr + (t64 % 2) * slab
             c_prev = c_ptr + ((t64 + 1) % 2) * slab
         c_src = tl.where(t > 0, c_prev, c0_ptr)
-        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG)
         # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
         g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
         a_i, a_g = tl.split(g02)
@@ -789,8 +787,8 @@ def lstm_fwd_xchg_kernel(
         if t + 1 < T:  # the shares of h_t for step t + 1: this program's h_t, read back KX wide
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
             h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
-            _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J,
-                      KX, DG, PRECISION, UPCAST)
+            _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
+                      4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -931,6 +929,93 @@ def lstm_bwd_kernel(
                       w_ptr, js, j_ok, HK, HK, BLOCK_K, PRECISION, UPCAST, FUSE, 4, SPLIT, OUTER, WT)
             tl.store(dh0_ptr + row_h[:, None] + js[None, :], dh0.to(dh0_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & j_ok[None, :])
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
+
+
+@triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
+def lstm_bwd_xchg_kernel(
+    wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd): wb[s, 4 u + g, d, v] = W_hh[g H + s U
+    # + u, d U + v], zero-padded; compute dtype
+    c0_ptr, c_ptr, gates_ptr, dy_ptr, dhT_ptr, dc_ptr, da_ptr, dh0_ptr,  # as lstm_bwd_kernel's
+    x_ptr,  # [2, P, P, B, BLOCK_J] the exchange buffer, accumulation dtype: the shares of dA_{t+1} W_hh for time t in
+    # parity t % 2 (made at step t + 1), those of dh_0 in parity 1
+    arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
+    s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
+    DO_TAIL,  # nonzero: after the steps sum the shares of dh_0
+    T, B, H, UNITS, P,
+    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+    KB: tl.constexpr,  # phase 1's reduction: the program's 4 BLOCK_J gate columns, at least 16 (tl.dot)
+    DG: tl.constexpr, SG: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
+):
+    # lstm_bwd_kernel's recurrence with dh_t = dy_t + dA_{t+1} W_hh exchanged (EXCHANGE above): program p's dA_t
+    # columns make its share of every program's dh_{t-1}, phase 2 sums the shares of its own units.
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = c_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_g = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    ur = tl.arange(0, BLOCK_J)
+    js = u_lo + ur
+    j_ok = (ur < UNITS) & (js < H)
+    m = row_ok[:, None] & j_ok[None, :]
+    o_h = row_h[:, None] + js[None, :]
+    o_g = row_g[:, None] + js[None, :]
+    kq = tl.arange(0, KB)  # phase 1's operand: column 4 u + g of this program's dA_t
+    uq = kq // 4
+    q_ok = (kq < 4 * BLOCK_J) & (uq < UNITS) & (u_lo + uq < H)
+    o_q = row_g[:, None] + ((kq % 4) * H + u_lo + uq)[None, :]
+    m_q = row_ok[:, None] & q_ok[None, :]
+    xpar = tl.cast(P, tl.int64) * P * B * BLOCK_J  # elements of one parity of X
+    for s in range(_bound(s_lo), _bound(s_hi)):
+        t = T - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        last = (rows * 0 + t == T - 1)[:, None]
+        even = (rows * 0 + t) % 2 == 0
+        first = (rows * 0 + t == 0)[:, None]
+        t_1 = tl.maximum(t64 - 1, 0)
+        dh = tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
+        dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
+        if t + 1 < T:  # dA_{t+1} W_hh for this program's units: the shares made at step t + 1
+            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+        g_t = gates_ptr + t64 * 4 * slab + o_g
+        i = tl.load(g_t, mask=m, other=0.0)
+        f = tl.load(g_t + H, mask=m, other=0.0)
+        g = tl.load(g_t + 2 * H, mask=m, other=0.0)
+        o = tl.load(g_t + 3 * H, mask=m, other=0.0)
+        # c_t and c_{t-1} as lstm_bwd_kernel has them (even t kept, odd t recomputed)
+        kept = tl.load(c_ptr + (1 + t64 // 2) * slab + o_h, mask=m, other=0.0)
+        back = m & (even[:, None] & ~first)
+        g_1 = gates_ptr + t_1 * 4 * slab + o_g
+        c_2 = tl.load(c_ptr + (t64 // 2) * slab + o_h, mask=back, other=0.0)
+        c_1 = tl.load(g_1 + H, mask=back, other=0.0) * c_2 + tl.load(g_1, mask=back, other=0.0) * tl.load(
+            g_1 + 2 * H, mask=back, other=0.0)
+        c_1 = tl.where(first, tl.load(c0_ptr + o_h, mask=m & first, other=0.0), c_1)
+        c_now = tl.where(even[:, None], kept, f * kept + i * g)
+        c_prev = tl.where(even[:, None], c_1, kept)
+        tc = 2.0 / (1.0 + tl.exp(-2.0 * c_now)) - 1.0
+        dc = tl.load(dc_ptr + o_h, mask=m, other=0.0) + dh * o * (1.0 - tc * tc)
+        da_t = da_ptr + t64 * 4 * slab + o_g
+        tl.store(dc_ptr + o_h, dc * f, mask=m)
+        tl.store(da_t, dc * g * i * (1.0 - i), mask=m)
+        tl.store(da_t + H, dc * c_prev * f * (1.0 - f), mask=m)
+        tl.store(da_t + 2 * H, dc * i * (1.0 - g * g), mask=m)
+        tl.store(da_t + 3 * H, dh * tc * o * (1.0 - o), mask=m)
+        # the shares of dA_t W_hh for time t - 1 (at t = 0: of dh_0), parity (t + 1) % 2
+        tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
+        a_own = tl.load(da_ptr + t64 * 4 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KB,
+                  DG, PRECISION, UPCAST)
+        _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
+    if DO_TAIL:  # dh_0 = dA_0 W_hh: the shares made at t = 0
+        dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+        tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
 

@@ -71,6 +71,7 @@ class Tile:
     # sends its units' rank-``units`` share of every program's pre-activations through L2 and sums the shares of its
     # own; the persistent and stepwise paths (untimed: the tile search and the probe try it).
     exchange: bool = False
+    exchange_bwd: bool = False  # the backward's dA_{t+1} W_hh the same way (kernels' lstm_bwd_xchg_kernel)
 
 
 # Fields of Tile and Plan that the backward kernel may set apart from the forward, each as "<field>_bwd" (None: the
@@ -267,6 +268,7 @@ class Plan:
     round_da_bwd: bool = False
     per_sm: int = 1  # programs the persistent grid may put on one SM (Tile.per_sm)
     exchange: bool = False  # the forward's recurrent matmul as an exchange of shares (Tile.exchange)
+    exchange_bwd: bool = False  # the backward's (Tile.exchange_bwd)
 
     @property
     def sync(self) -> bool:
@@ -292,9 +294,10 @@ class Plan:
             dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
         if self.transposed_bwd and not self.outer_bwd and not self.resident:
             dots += ", the backward's dot on a transposed copy of W_hh"
-        if self.exchange and self.path != "blocked":
-            dots += (", the forward's recurrent matmul exchanged (each program's share of every program's "
-                     "pre-activations through L2, no K loop)")
+        if (self.exchange or self.exchange_bwd) and self.path != "blocked":
+            which = "forward's and backward's recurrent matmuls" if self.exchange and self.exchange_bwd else \
+                "forward's recurrent matmul" if self.exchange else "backward's recurrent matmul"
+            dots += f", the {which} exchanged (each program's share of every program's sums through L2, no K loop)"
         if self.round_da_bwd:
             dots += ", the backward's recurrent matmul on dA rounded to the compute dtype"
         if self.split_k > 1 and not self.resident:
@@ -430,7 +433,8 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
                     tile.fuse_gates_bwd, tile.transposed_bwd and not resident,
                     tile.round_da_bwd and dtype.itemsize == 2, per_sm if path == "persistent" else 1,
-                    tile.exchange and path != "blocked" and kind == "LSTM")  # (no GRU exchange kernel yet)
+                    tile.exchange and path != "blocked" and kind == "LSTM",  # (no GRU exchange kernels yet)
+                    tile.exchange_bwd and path != "blocked" and kind == "LSTM")
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -638,6 +642,52 @@ def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     return w.permute(3, 4, 1, 2, 0).reshape(P, KX, P, 4 * J)
 
 
+def exchange_bwd_options(plan: Plan, dtype: torch.dtype) -> dict:
+    """Keyword arguments of an exchange backward launch (kernels' lstm_bwd_xchg_kernel)."""
+    w = plan.block_j
+    kb = max(16, 4 * w)  # (a dot of about the forward's KX x EXCHANGE_COLUMNS: deeper ones spill)
+    meta = dict(BLOCK_B=plan.block_b, BLOCK_J=w, KB=kb, DG=max(1, EXCHANGE_COLUMNS * 16 // kb // w),
+                SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * w)), SYNC=plan.sync, PRECISION=plan.precision,
+                UPCAST=plan.interpret and dtype.itemsize == 2)
+    if not plan.interpret:
+        meta.update(num_warps=plan.num_warps_bwd, num_stages=1, enable_fp_fusion=True)
+        if plan.sync:
+            meta["launch_cooperative_grid"] = True
+    return meta
+
+
+def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """W_hh [4H, H] rearranged for the exchange backward: wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v], zero
+    past H and past a program's units; [P, KB, P, BLOCK_J] with KB = max(16, 4 BLOCK_J)."""
+    H = w_hh.shape[1]
+    U, P, J = plan.units, plan.programs, plan.block_j
+    w = torch.nn.functional.pad(w_hh.view(4, H, H), (0, P * U - H, 0, P * U - H)).view(4, P, U, P, U)
+    w = torch.nn.functional.pad(w, (0, J - U, 0, 0, 0, J - U))  # [4 (g), P (s), J (u), P (d), J (v)]
+    w = w.permute(1, 2, 0, 3, 4).reshape(P, 4 * J, P, J)
+    return torch.nn.functional.pad(w, (0, 0, 0, 0, 0, max(16, 4 * J) - 4 * J))
+
+
+def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
+                       dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan, probe: int):
+    """:func:`backward` on the exchange path (``plan.exchange_bwd``): the same outputs."""
+    T, B, H = dy.shape
+    dc = dcT.to(c.dtype, copy=True)
+    if c0.dtype != c.dtype:
+        c0 = c0.to(c.dtype)
+    da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
+    dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    wb = exchange_weight_bwd(w_hh, plan)
+    x = torch.empty(2, plan.programs, plan.programs, B, plan.block_j, dtype=c.dtype, device=dy.device)
+    arrive, done = counters(dy.device)
+    kernel = kernels(plan.interpret).lstm_bwd_xchg_kernel
+    meta = exchange_bwd_options(plan, w_hh.dtype)
+    meta = {**meta, "PROBE": probe} if probe else meta
+    for lo, hi, tail in _reverse_spans(plan, T):
+        _launch(kernel, plan, wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive, done, lo, hi, tail, T, B, H,
+                plan.units, plan.programs, **meta)
+    return da, dh0, dc
+
+
 def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
                       c0: torch.Tensor, plan: Plan, train: bool, probe: int):
     """:func:`forward` on the exchange path (``plan.exchange``): the same outputs."""
@@ -720,6 +770,8 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         da [T, B, 4H] gate pre-activation gradients (c's dtype), dh0 [B, H] (compute dtype), dc0 [B, H] (c's
         dtype).  dW_hh and the bias gradient are left to GEMMs over da (:mod:`.function`).
     """
+    if plan.exchange_bwd:
+        return _backward_exchange(w_hh, c0, c, gates, dy, dhT, dcT, plan, probe)
     T, B, H = dy.shape
     dc = dcT.to(c.dtype, copy=True)
     if c0.dtype != c.dtype:

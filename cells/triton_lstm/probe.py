@@ -38,9 +38,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
                    mostly issued before its FMAs (the package docstring);
-* ``exchange``     (LSTM, persistent and stepwise plans) the forward's recurrent matmul as an exchange of shares
-                   through L2 instead of a K loop (``launch.Tile.exchange``; the backward is the plan's), and
-                   ``exchange-16`` the same with 16 units a program (phase 1's reduction unpadded);
+* ``exchange``     (LSTM, persistent and stepwise plans) both kernels' recurrent matmuls as exchanges of shares
+                   through L2 instead of K loops (``launch.Tile.exchange``, ``exchange_bwd``), and ``exchange-16``
+                   the same with 16 units a program (the forward's phase 1 unpadded);
 * ``narrow``       (persistent plans) half the units a program in the smallest unit tile that holds them, twice the
                    programs, so two an SM (``launch.Tile.per_sm``), at most 4 warps each and the reduction unsplit
                    (``tune.narrow_fields``): whether narrower programs side by side hide each other's latency
@@ -96,13 +96,14 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
         variants.append(("narrow", dataclasses.replace(plan, units=units, programs=programs, block_j=block_j,
                                                        per_sm=-(-programs * plan.batch_blocks // sms),
                                                        **narrow_fields(plan)), 0))
-    if kind == "LSTM" and plan.path != "blocked" and not plan.exchange:  # the forward as an exchange of shares
-        variants.append(("exchange", dataclasses.replace(plan, exchange=True, resident=False), 0))
+    if kind == "LSTM" and plan.path != "blocked" and not plan.exchange:  # both matmuls as exchanges of shares
+        variants.append(("exchange", dataclasses.replace(plan, exchange=True, exchange_bwd=True, resident=False), 0))
         if hidden and sms and plan.sync and hidden > 16:
             programs = -(-hidden // 16)
             per_sm = -(-programs * plan.batch_blocks // sms)
             variants.append(("exchange-16", dataclasses.replace(
-                plan, exchange=True, resident=False, units=16, block_j=16, programs=programs, per_sm=per_sm,
+                plan, exchange=True, exchange_bwd=True, resident=False, units=16, block_j=16, programs=programs,
+                per_sm=per_sm,
                 **(narrow_fields(plan) if per_sm > 1 else {})), 0))
     variants.append(("stages-3", launch.both(plan, num_stages=3), 0))
     other = "dot-per-gate" if plan.fuse_gates else "fused-gates"

@@ -70,10 +70,14 @@ def compile_kernel(kernel: str, plan: launch.Plan, dtype: torch.dtype, train: bo
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
     k = launch.kernels(False)
-    exchange = plan.exchange and kernel == "fwd"  # (the exchange forward: kernels' lstm_fwd_xchg_kernel)
+    # (the exchange kernels: lstm_fwd_xchg_kernel, lstm_bwd_xchg_kernel)
+    exchange = plan.exchange_bwd if kernel == "bwd" else plan.exchange
     fn = getattr(k, f"{kind.lower()}_{'bwd' if kernel == 'bwd' else 'fwd'}{'_xchg' if exchange else ''}_kernel")
-    meta = launch.exchange_options(plan, dtype, train) if exchange else launch.launch_options(plan, dtype,
-                                                                                             kernel == "bwd", train)
+    if exchange:
+        meta = launch.exchange_bwd_options(plan, dtype) if kernel == "bwd" else launch.exchange_options(plan, dtype,
+                                                                                                       train)
+    else:
+        meta = launch.launch_options(plan, dtype, kernel == "bwd", train)
     consts = {n: v for n, v in meta.items() if n in fn.arg_names}
     rounded = kernel == "bwd" and launch.rounded_da(plan, dtype)  # dA's ring in the compute dtype
     if (launch.padded_size(hidden, plan.row_align) > hidden or rounded) and not exchange:

@@ -155,6 +155,8 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
                 out.append(dataclasses.replace(tile, exchange=True, units=units, block_j=block_j, per_sm=per_sm,
                                                **(narrow_fields(tile) if per_sm > 1 else {})))
         return list(dict.fromkeys(out))
+    if field == "exchange_bwd":  # the backward's dA_{t+1} W_hh the same way, at the tile's units (LSTM only)
+        return [dataclasses.replace(tile, exchange_bwd=v) for v in (False, True)]
     if field == "stages_k_bwd":  # the backward's stages and K tile together: deeper pipelines want smaller tiles (the
         # sm_90 registers of its fused bfloat16 kernel: K 128 spills from 2 stages on, K 32 not up to 3 at large)
         stages = (1, 2, 3, 4) if dtype == torch.float32 else (1, 2, 3)
@@ -219,7 +221,7 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
 FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd",
                                          "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
                                          "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"))
-FIELDS["LSTM"] = FIELDS["LSTM"][:1] + ("exchange",) + FIELDS["LSTM"][1:]  # (the GRU has no exchange kernel yet)
+FIELDS["LSTM"] = FIELDS["LSTM"][:1] + ("exchange", "exchange_bwd") + FIELDS["LSTM"][1:]  # (no GRU exchange kernels)
 # Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
 # float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
 # loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (the package docstring).
@@ -373,7 +375,8 @@ def describe(tile: launch.Tile) -> str:
         f, b = launch.kernel_value(tile, field, False), launch.kernel_value(tile, field, True)
         return fmt(f) if f == b else f"{fmt(f)}/{fmt(b)}"
 
-    outer = "".join(s for s, on in ((" exchange", tile.exchange), (" outer", tile.outer),
+    outer = "".join(s for s, on in ((" exchange", tile.exchange), (" exchange-bwd", tile.exchange_bwd),
+                                    (" outer", tile.outer),
                                     (" outer-bwd", tile.outer_bwd),
                                     (" wt-bwd", tile.transposed_bwd and not tile.outer_bwd),
                                     (" da16-bwd", tile.round_da_bwd)) if on)
