@@ -275,6 +275,9 @@ SPLIT_PLANS += [
      dict(block_j=2, exchange=True, exchange_bwd=True)),
     ("stepwise-2-batch-blocks-exchange-both-16-units", 20, 2, 40, dict(path="stepwise", units=16, resident=False),
      dict(block_b=16, batch_blocks=2, block_j=16, exchange=True, exchange_bwd=True)),
+    # the forward's phase 1 as outer products over the program's units (exact float32: OUTER, _xchg_out_fma)
+    ("stepwise-exchange-outer-5-units-in-tiles-of-8", 20, 3, 13, dict(path="stepwise", units=5, resident=False),
+     dict(exchange=True, exchange_bwd=True, outer=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 35, 200, dict(path="persistent"), {}),
@@ -305,6 +308,8 @@ PERSISTENT = [
     ("persistent-B20-H200-exchange-4-units", 20, 20, 200, dict(path="persistent"), dict(block_j=4, exchange=True)),
     ("persistent-B20-H1500-exchange-both-16-units", 20, 35, 1500, dict(path="persistent"),
      dict(units=16, block_j=16, programs=94, exchange=True, exchange_bwd=True, num_warps=8, num_warps_bwd=8)),
+    ("persistent-B20-H650-exchange-outer-8-units", 20, 35, 650, dict(path="persistent"),
+     dict(units=8, block_j=8, programs=82, exchange=True, exchange_bwd=True, outer=True, num_warps=8)),
     # more programs than SMs, two an SM (launch.Tile.per_sm): 217 x 3 units in tiles of 4, one dot for the gates
     ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
      dict(units=3, block_j=4, programs=217, per_sm=2, fuse_gates=True, block_k=32, num_stages=3, row_align=16)),

@@ -289,7 +289,13 @@ no spills, programs an SM; one phase-1 dot's instructions / FFMA): small 50 x 4 
 130 x 5 143 / 168, 3 / 3, 41 x 16 184 / 229, 2 / 2; large 125 x 12 (4 warps) 128 / 190, 4 / 2, 94 x 16 (8 warps) 128 /
 128, 2 / 2; bfloat16 41 x 16 and 94 x 16 254 / 246 (mma.sync); a forward dot 667 / 512 at 4 warps, 350 / 256 at 8.
 Phase 2's loads and phase 1's dots are sized so that nothing spills (``launch.EXCHANGE_COLUMNS``, ``EXCHANGE_ELEMENTS``:
-twice the elements a load spilled 32-192 bytes).
+twice the elements a load spilled 32-192 bytes); phase 2 issues two loads a trip (``EXCHANGE_LOADS``: its loop has 16
+vector loads, 96 FADD and no CTA barrier a trip at medium, so a trip is one L2 round trip).  Phase 1 pads its depth to
+16 for tl.dot; in exact float32 it can instead be outer products over the program's own units (``outer`` with
+``exchange``, kernels' ``_xchg_out_fma``), which with 8 warps read no shared memory and cross no CTA barrier: one trip
+(DG destinations) 309 instructions for 128 FFMA at medium with 8 units a program, so 6.5 K instructions a thread a step
+(82 programs) against 14 K for the dot at 16 units (41 programs); with 4 warps it spills and shuffles (1,114 for 256).
+Whichever pays is for the GPU: the issue bounds above are 5-7 us a step at medium against the 32-40 us measured.
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).

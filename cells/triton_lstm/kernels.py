@@ -684,19 +684,47 @@ def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constex
 
 
 @triton.jit
+def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr,
+                  BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, KO: tl.constexpr, DG: tl.constexpr):
+    # _xchg_out as outer products over this program's KO (its units, padded to a power of two) rows of w, for exact
+    # float32 (the forward's OUTER): no tl.dot, so no depth padded to 16 and no operand shuffles through shared
+    # memory; a_src[row_a[b] + u_lo + k] is a_own[b, k] (re-read a column at a time: this program's own h_t, in L1).
+    n = tl.arange(0, DG * W)
+    xs = tl.cast(B, tl.int64) * W
+    w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W)
+    for d0 in range(0, _bound(P), DG):
+        d = d0 + n // W
+        d_ok = d < P
+        part = tl.full((BLOCK_B, DG * W), 0.0, dtype=acc_ty)
+        for k in tl.static_range(KO):
+            kv = rows * 0 + k  # (a block, not a scalar, in the mask: the interpreter mistypes a splat boolean)
+            a_k = tl.load(a_src + row_a + u_lo + k, mask=row_ok & (kv < UNITS) & (u_lo + kv < H), other=0.0,
+                          cache_modifier=".cg").to(acc_ty)
+            w_k = tl.load(w_src + k * (P * W) + d0 * W + n, mask=d_ok, other=0.0, eviction_policy="evict_last")
+            part += a_k[:, None] * w_k.to(acc_ty)[None, :]
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * W + (n % W)[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
-             SG: tl.constexpr):
-    # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load: [BLOCK_B, W].
+             SG: tl.constexpr, XR: tl.constexpr = 1):
+    # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load, XR loads issued together
+    # before their sums (the loop's trips are one L2 round trip each: fewer, wider trips): [BLOCK_B, W].
     c = tl.arange(0, W)
     sr = tl.arange(0, SG)
     xs = tl.cast(B, tl.int64) * W
     base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * W + c[None, None, :]
     acc = tl.full((BLOCK_B, W), 0.0, dtype=acc_ty)
-    for s0 in range(0, _bound(P), SG):
+    for s0 in range(0, _bound(P), SG * XR):
         s = s0 + sr
         m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < W)[None, None, :]
-        blk = tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
-        acc += tl.reduce(blk, 0, _SUM)
+        tot = tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
+        for r in tl.static_range(1, XR):  # (elementwise sums: no barrier between the loads)
+            s = s0 + r * SG + sr
+            m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < W)[None, None, :]
+            tot += tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
+        acc += tl.reduce(tot, 0, _SUM)
     return acc
 
 
@@ -721,6 +749,8 @@ def lstm_fwd_xchg_kernel(
     DG: tl.constexpr,  # destination programs a phase-1 dot
     SG: tl.constexpr,  # source programs a phase-2 load
     SYNC: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    XR: tl.constexpr = 1,  # phase-2 loads issued together
+    OUTER: tl.constexpr = False,  # phase 1 as outer products over the program's units (exact float32; _xchg_out_fma)
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
     p = tl.program_id(0)
@@ -747,9 +777,13 @@ def lstm_fwd_xchg_kernel(
     b_g = _bias(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, js, j_ok, acc_ty)
     b_o = _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, js, j_ok, acc_ty)
     if PRO:  # the shares of h_0, for step t_lo (= 0)
-        h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
-        _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX,
-                  DG, PRECISION, UPCAST)
+        if OUTER:
+            _xchg_out_fma(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B,
+                          acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
+        else:
+            h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
+            _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J,
+                      KX, DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
@@ -760,7 +794,7 @@ def lstm_fwd_xchg_kernel(
             c_out = c_ptr + (t64 % 2) * slab
             c_prev = c_ptr + ((t64 + 1) % 2) * slab
         c_src = tl.where(t > 0, c_prev, c0_ptr)
-        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
         # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
         g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
         a_i, a_g = tl.split(g02)
@@ -786,9 +820,13 @@ def lstm_fwd_xchg_kernel(
             tl.store(g_t + 3 * H, o, mask=m)
         if t + 1 < T:  # the shares of h_t for step t + 1: this program's h_t, read back KX wide
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
-            h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
-            _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
-                      4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
+            if OUTER:
+                _xchg_out_fma(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p,
+                              rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
+            else:
+                h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
+                _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
+                          4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -948,6 +986,7 @@ def lstm_bwd_xchg_kernel(
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
     KB: tl.constexpr,  # phase 1's reduction: the program's 4 BLOCK_J gate columns, at least 16 (tl.dot)
     DG: tl.constexpr, SG: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    XR: tl.constexpr = 1,  # phase-2 loads issued together
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
     # lstm_bwd_kernel's recurrence with dh_t = dy_t + dA_{t+1} W_hh exchanged (EXCHANGE above): program p's dA_t
@@ -983,7 +1022,7 @@ def lstm_bwd_xchg_kernel(
         dh = tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
         dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
         if t + 1 < T:  # dA_{t+1} W_hh for this program's units: the shares made at step t + 1
-            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         g_t = gates_ptr + t64 * 4 * slab + o_g
         i = tl.load(g_t, mask=m, other=0.0)
         f = tl.load(g_t + H, mask=m, other=0.0)
@@ -1014,7 +1053,7 @@ def lstm_bwd_xchg_kernel(
                   DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh: the shares made at t = 0
-        dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG)
+        dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

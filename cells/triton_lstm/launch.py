@@ -612,6 +612,7 @@ def _launch(kernel, plan: Plan, *args, **meta) -> None:
 # the forward takes 128-254 registers without spilling at every preset and dtype with 128 / 4096, where 128 / 8192
 # spilled 32-192 bytes at 4 warps (the package docstring).
 EXCHANGE_COLUMNS, EXCHANGE_ELEMENTS = 128, 4096
+EXCHANGE_LOADS = 2  # phase-2 loads issued together (kernels' XR): each trip of its loop is one L2 round trip
 
 
 def exchange_k(plan: Plan) -> int:
@@ -624,7 +625,8 @@ def exchange_options(plan: Plan, dtype: torch.dtype, train: bool) -> dict:
     c4 = 4 * plan.block_j
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, KX=exchange_k(plan),
                 DG=max(1, EXCHANGE_COLUMNS // c4), SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * c4)),
-                SYNC=plan.sync, TRAIN=train, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2)
+                SYNC=plan.sync, TRAIN=train, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
+                XR=EXCHANGE_LOADS, OUTER=plan.outer)  # (outer: exact float32 only, as plan_for sets it)
     if not plan.interpret:
         meta.update(num_warps=plan.num_warps, num_stages=1, enable_fp_fusion=True)
         if plan.sync:
@@ -648,7 +650,7 @@ def exchange_bwd_options(plan: Plan, dtype: torch.dtype) -> dict:
     kb = max(16, 4 * w)  # (a dot of about the forward's KX x EXCHANGE_COLUMNS: deeper ones spill)
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=w, KB=kb, DG=max(1, EXCHANGE_COLUMNS * 16 // kb // w),
                 SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * w)), SYNC=plan.sync, PRECISION=plan.precision,
-                UPCAST=plan.interpret and dtype.itemsize == 2)
+                UPCAST=plan.interpret and dtype.itemsize == 2, XR=EXCHANGE_LOADS)
     if not plan.interpret:
         meta.update(num_warps=plan.num_warps_bwd, num_stages=1, enable_fp_fusion=True)
         if plan.sync:

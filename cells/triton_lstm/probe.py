@@ -39,8 +39,9 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
                    mostly issued before its FMAs (the package docstring);
 * ``exchange``     (LSTM, persistent and stepwise plans) both kernels' recurrent matmuls as exchanges of shares
-                   through L2 instead of K loops (``launch.Tile.exchange``, ``exchange_bwd``), and ``exchange-16``
-                   the same with 16 units a program (the forward's phase 1 unpadded);
+                   through L2 instead of K loops (``launch.Tile.exchange``, ``exchange_bwd``), ``exchange-outer``
+                   (exact float32) with the forward's phase 1 as outer products over the program's units (8 warps),
+                   and ``exchange-16`` with 16 units a program (the forward's phase-1 dot unpadded);
 * ``narrow``       (persistent plans) half the units a program in the smallest unit tile that holds them, twice the
                    programs, so two an SM (``launch.Tile.per_sm``), at most 4 warps each and the reduction unsplit
                    (``tune.narrow_fields``): whether narrower programs side by side hide each other's latency
@@ -98,6 +99,9 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
                                                        **narrow_fields(plan)), 0))
     if kind == "LSTM" and plan.path != "blocked" and not plan.exchange:  # both matmuls as exchanges of shares
         variants.append(("exchange", dataclasses.replace(plan, exchange=True, exchange_bwd=True, resident=False), 0))
+        if dtype == torch.float32 and plan.precision == "ieee":  # the forward's phase 1 as outer products, 8 warps
+            variants.append(("exchange-outer", dataclasses.replace(plan, exchange=True, exchange_bwd=True, outer=True,
+                                                                   resident=False, num_warps=8), 0))
         if hidden and sms and plan.sync and hidden > 16:
             programs = -(-hidden // 16)
             per_sm = -(-programs * plan.batch_blocks // sms)
