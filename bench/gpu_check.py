@@ -133,10 +133,10 @@ TEST_WORKERS = 8
 # six more to the backward's stages, K tile and split: 20-36 more in the four float32 searches, ~0.7 s each: 200.
 # Longer outer trips (OUTER_NO_SHARED's 64 k, outer split_k up to 16 / 32, 2026-11-28): ~16-24 more: 215.  Units
 # again (grids of up to 4 and 2 programs an SM, launch.Tile.per_sm, 2026-11-29): 2-3 more a search, the first field,
-# so the rest build on the winner; the forward as an exchange of shares (launch.Tile.exchange): 4 more in each of the
-# four LSTM searches, and the backward's the same way, 1 more: 270.
+# so the rest build on the winner; the recurrent matmuls as exchanges of shares (launch.Tile.exchange, exchange_bwd): 5
+# more in each of the eight searches: about 38 candidates a search, 300.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 270, "tune-small": 100, "bench-tuned": 45,
+          "bench": 100, "probe": 60, "ncu": 50, "ncu-source": 40, "tune": 300, "tune-small": 100, "bench-tuned": 45,
           "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600,
           "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "bench-tf32": 45,
           "report": REPORT_RESERVE_S}

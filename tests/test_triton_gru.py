@@ -89,6 +89,16 @@ PLANS = [
     # narrow programs (launch.Tile.per_sm's grids): a unit a program, one dot for the gates over 4 x 2 columns
     ("stepwise-1-unit-a-program-fused-gates", 20, 2, 13, dict(path="stepwise", units=1),
      dict(block_j=2, block_k=16, fuse_gates=True)),
+    # the recurrent matmuls as exchanges of shares (launch.Tile.exchange, exchange_bwd): each alone, both with two
+    # batch blocks, and the forward's phase 1 as outer products (exact float32)
+    ("stepwise-exchange-forward-3-units-in-tiles-of-4", 20, 3, 13, dict(path="stepwise", units=3),
+     dict(block_j=4, exchange=True)),
+    ("stepwise-exchange-backward-16-units", 20, 3, 40, dict(path="stepwise", units=16),
+     dict(block_j=16, exchange_bwd=True)),
+    ("stepwise-2-batch-blocks-exchange-both", 20, 2, 24, dict(path="stepwise", units=5),
+     dict(block_b=16, batch_blocks=2, exchange=True, exchange_bwd=True)),
+    ("stepwise-exchange-outer-1-unit", 20, 3, 13, dict(path="stepwise", units=1),
+     dict(block_j=2, exchange=True, exchange_bwd=True, outer=True)),
 ]
 PERSISTENT = [
     ("persistent-B20-H200", 20, 20, 200, dict(path="persistent"), {}),
@@ -109,6 +119,8 @@ PERSISTENT = [
      dict(fuse_gates=True, transposed_bwd=True)),
     ("persistent-B20-H650-2-programs-an-SM", 20, 35, 650, dict(path="persistent"),
      dict(units=3, block_j=4, programs=217, per_sm=2, row_align=16)),
+    ("persistent-B20-H1500-exchange-both-16-units", 20, 35, 1500, dict(path="persistent"),
+     dict(units=16, block_j=16, programs=94, exchange=True, exchange_bwd=True, num_warps=8, num_warps_bwd=8)),
 ]
 
 

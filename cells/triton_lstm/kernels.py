@@ -1155,6 +1155,162 @@ def gru_fwd_kernel(
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
 
 
+
+@triton.jit(do_not_specialize=["t_lo", "t_hi", "T", "PRO"])
+def gru_fwd_xchg_kernel(
+    xp_ptr,  # [T, B, 3H] input projection x_t W_ih^T (no bias)
+    wx_ptr,  # [P, KX, P, 4 BLOCK_J] W_hh rearranged (launch.exchange_weight; a fourth gate of zeros)
+    b_ih_ptr, b_hh_ptr,  # [3H] biases, compute dtype
+    h0_ptr,  # [B, H] initial hidden state
+    y_ptr,  # [T, B, H] out: hidden states h_t
+    gates_ptr,  # out (TRAIN): [T, B, 4H] r, z, n, hn, accumulation dtype; else any tensor of that dtype
+    x_ptr,  # [2, P, P, B, 4 BLOCK_J] the exchange buffer, accumulation dtype
+    arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
+    t_lo, t_hi, T, PRO, B, H, UNITS, P,  # as lstm_fwd_xchg_kernel's
+    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
+    SYNC: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    XR: tl.constexpr = 1, OUTER: tl.constexpr = False,
+    PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
+):
+    # gru_fwd_kernel's recurrence with h_{t-1} W_hh^T exchanged (EXCHANGE above; gates r, z, n and a fourth of zeros).
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = gates_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_x = rows * (3 * H)
+    row_s = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    ur = tl.arange(0, BLOCK_J)
+    js = u_lo + ur
+    j_ok = (ur < UNITS) & (js < H)
+    m = row_ok[:, None] & j_ok[None, :]
+    o_h = row_h[:, None] + js[None, :]
+    o_x = row_x[:, None] + js[None, :]
+    kr = tl.arange(0, KX)
+    o_k = row_h[:, None] + (u_lo + kr)[None, :]
+    m_k = row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :]
+    xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)
+    b_r = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
+    b_z = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
+    b_hn = tl.load(b_hh_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
+    b_in = tl.load(b_ih_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
+    if PRO:
+        if OUTER:
+            _xchg_out_fma(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B,
+                          acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
+        else:
+            h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
+            _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J,
+                      KX, DG, PRECISION, UPCAST)
+        _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
+    for t in range(_bound(t_lo), _bound(t_hi)):
+        t64 = tl.cast(t, tl.int64)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
+        g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
+        a_r, a_n = tl.split(g02)
+        a_z, _ = tl.split(g13)
+        xp_t = xp_ptr + t64 * 3 * slab + o_x
+        r = _sigmoid(a_r + tl.load(xp_t, mask=m, other=0.0).to(acc_ty) + b_r)
+        z = _sigmoid(a_z + tl.load(xp_t + H, mask=m, other=0.0).to(acc_ty) + b_z)
+        hn = a_n + b_hn
+        xn = tl.load(xp_t + 2 * H, mask=m, other=0.0).to(acc_ty) + b_in
+        n = 2.0 * _sigmoid(2.0 * (xn + r * hn)) - 1.0  # tanh, without overflow
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)  # (this program's own units: its own stores)
+        h_prev = tl.load(h_src + o_h, mask=m, other=0.0, cache_modifier=".cg").to(acc_ty)
+        tl.store(y_ptr + t64 * slab + o_h, (n + z * (h_prev - n)).to(y_ptr.dtype.element_ty), mask=m)
+        if TRAIN:
+            g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
+            tl.store(g_t, r, mask=m)
+            tl.store(g_t + H, z, mask=m)
+            tl.store(g_t + 2 * H, n, mask=m)
+            tl.store(g_t + 3 * H, hn, mask=m)
+        if t + 1 < T:
+            tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
+            if OUTER:
+                _xchg_out_fma(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p,
+                              rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
+            else:
+                h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
+                _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
+                          4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
+        if t + 1 < t_hi:
+            _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
+
+@triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
+def gru_bwd_xchg_kernel(
+    wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd; a fourth gate of zeros)
+    h0_ptr, y_ptr, gates_ptr, dy_ptr, dhT_ptr, carry_ptr, da_ptr, dxn_ptr, dh0_ptr,  # as gru_bwd_kernel's
+    x_ptr,  # [2, P, P, B, BLOCK_J] the exchange buffer (as lstm_bwd_xchg_kernel's)
+    arrive_ptr, done_ptr,
+    s_lo, s_hi, DO_TAIL, T, B, H, UNITS, P,
+    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KB: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
+    SYNC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, XR: tl.constexpr = 1,
+    PROBE: tl.constexpr = 0,
+):
+    # gru_bwd_kernel's recurrence with dA_{t+1} W_hh exchanged (lstm_bwd_xchg_kernel's scheme, three gates).
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    acc_ty = gates_ptr.dtype.element_ty
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    row_h = rows * H
+    row_x = rows * (3 * H)
+    row_s = rows * (4 * H)
+    slab = tl.cast(B, tl.int64) * H
+    u_lo = p * UNITS
+    ur = tl.arange(0, BLOCK_J)
+    js = u_lo + ur
+    j_ok = (ur < UNITS) & (js < H)
+    m = row_ok[:, None] & j_ok[None, :]
+    o_h = row_h[:, None] + js[None, :]
+    o_x = row_x[:, None] + js[None, :]
+    kq = tl.arange(0, KB)  # phase 1's operand: column 4 u + g (g < 3) of this program's dA_t
+    uq = kq // 4
+    q_ok = (kq < 4 * BLOCK_J) & (kq % 4 < 3) & (uq < UNITS) & (u_lo + uq < H)
+    o_q = row_x[:, None] + ((kq % 4) * H + u_lo + uq)[None, :]
+    m_q = row_ok[:, None] & q_ok[None, :]
+    xpar = tl.cast(P, tl.int64) * P * B * BLOCK_J
+    for s in range(_bound(s_lo), _bound(s_hi)):
+        t = T - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        h_src = tl.where(t > 0, y_ptr + (t64 - 1) * slab, h0_ptr)
+        last = (rows * 0 + t == T - 1)[:, None]
+        dh = tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
+        dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
+        dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
+        if t + 1 < T:
+            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+        g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
+        r = tl.load(g_t, mask=m, other=0.0)
+        z = tl.load(g_t + H, mask=m, other=0.0)
+        n = tl.load(g_t + 2 * H, mask=m, other=0.0)
+        hn = tl.load(g_t + 3 * H, mask=m, other=0.0)
+        h_prev = tl.load(h_src + o_h, mask=m, other=0.0).to(acc_ty)
+        da_n = dh * (1.0 - z) * (1.0 - n * n)
+        da_t = da_ptr + t64 * 3 * slab + o_x
+        tl.store(carry_ptr + o_h, dh * z, mask=m)
+        tl.store(da_t, da_n * hn * r * (1.0 - r), mask=m)
+        tl.store(da_t + H, dh * (h_prev - n) * z * (1.0 - z), mask=m)
+        tl.store(da_t + 2 * H, da_n * r, mask=m)
+        tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
+        tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
+        a_own = tl.load(da_ptr + t64 * 3 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KB,
+                  DG, PRECISION, UPCAST)
+        _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
+    if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh: the carry and the shares made at t = 0
+        dh0 = tl.load(carry_ptr + o_h, mask=m, other=0.0)
+        dh0 += _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+        tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
+    if SYNC:
+        _leave_grid(arrive_ptr + nb, done_ptr + nb)
+
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def gru_bwd_kernel(
     w_ptr,  # [3 HP, HP] recurrent weights W_hh, each gate zero-padded to [HP, HP]; OUTER or WT: [HP, 3 HP]

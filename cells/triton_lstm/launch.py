@@ -433,8 +433,7 @@ def plan_for(batch: int, hidden: int, dtype: torch.dtype, sms: int | None, path:
                     tile.block_k_bwd if not resident else None, tile.num_stages_bwd, tile.split_k_bwd,
                     tile.fuse_gates_bwd, tile.transposed_bwd and not resident,
                     tile.round_da_bwd and dtype.itemsize == 2, per_sm if path == "persistent" else 1,
-                    tile.exchange and path != "blocked" and kind == "LSTM",  # (no GRU exchange kernels yet)
-                    tile.exchange_bwd and path != "blocked" and kind == "LSTM")
+                    tile.exchange and path != "blocked", tile.exchange_bwd and path != "blocked")
     # Exact float32 tl.dot runs on FMA units and takes a K tile of 16 without spilling (TILES' note).
     block_k = kp if resident else min(kp, 256 if interpret else 16 if dtype == torch.float32 else 32)
     # Untimed, like TILES: the GPU run should tune them.
@@ -634,12 +633,20 @@ def exchange_options(plan: Plan, dtype: torch.dtype, train: bool) -> dict:
     return meta
 
 
+def _four_gates(w_hh: torch.Tensor, H: int, padded: int) -> torch.Tensor:
+    """W_hh [G H, H] as [4, padded, padded]: each gate's block zero-padded, the GRU's three gates and a fourth of
+    zeros."""
+    gates = w_hh.shape[0] // H
+    return torch.nn.functional.pad(w_hh.view(gates, H, H), (0, padded - H, 0, padded - H, 0, 4 - gates))
+
+
 def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """W_hh [4H, H] rearranged for the exchange path: wx[s, k, d, 4 u + g] = W_hh[g H + d U + u, s U + k] (U: units a
-    program), zero where a unit or a k is past H or past the program's units; [P, KX, P, 4 BLOCK_J]."""
+    """W_hh [4H, H] (the GRU's [3H, H]: a fourth gate of zeros) rearranged for the exchange path: wx[s, k, d, 4 u + g]
+    = W_hh[g H + d U + u, s U + k] (U: units a program), zero where a unit or a k is past H or past the program's
+    units; [P, KX, P, 4 BLOCK_J]."""
     H = w_hh.shape[1]
     U, P, J, KX = plan.units, plan.programs, plan.block_j, exchange_k(plan)
-    w = torch.nn.functional.pad(w_hh.view(4, H, H), (0, P * U - H, 0, P * U - H)).view(4, P, U, P, U)
+    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)
     w = torch.nn.functional.pad(w, (0, KX - U, 0, 0, 0, J - U))  # [4 (g), P (d), J (u), P (s), KX (k)]
     return w.permute(3, 4, 1, 2, 0).reshape(P, KX, P, 4 * J)
 
@@ -663,7 +670,7 @@ def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     past H and past a program's units; [P, KB, P, BLOCK_J] with KB = max(16, 4 BLOCK_J)."""
     H = w_hh.shape[1]
     U, P, J = plan.units, plan.programs, plan.block_j
-    w = torch.nn.functional.pad(w_hh.view(4, H, H), (0, P * U - H, 0, P * U - H)).view(4, P, U, P, U)
+    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)
     w = torch.nn.functional.pad(w, (0, J - U, 0, 0, 0, J - U))  # [4 (g), P (s), J (u), P (d), J (v)]
     w = w.permute(1, 2, 0, 3, 4).reshape(P, 4 * J, P, J)
     return torch.nn.functional.pad(w, (0, 0, 0, 0, 0, max(16, 4 * J) - 4 * J))
@@ -690,6 +697,12 @@ def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, ga
     return da, dh0, dc
 
 
+def _exchange_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
+    """An exchange forward's launches, as (t_lo, t_hi, PRO): persistent, one, the shares of h_0 first; stepwise, those
+    in a launch of their own, then one a step."""
+    return [(0, 0, 1)] + [(t, t + 1, 0) for t in range(T)] if plan.path == "stepwise" else [(0, T, 1)]
+
+
 def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
                       c0: torch.Tensor, plan: Plan, train: bool, probe: int):
     """:func:`forward` on the exchange path (``plan.exchange``): the same outputs."""
@@ -707,9 +720,7 @@ def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, 
     kernel = kernels(plan.interpret).lstm_fwd_xchg_kernel
     meta = exchange_options(plan, w_hh.dtype, train)
     meta = {**meta, "PROBE": probe} if probe else meta
-    # persistent: one launch, the shares of h_0 first; stepwise: those in a launch of their own, then one a step
-    spans = [(0, 0, 1)] + [(t, t + 1, 0) for t in range(T)] if plan.path == "stepwise" else [(0, T, 1)]
-    for lo, hi, pro in spans:
+    for lo, hi, pro in _exchange_spans(plan, T):
         _launch(kernel, plan, xp, wx, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, x, arrive, done, lo,
                 hi, T, pro, B, H, plan.units, plan.programs, **meta)
     return y, c, gates
@@ -814,6 +825,17 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     gates = torch.empty(T, B, 4 * H, dtype=acc, device=xp.device) if train else torch.empty(1, dtype=acc,
                                                                                              device=xp.device)
+    if plan.exchange:  # (kernels' gru_fwd_xchg_kernel, as _forward_exchange)
+        wx = exchange_weight(w_hh, plan)
+        x = torch.empty(2, plan.programs, plan.programs, B, 4 * plan.block_j, dtype=acc, device=xp.device)
+        arrive, done = counters(xp.device)
+        kernel = kernels(plan.interpret).gru_fwd_xchg_kernel
+        meta = exchange_options(plan, w_hh.dtype, train)
+        meta = {**meta, "PROBE": probe} if probe else meta
+        for lo, hi, pro in _exchange_spans(plan, T):
+            _launch(kernel, plan, xp, wx, b_ih, b_hh, h0, y, gates, x, arrive, done, lo, hi, T, pro, B, H, plan.units,
+                    plan.programs, **meta)
+        return y, gates if train else None
     hp, w, hk, pad = matmul_operands(plan, w_hh, 3, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).gru_fwd_kernel
@@ -844,8 +866,19 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
-    hp, w, dak, pad = _backward_operands(plan, w_hh, 3, T, da)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    if plan.exchange_bwd:  # (kernels' gru_bwd_xchg_kernel, as _backward_exchange)
+        wb = exchange_weight_bwd(w_hh, plan)
+        x = torch.empty(2, plan.programs, plan.programs, B, plan.block_j, dtype=gates.dtype, device=dy.device)
+        arrive, done = counters(dy.device)
+        kernel = kernels(plan.interpret).gru_bwd_xchg_kernel
+        meta = exchange_bwd_options(plan, w_hh.dtype)
+        meta = {**meta, "PROBE": probe} if probe else meta
+        for lo, hi, tail in _reverse_spans(plan, T):
+            _launch(kernel, plan, wb, h0, y, gates, dy, dhT, carry, da, dxn, dh0, x, arrive, done, lo, hi, tail, T, B,
+                    H, plan.units, plan.programs, **meta)
+        return da, dxn, dh0
+    hp, w, dak, pad = _backward_operands(plan, w_hh, 3, T, da)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).gru_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)

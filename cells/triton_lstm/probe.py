@@ -38,7 +38,7 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
                    mostly issued before its FMAs (the package docstring);
-* ``exchange``     (LSTM, persistent and stepwise plans) both kernels' recurrent matmuls as exchanges of shares
+* ``exchange``     (persistent and stepwise plans) both kernels' recurrent matmuls as exchanges of shares
                    through L2 instead of K loops (``launch.Tile.exchange``, ``exchange_bwd``), ``exchange-outer``
                    (exact float32) with the forward's phase 1 as outer products over the program's units (8 warps),
                    and ``exchange-16`` with 16 units a program (the forward's phase-1 dot unpadded);
@@ -97,7 +97,7 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
         variants.append(("narrow", dataclasses.replace(plan, units=units, programs=programs, block_j=block_j,
                                                        per_sm=-(-programs * plan.batch_blocks // sms),
                                                        **narrow_fields(plan)), 0))
-    if kind == "LSTM" and plan.path != "blocked" and not plan.exchange:  # both matmuls as exchanges of shares
+    if plan.path != "blocked" and not plan.exchange:  # both matmuls as exchanges of shares
         variants.append(("exchange", dataclasses.replace(plan, exchange=True, exchange_bwd=True, resident=False), 0))
         if dtype == torch.float32 and plan.precision == "ieee":  # the forward's phase 1 as outer products, 8 warps
             variants.append(("exchange-outer", dataclasses.replace(plan, exchange=True, exchange_bwd=True, outer=True,

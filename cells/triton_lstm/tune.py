@@ -143,8 +143,8 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
                                     num_warps=max(tile.num_warps, min(16, 4 * v)) if forward else tile.num_warps,
                                     num_warps_bwd=max(tile.num_warps_bwd, min(16, 4 * v)) if backward
                                     else tile.num_warps_bwd) for v in (1, 2, 4)]
-    if field == "exchange":  # the forward's matmul as an exchange of shares (launch.Tile.exchange), LSTM only: at the
-        # tile's units and at 8, 16 and 32 units a program (no unit padding; 16 is phase 1's least depth)
+    if field == "exchange":  # the forward's matmul as an exchange of shares (launch.Tile.exchange): at the tile's
+        # units and at 8, 16 and 32 units a program (no unit padding; 16 is phase 1's least depth)
         if tile.exchange:
             return [dataclasses.replace(tile, exchange=False), tile]
         out = [tile]
@@ -155,7 +155,7 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
                 out.append(dataclasses.replace(tile, exchange=True, units=units, block_j=block_j, per_sm=per_sm,
                                                **(narrow_fields(tile) if per_sm > 1 else {})))
         return list(dict.fromkeys(out))
-    if field == "exchange_bwd":  # the backward's dA_{t+1} W_hh the same way, at the tile's units (LSTM only)
+    if field == "exchange_bwd":  # the backward's dA_{t+1} W_hh the same way, at the tile's units
         return [dataclasses.replace(tile, exchange_bwd=v) for v in (False, True)]
     if field == "stages_k_bwd":  # the backward's stages and K tile together: deeper pipelines want smaller tiles (the
         # sm_90 registers of its fused bfloat16 kernel: K 128 spills from 2 stages on, K 32 not up to 3 at large)
@@ -218,10 +218,10 @@ def k_tiles(tile: launch.Tile, dtype: torch.dtype, backward: bool) -> tuple[int,
 # varied together ("stages_k_bwd": 9-12 pairs).  The GRU fuses its three gates with a fourth of zeros.  The backward
 # reading W_hh transposed ("transposed_bwd") and, in 16-bit dtypes, dA rounded to it ("round_da_bwd") come before its
 # K tile and stages: they change the loads those pipeline and the MMAs.
-FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd",
-                                         "outer", "outer_bwd", "row_align", "num_stages", "split_k", "block_k",
-                                         "stages_k_bwd", "split_k_bwd", "num_warps", "num_warps_bwd"))
-FIELDS["LSTM"] = FIELDS["LSTM"][:1] + ("exchange", "exchange_bwd") + FIELDS["LSTM"][1:]  # (no GRU exchange kernels)
+FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "exchange", "exchange_bwd", "fuse_gates", "fuse_gates_bwd",
+                                         "round_da_bwd", "transposed_bwd", "outer", "outer_bwd", "row_align",
+                                         "num_stages", "split_k", "block_k", "stages_k_bwd", "split_k_bwd", "num_warps",
+                                         "num_warps_bwd"))
 # Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
 # float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
 # loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (the package docstring).
