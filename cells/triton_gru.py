@@ -15,6 +15,9 @@ gives two gradients for the n gate -- of its recurrent part (``r dn'``, into ``d
 (``dn'``, into ``dW_ih``).  The state is h alone (no cell state); its direct path to the previous step (``z dh``)
 is carried in a ``[B, H]`` buffer.
 
+With ``exchange`` / ``exchange_bwd`` in the tile (untimed, as for ``triton_lstm``: its package docstring) the
+recurrent matmuls are exchanges of shares instead of K loops (``kernels.gru_fwd_xchg_kernel``, ``gru_bwd_xchg_kernel``).
+
 Plans come from :func:`cells.triton_lstm.launch.make_plan` with ``kind="GRU"``: the W_hh slice (3 x units x H) is
 streamed, one tl.dot per gate, or with ``fuse_gates`` one per reduction tile for the three gates and a fourth of zeros
 (a quarter of its products wasted, for a third of the dots and their operand shuffles; untimed), tiles from
