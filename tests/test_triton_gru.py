@@ -156,7 +156,11 @@ def test_paths_and_tilings_match_reference(device, name, b, t, h, plan_args, fie
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_inference_without_grad_matches_training_forward(device):
+@pytest.mark.parametrize("exchange", [False, True], ids=["k-loop", "exchange"])
+def test_inference_without_grad_matches_training_forward(device, exchange, monkeypatch):
+    if exchange:  # (the forward's recurrent matmul as an exchange of shares, launch.Plan.exchange)
+        make_plan = launch.make_plan
+        monkeypatch.setattr(launch, "make_plan", lambda *a, **k: dataclasses.replace(make_plan(*a, **k), exchange=True))
     cell = TritonGRU(5, 13, 2).to(device)
     x = torch.randn(4, 3, 5, device=device)
     with torch.no_grad():
@@ -166,12 +170,14 @@ def test_inference_without_grad_matches_training_forward(device):
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True)], ids=["plan", "da16-wt"])
+@pytest.mark.parametrize("backward", [{}, dict(round_da_bwd=True, transposed_bwd=True),
+                                      dict(exchange=True, exchange_bwd=True)], ids=["plan", "da16-wt", "exchange"])
 def test_bfloat16_error_at_most_twice_torch(device, backward, monkeypatch):
     """Against the float64 reference, quantity by quantity, at most twice torch.nn.GRU's own bfloat16 error (the
     kernels round h_t to bfloat16 between steps, as torch's bfloat16 GRU does).  Seeded (0, not chosen).  Also with
     the backward's recurrent matmul on dA rounded to bfloat16 and a transposed W_hh (launch.Plan.round_da_bwd,
-    transposed_bwd): the gradients stay within the bound."""
+    transposed_bwd), and with both recurrent matmuls as exchanges of shares (exchange, exchange_bwd; in the
+    interpreter one program exchanges with itself): the gradients stay within the bound."""
     if backward:
         make_plan = launch.make_plan
         monkeypatch.setattr(launch, "make_plan", lambda *a, **k: dataclasses.replace(make_plan(*a, **k), **backward))
