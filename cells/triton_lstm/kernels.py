@@ -60,6 +60,12 @@ re-read every step with ``evict_last``, so it stays in L1 (L2 at H = 1500 in flo
 Data other programs wrote during the launch (h_{t-1}, dA_{t+1}) is read with ``.cg``,
 from L2, never from a stale L1 line.
 
+Exchange (``launch.Tile.exchange``, ``exchange_bwd``): kernels of their own (``lstm_fwd_xchg_kernel``,
+``lstm_bwd_xchg_kernel``, ``gru_fwd_xchg_kernel``, ``gru_bwd_xchg_kernel``) whose recurrent matmul is no K loop but an
+exchange of shares through L2 between the grid's programs (phase 1 ``_xchg_out``, the grid barrier, phase 2
+``_xchg_in``; the comment above ``_xchg_out``); the pointwise work, the saved gates and cell states and the grid barrier
+are the K-loop kernels', so the two backward kinds take either forward's results.
+
 Padded rows (``HP``, ``launch.Tile.row_align``): what the recurrent matmuls read -- ``W_hh`` and the operand of the
 step before (h_{t-1} forward, dA_{t+1} backward) -- has rows HP apart, H rounded up to a multiple of 16, zero in the
 padding, and the reduction runs to HP: so Triton, which specializes an integer divisible by 16, knows that every
