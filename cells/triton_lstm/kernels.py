@@ -690,6 +690,21 @@ def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constex
 
 
 @triton.jit
+def _xchg_units(B, H, UNITS, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+    # Program (p, nb)'s batch rows and units on the exchange path: p, nb, rows, row_ok, u_lo, js, j_ok, and m, the
+    # [BLOCK_B, BLOCK_J] mask of its rows and units.
+    p = tl.program_id(0)
+    nb = tl.program_id(1)
+    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    u_lo = p * UNITS
+    ur = tl.arange(0, BLOCK_J)
+    js = u_lo + ur
+    j_ok = (ur < UNITS) & (js < H)
+    return p, nb, rows, row_ok, u_lo, js, j_ok, row_ok[:, None] & j_ok[None, :]
+
+
+@triton.jit
 def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr,
                   BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, KO: tl.constexpr, DG: tl.constexpr):
     # _xchg_out as outer products over this program's KO (its units, padded to a power of two) rows of w, for exact
@@ -710,6 +725,24 @@ def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_o
             part += a_k[:, None] * w_k.to(acc_ty)[None, :]
         off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * W + (n % W)[None, :]
         tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _xchg_share(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, OUTER: tl.constexpr):
+    # The forward's phase 1 from the hidden state at h_base ([B, H]: h_0, or this program's own h_t just stored): as
+    # outer products over the program's units (OUTER), or its KX-wide slice through _xchg_out's tl.dot.
+    if OUTER:
+        _xchg_out_fma(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
+                      4 * BLOCK_J, KX, BLOCK_J, DG)
+    else:
+        kr = tl.arange(0, KX)
+        h_own = tl.load(h_base + row_h[:, None] + (u_lo + kr)[None, :],
+                        mask=row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :], other=0.0,
+                        cache_modifier=".cg")
+        _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, DG, PRECISION,
+                  UPCAST)
 
 
 @triton.jit
@@ -759,37 +792,21 @@ def lstm_fwd_xchg_kernel(
     OUTER: tl.constexpr = False,  # phase 1 as outer products over the program's units (exact float32; _xchg_out_fma)
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
-    p = tl.program_id(0)
-    nb = tl.program_id(1)
+    p, nb, rows, row_ok, u_lo, js, j_ok, m = _xchg_units(B, H, UNITS, BLOCK_B, BLOCK_J)
     acc_ty = c_ptr.dtype.element_ty
-    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
     row_h = rows * H
     row_g = rows * (4 * H)
     slab = tl.cast(B, tl.int64) * H
-    u_lo = p * UNITS
-    ur = tl.arange(0, BLOCK_J)
-    js = u_lo + ur
-    j_ok = (ur < UNITS) & (js < H)
-    m = row_ok[:, None] & j_ok[None, :]
     o_h = row_h[:, None] + js[None, :]
     o_g = row_g[:, None] + js[None, :]
-    kr = tl.arange(0, KX)
-    o_k = row_h[:, None] + (u_lo + kr)[None, :]  # this program's own units as phase 1's operand, KX wide
-    m_k = row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :]
     xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)  # elements of one parity of X
     b_i = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
     b_f = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
     b_g = _bias(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, js, j_ok, acc_ty)
     b_o = _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, js, j_ok, acc_ty)
     if PRO:  # the shares of h_0, for step t_lo (= 0)
-        if OUTER:
-            _xchg_out_fma(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B,
-                          acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
-        else:
-            h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
-            _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J,
-                      KX, DG, PRECISION, UPCAST)
+        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty,
+                    BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
@@ -826,13 +843,8 @@ def lstm_fwd_xchg_kernel(
             tl.store(g_t + 3 * H, o, mask=m)
         if t + 1 < T:  # the shares of h_t for step t + 1: this program's h_t, read back KX wide
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
-            if OUTER:
-                _xchg_out_fma(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p,
-                              rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
-            else:
-                h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
-                _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
-                          4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
+            _xchg_share(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows,
+                        row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -997,19 +1009,11 @@ def lstm_bwd_xchg_kernel(
 ):
     # lstm_bwd_kernel's recurrence with dh_t = dy_t + dA_{t+1} W_hh exchanged (EXCHANGE above): program p's dA_t
     # columns make its share of every program's dh_{t-1}, phase 2 sums the shares of its own units.
-    p = tl.program_id(0)
-    nb = tl.program_id(1)
+    p, nb, rows, row_ok, u_lo, js, j_ok, m = _xchg_units(B, H, UNITS, BLOCK_B, BLOCK_J)
     acc_ty = c_ptr.dtype.element_ty
-    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
     row_h = rows * H
     row_g = rows * (4 * H)
     slab = tl.cast(B, tl.int64) * H
-    u_lo = p * UNITS
-    ur = tl.arange(0, BLOCK_J)
-    js = u_lo + ur
-    j_ok = (ur < UNITS) & (js < H)
-    m = row_ok[:, None] & j_ok[None, :]
     o_h = row_h[:, None] + js[None, :]
     o_g = row_g[:, None] + js[None, :]
     kq = tl.arange(0, KB)  # phase 1's operand: column 4 u + g of this program's dA_t
@@ -1179,38 +1183,22 @@ def gru_fwd_xchg_kernel(
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
     # gru_fwd_kernel's recurrence with h_{t-1} W_hh^T exchanged (EXCHANGE above; gates r, z, n and a fourth of zeros).
-    p = tl.program_id(0)
-    nb = tl.program_id(1)
+    p, nb, rows, row_ok, u_lo, js, j_ok, m = _xchg_units(B, H, UNITS, BLOCK_B, BLOCK_J)
     acc_ty = gates_ptr.dtype.element_ty
-    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
     row_h = rows * H
     row_x = rows * (3 * H)
     row_s = rows * (4 * H)
     slab = tl.cast(B, tl.int64) * H
-    u_lo = p * UNITS
-    ur = tl.arange(0, BLOCK_J)
-    js = u_lo + ur
-    j_ok = (ur < UNITS) & (js < H)
-    m = row_ok[:, None] & j_ok[None, :]
     o_h = row_h[:, None] + js[None, :]
     o_x = row_x[:, None] + js[None, :]
-    kr = tl.arange(0, KX)
-    o_k = row_h[:, None] + (u_lo + kr)[None, :]
-    m_k = row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :]
     xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)
     b_r = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
     b_z = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
     b_hn = tl.load(b_hh_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
     b_in = tl.load(b_ih_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
     if PRO:
-        if OUTER:
-            _xchg_out_fma(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B,
-                          acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
-        else:
-            h_own = tl.load(h0_ptr + o_k, mask=m_k, other=0.0)
-            _xchg_out(h_own, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J,
-                      KX, DG, PRECISION, UPCAST)
+        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty,
+                    BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
@@ -1235,13 +1223,8 @@ def gru_fwd_xchg_kernel(
             tl.store(g_t + 3 * H, hn, mask=m)
         if t + 1 < T:
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
-            if OUTER:
-                _xchg_out_fma(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p,
-                              rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
-            else:
-                h_own = tl.load(y_ptr + t64 * slab + o_k, mask=m_k, other=0.0, cache_modifier=".cg")
-                _xchg_out(h_own, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
-                          4 * BLOCK_J, KX, DG, PRECISION, UPCAST)
+            _xchg_share(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows,
+                        row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -1260,20 +1243,12 @@ def gru_bwd_xchg_kernel(
     PROBE: tl.constexpr = 0,
 ):
     # gru_bwd_kernel's recurrence with dA_{t+1} W_hh exchanged (lstm_bwd_xchg_kernel's scheme, three gates).
-    p = tl.program_id(0)
-    nb = tl.program_id(1)
+    p, nb, rows, row_ok, u_lo, js, j_ok, m = _xchg_units(B, H, UNITS, BLOCK_B, BLOCK_J)
     acc_ty = gates_ptr.dtype.element_ty
-    rows = nb * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
     row_h = rows * H
     row_x = rows * (3 * H)
     row_s = rows * (4 * H)
     slab = tl.cast(B, tl.int64) * H
-    u_lo = p * UNITS
-    ur = tl.arange(0, BLOCK_J)
-    js = u_lo + ur
-    j_ok = (ur < UNITS) & (js < H)
-    m = row_ok[:, None] & j_ok[None, :]
     o_h = row_h[:, None] + js[None, :]
     o_x = row_x[:, None] + js[None, :]
     kq = tl.arange(0, KB)  # phase 1's operand: column 4 u + g (g < 3) of this program's dA_t

@@ -676,6 +676,18 @@ def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.nn.functional.pad(w, (0, 0, 0, 0, 0, max(16, 4 * J) - 4 * J))
 
 
+def _launch_exchange(plan: Plan, name: str, spans: list[tuple[int, int, int]], B: int, width: int,
+                     acc: torch.dtype, device: torch.device, meta: dict, probe: int, args) -> None:
+    """Launch the exchange kernel ``name`` over ``spans`` ((lo, hi, flag) each) with a fresh exchange buffer
+    [2, P, P, B, width] of dtype ``acc``; ``args(x, arrive, done, lo, hi, flag)`` gives a launch's arguments."""
+    x = torch.empty(2, plan.programs, plan.programs, B, width, dtype=acc, device=device)
+    arrive, done = counters(device)
+    kernel = getattr(kernels(plan.interpret), name)
+    meta = {**meta, "PROBE": probe} if probe else meta
+    for lo, hi, flag in spans:
+        _launch(kernel, plan, *args(x, arrive, done, lo, hi, flag), **meta)
+
+
 def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
                        dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan, probe: int):
     """:func:`backward` on the exchange path (``plan.exchange_bwd``): the same outputs."""
@@ -686,14 +698,10 @@ def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, ga
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     wb = exchange_weight_bwd(w_hh, plan)
-    x = torch.empty(2, plan.programs, plan.programs, B, plan.block_j, dtype=c.dtype, device=dy.device)
-    arrive, done = counters(dy.device)
-    kernel = kernels(plan.interpret).lstm_bwd_xchg_kernel
-    meta = exchange_bwd_options(plan, w_hh.dtype)
-    meta = {**meta, "PROBE": probe} if probe else meta
-    for lo, hi, tail in _reverse_spans(plan, T):
-        _launch(kernel, plan, wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive, done, lo, hi, tail, T, B, H,
-                plan.units, plan.programs, **meta)
+    _launch_exchange(plan, "lstm_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.block_j, c.dtype, dy.device,
+                     exchange_bwd_options(plan, w_hh.dtype), probe,
+                     lambda x, arrive, done, lo, hi, tail: (wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive, done,
+                                                            lo, hi, tail, T, B, H, plan.units, plan.programs))
     return da, dh0, dc
 
 
@@ -715,14 +723,11 @@ def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, 
     c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
     wx = exchange_weight(w_hh, plan)
-    x = torch.empty(2, plan.programs, plan.programs, B, 4 * plan.block_j, dtype=acc, device=xp.device)
-    arrive, done = counters(xp.device)
-    kernel = kernels(plan.interpret).lstm_fwd_xchg_kernel
-    meta = exchange_options(plan, w_hh.dtype, train)
-    meta = {**meta, "PROBE": probe} if probe else meta
-    for lo, hi, pro in _exchange_spans(plan, T):
-        _launch(kernel, plan, xp, wx, b_ih, b_hh, h0, c0, y, c, c if gates is None else gates, x, arrive, done, lo,
-                hi, T, pro, B, H, plan.units, plan.programs, **meta)
+    _launch_exchange(plan, "lstm_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.block_j, acc, xp.device,
+                     exchange_options(plan, w_hh.dtype, train), probe,
+                     lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, c0, y, c,
+                                                           c if gates is None else gates, x, arrive, done, lo, hi, T,
+                                                           pro, B, H, plan.units, plan.programs))
     return y, c, gates
 
 
@@ -827,14 +832,10 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
                                                                                              device=xp.device)
     if plan.exchange:  # (kernels' gru_fwd_xchg_kernel, as _forward_exchange)
         wx = exchange_weight(w_hh, plan)
-        x = torch.empty(2, plan.programs, plan.programs, B, 4 * plan.block_j, dtype=acc, device=xp.device)
-        arrive, done = counters(xp.device)
-        kernel = kernels(plan.interpret).gru_fwd_xchg_kernel
-        meta = exchange_options(plan, w_hh.dtype, train)
-        meta = {**meta, "PROBE": probe} if probe else meta
-        for lo, hi, pro in _exchange_spans(plan, T):
-            _launch(kernel, plan, xp, wx, b_ih, b_hh, h0, y, gates, x, arrive, done, lo, hi, T, pro, B, H, plan.units,
-                    plan.programs, **meta)
+        _launch_exchange(plan, "gru_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.block_j, acc, xp.device,
+                         exchange_options(plan, w_hh.dtype, train), probe,
+                         lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, y, gates, x, arrive, done, lo,
+                                                               hi, T, pro, B, H, plan.units, plan.programs))
         return y, gates if train else None
     hp, w, hk, pad = matmul_operands(plan, w_hh, 3, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
@@ -869,14 +870,11 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     if plan.exchange_bwd:  # (kernels' gru_bwd_xchg_kernel, as _backward_exchange)
         wb = exchange_weight_bwd(w_hh, plan)
-        x = torch.empty(2, plan.programs, plan.programs, B, plan.block_j, dtype=gates.dtype, device=dy.device)
-        arrive, done = counters(dy.device)
-        kernel = kernels(plan.interpret).gru_bwd_xchg_kernel
-        meta = exchange_bwd_options(plan, w_hh.dtype)
-        meta = {**meta, "PROBE": probe} if probe else meta
-        for lo, hi, tail in _reverse_spans(plan, T):
-            _launch(kernel, plan, wb, h0, y, gates, dy, dhT, carry, da, dxn, dh0, x, arrive, done, lo, hi, tail, T, B,
-                    H, plan.units, plan.programs, **meta)
+        _launch_exchange(plan, "gru_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.block_j, gates.dtype,
+                         dy.device, exchange_bwd_options(plan, w_hh.dtype), probe,
+                         lambda x, arrive, done, lo, hi, tail: (wb, h0, y, gates, dy, dhT, carry, da, dxn, dh0, x,
+                                                                arrive, done, lo, hi, tail, T, B, H, plan.units,
+                                                                plan.programs))
         return da, dxn, dh0
     hp, w, dak, pad = _backward_operands(plan, w_hh, 3, T, da)
     arrive, done = counters(dy.device)
