@@ -288,22 +288,22 @@ units) or 3.2 (25 x 8); medium 86 MB (130 x 5, units padded to 8), 34 (82 x 8), 
 MB (125 x 12 in 16), 90 (94 x 16), 45 (47 x 32). Transient, but inside the training step's peak (cuDNN's step: 302 MiB
 at medium, 843 at large), so the exchange pays in memory with few units a program: the micro-benchmarks' step peak
 memory of a search's winner (``bench-tuned``) says whether it keeps the memory target. Compiled for sm_90 (Triton 3.6,
-batch 20; registers forward / backward, no spills, programs an SM; one phase-1 dot's instructions / FFMA): small 50 x
-4 units 128 / 128, 4 / 4 an SM; medium 130 x 5 143 / 168, 3 / 3, 41 x 16 184 / 229, 2 / 2; large 125 x 12 (4 warps)
-128 / 190, 4 / 2, 94 x 16 (8 warps) 128 / 128, 2 / 2; bfloat16 41 x 16 and 94 x 16 254 / 246 (mma.sync); a forward dot
-667 / 512 at 4 warps, 350 / 256 at 8. Phase 2's loads and phase 1's dots are sized so that nothing spills
-(``launch.EXCHANGE_COLUMNS``, ``EXCHANGE_ELEMENTS``: twice the elements a load spilled 32-192 bytes); phase 2 issues
-two loads a trip (``EXCHANGE_LOADS``: its loop has 16 vector loads, 96 FADD and no CTA barrier a trip at medium, so a
-trip is one L2 round trip). Phase 1 pads its depth to 16 for tl.dot; in exact float32 it can instead be outer products
-over the program's own units (``outer`` with ``exchange``, kernels' ``_xchg_out_fma``), which with 8 warps read no
-shared memory and cross no CTA barrier: one trip (DG destinations) 309 instructions for 128 FFMA at medium with 8
-units a program, so 6.5 K instructions a thread a step (82 programs) against 14 K for the dot at 16 units (41
-programs); with 4 warps it spills and shuffles (1,114 for 256). Whichever pays is for the GPU: the issue bounds above
-are 5-7 us a step at medium against the 32-40 us measured. The GRU has the same two kernels (``gru_fwd_xchg_kernel``,
-``gru_bwd_xchg_kernel``: gates r, z, n and a fourth of zeros in the shares; the n gate's W_hn h stays its own column,
-as the K-loop kernels keep it): forward / backward registers at medium 145 / 210 (130 x 5), 198 / 252 (41 x 16), at
-large 167 / 239 (125 x 12), 128 / 147 (94 x 16, 8 warps); spills only in the small backward (12 bytes) and the
-bfloat16 forward at 16 units (24 bytes).
+batch 20, 4 warps unless said; registers forward / backward, programs an SM; one phase-1 dot's instructions / FFMA):
+small 50 x 4 units 168 / 168 (8 bytes spilled), 3 / 3 an SM; medium 130 x 5 and 82 x 8 168 / 214, 3 / 2, 41 x 16 220 /
+237, 2 / 2; large 125 x 12 168 / 237, 3 / 2, 94 x 16 (8 warps) 170 / 128 (24 bytes spilled), 1 / 2; bfloat16 41 x 16
+and 94 x 16 254 / 238 (mma.sync), 2 / 2; a forward dot 667 / 512 at 4 warps, 350 / 256 at 8. Phase 2's loads and phase
+1's dots are sized so that nothing spills (``launch.EXCHANGE_COLUMNS``, ``EXCHANGE_ELEMENTS``: twice the elements a
+load spilled 32-192 bytes); phase 2 issues two loads a trip (``EXCHANGE_LOADS``: its loop has 16 vector loads, 96 FADD
+and no CTA barrier a trip at medium, so a trip is one L2 round trip). Phase 1 pads its depth to 16 for tl.dot; in
+exact float32 it can instead be outer products over the program's own units (``outer`` with ``exchange``, kernels'
+``_xchg_out_fma``), which with 8 warps read no shared memory and cross no CTA barrier: one trip (DG destinations) 309
+instructions for 128 FFMA at medium with 8 units a program, so 6.5 K instructions a thread a step (82 programs)
+against 14 K for the dot at 16 units (41 programs); with 4 warps it spills and shuffles (1,114 for 256). Whichever
+pays is for the GPU: the issue bounds above are 5-7 us a step at medium against the 32-40 us measured. The GRU has the
+same two kernels (``gru_fwd_xchg_kernel``, ``gru_bwd_xchg_kernel``: gates r, z, n and a fourth of zeros in the shares;
+the n gate's W_hn h stays its own column, as the K-loop kernels keep it): forward / backward registers at medium 145 /
+210 (130 x 5), 198 / 252 (41 x 16), at large 167 / 239 (125 x 12), 128 / 147 (94 x 16, 8 warps); spills only in the
+small backward (12 bytes) and the bfloat16 forward at 16 units (24 bytes).
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
