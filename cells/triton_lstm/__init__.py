@@ -301,9 +301,9 @@ instructions for 128 FFMA at medium with 8 units a program, so 6.5 K instruction
 against 14 K for the dot at 16 units (41 programs); with 4 warps it spills and shuffles (1,114 for 256). Whichever
 pays is for the GPU: the issue bounds above are 5-7 us a step at medium against the 32-40 us measured. The GRU has the
 same two kernels (``gru_fwd_xchg_kernel``, ``gru_bwd_xchg_kernel``: gates r, z, n and a fourth of zeros in the shares;
-the n gate's W_hn h stays its own column, as the K-loop kernels keep it): forward / backward registers at medium 145 /
-210 (130 x 5), 198 / 252 (41 x 16), at large 167 / 239 (125 x 12), 128 / 147 (94 x 16, 8 warps); spills only in the
-small backward (12 bytes) and the bfloat16 forward at 16 units (24 bytes).
+the n gate's W_hn h stays its own column, as the K-loop kernels keep it): forward / backward registers at medium 147 /
+210 (130 x 5), 198 / 252 (41 x 16), at large 180 / 239 (125 x 12), 127 / 147 (94 x 16, 8 warps), bfloat16 238 / 242
+(16 units); spills only in the small backward (12 bytes).
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
