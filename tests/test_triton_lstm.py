@@ -989,7 +989,9 @@ def test_the_forward_exchange_is_a_tile_field_for_the_persistent_and_stepwise_pa
     assert [t.exchange_bwd for t in tune.candidates(found[3], 1500, torch.float32, 132, "exchange_bwd")] == [False,
                                                                                                           True]
     both = dataclasses.replace(plan, exchange_bwd=True)
-    assert "forward's and backward's recurrent matmuls exchanged" in both.describe()
+    assert "both recurrent matmuls exchanged" in both.describe() and "K loop in" not in both.describe()
+    assert "; the forward's K loop: one dot for all gates" in dataclasses.replace(plan, exchange=False,
+                                                                                  exchange_bwd=True).describe()
     assert launch.exchange_weight_bwd(torch.randn(4 * 650, 650), plan).shape == (41, 64, 41, 16)
     # wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v]
     wb = launch.exchange_weight_bwd(w, small)

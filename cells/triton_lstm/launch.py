@@ -287,17 +287,19 @@ class Plan:
             if self.per_sm > 1 and self.path == "persistent":
                 how += f" (up to {self.per_sm} programs an SM)"
         where = "registers" if self.resident else "L1/L2, re-read each step"
+        if self.exchange and self.exchange_bwd and self.path != "blocked":  # (no K loop left to describe)
+            phase1 = "outer products over its units" if self.outer else "tl.dot"
+            return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, both recurrent "
+                    f"matmuls exchanged (each program's share of every program's sums through L2, by {phase1}; no K "
+                    f"loop), W_hh rearranged per launch, each program's slab re-read each step, tiles from the "
+                    f"{source_name(self.source, self.measured)}")
         dots = "" if self.resident else ", one dot for all gates" if self.fuse_gates else ", a dot per gate"
-        if (self.outer or self.outer_bwd) and not self.resident:
-            which = "K loops" if self.outer and self.outer_bwd else "forward's K loop" if self.outer else \
-                "backward's K loop"
+        outer, outer_bwd = self.outer and not self.exchange, self.outer_bwd and not self.exchange_bwd  # (K loops')
+        if (outer or outer_bwd) and not self.resident:
+            which = "K loops" if outer and outer_bwd else "forward's K loop" if outer else "backward's K loop"
             dots += f", {which} as outer products summed after it (FMA, no tl.dot)"
         if self.transposed_bwd and not self.outer_bwd and not self.resident:
             dots += ", the backward's dot on a transposed copy of W_hh"
-        if (self.exchange or self.exchange_bwd) and self.path != "blocked":
-            which = "forward's and backward's recurrent matmuls" if self.exchange and self.exchange_bwd else \
-                "forward's recurrent matmul" if self.exchange else "backward's recurrent matmul"
-            dots += f", the {which} exchanged (each program's share of every program's sums through L2, no K loop)"
         if self.round_da_bwd:
             dots += ", the backward's recurrent matmul on dA rounded to the compute dtype"
         if self.split_k > 1 and not self.resident:
@@ -313,6 +315,11 @@ class Plan:
         apart = self._backward_apart()
         if apart:
             dots += f", the backward's K loop: {', '.join(apart)}"
+        if (self.exchange or self.exchange_bwd) and self.path != "blocked":  # one kernel exchanged, one K loop
+            which, other = ("forward's", "backward's") if self.exchange else ("backward's", "forward's")
+            by = " by outer products over its units" if self.exchange and self.outer else ""
+            dots = (f", the {which} recurrent matmul exchanged (each program's share of every program's sums through "
+                    f"L2{by}, no K loop); the {other} K loop: {dots.removeprefix(', ')}")
         return (f"{self.path}: {how}, {self.batch_blocks} batch block(s) of {self.block_b}, W_hh slice in {where}"
                 f"{dots}, tiles from the {source_name(self.source, self.measured)}")
 
