@@ -644,7 +644,7 @@ def _four_gates(w_hh: torch.Tensor, H: int, padded: int) -> torch.Tensor:
     """W_hh [G H, H] as [4, padded, padded]: each gate's block zero-padded, the GRU's three gates and a fourth of
     zeros."""
     gates = w_hh.shape[0] // H
-    return torch.nn.functional.pad(w_hh.view(gates, H, H), (0, padded - H, 0, padded - H, 0, 4 - gates))
+    return torch.nn.functional.pad(w_hh.reshape(gates, H, H), (0, padded - H, 0, padded - H, 0, 4 - gates))
 
 
 def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
