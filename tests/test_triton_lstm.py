@@ -398,8 +398,10 @@ def test_gradcheck_float64_interpreter():
     assert torch.autograd.gradcheck(lambda *a: LSTMLayerFunction.apply(*a, plan), args, fast_mode=True)
 
 
-def test_no_uninitialised_memory_reaches_results(monkeypatch):
-    """Buffers the launchers allocate without zeroing are filled with NaN: none may reach a result."""
+@pytest.mark.parametrize("exchange", [False, True], ids=["k-loop", "exchange"])
+def test_no_uninitialised_memory_reaches_results(monkeypatch, exchange):
+    """Buffers the launchers allocate without zeroing are filled with NaN: none may reach a result (with the exchange
+    of shares, on the stepwise path of 5 programs of 9 units, its buffer too: only what phase 1 wrote is read)."""
     real_empty = torch.empty
 
     def nan_empty(*size, **kw):
@@ -408,6 +410,10 @@ def test_no_uninitialised_memory_reaches_results(monkeypatch):
 
     case = (20, 3, 7, 40, 2, True, torch.float32)
     monkeypatch.setattr(launch.torch, "empty", nan_empty)
+    if exchange:
+        make_plan = launch.make_plan
+        monkeypatch.setattr(launch, "make_plan", lambda *a, **k: dataclasses.replace(
+            make_plan(*a[:4], "stepwise", 9, resident=False), exchange=True, exchange_bwd=True))
     r = compare(case, "cpu", [("ref", reference(7, 40, 2), torch.float64)])
     for key, want in r["ref"].items():
         assert rel(r["triton"][key], want) < FP32_TOL, key

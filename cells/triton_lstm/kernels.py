@@ -672,21 +672,23 @@ def lstm_fwd_kernel(
 
 
 @triton.jit
-def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
-              W: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr, acc_ty: tl.constexpr,
+              BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
     # Phase 1: X[xo + (d, p, b, c)] = sum_k a_own[b, k] w[p, k, d, c] for every destination program d, DG at a time;
-    # a_own [BLOCK_B, KX], w [P, KX, P, W], X blocks [B, W] (the forward: W = 4 BLOCK_J, the backward: BLOCK_J).
+    # a_own [BLOCK_B, KX], w [P, KX, P, W] (the forward: W = 4 BLOCK_J, the backward: BLOCK_J), X blocks [B, WS]: the
+    # first WS <= W columns, those of the units a program has (4 UNITS or UNITS; the rest are zeros, not stored).
     n = tl.arange(0, DG * W)
     kk = tl.arange(0, KX)
-    xs = tl.cast(B, tl.int64) * W  # elements of one (destination, source) block
+    xs = tl.cast(B, tl.int64) * WS  # elements of one (destination, source) block
     w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W) + kk[:, None] * (P * W)
     for d0 in range(0, _bound(P), DG):
         d = d0 + n // W
         d_ok = d < P
         w = tl.load(w_src + (d0 * W + n)[None, :], mask=d_ok[None, :], other=0.0, eviction_policy="evict_last")
         part = _dot(a_own, w, tl.full((BLOCK_B, DG * W), 0.0, dtype=acc_ty), PRECISION, UPCAST)
-        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * W + (n % W)[None, :]
-        tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + (n % W)[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & (d_ok & (n % W < WS))[None, :])
 
 
 @triton.jit
@@ -705,13 +707,14 @@ def _xchg_units(B, H, UNITS, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
-def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr,
-                  BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, KO: tl.constexpr, DG: tl.constexpr):
+def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr,
+                  acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, KO: tl.constexpr,
+                  DG: tl.constexpr):
     # _xchg_out as outer products over this program's KO (its units, padded to a power of two) rows of w, for exact
     # float32 (the forward's OUTER): no tl.dot, so no depth padded to 16 and no operand shuffles through shared
     # memory; a_src[row_a[b] + u_lo + k] is a_own[b, k] (re-read a column at a time: this program's own h_t, in L1).
     n = tl.arange(0, DG * W)
-    xs = tl.cast(B, tl.int64) * W
+    xs = tl.cast(B, tl.int64) * WS
     w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W)
     for d0 in range(0, _bound(P), DG):
         d = d0 + n // W
@@ -723,45 +726,45 @@ def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_o
                           cache_modifier=".cg").to(acc_ty)
             w_k = tl.load(w_src + k * (P * W) + d0 * W + n, mask=d_ok, other=0.0, eviction_policy="evict_last")
             part += a_k[:, None] * w_k.to(acc_ty)[None, :]
-        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * W + (n % W)[None, :]
-        tl.store(x_ptr + off, part, mask=row_ok[:, None] & d_ok[None, :])
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + (n % W)[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & (d_ok & (n % W < WS))[None, :])
 
 
 @triton.jit
-def _xchg_share(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr,
+def _xchg_share(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr,
+                acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, OUTER: tl.constexpr):
     # The forward's phase 1 from the hidden state at h_base ([B, H]: h_0, or this program's own h_t just stored): as
     # outer products over the program's units (OUTER), or its KX-wide slice through _xchg_out's tl.dot.
     if OUTER:
-        _xchg_out_fma(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty, BLOCK_B,
-                      4 * BLOCK_J, KX, BLOCK_J, DG)
+        _xchg_out_fma(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS, acc_ty,
+                      BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
     else:
         kr = tl.arange(0, KX)
         h_own = tl.load(h_base + row_h[:, None] + (u_lo + kr)[None, :],
                         mask=row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :], other=0.0,
                         cache_modifier=".cg")
-        _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, DG, PRECISION,
-                  UPCAST)
+        _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, DG,
+                  PRECISION, UPCAST)
 
 
 @triton.jit
-def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
-             SG: tl.constexpr, XR: tl.constexpr = 1):
+def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr, acc_ty: tl.constexpr, BLOCK_B: tl.constexpr,
+             W: tl.constexpr, SG: tl.constexpr, XR: tl.constexpr = 1):
     # Phase 2: sum over the P source programs of X[xo + (p, s, b, c)], SG sources a load, XR loads issued together
     # before their sums (the loop's trips are one L2 round trip each: fewer, wider trips): [BLOCK_B, W].
     c = tl.arange(0, W)
     sr = tl.arange(0, SG)
-    xs = tl.cast(B, tl.int64) * W
-    base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * W + c[None, None, :]
+    xs = tl.cast(B, tl.int64) * WS
+    base = x_ptr + xo + p * (P * xs) + rows[None, :, None] * WS + c[None, None, :]
     acc = tl.full((BLOCK_B, W), 0.0, dtype=acc_ty)
     for s0 in range(0, _bound(P), SG * XR):
         s = s0 + sr
-        m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < W)[None, None, :]
+        m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < WS)[None, None, :]
         tot = tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
         for r in tl.static_range(1, XR):  # (elementwise sums: no barrier between the loads)
             s = s0 + r * SG + sr
-            m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < W)[None, None, :]
+            m = (s < P)[:, None, None] & row_ok[None, :, None] & (c < WS)[None, None, :]
             tot += tl.load(base + s[:, None, None] * xs, mask=m, other=0.0, cache_modifier=".cg")
         acc += tl.reduce(tot, 0, _SUM)
     return acc
@@ -789,6 +792,7 @@ def lstm_fwd_xchg_kernel(
     SG: tl.constexpr,  # source programs a phase-2 load
     SYNC: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     XR: tl.constexpr = 1,  # phase-2 loads issued together
+    WS: tl.constexpr = 0,  # the stored width of an exchange block: 4 UNITS
     OUTER: tl.constexpr = False,  # phase 1 as outer products over the program's units (exact float32; _xchg_out_fma)
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
@@ -799,14 +803,14 @@ def lstm_fwd_xchg_kernel(
     slab = tl.cast(B, tl.int64) * H
     o_h = row_h[:, None] + js[None, :]
     o_g = row_g[:, None] + js[None, :]
-    xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)  # elements of one parity of X
+    xpar = tl.cast(P, tl.int64) * P * B * WS  # elements of one parity of X
     b_i = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
     b_f = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
     b_g = _bias(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, js, j_ok, acc_ty)
     b_o = _bias(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, js, j_ok, acc_ty)
     if PRO:  # the shares of h_0, for step t_lo (= 0)
-        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty,
-                    BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
+        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, WS,
+                    acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
@@ -817,7 +821,7 @@ def lstm_fwd_xchg_kernel(
             c_out = c_ptr + (t64 % 2) * slab
             c_prev = c_ptr + ((t64 + 1) % 2) * slab
         c_src = tl.where(t > 0, c_prev, c0_ptr)
-        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
         # [B, 4 J] -> [B, J, 2, 2] (gate g = 2 a + b along the last two axes); split b, then a
         g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
         a_i, a_g = tl.split(g02)
@@ -844,7 +848,7 @@ def lstm_fwd_xchg_kernel(
         if t + 1 < T:  # the shares of h_t for step t + 1: this program's h_t, read back KX wide
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
             _xchg_share(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows,
-                        row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
+                        row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -1005,6 +1009,7 @@ def lstm_bwd_xchg_kernel(
     KB: tl.constexpr,  # phase 1's reduction: the program's 4 BLOCK_J gate columns, at least 16 (tl.dot)
     DG: tl.constexpr, SG: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     XR: tl.constexpr = 1,  # phase-2 loads issued together
+    WS: tl.constexpr = 0,  # the stored width of an exchange block: UNITS
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
     # lstm_bwd_kernel's recurrence with dh_t = dy_t + dA_{t+1} W_hh exchanged (EXCHANGE above): program p's dA_t
@@ -1021,7 +1026,7 @@ def lstm_bwd_xchg_kernel(
     q_ok = (kq < 4 * BLOCK_J) & (uq < UNITS) & (u_lo + uq < H)
     o_q = row_g[:, None] + ((kq % 4) * H + u_lo + uq)[None, :]
     m_q = row_ok[:, None] & q_ok[None, :]
-    xpar = tl.cast(P, tl.int64) * P * B * BLOCK_J  # elements of one parity of X
+    xpar = tl.cast(P, tl.int64) * P * B * WS  # elements of one parity of X
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
@@ -1032,7 +1037,7 @@ def lstm_bwd_xchg_kernel(
         dh = tl.load(dy_ptr + t64 * slab + o_h, mask=m, other=0.0).to(acc_ty)
         dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
         if t + 1 < T:  # dA_{t+1} W_hh for this program's units: the shares made at step t + 1
-            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         g_t = gates_ptr + t64 * 4 * slab + o_g
         i = tl.load(g_t, mask=m, other=0.0)
         f = tl.load(g_t + H, mask=m, other=0.0)
@@ -1059,11 +1064,11 @@ def lstm_bwd_xchg_kernel(
         # the shares of dA_t W_hh for time t - 1 (at t = 0: of dh_0), parity (t + 1) % 2
         tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
         a_own = tl.load(da_ptr + t64 * 4 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
-        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KB,
-                  DG, PRECISION, UPCAST)
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J,
+                  KB, DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh: the shares made at t = 0
-        dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+        dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)
@@ -1180,6 +1185,7 @@ def gru_fwd_xchg_kernel(
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
     SYNC: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     XR: tl.constexpr = 1, OUTER: tl.constexpr = False,
+    WS: tl.constexpr = 0,  # the stored width of an exchange block (4 UNITS)
     PROBE: tl.constexpr = 0,  # timing probes only: 2 leaves the grid barrier out
 ):
     # gru_fwd_kernel's recurrence with h_{t-1} W_hh^T exchanged (EXCHANGE above; gates r, z, n and a fourth of zeros).
@@ -1191,18 +1197,18 @@ def gru_fwd_xchg_kernel(
     slab = tl.cast(B, tl.int64) * H
     o_h = row_h[:, None] + js[None, :]
     o_x = row_x[:, None] + js[None, :]
-    xpar = tl.cast(P, tl.int64) * P * B * (4 * BLOCK_J)
+    xpar = tl.cast(P, tl.int64) * P * B * WS
     b_r = _bias(b_ih_ptr, b_hh_ptr, js, j_ok, acc_ty)
     b_z = _bias(b_ih_ptr + H, b_hh_ptr + H, js, j_ok, acc_ty)
     b_hn = tl.load(b_hh_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
     b_in = tl.load(b_ih_ptr + 2 * H + js, mask=j_ok, other=0.0).to(acc_ty)[None, :]
     if PRO:
-        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, acc_ty,
-                    BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
+        _xchg_share(h0_ptr, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, (t_lo % 2) * xpar, p, rows, row_ok, P, B, WS,
+                    acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         _end_step(arrive_ptr + nb, tl.num_programs(0), SYNC, PROBE)
     for t in range(_bound(t_lo), _bound(t_hi)):
         t64 = tl.cast(t, tl.int64)
-        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
+        acc = _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, 4 * BLOCK_J, SG, XR)
         g02, g13 = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_J, 2, 2)))
         a_r, a_n = tl.split(g02)
         a_z, _ = tl.split(g13)
@@ -1224,7 +1230,7 @@ def gru_fwd_xchg_kernel(
         if t + 1 < T:
             tl.debug_barrier()  # (every thread's stores of h_t before any reads them)
             _xchg_share(y_ptr + t64 * slab, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows,
-                        row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
+                        row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, KX, DG, PRECISION, UPCAST, OUTER)
         if t + 1 < t_hi:
             _end_step(arrive_ptr + nb, (t - t_lo + 1 + PRO) * tl.num_programs(0), SYNC, PROBE)
     if SYNC:
@@ -1240,6 +1246,7 @@ def gru_bwd_xchg_kernel(
     s_lo, s_hi, DO_TAIL, T, B, H, UNITS, P,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KB: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
     SYNC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, XR: tl.constexpr = 1,
+    WS: tl.constexpr = 0,  # the stored width of an exchange block (UNITS)
     PROBE: tl.constexpr = 0,
 ):
     # gru_bwd_kernel's recurrence with dA_{t+1} W_hh exchanged (lstm_bwd_xchg_kernel's scheme, three gates).
@@ -1256,7 +1263,7 @@ def gru_bwd_xchg_kernel(
     q_ok = (kq < 4 * BLOCK_J) & (kq % 4 < 3) & (uq < UNITS) & (u_lo + uq < H)
     o_q = row_x[:, None] + ((kq % 4) * H + u_lo + uq)[None, :]
     m_q = row_ok[:, None] & q_ok[None, :]
-    xpar = tl.cast(P, tl.int64) * P * B * BLOCK_J
+    xpar = tl.cast(P, tl.int64) * P * B * WS
     for s in range(_bound(s_lo), _bound(s_hi)):
         t = T - 1 - s
         t64 = tl.cast(t, tl.int64)
@@ -1266,7 +1273,7 @@ def gru_bwd_xchg_kernel(
         dh += tl.load(dhT_ptr + o_h, mask=m & last, other=0.0).to(acc_ty)
         dh += tl.load(carry_ptr + o_h, mask=m, other=0.0)
         if t + 1 < T:
-            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+            dh += _xchg_in(x_ptr, (t64 % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         g_t = gates_ptr + t64 * 4 * slab + row_s[:, None] + js[None, :]
         r = tl.load(g_t, mask=m, other=0.0)
         z = tl.load(g_t + H, mask=m, other=0.0)
@@ -1282,12 +1289,12 @@ def gru_bwd_xchg_kernel(
         tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
         tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
         a_own = tl.load(da_ptr + t64 * 3 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
-        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, KB,
-                  DG, PRECISION, UPCAST)
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J,
+                  KB, DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh: the carry and the shares made at t = 0
         dh0 = tl.load(carry_ptr + o_h, mask=m, other=0.0)
-        dh0 += _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
+        dh0 += _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
         tl.store(dh0_ptr + o_h, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
     if SYNC:
         _leave_grid(arrive_ptr + nb, done_ptr + nb)

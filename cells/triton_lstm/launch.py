@@ -632,7 +632,7 @@ def exchange_options(plan: Plan, dtype: torch.dtype, train: bool) -> dict:
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, KX=exchange_k(plan),
                 DG=max(1, EXCHANGE_COLUMNS // c4), SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * c4)),
                 SYNC=plan.sync, TRAIN=train, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
-                XR=EXCHANGE_LOADS, OUTER=plan.outer)  # (outer: exact float32 only, as plan_for sets it)
+                XR=EXCHANGE_LOADS, OUTER=plan.outer, WS=4 * plan.units)  # (outer: exact float32 only, as plan_for)
     if not plan.interpret:
         meta.update(num_warps=plan.num_warps, num_stages=1, enable_fp_fusion=True)
         if plan.sync:
@@ -664,7 +664,7 @@ def exchange_bwd_options(plan: Plan, dtype: torch.dtype) -> dict:
     kb = max(16, 4 * w)  # (a dot of about the forward's KX x EXCHANGE_COLUMNS: deeper ones spill)
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=w, KB=kb, DG=max(1, EXCHANGE_COLUMNS * 16 // kb // w),
                 SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * w)), SYNC=plan.sync, PRECISION=plan.precision,
-                UPCAST=plan.interpret and dtype.itemsize == 2, XR=EXCHANGE_LOADS)
+                UPCAST=plan.interpret and dtype.itemsize == 2, XR=EXCHANGE_LOADS, WS=plan.units)
     if not plan.interpret:
         meta.update(num_warps=plan.num_warps_bwd, num_stages=1, enable_fp_fusion=True)
         if plan.sync:
@@ -686,7 +686,8 @@ def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
 def _launch_exchange(plan: Plan, name: str, spans: list[tuple[int, int, int]], B: int, width: int,
                      acc: torch.dtype, device: torch.device, meta: dict, probe: int, args) -> None:
     """Launch the exchange kernel ``name`` over ``spans`` ((lo, hi, flag) each) with a fresh exchange buffer
-    [2, P, P, B, width] of dtype ``acc``; ``args(x, arrive, done, lo, hi, flag)`` gives a launch's arguments."""
+    [2, P, P, B, width] of dtype ``acc`` (width: the columns a program's block stores, 4 units forward, units backward);
+    ``args(x, arrive, done, lo, hi, flag)`` gives a launch's arguments."""
     x = torch.empty(2, plan.programs, plan.programs, B, width, dtype=acc, device=device)
     arrive, done = counters(device)
     kernel = getattr(kernels(plan.interpret), name)
@@ -705,7 +706,7 @@ def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, ga
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     wb = exchange_weight_bwd(w_hh, plan)
-    _launch_exchange(plan, "lstm_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.block_j, c.dtype, dy.device,
+    _launch_exchange(plan, "lstm_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.units, c.dtype, dy.device,
                      exchange_bwd_options(plan, w_hh.dtype), probe,
                      lambda x, arrive, done, lo, hi, tail: (wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive, done,
                                                             lo, hi, tail, T, B, H, plan.units, plan.programs))
@@ -730,7 +731,7 @@ def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, 
     c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
     wx = exchange_weight(w_hh, plan)
-    _launch_exchange(plan, "lstm_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.block_j, acc, xp.device,
+    _launch_exchange(plan, "lstm_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.units, acc, xp.device,
                      exchange_options(plan, w_hh.dtype, train), probe,
                      lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, c0, y, c,
                                                            c if gates is None else gates, x, arrive, done, lo, hi, T,
@@ -839,7 +840,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
                                                                                              device=xp.device)
     if plan.exchange:  # (kernels' gru_fwd_xchg_kernel, as _forward_exchange)
         wx = exchange_weight(w_hh, plan)
-        _launch_exchange(plan, "gru_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.block_j, acc, xp.device,
+        _launch_exchange(plan, "gru_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.units, acc, xp.device,
                          exchange_options(plan, w_hh.dtype, train), probe,
                          lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, y, gates, x, arrive, done, lo,
                                                                hi, T, pro, B, H, plan.units, plan.programs))
@@ -877,7 +878,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
     if plan.exchange_bwd:  # (kernels' gru_bwd_xchg_kernel, as _backward_exchange)
         wb = exchange_weight_bwd(w_hh, plan)
-        _launch_exchange(plan, "gru_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.block_j, gates.dtype,
+        _launch_exchange(plan, "gru_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.units, gates.dtype,
                          dy.device, exchange_bwd_options(plan, w_hh.dtype), probe,
                          lambda x, arrive, done, lo, hi, tail: (wb, h0, y, gates, dy, dhT, carry, da, dxn, dh0, x,
                                                                 arrive, done, lo, hi, tail, T, B, H, plan.units,
