@@ -665,7 +665,7 @@ def lstm_fwd_kernel(
 # writes that share into an exchange buffer X (phase 1, ``_xchg_out``), the programs meet at the grid barrier, and
 # each sums the P shares of its own columns (phase 2, ``_xchg_in``).  No step waits on a chain of K tiles: phase 1 is
 # P / DG independent dots of depth KX (U padded to 16), phase 2 P / SG independent loads; h_t never travels, only the
-# shares do (X: [2, P, P, B, 4 BLOCK_J], parity t % 2 read at step t, (t + 1) % 2 written; destination-major, so a
+# shares do (X: [2, P, P, B, 4 U], parity t % 2 read at step t, (t + 1) % 2 written; destination-major, so a
 # program's phase 2 reads one contiguous [P, B, 4 BLOCK_J] block; column 4 u + g is gate g of the destination's unit
 # u).  W_hh arrives rearranged per launch (``launch.exchange_weight``): wx[s, k, d, 4 u + g] = W_hh[g H + d U + u,
 # s U + k], zero-padded, so phase 1 of program s reads its own contiguous [KX, P, 4 BLOCK_J] slab.
@@ -780,7 +780,7 @@ def lstm_fwd_xchg_kernel(
     y_ptr,  # [T, B, H] out: hidden states h_t
     c_ptr,  # out: cell states, as lstm_fwd_kernel's (TRAIN: even t kept, launch.c_slot; else two slabs)
     gates_ptr,  # [T, B, 4H] out (TRAIN): activated gates i, f, g, o, accumulation dtype
-    x_ptr,  # [2, P, P, B, 4 BLOCK_J] the exchange buffer, accumulation dtype
+    x_ptr,  # [2, P, P, B, WS] the exchange buffer, accumulation dtype
     arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
     t_lo, t_hi,  # this launch runs the timesteps t_lo <= t < t_hi
     T,  # the layer's timesteps (no shares are made after the last)
@@ -999,7 +999,7 @@ def lstm_bwd_xchg_kernel(
     wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd): wb[s, 4 u + g, d, v] = W_hh[g H + s U
     # + u, d U + v], zero-padded; compute dtype
     c0_ptr, c_ptr, gates_ptr, dy_ptr, dhT_ptr, dc_ptr, da_ptr, dh0_ptr,  # as lstm_bwd_kernel's
-    x_ptr,  # [2, P, P, B, BLOCK_J] the exchange buffer, accumulation dtype: the shares of dA_{t+1} W_hh for time t in
+    x_ptr,  # [2, P, P, B, WS] the exchange buffer, accumulation dtype: the shares of dA_{t+1} W_hh for time t in
     # parity t % 2 (made at step t + 1), those of dh_0 in parity 1
     arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
     s_lo, s_hi,  # this launch runs the reverse steps s_lo <= s < s_hi, i.e. timesteps t = T - 1 - s
@@ -1179,7 +1179,7 @@ def gru_fwd_xchg_kernel(
     h0_ptr,  # [B, H] initial hidden state
     y_ptr,  # [T, B, H] out: hidden states h_t
     gates_ptr,  # out (TRAIN): [T, B, 4H] r, z, n, hn, accumulation dtype; else any tensor of that dtype
-    x_ptr,  # [2, P, P, B, 4 BLOCK_J] the exchange buffer, accumulation dtype
+    x_ptr,  # [2, P, P, B, WS] the exchange buffer, accumulation dtype
     arrive_ptr, done_ptr,  # [NB] int32 grid-barrier counters (SYNC), zero at launch, left zero
     t_lo, t_hi, T, PRO, B, H, UNITS, P,  # as lstm_fwd_xchg_kernel's
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
@@ -1241,7 +1241,7 @@ def gru_fwd_xchg_kernel(
 def gru_bwd_xchg_kernel(
     wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd; a fourth gate of zeros)
     h0_ptr, y_ptr, gates_ptr, dy_ptr, dhT_ptr, carry_ptr, da_ptr, dxn_ptr, dh0_ptr,  # as gru_bwd_kernel's
-    x_ptr,  # [2, P, P, B, BLOCK_J] the exchange buffer (as lstm_bwd_xchg_kernel's)
+    x_ptr,  # [2, P, P, B, WS] the exchange buffer (as lstm_bwd_xchg_kernel's)
     arrive_ptr, done_ptr,
     s_lo, s_hi, DO_TAIL, T, B, H, UNITS, P,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KB: tl.constexpr, DG: tl.constexpr, SG: tl.constexpr,
