@@ -666,7 +666,7 @@ def lstm_fwd_kernel(
 # each sums the P shares of its own columns (phase 2, ``_xchg_in``).  No step waits on a chain of K tiles: phase 1 is
 # P / DG independent dots of depth KX (U padded to 16), phase 2 P / SG independent loads; h_t never travels, only the
 # shares do (X: [2, P, P, B, 4 U], parity t % 2 read at step t, (t + 1) % 2 written; destination-major, so a
-# program's phase 2 reads one contiguous [P, B, 4 BLOCK_J] block; column 4 u + g is gate g of the destination's unit
+# program's phase 2 reads one contiguous [P, B, 4 U] block; column 4 u + g is gate g of the destination's unit
 # u).  W_hh arrives rearranged per launch (``launch.exchange_weight``): wx[s, k, d, 4 u + g] = W_hh[g H + d U + u,
 # s U + k], zero-padded, so phase 1 of program s reads its own contiguous [KX, P, 4 BLOCK_J] slab.
 
