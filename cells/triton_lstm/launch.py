@@ -462,10 +462,15 @@ def launch_options(plan: Plan, dtype: torch.dtype, backward: bool, train: bool =
         meta["WT"] = True
     if not backward:
         meta["TRAIN"] = train
+    return _compiler_options(meta, plan, plan.num_warps_bwd if backward else plan.num_warps,
+                             kernel_value(plan, "num_stages", backward))
+
+
+def _compiler_options(meta: dict, plan: Plan, num_warps: int, num_stages: int) -> dict:
+    """``meta`` with, compiled, the compiler's options and the cooperative launch of a grid with a barrier."""
     if not plan.interpret:
         # FMA contraction stated, not left to the version's default (Triton 3.10 turns it off by default).
-        meta.update(num_warps=plan.num_warps_bwd if backward else plan.num_warps,
-                    num_stages=kernel_value(plan, "num_stages", backward), enable_fp_fusion=True)
+        meta.update(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True)
         if plan.sync:
             meta["launch_cooperative_grid"] = True
     return meta
@@ -626,18 +631,16 @@ def exchange_k(plan: Plan) -> int:
     return max(16, plan.block_j)
 
 
+@functools.lru_cache(maxsize=1024)
 def exchange_options(plan: Plan, dtype: torch.dtype, train: bool) -> dict:
-    """Keyword arguments of an exchange forward launch (kernels' lstm_fwd_xchg_kernel)."""
+    """Keyword arguments of an exchange forward launch (kernels' lstm_fwd_xchg_kernel, gru_fwd_xchg_kernel).  Cached,
+    as :func:`launch_options`; callers must not change the dict."""
     c4 = 4 * plan.block_j
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=plan.block_j, KX=exchange_k(plan),
                 DG=max(1, EXCHANGE_COLUMNS // c4), SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * c4)),
                 SYNC=plan.sync, TRAIN=train, PRECISION=plan.precision, UPCAST=plan.interpret and dtype.itemsize == 2,
                 XR=EXCHANGE_LOADS, OUTER=plan.outer, WS=4 * plan.units)  # (outer: exact float32 only, as plan_for)
-    if not plan.interpret:
-        meta.update(num_warps=plan.num_warps, num_stages=1, enable_fp_fusion=True)
-        if plan.sync:
-            meta["launch_cooperative_grid"] = True
-    return meta
+    return _compiler_options(meta, plan, plan.num_warps, 1)
 
 
 def _four_gates(w_hh: torch.Tensor, H: int, padded: int) -> torch.Tensor:
@@ -658,18 +661,16 @@ def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     return w.permute(3, 4, 1, 2, 0).reshape(P, KX, P, 4 * J)
 
 
+@functools.lru_cache(maxsize=1024)
 def exchange_bwd_options(plan: Plan, dtype: torch.dtype) -> dict:
-    """Keyword arguments of an exchange backward launch (kernels' lstm_bwd_xchg_kernel)."""
+    """Keyword arguments of an exchange backward launch (kernels' lstm_bwd_xchg_kernel, gru_bwd_xchg_kernel).
+    Cached; callers must not change the dict."""
     w = plan.block_j
     kb = max(16, 4 * w)  # (a dot of about the forward's KX x EXCHANGE_COLUMNS: deeper ones spill)
     meta = dict(BLOCK_B=plan.block_b, BLOCK_J=w, KB=kb, DG=max(1, EXCHANGE_COLUMNS * 16 // kb // w),
                 SG=max(1, EXCHANGE_ELEMENTS // (plan.block_b * w)), SYNC=plan.sync, PRECISION=plan.precision,
                 UPCAST=plan.interpret and dtype.itemsize == 2, XR=EXCHANGE_LOADS, WS=plan.units)
-    if not plan.interpret:
-        meta.update(num_warps=plan.num_warps_bwd, num_stages=1, enable_fp_fusion=True)
-        if plan.sync:
-            meta["launch_cooperative_grid"] = True
-    return meta
+    return _compiler_options(meta, plan, plan.num_warps_bwd, 1)
 
 
 def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -696,47 +697,10 @@ def _launch_exchange(plan: Plan, name: str, spans: list[tuple[int, int, int]], B
         _launch(kernel, plan, *args(x, arrive, done, lo, hi, flag), **meta)
 
 
-def _backward_exchange(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch.Tensor, dy: torch.Tensor,
-                       dhT: torch.Tensor, dcT: torch.Tensor, plan: Plan, probe: int):
-    """:func:`backward` on the exchange path (``plan.exchange_bwd``): the same outputs."""
-    T, B, H = dy.shape
-    dc = dcT.to(c.dtype, copy=True)
-    if c0.dtype != c.dtype:
-        c0 = c0.to(c.dtype)
-    da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
-    wb = exchange_weight_bwd(w_hh, plan)
-    _launch_exchange(plan, "lstm_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.units, c.dtype, dy.device,
-                     exchange_bwd_options(plan, w_hh.dtype), probe,
-                     lambda x, arrive, done, lo, hi, tail: (wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive, done,
-                                                            lo, hi, tail, T, B, H, plan.units, plan.programs))
-    return da, dh0, dc
-
-
 def _exchange_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
     """An exchange forward's launches, as (t_lo, t_hi, PRO): persistent, one, the shares of h_0 first; stepwise, those
     in a launch of their own, then one a step."""
     return [(0, 0, 1)] + [(t, t + 1, 0) for t in range(T)] if plan.path == "stepwise" else [(0, T, 1)]
-
-
-def _forward_exchange(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
-                      c0: torch.Tensor, plan: Plan, train: bool, probe: int):
-    """:func:`forward` on the exchange path (``plan.exchange``): the same outputs."""
-    T, B, G = xp.shape
-    H = G // 4
-    acc = accumulation_dtype(xp.dtype)
-    if c0.dtype != acc:
-        c0 = c0.to(acc)
-    y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
-    c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
-    gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
-    wx = exchange_weight(w_hh, plan)
-    _launch_exchange(plan, "lstm_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.units, acc, xp.device,
-                     exchange_options(plan, w_hh.dtype, train), probe,
-                     lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, c0, y, c,
-                                                           c if gates is None else gates, x, arrive, done, lo, hi, T,
-                                                           pro, B, H, plan.units, plan.programs))
-    return y, c, gates
 
 
 def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, h0: torch.Tensor,
@@ -759,8 +723,6 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         y [T, B, H] (compute dtype); c, [c_slots(T), B, H] or [2, B, H] (float32, float64 for float64 input), c_T
         in slot ``c_slot(T - 1, train)``; gates [T, B, 4H] (c's dtype), None without ``train``.
     """
-    if plan.exchange:
-        return _forward_exchange(xp, w_hh, b_ih, b_hh, h0, c0, plan, train, probe)
     T, B, G = xp.shape
     H = G // 4
     acc = accumulation_dtype(xp.dtype)
@@ -769,6 +731,14 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     c = torch.empty(c_slots(T) if train else 2, B, H, dtype=acc, device=xp.device)
     gates = torch.empty(T, B, G, dtype=acc, device=xp.device) if train else None
+    if plan.exchange:  # (kernels' lstm_fwd_xchg_kernel)
+        wx = exchange_weight(w_hh, plan)
+        _launch_exchange(plan, "lstm_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.units, acc, xp.device,
+                         exchange_options(plan, w_hh.dtype, train), probe,
+                         lambda x, arrive, done, lo, hi, pro: (xp, wx, b_ih, b_hh, h0, c0, y, c,
+                                                               c if gates is None else gates, x, arrive, done, lo, hi,
+                                                               T, pro, B, H, plan.units, plan.programs))
+        return y, c, gates
     hp, w, hk, pad = matmul_operands(plan, w_hh, 4, T, h0, 1, w_hh.dtype, first=h0)
     arrive, done = counters(xp.device)
     kernel = kernels(plan.interpret).lstm_fwd_kernel
@@ -777,7 +747,7 @@ def forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi in _spans(plan, T):
         _launch(kernel, plan, xp, w, b_ih, b_hh, hk, c0, y, c, c if gates is None else gates, arrive, done, lo, hi,
-                          B, H, hp, plan.units, **meta)
+                B, H, hp, plan.units, **meta)
     return y, c, gates
 
 
@@ -796,15 +766,21 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         da [T, B, 4H] gate pre-activation gradients (c's dtype), dh0 [B, H] (compute dtype), dc0 [B, H] (c's
         dtype).  dW_hh and the bias gradient are left to GEMMs over da (:mod:`.function`).
     """
-    if plan.exchange_bwd:
-        return _backward_exchange(w_hh, c0, c, gates, dy, dhT, dcT, plan, probe)
     T, B, H = dy.shape
     dc = dcT.to(c.dtype, copy=True)
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
-    hp, w, dak, pad = _backward_operands(plan, w_hh, 4, T, da)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
+    if plan.exchange_bwd:  # (kernels' lstm_bwd_xchg_kernel)
+        wb = exchange_weight_bwd(w_hh, plan)
+        _launch_exchange(plan, "lstm_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.units, c.dtype, dy.device,
+                         exchange_bwd_options(plan, w_hh.dtype), probe,
+                         lambda x, arrive, done, lo, hi, tail: (wb, c0, c, gates, dy, dhT, dc, da, dh0, x, arrive,
+                                                                done, lo, hi, tail, T, B, H, plan.units,
+                                                                plan.programs))
+        return da, dh0, dc
+    hp, w, dak, pad = _backward_operands(plan, w_hh, 4, T, da)
     arrive, done = counters(dy.device)
     kernel = kernels(plan.interpret).lstm_bwd_kernel
     meta = launch_options(plan, w_hh.dtype, True)
@@ -812,7 +788,7 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi, tail in _reverse_spans(plan, T):
         _launch(kernel, plan, w, c0, c, gates, dy, dhT, dc, da, dak, dh0, arrive, done, lo, hi, tail, T, B, H, hp,
-                          plan.units, **meta)
+                plan.units, **meta)
     return da, dh0, dc
 
 
@@ -838,7 +814,7 @@ def gru_forward(xp: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: 
     y = torch.empty(T, B, H, dtype=w_hh.dtype, device=xp.device)
     gates = torch.empty(T, B, 4 * H, dtype=acc, device=xp.device) if train else torch.empty(1, dtype=acc,
                                                                                              device=xp.device)
-    if plan.exchange:  # (kernels' gru_fwd_xchg_kernel, as _forward_exchange)
+    if plan.exchange:  # (kernels' gru_fwd_xchg_kernel)
         wx = exchange_weight(w_hh, plan)
         _launch_exchange(plan, "gru_fwd_xchg_kernel", _exchange_spans(plan, T), B, 4 * plan.units, acc, xp.device,
                          exchange_options(plan, w_hh.dtype, train), probe,
@@ -876,7 +852,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)
-    if plan.exchange_bwd:  # (kernels' gru_bwd_xchg_kernel, as _backward_exchange)
+    if plan.exchange_bwd:  # (kernels' gru_bwd_xchg_kernel)
         wb = exchange_weight_bwd(w_hh, plan)
         _launch_exchange(plan, "gru_bwd_xchg_kernel", _reverse_spans(plan, T), B, plan.units, gates.dtype,
                          dy.device, exchange_bwd_options(plan, w_hh.dtype), probe,
@@ -892,5 +868,5 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
     meta = {**meta, "PROBE": probe} if probe else meta
     for lo, hi, tail in _reverse_spans(plan, T):
         _launch(kernel, plan, w, h0, y, gates, dy, dhT, carry, da, dxn, dak, dh0, arrive, done, lo, hi, tail, T, B, H,
-                          hp, plan.units, **meta)
+                hp, plan.units, **meta)
     return da, dxn, dh0
