@@ -114,11 +114,11 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
     """``tile`` with ``field`` changed to each value worth trying."""
     if field == "units":
         # Grids of up to 4, 2, 1 and 1/2 programs an SM (``per_sm``: more than one puts narrower programs side by
-        # side on an SM, whose warps then hide one another's latency, each with at most 4 warps: narrow_fields; a
-        # quarter of the SMs lost at every preset on the H200, 2026-11-28, so it is no longer tried).  The unit tile
-        # is the smallest power of two that holds the units, at least 4 wide for a dot per gate, 2 with one dot for
-        # the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of 4 or 8 columns for sm_90,
-        # exact, TF32 and bfloat16, padding what the MMA needs).
+        # side on an SM, whose warps then hide one another's latency, each with at most 4 warps: narrow_fields; the
+        # grid on a quarter of the SMs, slower at every preset on the H200 on 2026-11-28, is no longer tried).  The
+        # unit tile is the smallest power of two that holds the units, at least 4 wide for a dot per gate, 2 with one
+        # dot for the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of 4 or 8 columns for
+        # sm_90, exact, TF32 and bfloat16, padding what the MMA needs).
         out = []
         for programs in (4 * sms, 2 * sms, sms, sms // 2):
             units = -(-hidden // programs)
