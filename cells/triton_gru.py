@@ -94,7 +94,8 @@ class GRULayerFunction(torch.autograd.Function):
         if train:
             ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates, mask)
             ctx.plan, ctx.p = plan, p
-        return y, y[-1].clone()
+            ctx.set_materialize_grads(False)  # (an unused h_T's gradient: None, not zeros; see the LSTM's)
+        return y, y[-1]  # (h_T a view of y, as the LSTM's)
 
     @staticmethod
     @once_differentiable
@@ -102,7 +103,9 @@ class GRULayerFunction(torch.autograd.Function):
         x, h0, w_ih, w_hh, y, gates, mask = ctx.saved_tensors
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        da, dxn, dh0 = launch.gru_backward(w_hh, h0, y, gates, dy.contiguous(), dhT.contiguous(), ctx.plan)
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        da, dxn, dh0 = launch.gru_backward(w_hh, h0, y, gates, dy, None if dhT is None else dhT.contiguous(),
+                                           ctx.plan)
         da = da.view(T * B, 3 * H)
         dxp = torch.cat([da[:, :2 * H], dxn.view(T * B, H)], 1)  # the input projection's gate gradients
         db_ih, db_hh = dxp.sum(0).to(x.dtype), da.sum(0).to(x.dtype)  # summed in the accumulation dtype

@@ -432,6 +432,38 @@ def test_inference_without_grad_matches_training_forward(device, t):
     y, (h, c) = cell(x)
     assert torch.equal(y_eval, y.detach()) and torch.equal(h_eval, h.detach()) and torch.equal(c_eval, c.detach())
 
+@pytest.mark.parametrize("use", ["y", "h_T", "c_T", "y and h_T"])
+@pytest.mark.parametrize("name", ["triton_lstm", "triton_gru"])
+def test_gradients_when_only_some_outputs_are_used(name, use):
+    """The layers ask autograd for no zero gradients (``set_materialize_grads(False)``): an output the loss does not
+    use (the LM's final state, the micro-benchmarks' too) reaches the backward as None and the layer makes the zeros
+    its kernel reads.  Every gradient against torch.nn in float64, for each subset; h_T and c_T are views (of y and
+    of the cell-state slab), so they must carry their own gradients."""
+    if name == "triton_gru" and use == "c_T":
+        pytest.skip("a GRU has no cell state")
+    torch.manual_seed(0)
+    t, b, i, h, n = 4, 3, 5, 13, 2
+    cell = cells.build(name, i, h, n)
+    ref = getattr(torch.nn, cells.kind(name))(i, h, n).double()
+    ref.load_state_dict(cell.state_dict())
+    x = torch.randn(t, b, i, dtype=torch.float64)
+    state = tuple(torch.randn(n, b, h, dtype=torch.float64) for _ in range(2 if name == "triton_lstm" else 1))
+    g = {k: torch.randn(t if k == "y" else n, b, h, dtype=torch.float64) for k in ("y", "h_T", "c_T")}
+    grads = []
+    for module, dtype in ((cell, torch.float32), (ref, torch.float64)):
+        xi = x.to(dtype).requires_grad_(True)
+        si = tuple(s.to(dtype).requires_grad_(True) for s in state)
+        y, final = module(xi, si if len(si) == 2 else si[0])
+        outs = {"y": y, "h_T": final[0] if isinstance(final, tuple) else final}
+        if isinstance(final, tuple):
+            outs["c_T"] = final[1]
+        sum((outs[k] * g[k].to(dtype)).sum() for k in use.split(" and ")).backward()
+        grads.append({"x": xi.grad, **{f"state{k}": s.grad for k, s in enumerate(si)},
+                      **{k: p.grad for k, p in module.named_parameters()}})
+    for key, want in grads[1].items():
+        assert grads[0][key] is not None and rel(grads[0][key], want) < FP32_TOL, key
+
+
 
 @pytest.mark.parametrize("exchange", [False, True], ids=["k-loop", "exchange"])
 def test_inference_on_the_stepwise_path_matches_reference(exchange):

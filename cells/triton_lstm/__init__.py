@@ -63,7 +63,12 @@ Design, per layer
   Training (``--train``: fwd+bwd of the 2-layer stack as the micro-benchmark runs it, batch 20, small's T 20;
   2026-11-28, the same 2 cores under a load of 3): at most 1.50 ms a call, 1.19 of it outside Triton's launch
   path, 82 ATen ops and 4 launches -- an upper bound, as the bias gradients' sums, the zeroed rings and copies run
-  on the CPU there.  On the H200 the eager fwd+bwd at small took 2.84 ms and the whole LM step as one CUDA graph
+  on the CPU there.  Since 2026-11-29 a layer returns h_T and c_T as views (of y, and of the cell-state slab where
+  the dtypes agree) and asks autograd for no zero gradients of unused outputs (``set_materialize_grads(False)``: the
+  LM's carried state and the benchmarks leave the final state unused; the backward makes one zeroed [2, B, H] for
+  what its kernel reads): 76 ATen ops, of them 9 that launch a kernel on a GPU where there were 17 (per layer a
+  clone, a copy, two zeros and a copy fewer, one zeros more), 849-868 against 921-978 us a call on the same
+  machine, back to back.  On the H200 the eager fwd+bwd at small took 2.84 ms and the whole LM step as one CUDA graph
   1.87 (eager 3.84): the eager figure is partly host time; the check's ``bench-graphs`` step times fwd+bwd as one
   CUDA graph, the kernels alone.
 * Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on

@@ -74,7 +74,13 @@ class LSTMLayerFunction(torch.autograd.Function):
         if train:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, c, gates, mask)
             ctx.plan, ctx.p = plan, p
-        return y, y[-1].clone(), c[launch.c_slot(T - 1, train)].to(x.dtype, copy=True)
+            # (the final state's gradients arrive as None where it was not used -- the LM's carried state, the
+            # micro-benchmarks -- not as zeros autograd would make: launch.backward makes the ones the kernel reads)
+            ctx.set_materialize_grads(False)
+        # h_T and c_T as views of y and of the cell-state slab (no copy kernels; autograd forbids modifying them in
+        # place), c_T in x's dtype where the accumulation dtype differs
+        c_last = c[launch.c_slot(T - 1, train)]
+        return y, y[-1], c_last if c_last.dtype == x.dtype else c_last.to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -82,8 +88,9 @@ class LSTMLayerFunction(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, y, c, gates, mask = ctx.saved_tensors
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        da, dh0, dc0 = launch.backward(w_hh, c0, c, gates, dy.contiguous(), dhT.contiguous(), dcT.contiguous(),
-                                       ctx.plan)
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        da, dh0, dc0 = launch.backward(w_hh, c0, c, gates, dy, None if dhT is None else dhT.contiguous(),
+                                       None if dcT is None else dcT.contiguous(), ctx.plan)
         da = da.view(T * B, 4 * H)
         db = da.sum(0).to(x.dtype)  # summed in the accumulation dtype
         da = da.to(x.dtype)  # float32 in the kernel; the GEMMs run in the input dtype

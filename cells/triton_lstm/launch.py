@@ -758,7 +758,8 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
 
     Args:
         w_hh, c0: as for :func:`forward`.  c, gates: what :func:`forward` returned with ``train``.
-        dy: [T, B, H] gradient of y.  dhT, dcT: [B, H] gradients of the final h and c.  All contiguous.
+        dy: [T, B, H] gradient of y.  dhT, dcT: [B, H] gradients of the final h and c, or None for zeros.  All
+            contiguous.
         plan: the plan the forward ran with.
         probe: as for :func:`forward`.
 
@@ -767,7 +768,11 @@ def backward(w_hh: torch.Tensor, c0: torch.Tensor, c: torch.Tensor, gates: torch
         dtype).  dW_hh and the bias gradient are left to GEMMs over da (:mod:`.function`).
     """
     T, B, H = dy.shape
-    dc = dcT.to(c.dtype, copy=True)
+    if dhT is None and dcT is None and w_hh.dtype == c.dtype:  # (one memset for both)
+        dhT, dc = torch.zeros(2, B, H, dtype=c.dtype, device=dy.device).unbind(0)
+    else:
+        dc = torch.zeros(B, H, dtype=c.dtype, device=dy.device) if dcT is None else dcT.to(c.dtype, copy=True)
+        dhT = torch.zeros(B, H, dtype=w_hh.dtype, device=dy.device) if dhT is None else dhT
     if c0.dtype != c.dtype:
         c0 = c0.to(c.dtype)
     da = torch.empty(T, B, 4 * H, dtype=c.dtype, device=dy.device)
@@ -838,7 +843,7 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
 
     Args:
         w_hh, h0: as for :func:`gru_forward`.  y, gates: what it returned with ``train``.
-        dy: [T, B, H] gradient of y.  dhT: [B, H] gradient of the final h.  All contiguous.
+        dy: [T, B, H] gradient of y.  dhT: [B, H] gradient of the final h, or None for zeros.  All contiguous.
         plan: the plan the forward ran with.
         probe: as for :func:`forward` (timing probes only).
 
@@ -848,7 +853,11 @@ def gru_backward(w_hh: torch.Tensor, h0: torch.Tensor, y: torch.Tensor, gates: t
         (the input projection's gradient is da with its n third replaced by dxn); dh0 [B, H] (compute dtype).
     """
     T, B, H = dy.shape
-    carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
+    if dhT is None and w_hh.dtype == gates.dtype:  # (one memset for both)
+        carry, dhT = torch.zeros(2, B, H, dtype=gates.dtype, device=dy.device).unbind(0)
+    else:
+        carry = torch.zeros(B, H, dtype=gates.dtype, device=dy.device)
+        dhT = torch.zeros(B, H, dtype=w_hh.dtype, device=dy.device) if dhT is None else dhT
     da = torch.empty(T, B, 3 * H, dtype=gates.dtype, device=dy.device)
     dxn = torch.empty(T, B, H, dtype=gates.dtype, device=dy.device)
     dh0 = torch.empty(B, H, dtype=w_hh.dtype, device=dy.device)

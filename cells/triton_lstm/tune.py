@@ -30,7 +30,10 @@ every field's candidates around the starting tile, later those of a field after 
 each batch took.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
-cuDNN times, the device, the versions); replace a table entry only with such a measurement.  ``pytest bench
+cuDNN times, the peak memory of one forward+backward beside cuDNN's -- ``peak_fwdbwd_mib``: the exchange path's buffer
+is transient, 2 P P B 4 units values a layer call -- the device, the versions); replace a table entry only with such a
+measurement.  A change is kept on time alone: the memory target is the LM step's (a layer's transient buffer lands
+below the loss's own peak or above it), which ``bench-tuned`` measures.  ``pytest bench
 --benchmark-only --bench-tiles OUT.json`` times each search's winner with the micro-benchmarks first, before the tables
 (:func:`file_tiles`, :func:`.launch.use_file_tiles`; the GPU check's ``bench-tuned`` steps).
 """
@@ -75,9 +78,11 @@ def _time(fn, reps: int, calls: int = 1) -> float:
 
 
 def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
-            ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """(forward s, forward+backward s, the output, the input's gradient) of ``module`` on ``x``; upstream gradient
-    all ones."""
+            ) -> tuple[float, float, torch.Tensor, torch.Tensor, int]:
+    """(forward s, forward+backward s, the output, the input's gradient, the forward+backward's peak bytes) of
+    ``module`` on ``x``; upstream gradient all ones.  The peak: CUDA memory allocated at once during one
+    forward+backward above what was allocated before it (the gradients of the parameters set to None first), so the
+    exchange buffers' transient cost shows beside cuDNN's workspace and reserve."""
     def fwd():
         return module(x)[0]
 
@@ -86,10 +91,16 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
 
     out = fwd().detach().float()  # in grad mode: the kernels timed, not also the forward without grad
     x.grad = None
+    module.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     fwdbwd()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
     grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
     x.grad = None
-    return _time(fwd, reps), _time(fwdbwd, reps), out, grad
+    return _time(fwd, reps), _time(fwdbwd, reps), out, grad, peak
 
 
 def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
@@ -249,7 +260,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     ref.load_state_dict(module.state_dict())
     ref.flatten_parameters()  # one contiguous weight chunk, as cuDNN wants (else it compacts them every call)
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
-    cudnn_fwd, cudnn_fwdbwd, _, _ = _passes(ref, x, reps)
+    cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak = _passes(ref, x, reps)
     table = launch.tiles(kind)
     key = (hidden, dtype)
     original = table.get(key)
@@ -278,7 +289,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.launch_options.cache_clear()
         t0 = time.perf_counter()
         try:
-            fwd, fwdbwd, out, grad = _passes(module, x, reps)
+            fwd, fwdbwd, out, grad, peak = _passes(module, x, reps)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
             keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
@@ -294,12 +305,14 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         rec = {"cell": cell, "preset": preset, "dtype": str(dtype), "fp32_precision": fp32_precision,
                "tile": dataclasses.asdict(tile), "fwd_s": fwd,
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
-               "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "max_diff": diff, "ok": diff <= tol,
+               "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "peak_fwdbwd_mib": peak / 2**20,
+               "cudnn_peak_fwdbwd_mib": cudnn_peak / 2**20, "max_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
         keep(rec)
         seen[tile] = fwdbwd if rec["ok"] else float("inf")
         log(f"{preset:6} {str(dtype):14} {describe(tile)}  fwd {fwd * 1e3:7.3f} ms  "
-            f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  diff {diff:.1e}"
+            f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  "
+            f"peak {peak / 2**20:6.1f} MiB (cuDNN {cudnn_peak / 2**20:.1f})  diff {diff:.1e}"
             + ("" if rec["ok"] else "  WRONG"))
         return seen[tile]
 
