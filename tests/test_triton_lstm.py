@@ -1011,12 +1011,17 @@ def test_the_forward_exchange_is_a_tile_field_for_the_persistent_and_stepwise_pa
     options = launch.exchange_options(plan, torch.float32, True)
     assert (options["KX"], options["DG"], options["SG"], options["SYNC"]) == (16, 2, 2, True)
     assert launch.exchange_weight(torch.randn(4 * 650, 650), plan).shape == (41, 16, 41, 64)
-    # wx[s, k, d, 4 u + g] = W_hh[g H + d U + u, s U + k], zeros past H and past a program's units
+    # wx[s, k, d, 4 u + g] = W_hh[g H + d U + u, s U + k], zeros past H; compact: no k past a program's units, no
+    # unit past them (the kernels mask the dot's padding), so W_hh's own size where P U = H
     small = dataclasses.replace(launch.plan_for(3, 13, torch.float32, None, path="stepwise", units=5), block_j=8)
     w = torch.randn(4 * 13, 13)
     wx = launch.exchange_weight(w, small)
-    assert wx.shape == (3, 16, 3, 32) and wx[1, 2, 2, 4 * 1 + 3] == w[3 * 13 + 2 * 5 + 1, 1 * 5 + 2]
-    assert wx[2, 3, 0, 0] == 0 and wx[0, 5, 0, 0] == 0 and wx[0, 0, 2, 4 * 3] == 0  # (k 13, k 5, unit 13: padding)
+    assert wx.shape == (3, 5, 3, 20) and wx[1, 2, 2, 4 * 1 + 3] == w[3 * 13 + 2 * 5 + 1, 1 * 5 + 2]
+    assert wx[2, 3, 0, 0] == 0 and wx[0, 0, 2, 4 * 3] == 0  # (k 13, unit 13: past H)
+    five = dataclasses.replace(plan, units=5, block_j=8, programs=130)
+    assert launch.exchange_weight(torch.randn(4 * 650, 650), five).numel() == 4 * 650 * 650
+    one = dataclasses.replace(small, units=1, block_j=2, programs=13)  # (where a reshape alone gives a strided view)
+    assert launch.exchange_weight(w, one).is_contiguous() and launch.exchange_weight_bwd(w, one).is_contiguous()
     start = launch.apart(launch.Tile(units=5, block_j=8, block_k=32, num_warps=8, num_warps_bwd=8, num_stages=3))
     found = tune.candidates(start, 1500, torch.float32, 132, "exchange")
     assert [(t.exchange, t.units, t.block_j, t.per_sm, t.num_warps) for t in found] == [
@@ -1031,10 +1036,10 @@ def test_the_forward_exchange_is_a_tile_field_for_the_persistent_and_stepwise_pa
     assert "; the forward's K loop: one dot for all gates" in dataclasses.replace(plan, exchange=False,
                                                                                   exchange_bwd=True).describe()
     assert launch.exchange_weight_bwd(torch.randn(4 * 650, 650), plan).shape == (41, 64, 41, 16)
-    # wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v]
+    # wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v], compact as wx
     wb = launch.exchange_weight_bwd(w, small)
-    assert wb.shape == (3, 32, 3, 8) and wb[1, 4 * 2 + 3, 2, 1] == w[3 * 13 + 1 * 5 + 2, 2 * 5 + 1]
-    assert wb[2, 4 * 3, 0, 0] == 0 and wb[0, 0, 2, 3] == 0  # (unit 13 and column 13: padding)
+    assert wb.shape == (3, 20, 3, 5) and wb[1, 4 * 2 + 3, 2, 1] == w[3 * 13 + 1 * 5 + 2, 2 * 5 + 1]
+    assert wb[2, 4 * 3, 0, 0] == 0 and wb[0, 0, 2, 3] == 0  # (unit 13 and column 13: past H)
     assert tune.describe(found[3]).endswith("gates exchange")
 
 

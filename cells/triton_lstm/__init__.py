@@ -272,45 +272,53 @@ with them: a dot per gate 4 wide, one for the gates 2 x 4 wide, which Triton 3.6
 TF32 and bfloat16 (padding what the MMA needs).
 
 The recurrent matmuls as an exchange of shares instead of a K loop (``launch.Tile.exchange`` for the forward,
-``exchange_bwd`` for the backward; the kernels' EXCHANGE notes; 2026-11-29, untimed: the tile search's ``exchange``
-and ``exchange_bwd`` fields and the probe's ``exchange`` variants try them). What every measurement so far says (the
-H200's probe: the K loop is 94-99 % of a step, the grid barrier about 2.5 us; the tile search: a step's time grows
-with its chain of dependent K trips, not with its bytes -- K tiles of 16 to 64 at large all took 9.1-9.3 ms) is that
-the step waits on that chain: 21-94 trips a step, each a load, a round of shared-memory shuffles and a barrier. The
-exchange has none. Program p owns units [p U, p U + U) and so the rank-U share h_t[:, own] W_hh[:, own]^T of every
-program's next pre-activations; it writes those shares into an exchange buffer (phase 1: P / DG independent dots of
-depth max(16, U)), the grid barrier, then it sums the P shares of its own gate columns (phase 2: P / SG independent
-loads of a contiguous block) -- h_t itself never leaves the program. The backward does the same with dA_t's own gate
-columns and W_hh's own rows (shares of dh_{t-1}, a quarter the forward's width). The same one barrier a step (the
-buffer alternates by parity); per step and program phase 1 writes and phase 2 reads B x 4H values in the forward (B x
-H in the backward), 208 KB at medium and 480 KB at large in float32, so the L2 carries P x 0.4-1 MB a step instead of
-P reads of h_{t-1}, and W_hh arrives rearranged per launch so a program's slice is one contiguous slab
-(``launch.exchange_weight``, ``exchange_weight_bwd``). The cost is moved, not removed: phase 1 is the step's FMAs
-(padded: U to 16 and B 20 to 32), at 4 warps about 10.4 K FFMA a thread at medium with 16 units a program -- an issue
-bound near 5 us a step where the K loop measured 32-40 us -- and the exchange buffer, 2 x P x P x B x 4 U values of
-the accumulation dtype a layer call (the backward's a quarter of it; stored U wide, not the unit tile's power of two),
-float32 at batch 20: small 6.4 MB (50 x 4 units) or 3.2 (25 x 8); medium 54 MB (130 x 5), 34 (82 x 8), 17 (41 x 16), 9
-(21 x 32); large 120 MB (125 x 12), 90 (94 x 16), 45 (47 x 32); and W_hh's rearranged copy a launch, P x max(16,
-U_pad) x P x 4 U_pad values (0.4 of the buffer at 16 units). Transient, but inside the training step's peak (cuDNN's
-step: 302 MiB at medium, 843 at large), so the exchange pays in memory with few units a program: the micro-benchmarks'
-step peak memory of a search's winner (``bench-tuned``) says whether it keeps the memory target. Compiled for sm_90
-(Triton 3.6, batch 20, 4 warps unless said; registers forward / backward, programs an SM; one phase-1 dot's
-instructions / FFMA): small 50 x 4 units 168 / 168 (8 bytes spilled), 3 / 3 an SM; medium 130 x 5 180 / 243, 2 / 2, 82
-x 8 168 / 214, 3 / 2, 41 x 16 220 / 237, 2 / 2; large 125 x 12 188 / 231, 2 / 2, 94 x 16 (8 warps) 170 / 128 (24 bytes
-spilled), 1 / 2; bfloat16 41 x 16 and 94 x 16 254 / 238 (mma.sync), 2 / 2; a forward dot 667 / 512 at 4 warps, 350 /
-256 at 8. Phase 2's loads and phase 1's dots are sized so that nothing spills (``launch.EXCHANGE_COLUMNS``,
-``EXCHANGE_ELEMENTS``: twice the elements a load spilled 32-192 bytes); phase 2 issues two loads a trip
-(``EXCHANGE_LOADS``: its loop has 16 vector loads, 96 FADD and no CTA barrier a trip at medium, so a trip is one L2
-round trip). Phase 1 pads its depth to 16 for tl.dot; in exact float32 it can instead be outer products over the
-program's own units (``outer`` with ``exchange``, kernels' ``_xchg_out_fma``), which with 8 warps read no shared
+``exchange_bwd`` for the backward; the kernels' EXCHANGE notes; 2026-11-29, untimed: the tile search's ``exchange`` and
+``exchange_bwd`` fields and the probe's ``exchange`` variants try them). What every measurement so far says (the H200's
+probe: the K loop is 94-99 % of a step, the grid barrier about 2.5 us; the tile search: a step's time grows with its
+chain of dependent K trips, not with its bytes -- K tiles of 16 to 64 at large all took 9.1-9.3 ms) is that the step
+waits on that chain: 21-94 trips a step, each a load, a round of shared-memory shuffles and a barrier. The exchange has
+none. Program p owns units [p U, p U + U) and so the rank-U share h_t[:, own] W_hh[:, own]^T of every program's next
+pre-activations; it writes those shares into an exchange buffer (phase 1: P / DG independent dots of depth max(16, U)),
+the grid barrier, then it sums the P shares of its own gate columns (phase 2: P / SG independent loads of a contiguous
+block) -- h_t itself never leaves the program. The backward does the same with dA_t's own gate columns and W_hh's own
+rows (shares of dh_{t-1}, a quarter the forward's width). The same one barrier a step (the buffer alternates by parity);
+per step and program phase 1 writes and phase 2 reads B x 4H values in the forward (B x H in the backward), 208 KB at
+medium and 480 KB at large in float32, so the L2 carries P x 0.4-1 MB a step instead of P reads of h_{t-1}, and W_hh
+arrives rearranged per launch so a program's slice is one contiguous slab (``launch.exchange_weight``,
+``exchange_weight_bwd``), compact since 2026-11-29: only a program's U real rows and each destination's 4 U real columns
+are stored, the dot's padding (depth to 16, units to the tile's power of two) is masked in the loads, so a step's phase
+1 reads 4 U H values a program -- at medium with 5 units 52 KB in float32, where the padded slab was 266 KB (16 x 130 x
+32 values), more than an SM's L1 holds -- and the copy is W_hh's own size. The cost is moved, not removed: phase 1 is
+the step's FMAs (padded: U to 16 and B 20 to 32), at 4 warps about 10.4 K FFMA a thread at medium with 16 units a
+program -- an issue bound near 5 us a step where the K loop measured 32-40 us -- and the exchange buffer, 2 x P x P x B
+x 4 U values of the accumulation dtype a layer call (the backward's a quarter of it; stored U wide, not the unit tile's
+power of two), float32 at batch 20: small 6.4 MB (50 x 4 units) or 3.2 (25 x 8); medium 54 MB (130 x 5), 34 (82 x 8), 17
+(41 x 16), 9 (21 x 32); large 120 MB (125 x 12), 90 (94 x 16), 45 (47 x 32); and W_hh's rearranged copy a launch (its
+own size, 6.8 MB at medium in float32; it was P x max(16, U_pad) x P x 4 U_pad values, 35 MB at 5 units). Transient, but
+inside the training step's peak (cuDNN's step: 302 MiB at medium, 843 at large), so the exchange pays in memory with few
+units a program: the micro-benchmarks' step peak memory of a search's winner (``bench-tuned``) says whether it keeps the
+memory target. Compiled for sm_90 (Triton 3.6, batch 20, 4 warps unless said; registers forward / backward, programs an
+SM; one phase-1 dot's instructions / FFMA): small 50 x 4 units 168 / 168 (8 bytes spilled), 3 / 3 an SM; medium 130 x 5
+180 / 243, 2 / 2, 82 x 8 168 / 214, 3 / 2, 41 x 16 220 / 237, 2 / 2; large 125 x 12 188 / 231, 2 / 2, 94 x 16 (8 warps)
+170 / 128 (24 bytes spilled), 1 / 2; bfloat16 41 x 16 and 94 x 16 254 / 238 (mma.sync), 2 / 2; a forward dot 667 / 512
+at 4 warps, 350 / 256 at 8. Phase 2's loads and phase 1's dots are sized so that nothing spills
+(``launch.EXCHANGE_COLUMNS``, ``EXCHANGE_ELEMENTS``: twice the elements a load spilled 32-192 bytes); phase 2 issues two
+loads a trip (``EXCHANGE_LOADS``: its loop has 16 vector loads, 96 FADD and no CTA barrier a trip at medium, so a trip
+is one L2 round trip). Phase 1 pads its depth to 16 for tl.dot; in exact float32 it can instead be outer products over
+the program's own units (``outer`` with ``exchange``, kernels' ``_xchg_out_fma``), which with 8 warps read no shared
 memory and cross no CTA barrier: one trip (DG destinations) 309 instructions for 128 FFMA at medium with 8 units a
-program, so 6.5 K instructions a thread a step (82 programs) against 14 K for the dot at 16 units (41 programs); with
-4 warps it spills and shuffles (1,114 for 256). Whichever pays is for the GPU: the issue bounds above are 5-7 us a
-step at medium against the 32-40 us measured. The GRU has the same two kernels (``gru_fwd_xchg_kernel``,
-``gru_bwd_xchg_kernel``: gates r, z, n and a fourth of zeros in the shares; the n gate's W_hn h stays its own column,
-as the K-loop kernels keep it): forward / backward registers at medium 167 / 246 (130 x 5), 198 / 252 (41 x 16), at
-large 198 / 249 (125 x 12), 127 / 147 (94 x 16, 8 warps), bfloat16 238 / 242 (16 units); spills only in the small
-backward (12 bytes).
+program, so 6.5 K instructions a thread a step (82 programs) against 14 K for the dot at 16 units (41 programs); with 4
+warps it spills and shuffles (1,114 for 256). Whichever pays is for the GPU: the issue bounds above are 5-7 us a step at
+medium against the 32-40 us measured. The GRU has the same two kernels (``gru_fwd_xchg_kernel``,
+``gru_bwd_xchg_kernel``: gates r, z, n and a fourth of zeros in the shares; the n gate's W_hn h stays its own column, as
+the K-loop kernels keep it): forward / backward registers at medium 167 / 246 (130 x 5), 198 / 252 (41 x 16), at large
+198 / 249 (125 x 12), 127 / 147 (94 x 16, 8 warps), bfloat16 238 / 242 (16 units); spills only in the small backward (12
+bytes). With the compact W_hh slabs (2026-11-29; same shapes, Triton 3.6): registers forward / backward LSTM small 168 /
+168 (12 bytes spilled), medium 130 x 5 180 / 255, 82 x 8 168 / 214, 41 x 16 222 / 233, large 125 x 12 187 / 233, 94 x 16
+(8 warps) 170 / 140 (no spill now), 47 x 32 (8 warps) 161 / 206; GRU medium 130 x 5 163 / 255 (4 bytes), 41 x 16 196 /
+252, large 125 x 12 188 / 249, 94 x 16 125 / 146; bfloat16 at 16 units 254 / 240 (LSTM medium), 127 / 203 (large); phase
+1's loop 0.3-4 % more instructions (678 against 674 at medium, 5 units), its W_hh loads still 128 bits wide, and a fifth
+of the bytes where the units are not a power of two of at least 16.
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).

@@ -668,27 +668,32 @@ def lstm_fwd_kernel(
 # shares do (X: [2, P, P, B, 4 U], parity t % 2 read at step t, (t + 1) % 2 written; destination-major, so a
 # program's phase 2 reads one contiguous [P, B, 4 U] block; column 4 u + g is gate g of the destination's unit
 # u).  W_hh arrives rearranged per launch (``launch.exchange_weight``): wx[s, k, d, 4 u + g] = W_hh[g H + d U + u,
-# s U + k], zero-padded, so phase 1 of program s reads its own contiguous [KX, P, 4 BLOCK_J] slab.
+# s U + k], so phase 1 of program s reads its own contiguous [U, P, 4 U] slab, compact: the dot's padding (k up to
+# KX, units up to BLOCK_J) is masked, not stored.
 
 
 @triton.jit
-def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr, acc_ty: tl.constexpr,
+def _xchg_out(a_own, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, KR, WS: tl.constexpr, acc_ty: tl.constexpr,
               BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, DG: tl.constexpr, PRECISION: tl.constexpr,
               UPCAST: tl.constexpr):
-    # Phase 1: X[xo + (d, p, b, c)] = sum_k a_own[b, k] w[p, k, d, c] for every destination program d, DG at a time;
-    # a_own [BLOCK_B, KX], w [P, KX, P, W] (the forward: W = 4 BLOCK_J, the backward: BLOCK_J), X blocks [B, WS]: the
-    # first WS <= W columns, those of the units a program has (4 UNITS or UNITS; the rest are zeros, not stored).
+    # Phase 1: X[xo + (d, p, b, c)] = sum_k a_own[b, k] w[p, k, d WS + c] for every destination program d, DG at a
+    # time; a_own [BLOCK_B, KX] (zero past its KR real columns), w [P, KR, P WS] (compact: a program's KR rows, a
+    # destination's WS columns -- the forward: KR = UNITS, WS = 4 UNITS; the backward: 4 UNITS and UNITS), read
+    # through masks into the dot's [KX, DG W] operand (W = WS padded to a power of two), so no padding is stored or
+    # read; X blocks [B, WS].
     n = tl.arange(0, DG * W)
     kk = tl.arange(0, KX)
+    c = n % W
     xs = tl.cast(B, tl.int64) * WS  # elements of one (destination, source) block
-    w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W) + kk[:, None] * (P * W)
+    w_src = w_ptr + tl.cast(p, tl.int64) * KR * (P * WS) + kk[:, None] * (P * WS)
     for d0 in range(0, _bound(P), DG):
         d = d0 + n // W
-        d_ok = d < P
-        w = tl.load(w_src + (d0 * W + n)[None, :], mask=d_ok[None, :], other=0.0, eviction_policy="evict_last")
+        col_ok = (d < P) & (c < WS)
+        w = tl.load(w_src + (d * WS + c)[None, :], mask=(kk < KR)[:, None] & col_ok[None, :], other=0.0,
+                    eviction_policy="evict_last")
         part = _dot(a_own, w, tl.full((BLOCK_B, DG * W), 0.0, dtype=acc_ty), PRECISION, UPCAST)
-        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + (n % W)[None, :]
-        tl.store(x_ptr + off, part, mask=row_ok[:, None] & (d_ok & (n % W < WS))[None, :])
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + c[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -708,26 +713,27 @@ def _xchg_units(B, H, UNITS, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
 
 @triton.jit
 def _xchg_out_fma(a_src, row_a, u_lo, UNITS, H, w_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr,
-                  acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr, KX: tl.constexpr, KO: tl.constexpr,
-                  DG: tl.constexpr):
+                  acc_ty: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr, KO: tl.constexpr, DG: tl.constexpr):
     # _xchg_out as outer products over this program's KO (its units, padded to a power of two) rows of w, for exact
     # float32 (the forward's OUTER): no tl.dot, so no depth padded to 16 and no operand shuffles through shared
     # memory; a_src[row_a[b] + u_lo + k] is a_own[b, k] (re-read a column at a time: this program's own h_t, in L1).
     n = tl.arange(0, DG * W)
+    c = n % W
     xs = tl.cast(B, tl.int64) * WS
-    w_src = w_ptr + tl.cast(p, tl.int64) * (KX * P * W)
+    w_src = w_ptr + tl.cast(p, tl.int64) * UNITS * (P * WS)
     for d0 in range(0, _bound(P), DG):
         d = d0 + n // W
-        d_ok = d < P
+        col_ok = (d < P) & (c < WS)
         part = tl.full((BLOCK_B, DG * W), 0.0, dtype=acc_ty)
         for k in tl.static_range(KO):
             kv = rows * 0 + k  # (a block, not a scalar, in the mask: the interpreter mistypes a splat boolean)
             a_k = tl.load(a_src + row_a + u_lo + k, mask=row_ok & (kv < UNITS) & (u_lo + kv < H), other=0.0,
                           cache_modifier=".cg").to(acc_ty)
-            w_k = tl.load(w_src + k * (P * W) + d0 * W + n, mask=d_ok, other=0.0, eviction_policy="evict_last")
+            w_k = tl.load(w_src + k * (P * WS) + d * WS + c, mask=col_ok & (n * 0 + k < UNITS), other=0.0,
+                          eviction_policy="evict_last")
             part += a_k[:, None] * w_k.to(acc_ty)[None, :]
-        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + (n % W)[None, :]
-        tl.store(x_ptr + off, part, mask=row_ok[:, None] & (d_ok & (n % W < WS))[None, :])
+        off = xo + d[None, :] * (P * xs) + p * xs + rows[:, None] * WS + c[None, :]
+        tl.store(x_ptr + off, part, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -738,13 +744,13 @@ def _xchg_share(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_o
     # outer products over the program's units (OUTER), or its KX-wide slice through _xchg_out's tl.dot.
     if OUTER:
         _xchg_out_fma(h_base, row_h, u_lo, UNITS, H, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS, acc_ty,
-                      BLOCK_B, 4 * BLOCK_J, KX, BLOCK_J, DG)
+                      BLOCK_B, 4 * BLOCK_J, BLOCK_J, DG)
     else:
         kr = tl.arange(0, KX)
         h_own = tl.load(h_base + row_h[:, None] + (u_lo + kr)[None, :],
                         mask=row_ok[:, None] & ((kr < UNITS) & (u_lo + kr < H))[None, :], other=0.0,
                         cache_modifier=".cg")
-        _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, DG,
+        _xchg_out(h_own, wx_ptr, x_ptr, xo, p, rows, row_ok, P, B, UNITS, WS, acc_ty, BLOCK_B, 4 * BLOCK_J, KX, DG,
                   PRECISION, UPCAST)
 
 
@@ -773,7 +779,7 @@ def _xchg_in(x_ptr, xo, p, rows, row_ok, P, B, WS: tl.constexpr, acc_ty: tl.cons
 @triton.jit(do_not_specialize=["t_lo", "t_hi", "T", "PRO"])
 def lstm_fwd_xchg_kernel(
     xp_ptr,  # [T, B, 4H] input projection x_t W_ih^T
-    wx_ptr,  # [P, KX, P, 4 BLOCK_J] W_hh rearranged (launch.exchange_weight), compute dtype
+    wx_ptr,  # [P, UNITS, P, 4 UNITS] W_hh rearranged (launch.exchange_weight), compute dtype
     b_ih_ptr, b_hh_ptr,  # [4H] biases, compute dtype (added in the accumulation dtype)
     h0_ptr,  # [B, H] initial hidden state
     c0_ptr,  # [B, H] initial cell state, dtype of c
@@ -996,8 +1002,8 @@ def lstm_bwd_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def lstm_bwd_xchg_kernel(
-    wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd): wb[s, 4 u + g, d, v] = W_hh[g H + s U
-    # + u, d U + v], zero-padded; compute dtype
+    wb_ptr,  # [P, 4 UNITS, P, UNITS] W_hh rearranged (launch.exchange_weight_bwd): wb[s, 4 u + g, d, v] = W_hh[g H
+    # + s U + u, d U + v]; compute dtype
     c0_ptr, c_ptr, gates_ptr, dy_ptr, dhT_ptr, dc_ptr, da_ptr, dh0_ptr,  # as lstm_bwd_kernel's
     x_ptr,  # [2, P, P, B, WS] the exchange buffer, accumulation dtype: the shares of dA_{t+1} W_hh for time t in
     # parity t % 2 (made at step t + 1), those of dh_0 in parity 1
@@ -1064,8 +1070,8 @@ def lstm_bwd_xchg_kernel(
         # the shares of dA_t W_hh for time t - 1 (at t = 0: of dh_0), parity (t + 1) % 2
         tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
         a_own = tl.load(da_ptr + t64 * 4 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
-        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J,
-                  KB, DG, PRECISION, UPCAST)
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, 4 * UNITS, WS, acc_ty, BLOCK_B,
+                  BLOCK_J, KB, DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = dA_0 W_hh: the shares made at t = 0
         dh0 = _xchg_in(x_ptr, xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J, SG, XR)
@@ -1174,7 +1180,7 @@ def gru_fwd_kernel(
 @triton.jit(do_not_specialize=["t_lo", "t_hi", "T", "PRO"])
 def gru_fwd_xchg_kernel(
     xp_ptr,  # [T, B, 3H] input projection x_t W_ih^T (no bias)
-    wx_ptr,  # [P, KX, P, 4 BLOCK_J] W_hh rearranged (launch.exchange_weight; a fourth gate of zeros)
+    wx_ptr,  # [P, UNITS, P, 4 UNITS] W_hh rearranged (launch.exchange_weight; a fourth gate of zeros)
     b_ih_ptr, b_hh_ptr,  # [3H] biases, compute dtype
     h0_ptr,  # [B, H] initial hidden state
     y_ptr,  # [T, B, H] out: hidden states h_t
@@ -1239,7 +1245,7 @@ def gru_fwd_xchg_kernel(
 
 @triton.jit(do_not_specialize=["s_lo", "s_hi", "DO_TAIL", "T"])
 def gru_bwd_xchg_kernel(
-    wb_ptr,  # [P, KB, P, BLOCK_J] W_hh rearranged (launch.exchange_weight_bwd; a fourth gate of zeros)
+    wb_ptr,  # [P, 4 UNITS, P, UNITS] W_hh rearranged (launch.exchange_weight_bwd; a fourth gate of zeros)
     h0_ptr, y_ptr, gates_ptr, dy_ptr, dhT_ptr, carry_ptr, da_ptr, dxn_ptr, dh0_ptr,  # as gru_bwd_kernel's
     x_ptr,  # [2, P, P, B, WS] the exchange buffer (as lstm_bwd_xchg_kernel's)
     arrive_ptr, done_ptr,
@@ -1289,8 +1295,8 @@ def gru_bwd_xchg_kernel(
         tl.store(dxn_ptr + t64 * slab + o_h, da_n, mask=m)
         tl.debug_barrier()  # (every thread's stores of dA_t before any reads them)
         a_own = tl.load(da_ptr + t64 * 3 * slab + o_q, mask=m_q, other=0.0, cache_modifier=".cg")
-        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, WS, acc_ty, BLOCK_B, BLOCK_J,
-                  KB, DG, PRECISION, UPCAST)
+        _xchg_out(a_own, wb_ptr, x_ptr, ((t64 + 1) % 2) * xpar, p, rows, row_ok, P, B, 4 * UNITS, WS, acc_ty, BLOCK_B,
+                  BLOCK_J, KB, DG, PRECISION, UPCAST)
         _end_step(arrive_ptr + nb, (s - s_lo + 1) * tl.num_programs(0), SYNC, PROBE)
     if DO_TAIL:  # dh_0 = z_0 dh_0' + dA_0 W_hh: the carry and the shares made at t = 0
         dh0 = tl.load(carry_ptr + o_h, mask=m, other=0.0)

@@ -652,13 +652,14 @@ def _four_gates(w_hh: torch.Tensor, H: int, padded: int) -> torch.Tensor:
 
 def exchange_weight(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     """W_hh [4H, H] (the GRU's [3H, H]: a fourth gate of zeros) rearranged for the exchange path: wx[s, k, d, 4 u + g]
-    = W_hh[g H + d U + u, s U + k] (U: units a program), zero where a unit or a k is past H or past the program's
-    units; [P, KX, P, 4 BLOCK_J]."""
+    = W_hh[g H + d U + u, s U + k] (U: units a program), zero where a unit or a k is past H; [P, U, P, 4 U], compact
+    (W_hh's own size where P U = H): the kernels mask the dot's padding (k up to KX, u up to BLOCK_J) instead of
+    reading stored zeros, so a step's phase 1 reads 4 U H values a program (at medium, 5 units: a fifth of the 16 x
+    4 BLOCK_J x P it read padded)."""
     H = w_hh.shape[1]
-    U, P, J, KX = plan.units, plan.programs, plan.block_j, exchange_k(plan)
-    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)
-    w = torch.nn.functional.pad(w, (0, KX - U, 0, 0, 0, J - U))  # [4 (g), P (d), J (u), P (s), KX (k)]
-    return w.permute(3, 4, 1, 2, 0).reshape(P, KX, P, 4 * J)
+    U, P = plan.units, plan.programs
+    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)  # [4 (g), P (d), U (u), P (s), U (k)]
+    return w.permute(3, 4, 1, 2, 0).reshape(P, U, P, 4 * U).contiguous()  # (reshape may give a view where U = 1)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -675,13 +676,12 @@ def exchange_bwd_options(plan: Plan, dtype: torch.dtype) -> dict:
 
 def exchange_weight_bwd(w_hh: torch.Tensor, plan: Plan) -> torch.Tensor:
     """W_hh [4H, H] rearranged for the exchange backward: wb[s, 4 u + g, d, v] = W_hh[g H + s U + u, d U + v], zero
-    past H and past a program's units; [P, KB, P, BLOCK_J] with KB = max(16, 4 BLOCK_J)."""
+    past H; [P, 4 U, P, U], compact as :func:`exchange_weight`'s (the kernel masks rows up to KB, units up to
+    BLOCK_J)."""
     H = w_hh.shape[1]
-    U, P, J = plan.units, plan.programs, plan.block_j
-    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)
-    w = torch.nn.functional.pad(w, (0, J - U, 0, 0, 0, J - U))  # [4 (g), P (s), J (u), P (d), J (v)]
-    w = w.permute(1, 2, 0, 3, 4).reshape(P, 4 * J, P, J)
-    return torch.nn.functional.pad(w, (0, 0, 0, 0, 0, max(16, 4 * J) - 4 * J))
+    U, P = plan.units, plan.programs
+    w = _four_gates(w_hh, H, P * U).view(4, P, U, P, U)  # [4 (g), P (s), U (u), P (d), U (v)]
+    return w.permute(1, 2, 0, 3, 4).reshape(P, 4 * U, P, U).contiguous()
 
 
 def _launch_exchange(plan: Plan, name: str, spans: list[tuple[int, int, int]], B: int, width: int,
