@@ -110,6 +110,9 @@ BUDGET_S = 355  # the whole check, on one H100 or H200
 FULL_CELLS = "cudnn_lstm"
 FULL_BUDGET_S = 540
 REPORT_RESERVE_S = 20
+# What a self-stopping step (Step.time_limit_flag) keeps of its limit for finishing: the candidate under way when its
+# time is up (a tile search's: 1-3 s once compiled), writing its records, and leaving the process.
+TIME_LIMIT_MARGIN_S = 15
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 100
@@ -168,6 +171,12 @@ class Step:
     # A benchmark of the tile searches' winners: the searches' --json files, passed as --bench-tiles as far as they
     # name a winner when the step starts; none: the step is skipped (the searches found nothing, or did not run).
     tile_files: list[Path] = field(default_factory=list)
+    # A step that stops itself: this flag and the seconds the step may take (less TIME_LIMIT_MARGIN_S) go on its
+    # command line when it starts, so it ends its work in order rather than being killed (the tile searches).
+    time_limit_flag: str | None = None
+    # Later steps this one leaves their limits to, where they are among the steps run (the searches leave
+    # bench-tuned the time to benchmark what they found).
+    reserve_for: tuple[str, ...] = ()
 
 
 def with_winners(paths: list[Path]) -> list[Path]:
@@ -396,7 +405,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
             # Where the table's tiles lose their time, before the searches (9 s for two kernels on the H200): the
             # profiler says why (shared-memory traffic, stalls, by SASS line).
             *ncu,
-            Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"]),
+            Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"], time_limit_flag="--time-limit",
+                 reserve_for=("bench-tuned",)),
             # What the searches found, timed as the table's entries are (pytest-benchmark, beside cuDNN), so that a
             # session that tunes also measures what it would commit.  Apart from bench/ (the report would show two rows
             # of one name): gpu/<slug>/tuned.json and tuned-bf16.json.
@@ -410,7 +420,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
             Step("bench-graphs", [*pytest, "bench", "--benchmark-only", *graphs,
                                   f"--benchmark-json={out / 'bench' / slug / 'graphs.json'}"], limits["bench-graphs"]),
             # Small's entries were never searched and its fwd+bwd target is unmet: once the others are timed.
-            Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"]),
+            Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"],
+                 time_limit_flag="--time-limit", reserve_for=("bench-tuned",)),
             # Which part of a large step the time goes to (the LSTM's float32 was probed on 2026-11-28).
             Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
             # The targets on step modes and compiled cells (CUDA graphs, torch.compile).
@@ -532,9 +543,14 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: fl
     prefix = "" if part == "check" else f"{part}-"  # the other parts' logs and statuses sit beside the check's
     summary = {"started": now(), "part": part, "dry_run": dry_run, "slug": slug, "budget_s": budget_s, "steps": []}
     t0 = time.monotonic()
-    for step in select(steps(ptb.resolve(), out.resolve(), slug, dry_run, part, budget_s, full_cells), only):
-        left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S)
+    chosen = select(steps(ptb.resolve(), out.resolve(), slug, dry_run, part, budget_s, full_cells), only)
+    for i, step in enumerate(chosen):
+        reserve = sum(s.limit_s for s in chosen[i + 1:] if s.name in step.reserve_for)
+        left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S) - reserve
         limit = step.limit_s if dry_run else min(step.limit_s, left)
+        if step.time_limit_flag and not dry_run:  # (the dry run's searches only print their usage)
+            step = dataclasses.replace(step, argv=[*step.argv, step.time_limit_flag,
+                                                   str(max(1, int(limit - TIME_LIMIT_MARGIN_S)))])
         summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
         atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # scratch; OUT is meant to be shipped

@@ -191,6 +191,45 @@ def test_steps_choose_what_a_short_session_runs_and_in_which_order(monkeypatch, 
     assert exc.value.code == 2 and err.count("\n") == 1 and "--steps: unknown step(s) nope" in err, err
 
 
+def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_its_time(monkeypatch, tmp_path):
+    """A tile search is told what its step may take (``--time-limit``, less the margin for finishing), so a search cut
+    by the budget still names its best (it is not killed mid-search), and it leaves bench-tuned its limit where that
+    step is to run after it."""
+    import torch
+
+    from bench import gpu_check, machine
+
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    for split in ("train", "valid", "test"):
+        (ptb / f"ptb.{split}.txt").write_text("a b\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(machine, "device_slug", lambda device: "cuda-x")
+    ran = []
+
+    def run_step(step, log, limit_s=None):
+        ran.append((step.name, step.argv, limit_s))
+        return {"step": step.name, "status": "ok"}
+
+    monkeypatch.setattr(gpu_check, "run_step", run_step)
+    for budget, only, tune_limit in ((400, ["tune", "bench-tuned"], 300), (200, ["tune", "bench-tuned"], 135),
+                                     (200, ["tune"], 180), (200, ["tune-small", "tune", "bench-tuned"], 135)):
+        ran.clear()
+        assert gpu_check.check(ptb, tmp_path / "out", False, "perf", budget, only=only) == 0
+        by = {name: (argv, limit) for name, argv, limit in ran}
+        argv, limit = by["tune"]
+        assert limit == pytest.approx(tune_limit, abs=1), (budget, only, limit)
+        assert argv[-2:] == ["--time-limit", str(int(limit - gpu_check.TIME_LIMIT_MARGIN_S))]
+        if "bench-tuned" in only:
+            assert by["bench-tuned"][1] == pytest.approx(45, abs=1) and "--time-limit" not in by["bench-tuned"][0]
+    assert by["tune-small"][0][-2:] == ["--time-limit", "85"]  # (its own limit, 100 s: the steps take no time here)
+    from cells.triton_lstm import tune
+
+    parsed = []
+    monkeypatch.setattr(tune, "cli", lambda argv, *a, **k: parsed.append(argv) or 0)
+    assert tune.main(["--time-limit", "12"]) == 0 and parsed == [["--time-limit", "12"]]
+
+
 def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
     from bench import gpu_check
     from lm import env

@@ -866,6 +866,74 @@ def test_the_backward_on_rounded_da_is_for_16_bit_dtypes(monkeypatch):
     assert hp == 13 and ring.dtype == torch.bfloat16 and ring.shape == (2, 20, 4 * 13) and pad == {"PAD": True}
 
 
+def test_the_greedy_search_keeps_clear_gains_and_stops_at_its_time_limit():
+    """tune.greedy: a change kept only when more than 2 % faster, each field from the best so far, a second round only
+    after a round that kept a change; past the time limit no candidate is timed and the best so far is named."""
+    from cells.triton_lstm import tune
+
+    times = {("a", 0): 10.0, ("a", 1): 9.9, ("a", 2): 8.0, ("b", 0): 10.0, ("b", 1): 7.0, ("b", 2): 12.0}
+
+    def around(tile, field):  # tiles are dicts of field -> value; each field takes 0, 1 or 2
+        return [{**tile, field: v} for v in (0, 1, 2)]
+
+    def measure(tile):
+        timed.append(dict(tile))
+        return sum(times[f, v] for f, v in tile.items()) / 2
+
+    timed, warmed = [], []
+    best, seconds, cut = tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warmed.extend, rounds=2)
+    assert (best, seconds, cut) == ({"a": 2, "b": 1}, 7.5, False)
+    assert len(timed) == 1 + 3 + 3 + 6 and len(warmed) == 12  # (a second round: the first kept changes)
+    timed.clear()
+    assert tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warmed.extend, rounds=2,
+                       late=lambda: len(timed) >= 4) == ({"a": 2, "b": 0}, 9.0, True)
+    assert len(timed) == 4  # the start and field a's three
+    timed.clear()
+    assert tune.greedy({"a": 1, "b": 0}, ("a",), around, measure, warmed.extend,
+                       late=lambda: True) == ({"a": 1, "b": 0}, 9.95, True) and len(timed) == 1  # (the start only)
+
+
+def test_tune_and_probe_command_lines_reach_their_work(monkeypatch, tmp_path):
+    """The tile search's and the probe's command lines as far as their searches and probes, with CUDA faked: what only
+    a GPU reached before (a lookup of the ``cells`` module inside ``cli``, whose parameter of that name hides it,
+    would have failed both on the GPU at once).  Each search gets the presets, dtypes, cells and options asked for,
+    in cli's order, and --json holds its records; float32 matmuls are set exact, or TF32 beside a TF32 search."""
+    from cells.triton_lstm import probe, tune
+    from lm import env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launch, "runs_interpreted", lambda device: False)
+    monkeypatch.setattr(env, "environment", lambda device: {"device_name": "fake"})
+    calls = []
+
+    def fake(name):
+        def work(preset, dtype, reps, *args, emit=None, cell=None, **kwargs):
+            calls.append((name, preset, dtype, cell, kwargs.get("fp32_precision"), kwargs.get("fields")))
+            rec = {"cell": cell, "preset": preset, "dtype": str(dtype)}
+            emit(rec)
+            return [rec]
+        return work
+
+    monkeypatch.setattr(tune, "tune", fake("tune"))
+    monkeypatch.setattr(probe, "probe", fake("probe"))
+    with cells.fp32_matmul_precision("ieee"):  # (restores torch's TF32 settings after)
+        out = tmp_path / "tiles.json"
+        assert tune.main(["--presets", "medium,large", "--dtypes", "float32", "--cell", "triton_lstm,triton_gru",
+                          "--fields", "units,exchange", "--json", str(out)]) == 0
+        assert calls == [("tune", p, torch.float32, c, "ieee", ("units", "exchange"))
+                         for c in ("triton_lstm", "triton_gru") for p in ("medium", "large")]
+        assert len(json.loads(out.read_text())["records"]) == 4 and cells.fp32_matmul() == "ieee"
+        calls.clear()
+        assert tune.main(["--presets", "small", "--dtypes", "float32", "--fp32-precision", "tf32"]) == 0
+        assert calls == [("tune", "small", torch.float32, "triton_lstm", "tf32", None)]
+        assert cells.fp32_matmul() == "tf32"
+        calls.clear()
+        assert probe.main(["--presets", "large", "--dtypes", "float32,bfloat16", "--cell", "triton_gru",
+                           "--once"]) == 0
+        assert [c[:4] for c in calls] == [("probe", "large", d, "triton_gru") for d in (torch.float32, torch.bfloat16)]
+        assert cells.fp32_matmul() == "ieee"
+
+
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     """The tile search (cells.triton_lstm.tune) tries grids of up to 4 / 2 / 1 / 1/2 programs an SM with one unit tile
     each; on a machine without CUDA it says so in one line."""

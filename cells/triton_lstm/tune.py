@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 import cells
+import cells as registry  # (inside cli, whose parameter ``cells`` hides the module)
 
 from . import launch, precompile
 
@@ -243,11 +244,20 @@ CELLS = tuple(KINDS)
 
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
-         rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None) -> list[dict]:
+         rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None,
+         deadline: float | None = None) -> list[dict]:
     """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
     (the command line writes them out at once: a run cut short keeps what it measured).  ``fields``: vary only these
-    of :data:`FIELDS` (in its order; default all)."""
+    of :data:`FIELDS` (in its order; default all).  ``deadline`` (``time.monotonic()``): no candidate is timed after
+    it; a search it cuts still names the best it timed (its records say ``cut``), one it finds passed does not start.
+    """
+    def late() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    if late():
+        log(f"{preset} {dtype} {cell}: not searched (past the time limit)")
+        return []
     hidden, steps = PRESETS[preset]
     device = torch.device("cuda")
     sms = launch.sm_count(device)
@@ -327,21 +337,14 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     try:
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
         warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
-        best, best_s = start, measure(start)
-        for _ in range(rounds):
-            kept = best
-            for field in fields:
-                tiles = candidates(best, hidden, dtype, sms, field)
-                warm(tiles)
-                for tile in tiles:
-                    s = measure(tile)
-                    if s < best_s * 0.98:
-                        best, best_s = tile, s
-            if best == kept:
-                break
-        log(f"best {preset} {dtype}: {best} (fwd+bwd {best_s * 1e3:.3f} ms, cuDNN {cudnn_fwdbwd * 1e3:.3f} ms)")
+        best, best_s, cut = greedy(start, fields, lambda tile, field: candidates(tile, hidden, dtype, sms, field),
+                                   measure, warm, rounds, late)
+        log(f"best {preset} {dtype}: {best} (fwd+bwd {best_s * 1e3:.3f} ms, cuDNN {cudnn_fwdbwd * 1e3:.3f} ms)"
+            + ("; cut at the time limit, the later candidates untimed" if cut else ""))
         for rec in records:
             rec["best"] = rec.get("tile") == dataclasses.asdict(best)
+            if cut:
+                rec["cut"] = True
     finally:
         if original is None:
             table.pop(key, None)
@@ -352,11 +355,34 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     return records
 
 
+def greedy(start, fields, around, measure, warm, rounds: int = 1, late=lambda: False):
+    """The search itself: from ``start``, each field's candidates (``around(tile, field)``, compiled by ``warm`` first)
+    timed by ``measure`` (seconds; inf for a failed or wrong one), a change kept when it is more than 2 % faster; up to
+    ``rounds`` times over the fields, again only after a round that kept a change.  No candidate is timed once
+    ``late()``: the search is then cut.  Returns (the best tile, its seconds, whether it was cut)."""
+    best, best_s = start, measure(start)
+    for _ in range(rounds):
+        kept = best
+        for field in fields:
+            tiles = around(best, field)
+            warm(tiles)
+            for tile in tiles:
+                if late():
+                    return best, best_s, True
+                s = measure(tile)
+                if s < best_s * 0.98:
+                    best, best_s = tile, s
+        if best == kept:
+            break
+    return best, best_s, False
+
+
 def file_tiles(path: str | Path) -> dict[tuple[str, int, torch.dtype], tuple[launch.Tile, str]]:
     """The winners of the tile searches in one ``--json`` file of this module, for :func:`.launch.use_file_tiles`:
-    (kind, hidden size, dtype) -> (tile, "NAME (the tile search on DEVICE at commit C)").  A search cut short has no
-    winner (its preset keeps the table's tile); one in another arithmetic than exact float32 (``--fp32-precision``) is
-    not for the table and is left out.  Raises ValueError, one line, on a file that is not such a record."""
+    (kind, hidden size, dtype) -> (tile, "NAME (the tile search on DEVICE at commit C)").  A search killed before its
+    end has no winner (its preset keeps the table's tile; one its ``--time-limit`` cut names the best it timed); one
+    in another arithmetic than exact float32 (``--fp32-precision``) is not for the table and is left out.  Raises
+    ValueError, one line, on a file that is not such a record."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -415,6 +441,7 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     for flags, kwargs in extra:
         p.add_argument(*flags, **kwargs)
     args = p.parse_args(argv)
+    args.started = time.monotonic()
     presets = [s for s in args.presets.split(",") if s]
     dtypes = [s for s in args.dtypes.split(",") if s]
     bad = [s for s in presets if s not in PRESETS] + [d for d in dtypes if d not in DTYPES]
@@ -424,8 +451,9 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
         print(f"rnnbench: error: {module} times compiled kernels and needs CUDA (none here)", file=sys.stderr)
         return 2
-    # cuDNN's float32 RNN as the search's arithmetic: TF32 beside "tf32", exact beside "ieee" and "tf32x3"
-    cells.set_fp32_matmul("tf32" if args.fp32_precision == "tf32" else "ieee")
+    # cuDNN's float32 RNN as the search's arithmetic: TF32 beside "tf32", exact beside "ieee" and "tf32x3" (the
+    # probe has no --fp32-precision: exact; ``registry``, as the parameter ``cells`` hides the module)
+    registry.set_fp32_matmul("tf32" if getattr(args, "fp32_precision", "ieee") == "tf32" else "ieee")
     from lm import env
     from lm.records import atomic_write
 
@@ -472,9 +500,10 @@ def _fields(value: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
-               lambda preset, dtype, args, emit, cell: tune(preset, dtype, args.reps, cell=cell, emit=emit,
-                                                            rounds=args.rounds, fp32_precision=args.fp32_precision,
-                                                            fields=args.fields),
+               lambda preset, dtype, args, emit, cell: tune(
+                   preset, dtype, args.reps, cell=cell, emit=emit, rounds=args.rounds,
+                   fp32_precision=args.fp32_precision, fields=args.fields,
+                   deadline=None if args.time_limit is None else args.started + args.time_limit),
                cells=lambda args: args.cell,
                extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
                                          help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
@@ -484,6 +513,11 @@ def main(argv: list[str] | None = None) -> int:
                                            help="vary only these fields, comma-separated (default: all; each cell "
                                                 "varies those of them it has): "
                                                 + ", ".join(dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"])))),
+                      (("--time-limit",), dict(type=float, default=None, metavar="SECONDS",
+                                               help="time no candidate after this many seconds from the start: the "
+                                                    "search under way names the best it timed (its records say "
+                                                    "'cut'), later ones do not start (the GPU check passes what its "
+                                                    "step may take)")),
                       (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
                                            help="times over the fields, again only after a round that kept a change")),
                       (("--fp32-precision",), dict(default="ieee", choices=("ieee", "tf32", "tf32x3"),
