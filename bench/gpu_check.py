@@ -44,7 +44,9 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
 4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
                       float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``); it compiles its candidates side by
-                      side first (:mod:`cells.triton_lstm.precompile`).
+                      side first (:mod:`cells.triton_lstm.precompile`).  It is told what its step may take
+                      (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
+                      search's best timed, and it leaves ``bench-tuned`` that step's limit when that is to run.
 5. ``bench-tuned``    the micro-benchmarks' fwd+bwd and LM step of the cuDNN and Triton cells at every preset with
                       the searches' winners before the tile tables (``--bench-tiles``; ``gpu/<slug>/tuned.json``),
    ``bench-tuned-bf16`` the same in bfloat16 (``tuned-bf16.json``): what a session's search found, measured as the
