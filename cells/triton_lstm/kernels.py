@@ -217,7 +217,7 @@ def _outer_sum(src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, K_END, acc_ty: tl.
     kr = tl.arange(0, BLOCK_K)
     end = _bound(K_END)
     whole = end // (SPLIT * BLOCK_K) * (SPLIT * BLOCK_K)
-    for k0 in range(0, whole, SPLIT * BLOCK_K):
+    for k0 in range(0, _bound(whole), SPLIT * BLOCK_K):  # (_bound: a block in Triton 3.6's interpreter)
         acc3 = _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, k0, kr, SPLIT, BLOCK_K, False)
     if whole < end:
         acc3 = _outer_trip(acc3, src, src_rows, src_ok, w_ptr, w_rows, w_ok, K, whole, kr, SPLIT, BLOCK_K, True)
@@ -471,7 +471,7 @@ def _h_w_outer(h_src, row_h, row_ok, w_ptr, js, j_ok, H, K_END, acc_ty: tl.const
     kr = tl.arange(0, BLOCK_K)
     end = _bound(K_END)
     whole = end // (SPLIT * BLOCK_K) * (SPLIT * BLOCK_K)
-    for k0 in range(0, whole, SPLIT * BLOCK_K):
+    for k0 in range(0, _bound(whole), SPLIT * BLOCK_K):  # (_bound: a block in Triton 3.6's interpreter)
         p0, p1, p2, p3 = _h_w_outer_trip(p0, p1, p2, p3, h_src, row_h, row_ok, w_ptr, js, j_ok, H, k0, kr, NG, SPLIT,
                                          BLOCK_K, False)
     if whole < end:
