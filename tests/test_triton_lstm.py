@@ -1248,6 +1248,14 @@ def test_probe_launches_every_variant(monkeypatch):
     assert [(r["variant"], "error" in r) for r in recs if r["kernel"] == "fwd"][1:3] == [("no-matmul", False),
                                                                                        ("stages-3", True)]
     assert len(recs) == 2 * len(variants) and "cannot all be resident" in recs[2]["error"]
+    # and one the compiler refuses (Triton's OutOfResources is no RuntimeError: large bfloat16's split-4, sm_90)
+    def too_big(fn, reps, calls):
+        if fn.args[0].num_stages == 3:
+            raise triton.runtime.errors.OutOfResources(327680, 232448, "shared memory")
+        return timer(fn, reps, calls)
+
+    recs = probe.probe("tiny", torch.float32, 1, device="cpu", timer=too_big, log=lambda *_: None)
+    assert len(recs) == 2 * len(variants) and recs[2]["error"].startswith("OutOfResources: out of resource: shared")
     # on a persistent plan: half the units a program, twice the programs, two an SM
     plan = launch.plan_for(20, 650, torch.float32, 132)
     narrow = dict((n, p) for n, p, _ in probe._variants(plan, torch.float32, 650, 132))["narrow"]

@@ -197,8 +197,11 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             where = {"cell": cell, "preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name}
             try:
                 s = timer(functools.partial(fn, p, flag), reps, CALLS)
-            except RuntimeError as exc:  # a variant this GPU refuses (e.g. narrow's grid not resident): the rest go on
-                rec = {**where, "error": str(exc)[:500], "plan": dataclasses.asdict(p), "describe": p.describe()}
+            except Exception as exc:  # noqa: BLE001 -- a variant this GPU or the compiler refuses (narrow's grid not
+                # resident; split-4's shared memory past the SM's at large in bfloat16, Triton's OutOfResources): the
+                # rest go on
+                rec = {**where, "error": f"{type(exc).__name__}: {exc}"[:500], "plan": dataclasses.asdict(p),
+                       "describe": p.describe()}
                 records.append(rec)
                 if emit:
                     emit(rec)
