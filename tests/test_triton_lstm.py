@@ -796,6 +796,27 @@ def test_kernels_compile_however_triton_was_imported():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_the_gpu_tools_rehearse_without_a_gpu(tmp_path):
+    """cells.triton_lstm.rehearse: the probe and a tile search as the GPU check runs them, kernels compiled for sm_90
+    and launched through Triton's launch path with the launches mocked -- a quick one (the probe's one launch at small,
+    the search's exchange field), in a process of its own (it patches torch and triton); a fresh Triton cache, so it
+    compiles for real."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.compiler")
+    if "nvidia" not in pytest.importorskip("triton.backends").backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+    r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.rehearse", "--probe-presets", "small", "--once",
+                        "--tune-presets", "small", "--dtypes", "float32", "--cells", "triton_lstm", "--fields",
+                        "exchange"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TRITON_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tune triton_lstm small torch.float32: 5 candidates, 0 refused" in r.stdout, r.stdout
+    assert "rehearsal done" in r.stdout
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled flavour, which the interpreter never runs, must get through Triton's compiler: the persistent
     kernels of the PTB medium layer (bfloat16, 130 programs, grid barrier) built for sm_90 down to a cubin, no GPU

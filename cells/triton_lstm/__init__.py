@@ -6,7 +6,8 @@ module's :class:`TritonLSTM`, registered as ``triton_lstm``.  Parameters, layer 
 inter-layer dropout and the optional initial state come from :class:`cells.base.RecurrentStack`,
 so the ``state_dict`` is that of ``torch.nn.LSTM``.  Tools beside them: ``probe.py`` (where a step's time
 goes), ``tune.py`` (the tile search), ``precompile.py`` (their kernels compiled side by side before timing),
-``sm90.py`` (registers and spills with no GPU), ``hostcost.py`` (host time per call).
+``sm90.py`` (registers and spills with no GPU), ``hostcost.py`` (host time per call), ``rehearse.py`` (the probe and
+the tile search run in full with the launches mocked: what would fail on the GPU, found without one).
 
 Design, per layer
 -----------------

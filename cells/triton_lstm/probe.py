@@ -139,12 +139,13 @@ def _variants(plan: launch.Plan, dtype: torch.dtype, hidden: int | None = None, 
 
 
 def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=print, device: str = "cuda",
-          timer=_time, emit=None, cell: str = "triton_lstm") -> list[dict]:
+          timer=_time, emit=None, cell: str = "triton_lstm", sms: int | None = None) -> list[dict]:
     """The variants of both kernels of ``cell`` (triton_lstm or triton_gru) for one preset and dtype; one record per
     kernel and variant, each also passed to ``emit`` as it is made.
 
-    ``device`` and ``timer`` (``timer(fn, reps, calls)`` -> seconds) are for tests: the CPU runs the kernels in
-    Triton's interpreter, where no timing means anything."""
+    ``device``, ``timer`` (``timer(fn, reps, calls)`` -> seconds) and ``sms`` (the SM count, for the variants that
+    need it: default the device's on CUDA, none elsewhere) are for tests and :mod:`.rehearse`: the CPU runs the
+    kernels in Triton's interpreter, where no timing means anything."""
     hidden, steps = PRESETS[preset]
     device = torch.device(device)
     kind = "GRU" if cell == "triton_gru" else "LSTM"
@@ -166,7 +167,8 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             return launch.gru_backward(a["w_hh"], a["h0"], *saved, a["dy"], a["dhT"], p, probe=probe_flag)
         return launch.backward(a["w_hh"], a["c0"], *saved, a["dy"], a["dhT"], a["dcT"], p, probe=probe_flag)
 
-    variants = _variants(plan, dtype, hidden, launch.sm_count(device) if device.type == "cuda" else None, kind)
+    variants = _variants(plan, dtype, hidden, sms or (launch.sm_count(device) if device.type == "cuda" else None),
+                         kind)
 
     def every_variant() -> None:
         nonlocal saved

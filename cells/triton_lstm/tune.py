@@ -93,12 +93,15 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
     out = fwd().detach().float()  # in grad mode: the kernels timed, not also the forward without grad
     x.grad = None
     module.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+    cuda = x.device.type == "cuda"  # (elsewhere: a rehearsal, :mod:`.rehearse`; no peak)
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     fwdbwd()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
+    if cuda:
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base if cuda else 0
     grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
     x.grad = None
     return _time(fwd, reps), _time(fwdbwd, reps), out, grad, peak
@@ -245,13 +248,14 @@ CELLS = tuple(KINDS)
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
          rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None,
-         deadline: float | None = None) -> list[dict]:
+         deadline: float | None = None, device: str = "cuda", sms: int | None = None) -> list[dict]:
     """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
     (the command line writes them out at once: a run cut short keeps what it measured).  ``fields``: vary only these
     of :data:`FIELDS` (in its order; default all).  ``deadline`` (``time.monotonic()``): no candidate is timed after
     it; a search it cuts still names the best it timed (its records say ``cut``), one it finds passed does not start.
-    """
+    ``device`` and ``sms`` (default: the device's SM count) are for :mod:`.rehearse`, which runs the search with the
+    launches mocked."""
     def late() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
@@ -259,8 +263,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         log(f"{preset} {dtype} {cell}: not searched (past the time limit)")
         return []
     hidden, steps = PRESETS[preset]
-    device = torch.device("cuda")
-    sms = launch.sm_count(device)
+    device = torch.device(device)
+    sms = sms or launch.sm_count(device)
     torch.manual_seed(0)
     # fp32_precision: the float32 recurrent matmuls' arithmetic (the cell's option; bfloat16 ignores it); the table is
     # per (hidden size, dtype), so a search in "tf32x3" says which tile it would want, not what the table holds.

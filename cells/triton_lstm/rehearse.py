@@ -1,0 +1,99 @@
+"""Rehearse the GPU check's probe and tile search without a GPU, to find what would fail there first.
+
+Both tools time compiled kernels, so no CPU test reaches most of their code, and a GPU session is the project's rarest
+resource.  This runs them in full as the GPU check calls them -- every variant and candidate built, its kernels
+compiled for sm_90 for real and launched through Triton's whole launch path -- with the launches mocked and every
+timing a constant (:mod:`.hostcost`'s stand-in driver: CPU tensors, 132 SMs), under whatever torch and Triton are
+installed (the GPU machines carry torch 2.11 and Triton 3.6: a scratch venv with those is the closest rehearsal).
+Nothing runs, so every output is garbage and the search's check against its first candidate says WRONG: that is
+expected here.  What counts is an exception that escapes a tool (the run stops there: exit 1), and the variants and
+candidates a tool records as refused (listed; the GPU would refuse them too, e.g. a tile whose shared memory exceeds
+an SM's).  ::
+
+    python -m cells.triton_lstm.rehearse          # the probe at large and the tile search at medium and large,
+                                                  # float32 and bfloat16, both cells, the GPU check's fields
+    python -m cells.triton_lstm.rehearse --probe-presets small --once --tune-presets small --dtypes float32 \\
+        --cells triton_lstm --fields exchange     # a quick one (the test's)
+
+Found this way (2026-11-29, torch 2.11 + Triton 3.6): the probe ended at large bfloat16, where one variant's shared
+memory exceeds sm_90's and Triton raises OutOfResources, no RuntimeError.  It patches torch and triton for the whole
+process (as :mod:`.hostcost`): run it on its own, never import it into a program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+SMS = 132  # an H100 SXM's or H200's
+
+
+def _tools():
+    """Install the stand-in driver, then import the tools it must patch under (order matters)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import torch
+
+    from . import hostcost, launch
+
+    hostcost._fake_cuda(False)
+    launch.sm_count = lambda device: SMS
+    launch.plan_for.cache_clear()
+    from . import probe, tune
+
+    tune._time = _constant  # (the search's timer, looked up when it times)
+    return torch, probe, tune
+
+
+def _constant(fn, reps: int, calls: int = 1) -> float:
+    """A timer for work that does not run: one call (compiling and launching), then any constant."""
+    fn()
+    return 1e-3
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.gpu_check import TUNE_FIELDS
+
+    p = argparse.ArgumentParser(prog="python -m cells.triton_lstm.rehearse", description=__doc__.split("\n\n")[0])
+    p.add_argument("--probe-presets", default="large", help="comma-separated; empty: no probe")
+    p.add_argument("--once", action="store_true", help="the probe's --once: one forward and backward, no variants")
+    p.add_argument("--tune-presets", default="medium,large", help="comma-separated; empty: no tile search")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--cells", default="triton_lstm,triton_gru")
+    p.add_argument("--fields", default=",".join(TUNE_FIELDS),
+                   help="the tile search's fields (default: the GPU check's); 'all' for every field")
+    args = p.parse_args(argv)
+    torch, probe, tune = _tools()
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    fields = None if args.fields == "all" else tune._fields(args.fields)
+    refused, t0 = [], time.monotonic()
+    try:
+        for cell in filter(None, args.cells.split(",")):
+            for dtype in (dtypes[d] for d in filter(None, args.dtypes.split(","))):
+                for preset in filter(None, args.probe_presets.split(",")):
+                    recs = probe.probe(preset, dtype, 1, once=args.once, device="cpu", timer=_constant,
+                                       log=lambda *a: None, cell=cell, sms=SMS)
+                    bad = [f"{r['kernel']} {r['variant']}: {r['error'][:160]}" for r in recs if "error" in r]
+                    refused += [f"probe {cell} {preset} {dtype}: {b}" for b in bad]
+                    print(f"probe {cell} {preset} {dtype}: " + ("one forward and one backward launched" if args.once
+                          else f"{len(recs)} variant launches, {len(bad)} refused"), flush=True)
+                for preset in filter(None, args.tune_presets.split(",")):
+                    recs = tune.tune(preset, dtype, 1, cell=cell, fields=fields, log=lambda *a: None, device="cpu",
+                                     sms=SMS)
+                    bad = [f"{tune.describe(tune.launch.Tile(**r['tile']))}: {r['error'][:160]}" for r in recs
+                           if "error" in r]
+                    refused += [f"tune {cell} {preset} {dtype}: {b}" for b in bad]
+                    print(f"tune {cell} {preset} {dtype}: {len(recs)} candidates, {len(bad)} refused", flush=True)
+    except Exception as exc:  # noqa: BLE001 -- what the rehearsal is for: say where, in one line, and fail
+        print(f"rnnbench: error: the rehearsal stopped: {type(exc).__name__}: {str(exc)[:400]}", file=sys.stderr)
+        return 1
+    for line in refused:
+        print(f"  refused: {line}")
+    print(f"rehearsal done in {time.monotonic() - t0:.0f} s: no tool raised; {len(refused)} refused (the GPU would "
+          "refuse them too)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
