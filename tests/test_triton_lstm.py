@@ -800,7 +800,7 @@ def test_the_gpu_tools_rehearse_without_a_gpu(tmp_path):
     """cells.triton_lstm.rehearse: the probe and a tile search as the GPU check runs them, kernels compiled for sm_90
     and launched through Triton's launch path with the launches mocked -- a quick one (the probe's one launch at small,
     the search's exchange field), in a process of its own (it patches torch and triton); a fresh Triton cache, so it
-    compiles for real."""
+    compiles for real, and TRITON_INTERPRET=1 inherited, as bench/conftest.py sets it for the tests without a GPU."""
     import os
     import subprocess
     import sys
@@ -811,7 +811,7 @@ def test_the_gpu_tools_rehearse_without_a_gpu(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.rehearse", "--probe-presets", "small", "--once",
                         "--tune-presets", "small", "--dtypes", "float32", "--cells", "triton_lstm", "--fields",
                         "exchange"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "TRITON_CACHE_DIR": str(tmp_path)})
+                       env={**os.environ, "TRITON_CACHE_DIR": str(tmp_path), "TRITON_INTERPRET": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tune triton_lstm small torch.float32: 5 candidates, 0 refused" in r.stdout, r.stdout
     assert "rehearsal done" in r.stdout

@@ -26,13 +26,13 @@ import argparse
 import os
 import sys
 import time
+import traceback
 
 SMS = 132  # an H100 SXM's or H200's
 
 
 def _tools():
     """Install the stand-in driver, then import the tools it must patch under (order matters)."""
-    os.environ.pop("TRITON_INTERPRET", None)
     import torch
 
     from . import hostcost, launch
@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                            if "error" in r]
                     refused += [f"tune {cell} {preset} {dtype}: {b}" for b in bad]
                     print(f"tune {cell} {preset} {dtype}: {len(recs)} candidates, {len(bad)} refused", flush=True)
-    except Exception as exc:  # noqa: BLE001 -- what the rehearsal is for: say where, in one line, and fail
-        print(f"rnnbench: error: the rehearsal stopped: {type(exc).__name__}: {str(exc)[:400]}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 -- what the rehearsal is for: say what and where, and fail
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"rnnbench: error: the rehearsal stopped: {type(exc).__name__}: {str(exc)[:400]} "
+              f"({where.filename}:{where.lineno})", file=sys.stderr)
+        traceback.print_exc()
         return 1
     for line in refused:
         print(f"  refused: {line}")
@@ -96,4 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Compiled, not interpreted, from the first import of triton on: with TRITON_INTERPRET set (bench/conftest.py sets
+    # it for the tests where there is no GPU, and a process they start inherits it) the package imported triton
+    # interpreted before this line ran, and triton then refuses to compile for Hopper -- so start again without it.
+    if os.environ.pop("TRITON_INTERPRET", None) is not None:
+        os.execv(sys.executable, [sys.executable, "-m", "cells.triton_lstm.rehearse", *sys.argv[1:]])
     sys.exit(main())
