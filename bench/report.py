@@ -146,11 +146,30 @@ def matmul_rates(results: str | Path, extra: list[dict]) -> dict[tuple[str, str]
     return out
 
 
-def rate_for(rates: dict, device, device_name, threads=None) -> dict | None:
-    """The newest measurement for the device, preferring one taken with the same number of CPU threads."""
+def rate_for(rates: dict, device, device_name, threads=None, when=None) -> dict | None:
+    """The device's measurement as it stood at ``when`` (an ISO time: a run's start): the last one taken before it,
+    else the first after it; without ``when`` the newest; one taken with the same number of CPU threads first.
+    (Machines of one name differ: CPU sessions' "AMD EPYC" measured 71, 76 and 97 GFLOP/s a thread, so a run is not
+    divided by a later session's figure.)"""
     ms = rates.get((device, device_name)) or []
     same = [m for m in ms if threads is not None and str(m.get("torch_threads")) == str(threads)]
-    return (same or ms or [None])[-1]
+    ms = same or ms  # (oldest first: matmul_rates)
+    at = _time(when)
+    if at is None or not ms:
+        return (ms or [None])[-1]
+    before = [m for m in ms if (t := _time(m.get("measured"))) is not None and t <= at]
+    return before[-1] if before else ms[0]
+
+
+def _time(value):
+    """An ISO time as an aware datetime (naive ones taken as UTC), or None."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None = None) -> pd.DataFrame:
@@ -169,7 +188,8 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
         per_token = (flops.lm_flops_per_token(kind, int(hidden), int(layers), int(vocab))
                      if kind in flops.GATES and not any(map(math.isnan, (hidden, layers, vocab))) else math.nan)
         wps = _num(r.get("words_per_sec"))
-        rate = rate_for(rates, env.get("device"), env.get("device_name"), env.get("torch_threads")) or {}
+        rate = rate_for(rates, env.get("device"), env.get("device_name"), env.get("torch_threads"),
+                        r.get("started")) or {}
         matmul = _num(rate.get("fp32_matmul_flops"))
         load, load_end = r.get("load_average_start"), r.get("load_average_end")
         ttq = quality(r)
@@ -444,7 +464,8 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                f"Runs started {_dates(latest['started'])} (UTC)"
                + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "") + ". "
                + _baselines_note(group)
-               + _rate_note(rate_for(rates, device, name, _common(latest["torch_threads"]))), ""]
+               + _rate_note([rate_for(rates, device, name, r.torch_threads, r.started) for r in latest.itertuples()]),
+               ""]
         t = latest.assign(epochs=[f"{d}/{p}" + _eval_mark(w) for d, p, w in
                                   zip(latest["epochs_done"], latest["epochs_planned"], latest["max_eval_words"],
                                       strict=True)],
@@ -611,13 +632,23 @@ def _load(start: float, end: float) -> str:
     return f"{start:.1f}" if math.isnan(end) else f"{start:.1f}→{end:.1f}"
 
 
-def _rate_note(rate: dict | None) -> str:
-    if not rate:
+def _rate_note(rate: dict | None | list) -> str:
+    """The matmul rate a table's % matmul divides by; a list: the rates of its rows (each the rate as it
+    stood at the row's own time, :func:`rate_for`), stated as a range where they differ."""
+    used = list({id(r): r for r in (rate if isinstance(rate, list) else [rate]) if r}.values())
+    if not used:
         return " No matmul rate measured for this device: the % matmul column is empty."
+    rate = used[0]
     cpu_threads = rate.get("device") == "cpu" and rate.get("torch_threads")
     threads = f", {rate['torch_threads']} thread(s)" if cpu_threads else ""
-    return (f" Matmul rate (fp32, {rate.get('fp32_matmul_n')}²{threads}): "
-            f"{_num(rate.get('fp32_matmul_flops')) / 1e9:.4g} GFLOP/s, measured {_date(rate.get('measured'))}.")
+    if len(used) == 1:
+        return (f" Matmul rate (fp32, {rate.get('fp32_matmul_n')}²{threads}): "
+                f"{_num(rate.get('fp32_matmul_flops')) / 1e9:.4g} GFLOP/s, measured {_date(rate.get('measured'))}.")
+    flops = sorted(_num(r.get("fp32_matmul_flops")) / 1e9 for r in used)
+    dates = sorted(_date(r.get("measured")) for r in used)
+    return (f" Matmul rates (fp32, {rate.get('fp32_matmul_n')}²{threads}): {flops[0]:.4g} to {flops[-1]:.4g} GFLOP/s, "
+            f"measured {dates[0]} to {dates[-1]}; each row's % matmul divides by the rate as it stood at the row's "
+            "time (the last measured before it, else the first after).")
 
 
 def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
@@ -649,13 +680,14 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                     for p, label in (("fwdbwd", "fwd+bwd"), ("step", "step")))]
     other_numerics = tuple(f"-{tag}" for tag in NUMERIC_PASSES)
     for (device, name), dev in bench.groupby(["device", "device_name"], sort=True):
-        rate = rate_for(rates, device, name, _common(dev["torch_threads"]))
+        threads_used = _common(dev["torch_threads"])
+        fwdbwd_rates = [rate_for(rates, device, name, threads_used, d) for d in dev[dev["pass"] == "fwdbwd"]["date"]]
         threads = sorted({str(t) for t in dev["torch_threads"].dropna()})
         md += [f"### Micro-benchmarks on {_device_title(device, name)}", "",
                f"Timed {_dates(dev['date'])} (UTC), torch {', '.join(sorted(set(dev['torch'].dropna())))}"
                + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "")
                + (f", 1-min load average {dev['load_average'].min():.1f} to {dev['load_average'].max():.1f}"
-                  if dev["load_average"].notna().any() else "") + "." + _rate_note(rate), ""]
+                  if dev["load_average"].notna().any() else "") + "." + _rate_note(fwdbwd_rates), ""]
         for shape, sh in sorted(dev.groupby("shape"), key=lambda kv: kv[1]["hidden_size"].max()):
             wide = sh.pivot_table(index="cell", columns="pass", values="median_ms", aggfunc="first")
             t = pd.DataFrame(index=wide.index)
@@ -670,7 +702,9 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
             gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
             t["fwd+bwd GFLOP/s"] = gflops
-            t["% matmul"] = gflops * 1e9 / _num((rate or {}).get("fp32_matmul_flops")) * 100
+            rate = [_num((rate_for(rates, device, name, threads_used, d) or {}).get("fp32_matmul_flops"))
+                    for d in fb["date"]]
+            t["% matmul"] = gflops * 1e9 / pd.Series(rate, index=fb.index) * 100
             st = sh[sh["pass"] == "step"].set_index("cell")
             t["step words/sec"] = st["words_per_sec"]
             t["step peak MiB"] = st["peak_memory_mib"]

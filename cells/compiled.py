@@ -62,6 +62,20 @@ cost the pointwise kernels their static vectorisation, and views then need copie
 compile time); ``cpp_wrapper`` (3 % faster, 8x the compile time).  The gap to the whole-graph compile is
 two calls instead of one and the per-step tensors' handling; what is left of the eager loop's cost is
 mostly the per-step matmuls, which compiling does not change.
+
+How far compiling can go on a CPU (the issue's target: ``compiled_lstm`` fwd+bwd at least 1.5x ``loop_lstm`` at
+small).  2026-11-29, the same kind of machine (AMD EPYC, 2 cores, AVX-512) idle (load 0.1), 1 thread, commit f400dc9,
+``pytest bench --benchmark-only -k "test_fwdbwd and not graph" --bench-device cpu --bench-shapes small --bench-threads
+1`` (``results/bench/cpu-amd-epyc/fwdbwd-small-1thread-idle-2026-11-29.json``), medians in ms: ``cudnn_lstm`` 24.7,
+``compiled_lstm`` 30.2, ``loop_lstm`` 30.9 (1.02x), ``compiled_gru`` 21.0, ``loop_gru`` 26.8 (1.28x).  Where the
+compiled LSTM's call goes (``torch.profiler``, self CPU time a call, the profiler's overhead included): its matmuls,
+the same ones the loop cell runs, about 21 ms -- per layer 20 recurrent ``addmm`` forward (~93 us), 19 for dh (~96
+us) and 19 accumulating dW_hh (~117 us for a depth-20 product, plus ~44 us copying the 640 KB accumulator, as
+inductor's ``addmm(..., out=)`` into a new buffer does), and the input projection, dx and dW_ih over all T (~1.4 ms
+each); inductor's fused gate kernels 80 x ~31 us = 2.5 ms; the rest (graph calls, the chunk's stacking) ~3 ms.  The
+loop cell's own matmuls take ~20 ms of its 30.9.  So compiling the loop cell is bounded by 30.9 / (20 + 2.5), about
+1.37x, on this machine, short of 1.5x even if everything else vanished; what is left to gain is the matmuls'
+structure (dW_hh as one GEMM over T, as the Triton cells do), which a compiled plain cell does not change.
 """
 
 from __future__ import annotations

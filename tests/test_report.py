@@ -338,3 +338,26 @@ def test_at_a_glance_names_the_fastest_and_the_best_of_comparable_work(results):
     assert "`cudnn_lstm` 5.0 ± 0.0 min (3 seeds)" in lstm and "compiled_lstm` 150" not in lstm
     assert "`loop_gru` 20 ms (1.50× `cudnn_gru`)" in gru and gru.count("—") == 4  # (no comparable GRU run)
     assert "90.00" not in glance and "9e+05" not in glance and "900000" not in glance
+
+
+def test_a_run_divides_by_the_matmul_rate_as_it_stood_when_it_started():
+    """Machines of one name differ between sessions (the CPU's "AMD EPYC": 71 to 97 GFLOP/s a thread), so a run's %
+    matmul uses the last rate measured before it started (else the first after), never a later session's; the
+    table's note gives the range of the rates its rows used."""
+    def m(when, gflops, threads=1):
+        return {"device": "cpu", "device_name": "X", "measured": when, "fp32_matmul_flops": gflops * 1e9,
+                "fp32_matmul_n": 1024, "torch_threads": threads}
+
+    rates = {("cpu", "X"): [m("2026-11-27T21:00:00+00:00", 70), m("2026-11-28T03:00:00+00:00", 76),
+                            m("2026-11-28T04:00:00+00:00", 200, threads=2), m("2026-11-29T04:00:00+00:00", 97)]}
+    rate = report.rate_for
+    assert rate(rates, "cpu", "X", 1, "2026-11-28T23:59:00+00:00")["fp32_matmul_flops"] == 76e9  # not the nearer 97
+    assert rate(rates, "cpu", "X", 1, "2026-11-27T10:00:00+00:00")["fp32_matmul_flops"] == 70e9  # before any: first
+    assert rate(rates, "cpu", "X", 1, "2026-11-29T05:00:00+00:00")["fp32_matmul_flops"] == 97e9
+    assert rate(rates, "cpu", "X", 2, "2026-11-30T00:00:00+00:00")["fp32_matmul_flops"] == 200e9  # same threads first
+    assert rate(rates, "cpu", "X", 1)["fp32_matmul_flops"] == 97e9  # no time: the newest
+    assert rate(rates, "cpu", "X", 1, "not a time")["fp32_matmul_flops"] == 97e9
+    note = report._rate_note([rate(rates, "cpu", "X", 1, w) for w in ("2026-11-28T05:00:00+00:00",
+                                                                       "2026-11-29T05:00:00+00:00")])
+    assert "76 to 97 GFLOP/s, measured 2026-11-28 to 2026-11-29" in note, note
+    assert "76 GFLOP/s, measured 2026-11-28." in report._rate_note(rate(rates, "cpu", "X", 1, "2026-11-28T05:00"))

@@ -774,6 +774,57 @@ def test_cuda_long_windows_without_grad_match_cudnn(t, b):
         assert rel(got, want) < 1e-4, f"{key}: {rel(got, want):.3g}"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+@pytest.mark.parametrize("cell_name", ["triton_lstm", "triton_gru"])
+def test_cuda_direct_launches_compute_what_tritons_launch_path_does(cell_name, monkeypatch):
+    """launch._launch launches a compiled kernel directly after its first launch (launch.DIRECT_LAUNCH): the outputs
+    and every gradient of a training call at each PTB preset equal, bit for bit, those of the same call launched
+    through Triton's JITFunction.run, on the second and third call as on the first."""
+    device = torch.device("cuda")
+    for h, t in ((200, 20), (650, 35), (1500, 35)):
+        torch.manual_seed(0)
+        cell = cells.build(cell_name, h, h, 2).to(device)
+        x = torch.randn(t, 20, h, device=device, requires_grad=True)
+
+        def run(cell=cell, x=x) -> list[torch.Tensor]:
+            cell.zero_grad(set_to_none=True)
+            x.grad = None
+            y, _ = cell(x)
+            y.square().sum().backward()
+            return [y.detach().clone(), x.grad.clone(), *(p.grad.clone() for p in cell.parameters())]
+
+        monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
+        want = run()
+        monkeypatch.setattr(launch, "DIRECT_LAUNCH", True)
+        launch._DIRECT.clear()
+        for call in range(3):
+            for i, (got, ref) in enumerate(zip(run(), want, strict=True)):
+                assert torch.equal(got, ref), f"H {h}, call {call}, tensor {i}: {rel(got, ref):.3g}"
+        assert launch._DIRECT, "no launch was direct"
+
+
+def test_direct_launches_hand_the_launcher_what_triton_does(tmp_path):
+    """launch._launch's direct launches (launch.DIRECT_LAUNCH), without a GPU: hostcost --check-direct launches both
+    cells at small through Triton's JITFunction.run and directly (kernels compiled for sm_90, the launcher mocked:
+    hostcost's stand-in driver), training and not, float32, bfloat16 and on the exchange path, and compares what
+    every launch hands the launcher -- grid, kernel, metadata, and each bound argument (tensors by dtype, shape and
+    strides) -- and that the third call's launches were all direct; in a process of its own (it patches torch and
+    triton)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.compiler")
+    if "nvidia" not in pytest.importorskip("triton.backends").backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+    r = subprocess.run([sys.executable, "-m", "cells.triton_lstm.hostcost", "--check-direct", "--hidden", "200"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=400,
+                       env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "direct launches as Triton's own: 12 calls compared" in r.stdout, r.stdout
+
+
 def test_kernels_compile_however_triton_was_imported():
     """The compiled flavour references no function of triton's own, whose flavour is fixed when triton is imported:
     with TRITON_INTERPRET=1 at import (as `python -m pytest` has it on a machine without a GPU: bench/conftest.py),

@@ -71,7 +71,13 @@ Design, per layer
   clone, a copy, two zeros and a copy fewer, one zeros more), 849-868 against 921-978 us a call on the same
   machine, back to back.  On the H200 the eager fwd+bwd at small took 2.84 ms and the whole LM step as one CUDA graph
   1.87 (eager 3.84): the eager figure is partly host time; the check's ``bench-graphs`` step times fwd+bwd as one
-  CUDA graph, the kernels alone.
+  CUDA graph, the kernels alone.  Since late 2026-11-29 a compiled kernel launches directly after its first launch
+  (:func:`.launch._launch`: Triton's compiled kernel called with the bound arguments, keyed by what Triton's
+  specialization reads -- dtypes, addresses modulo 16, integers -- instead of ``JITFunction.run`` binding and
+  specializing every argument in Python each time; ``RNNBENCH_TRITON_DIRECT=0`` turns it off).  The 2-layer no-grad
+  call above, back to back on 2 cores under a load of 2: 92-101 us against 114-118 under Triton 3.9 and 3.6, about 10
+  us a launch; ``hostcost --check-direct`` compares what every launch hands Triton's launcher both ways (both cells,
+  training and not, float32, bfloat16, the exchange path), and a ``gpu`` test the results, bit for bit.
 * Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on
   CPU tensors.  ``@triton.jit`` chooses compiled or interpreted when it decorates, so
   ``kernels.py`` is loaded once per flavour (:func:`.launch.kernels`) and the choice follows the

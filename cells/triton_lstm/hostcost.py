@@ -10,6 +10,7 @@ result of the right shape (its arithmetic is the GPU's, not host cost).  Also co
     python -m cells.triton_lstm.hostcost            # 2 layers, H = 200, 650, 1500, batch 1, one step, no grad
     python -m cells.triton_lstm.hostcost --no-triton  # the same with Triton's launch path skipped too
     python -m cells.triton_lstm.hostcost --train      # a training forward and backward, batch 20, the presets' T
+    python -m cells.triton_lstm.hostcost --check-direct  # launches direct and through Triton's run: the same?
 
 It patches torch and triton for the whole process: run it on its own, never import it into a program.
 """
@@ -76,6 +77,8 @@ def _fake_cuda(skip_triton: bool) -> dict:
         def launcher_cls(self, src, metadata):
             def run(*args):
                 seen["launches"] += 1
+                if seen.get("log") is not None:
+                    seen["log"].append(args)
             return run
 
     driver.set_active(Driver())
@@ -166,11 +169,79 @@ def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, cal
     return _measure(call, calls, seen)
 
 
+def _launched(args: tuple) -> tuple:
+    """A launcher call's arguments (grid, stream, function, metadata, hooks, the kernel's bound arguments) with each
+    tensor as (dtype, shape, strides) and the per-launch metadata by its type: comparable between calls that allocate
+    anew."""
+    return tuple((a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor)
+                 else type(a).__name__ if i == 6 else a for i, a in enumerate(args))
+
+
+def check_direct(seen: dict, hidden: int, cell: str, train: bool, dtype: torch.dtype = torch.float32,
+                 exchange: bool = False) -> list[str]:
+    """Launch one call of ``cell`` (2 layers; a training forward and backward at batch 20, else batch 1 without grad;
+    ``exchange``: on the exchange path) through Triton's ``JITFunction.run`` (``launch.DIRECT_LAUNCH`` off) and
+    directly (on, after a call that fills its table), recording what each launch hands the launcher; the
+    differences, one line each (none: the direct launches bind the arguments as Triton does)."""
+    import dataclasses
+
+    import cells
+
+    from . import launch
+
+    steps = 20 if hidden == 200 else 35
+    batch = 20 if train else 1
+    module = cells.build(cell, hidden, hidden, 2).to(dtype)
+    x = torch.randn(steps if train else 1, batch, hidden, dtype=dtype, requires_grad=train)
+    make_plan = launch.make_plan
+    if exchange:
+        launch.make_plan = lambda *a, **k: dataclasses.replace(make_plan(*a, **k), exchange=True, exchange_bwd=True)
+
+    def call() -> None:
+        if train:
+            module(x)[0].sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+
+    def record(direct: bool) -> list[tuple]:
+        launch.DIRECT_LAUNCH = direct
+        launch._DIRECT.clear()
+        call()
+        call()
+        seen["log"] = []
+        filled = len(launch._DIRECT)
+        try:
+            call()
+            if direct and (not filled or len(launch._DIRECT) != filled):  # (a launch that missed the table)
+                misses.append(len(launch._DIRECT) - filled)
+            return [_launched(a) for a in seen["log"]]
+        finally:
+            seen["log"] = None
+
+    misses: list[int] = []
+    try:
+        through, direct = record(False), record(True)
+    finally:
+        launch.make_plan = make_plan
+    what = f"{cell} H{hidden} {str(dtype).removeprefix('torch.')}{' exchange' if exchange else ''} " \
+           f"{'fwd+bwd' if train else 'no grad'}"
+    if misses:
+        return [f"{what}: {misses[0]} launches of the third call missed the direct launches' table"]
+    if len(through) != len(direct) or not through:
+        return [f"{what}: {len(direct)} direct launches against {len(through)} through Triton's run"]
+    return [f"{what}, launch {i}: direct {d} against {t}"
+            for i, (t, d) in enumerate(zip(through, direct, strict=True)) if t != d]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-triton", action="store_true", help="skip Triton's launch path too (our code alone)")
     parser.add_argument("--hidden", default="200,650,1500")
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--check-direct", action="store_true",
+                        help="instead: check that every launch of both Triton cells, training and not, hands the "
+                             "launcher what Triton's own launch path does (launch._launch); exit 1 if not")
     parser.add_argument("--train", action="store_true",
                         help="a training forward and backward at batch 20 and the presets' T instead (20 at H 200, "
                              "else 35)")
@@ -178,6 +249,16 @@ def main() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
     torch.set_num_threads(1)
     seen = _fake_cuda(args.no_triton)
+    if args.check_direct:
+        wrong, n = [], 0
+        for hidden in (int(h) for h in args.hidden.split(",")):
+            for cell in ("triton_lstm", "triton_gru"):
+                for dtype, exchange in ((torch.float32, False), (torch.bfloat16, False), (torch.float32, True)):
+                    for train in (False, True):
+                        wrong += check_direct(seen, hidden, cell, train, dtype, exchange)
+                        n += 1
+        print("\n".join(wrong) if wrong else f"direct launches as Triton's own: {n} calls compared", flush=True)
+        sys.exit(1 if wrong else 0)
     for hidden in (int(h) for h in args.hidden.split(",")):
         if args.train:
             steps = 20 if hidden == 200 else 35

@@ -603,11 +603,59 @@ def _reverse_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
 
 
 
+DIRECT_LAUNCH = os.environ.get("RNNBENCH_TRITON_DIRECT", "1") != "0"  # see _launch
+_DIRECT: dict[tuple, tuple] = {}
+_DIRECT_MAX = 4096  # kernels remembered for direct launches before the table starts afresh
+
+
+_LOOSE: dict[tuple[int, int], tuple[bool, ...]] = {}
+
+
+def _arg_key(kernel, args: tuple) -> tuple:
+    """What Triton's specialization of a launch of ``kernel`` depends on in ``args`` (its positional arguments): a
+    tensor's dtype and its address modulo 16, a ``do_not_specialize`` integer's range (Triton types it i32, i64 or u64
+    by value), any other argument itself.  Finer than Triton's own key (an integer counts by value, not by
+    divisibility), never coarser, so equal keys select the same compiled kernel."""
+    loose = _LOOSE.get((id(kernel), len(args)))
+    if loose is None:  # (kernels live as long as the process: their ids are not reused)
+        loose = _LOOSE[(id(kernel), len(args))] = tuple(p.do_not_specialize for p in kernel.params[:len(args)])
+    return tuple([(a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
+                  else (type(a), _I32_MIN <= a <= _I32_MAX) if lo and type(a) is int else a
+                  for a, lo in zip(args, loose, strict=True)])
+
+
+_I32_MIN, _I32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
 def _launch(kernel, plan: Plan, *args, **meta) -> None:
     """``kernel[plan.grid](*args, **meta)``; a persistent grid the GPU cannot hold at once (the cooperative launch's
-    refusal) raises a RuntimeError that says so in one line, with the grid and what to change."""
+    refusal) raises a RuntimeError that says so in one line, with the grid and what to change.
+
+    Compiled kernels launch directly after their first launch (``DIRECT_LAUNCH``; ``RNNBENCH_TRITON_DIRECT=0`` turns
+    it off): Triton's ``JITFunction.run`` binds and specializes every argument in Python on every launch (about 28 us
+    of host time a launch, Triton 3.6, on this project's 2-core CPU), where the compiled kernel it returns, called
+    with the bound arguments (``CompiledKernel[grid](*args)``, Triton's own launcher), needs only the key of what
+    that specialization depends on (:func:`_arg_key`)."""
     try:
-        kernel[plan.grid](*args, **meta)
+        if plan.interpret or not DIRECT_LAUNCH or not isinstance(kernel, triton.runtime.jit.JITFunction):
+            kernel[plan.grid](*args, **meta)  # (the last: a test's stand-in kernel)
+            return
+        # (the device too: a compiled kernel is loaded per device, and Triton launches on the current one)
+        key = (id(kernel), triton.runtime.driver.active.get_current_device(), plan.grid, tuple(meta.items()),
+               _arg_key(kernel, args))
+        found = _DIRECT.get(key)
+        if found is not None:
+            runner, tail = found
+            runner(*args, *tail)
+            return
+        compiled = kernel[plan.grid](*args, **meta)
+        if compiled is None:  # (a stand-in that launched nothing: hostcost's --no-triton)
+            return
+        if len(_DIRECT) >= _DIRECT_MAX:
+            _DIRECT.clear()
+        # (the bound arguments past the positional ones: the constexprs and defaults, in the signature's order)
+        tail = tuple(meta[p.name] if p.name in meta else p.default for p in kernel.params[len(args):])
+        _DIRECT[key] = (compiled[(*plan.grid, 1, 1)[:3]], tail)  # (its runner reads three grid sizes)
     except RuntimeError as exc:
         if not (plan.sync and "cooperative" in str(exc)):
             raise

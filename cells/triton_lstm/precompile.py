@@ -127,6 +127,8 @@ def stand_in(sms: int = 132, target: tuple[str, int, int] = ("cuda", 90, 32)) ->
         stack.enter_context(mock.patch.object(launch, "runs_interpreted", lambda device: False))
         stack.enter_context(mock.patch.object(launch, "sm_count", lambda device: sms))
         stack.enter_context(mock.patch.object(JITFunction, "__getitem__", compile_only))
+        # (no direct launches, launch._launch's: a kernel compiled here is not loaded, and must not be launched later)
+        stack.enter_context(mock.patch.object(launch, "DIRECT_LAUNCH", False))
         for fn in (launch.plan_for, launch.launch_options):
             fn.cache_clear()
             stack.callback(fn.cache_clear)
