@@ -779,8 +779,9 @@ def test_cuda_long_windows_without_grad_match_cudnn(t, b):
 @pytest.mark.parametrize("cell_name", ["triton_lstm", "triton_gru"])
 def test_cuda_direct_launches_compute_what_tritons_launch_path_does(cell_name, monkeypatch):
     """launch._launch launches a compiled kernel directly after its first launch (launch.DIRECT_LAUNCH): the outputs
-    and every gradient of a training call at each PTB preset equal, bit for bit, those of the same call launched
-    through Triton's JITFunction.run, on the second and third call as on the first."""
+    and every gradient of a training call at each PTB preset equal those of the same call launched through Triton's
+    JITFunction.run, on the second and third call as on the first (to 1e-6: the kernels repeat exactly, cuBLAS's
+    GEMMs around them need not)."""
     device = torch.device("cuda")
     for h, t in ((200, 20), (650, 35), (1500, 35)):
         torch.manual_seed(0)
@@ -800,7 +801,7 @@ def test_cuda_direct_launches_compute_what_tritons_launch_path_does(cell_name, m
         launch._DIRECT.clear()
         for call in range(3):
             for i, (got, ref) in enumerate(zip(run(), want, strict=True)):
-                assert torch.equal(got, ref), f"H {h}, call {call}, tensor {i}: {rel(got, ref):.3g}"
+                assert rel(got, ref) <= 1e-6, f"H {h}, call {call}, tensor {i}: {rel(got, ref):.3g}"
         assert launch._DIRECT, "no launch was direct"
 
 
