@@ -602,13 +602,11 @@ def _reverse_spans(plan: Plan, T: int) -> list[tuple[int, int, int]]:
     return [(s, s + 1, 0) for s in range(T)] + [(T, T, 1)] if plan.path == "stepwise" else [(0, T, 1)]
 
 
-
 DIRECT_LAUNCH = os.environ.get("RNNBENCH_TRITON_DIRECT", "1") != "0"  # see _launch
 _DIRECT: dict[tuple, tuple] = {}
 _DIRECT_MAX = 4096  # kernels remembered for direct launches before the table starts afresh
-
-
 _LOOSE: dict[tuple[int, int], tuple[bool, ...]] = {}
+_I32_MIN, _I32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
 def _arg_key(kernel, args: tuple) -> tuple:
@@ -622,9 +620,6 @@ def _arg_key(kernel, args: tuple) -> tuple:
     return tuple([(a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
                   else (type(a), _I32_MIN <= a <= _I32_MAX) if lo and type(a) is int else a
                   for a, lo in zip(args, loose, strict=True)])
-
-
-_I32_MIN, _I32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
 def _launch(kernel, plan: Plan, *args, **meta) -> None:
