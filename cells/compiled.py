@@ -22,7 +22,10 @@ training at batch 20, evaluation (no grad) at batch 20 and at test batch 1.  Com
 ``RECOMPILE_LIMIT`` graphs is an error, never a silent fall-back to eager (``fullgraph=True`` and
 ``fail_on_recompile_limit_hit`` while the cell runs); so is a ``torch.compiler`` stance that would run
 the chunks eagerly.  Inside another ``torch.compile`` (a compiled training step) the plain steps are
-traced into that graph instead.
+traced into that graph instead.  Under torch.compile's CUDA graphs (``compile_mode`` "reduce-overhead" or
+"max-autotune" on CUDA; untimed on a GPU so far, the GPU check's ``bench-compiled-graphs`` times it) a chunk's outputs
+live in the graphs' pool until a call starts a new iteration (any call without grad; with grad, the first after the
+backward), so the carried state and a window's earlier chunks are copied out (:meth:`_Compiled.graphs_replayed`).
 
 Compile time
 ------------
@@ -247,6 +250,7 @@ class _Compiled:
         state, weights = tuple(_lift(t, grad, self.dynamic) for t in state), tuple(_lift(w, grad) for w in weights)
         xp = _lift(xp, grad)
         fn = _compiled(type(self)._chunk_fn, self.compile_mode, self.dynamic)
+        copy_out = self.graphs_replayed(xp.device)
         ys = []
         with _strict_compile(), contextlib.nullcontext() if grad else torch.no_grad():
             for start in range(0, n_steps, k):
@@ -262,9 +266,20 @@ class _Compiled:
                     self._record_compile(f"{xp.dtype} B={batch} H={state[0].shape[-1]} {k}-step "
                                        f"{'train' if grad else 'no_grad'}", xp.device, time.perf_counter() - t0)
                 state = tuple(o[n - 1] for o in outs)
-                ys += outs[0][:n]
+                if copy_out:  # (nothing of a replay's outputs outlives the next call: copies of what is kept)
+                    state = tuple(s.clone() for s in state)
+                    ys.append(torch.stack(outs[0][:n]))
+                else:
+                    ys += outs[0][:n]
                 t0 = time.perf_counter()
-        return torch.stack(ys), state
+        return (torch.cat(ys) if copy_out else torch.stack(ys)), state
+
+    def graphs_replayed(self, device: torch.device) -> bool:
+        """Whether the chunks run as CUDA graphs (``reduce-overhead`` and ``max-autotune`` on CUDA: torch.compile's
+        CUDAGraph Trees).  Their outputs live in the graphs' memory pool, and a call that starts a new iteration (any
+        call without grad; with grad, the first after the backward) frees those of the last one: the carried state and
+        a window's earlier chunks would be read after being overwritten.  So :meth:`recur` then keeps copies."""
+        return device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
 
     def _record_compile(self, what: str, device: torch.device, seconds: float) -> None:
         self.compile_seconds += seconds

@@ -67,6 +67,30 @@ def test_one_graph_for_every_length_matches_the_loop_cell(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_copies_of_what_outlives_a_replay_under_cuda_graphs(name, monkeypatch):
+    """Where the chunks replay as CUDA graphs (reduce-overhead or max-autotune on CUDA: graphs_replayed), a call that
+    starts a new iteration frees the last one's outputs, so recur keeps copies of the state and of each chunk's
+    outputs: the same results and gradients (forced here on the CPU, where the graphs are the same ones)."""
+    cell = cells.build(name, IN, H, 2, chunk=2, compile_mode="reduce-overhead")
+    assert cell.graphs_replayed(torch.device("cuda")) and not cell.graphs_replayed(torch.device("cpu"))
+    assert not cells.build(name, IN, H, 2, chunk=2).graphs_replayed(torch.device("cuda"))
+    torch.manual_seed(0)
+    cell, loop = pair(name)
+    monkeypatch.setattr(compiled._Compiled, "graphs_replayed", lambda self, device: True)
+    x = torch.randn(2 * cell.chunk + 1, B, IN, dtype=torch.float64)
+    state = torch.randn(2, B, H, dtype=torch.float64)
+    state = state if name == "compiled_gru" else (state, torch.randn(2, B, H, dtype=torch.float64))
+    for got, want in zip(outputs_and_grads(cell, x, state), outputs_and_grads(loop, x, state), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # a carried state, as evaluation carries it
+        y, state = cell(x[:3])
+        y2, state2 = cell(x[3:], state)
+        want, want_state = loop(x)
+    torch.testing.assert_close(torch.cat([y, y2]), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state2, want_state, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_compile_seconds_count_only_calls_that_compiled(name):
     cell = cells.build(name, IN, H, 1, chunk=2).double()
     assert cell.compile_seconds == 0.0 and cell.compiles == []
