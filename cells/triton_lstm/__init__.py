@@ -327,6 +327,19 @@ bytes). With the compact W_hh slabs (2026-11-29; same shapes, Triton 3.6): regis
 1's loop 0.3-4 % more instructions (678 against 674 at medium, 5 units), its W_hh loads still 128 bits wide, and a fifth
 of the bytes where the units are not a power of two of at least 16.
 
+What to read in the exchange's first GPU figures, and the step after them (arithmetic, untimed).  A forward step
+moves P x B x 4H shares through memory twice (written in phase 1, read in phase 2): 2 x 27 MB at medium with 130
+programs, 2 x 60 MB at large with 125, float32 -- and the buffer holds two parities, 54 and 120 MB, against the
+H100's 50 MB of L2, so at large the shares go to HBM and back (~25 us a step at ~4.8 TB/s) where phase 1's FMAs,
+padded, are ~12 us and the grid barrier ~2.5.  With fewer, wider programs (the search's 16 and 32 units) the traffic
+and the buffer shrink with P (large, 47 x 32: 45 MB) and phase 1 grows with U.  So if the probe's ``exchange`` step
+time follows P rather than phase 1's work, the traffic binds, and the next step is a grouped exchange: programs in
+groups of g share their h_t (a second, group-local barrier), each forms the share of its group's g U units for 1/g of
+the destinations (phase 1's depth g U), and a destination sums P / g shares -- traffic and buffer divided by g at the
+cost of one small barrier a step (g = 1 is this exchange; g = P, one group of all, the K loop).  If instead the step follows
+phase 1's FMAs, it is the padding (B 20 to 32, U to 16) that costs, and the outer-product phase 1 (``outer``) is the
+answer the search already tries.
+
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
 The backward reduces over the gates' 4H rows of dA into the units' columns, the forward over H into gates x units
