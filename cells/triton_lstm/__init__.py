@@ -336,9 +336,9 @@ and the buffer shrink with P (large, 47 x 32: 45 MB) and phase 1 grows with U.  
 time follows P rather than phase 1's work, the traffic binds, and the next step is a grouped exchange: programs in
 groups of g share their h_t (a second, group-local barrier), each forms the share of its group's g U units for 1/g of
 the destinations (phase 1's depth g U), and a destination sums P / g shares -- traffic and buffer divided by g at the
-cost of one small barrier a step (g = 1 is this exchange; g = P, one group of all, the K loop).  If instead the step follows
-phase 1's FMAs, it is the padding (B 20 to 32, U to 16) that costs, and the outer-product phase 1 (``outer``) is the
-answer the search already tries.
+cost of one small barrier a step (g = 1 is this exchange; g = P, one group of all, the K loop).  If instead the step
+follows phase 1's FMAs, it is the padding (B 20 to 32, U to 16) that costs, and the outer-product phase 1
+(``outer``) is the answer the search already tries.
 
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
