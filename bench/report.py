@@ -646,8 +646,9 @@ def _rate_note(rate: dict | None | list) -> str:
                 f"{_num(rate.get('fp32_matmul_flops')) / 1e9:.4g} GFLOP/s, measured {_date(rate.get('measured'))}.")
     flops = sorted(_num(r.get("fp32_matmul_flops")) / 1e9 for r in used)
     dates = sorted(_date(r.get("measured")) for r in used)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     return (f" Matmul rates (fp32, {rate.get('fp32_matmul_n')}²{threads}): {flops[0]:.4g} to {flops[-1]:.4g} GFLOP/s, "
-            f"measured {dates[0]} to {dates[-1]}; each row's % matmul divides by the rate as it stood at the row's "
+            f"measured {when}; each row's % matmul divides by the rate as it stood at the row's "
             "time (the last measured before it, else the first after).")
 
 
