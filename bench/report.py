@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -163,8 +164,6 @@ def rate_for(rates: dict, device, device_name, threads=None, when=None) -> dict 
 
 def _time(value):
     """An ISO time as an aware datetime (naive ones taken as UTC), or None."""
-    from datetime import datetime, timezone
-
     try:
         t = datetime.fromisoformat(str(value))
     except (TypeError, ValueError):
@@ -974,8 +973,6 @@ def write_report(results: str | Path = "results") -> Path:
     """Write ``REPORT.md``, ``report.csv`` and ``plots/*.png`` under ``results``, and ``train.csv`` / ``train.md``
     anew from every run record (records merged in from elsewhere, e.g. a GPU check, have not written them); returns
     the REPORT.md path."""
-    from datetime import datetime, timezone
-
     results = Path(results)
     if not results.is_dir():
         from lm.errors import UsageError
