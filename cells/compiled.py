@@ -78,7 +78,10 @@ inductor's ``addmm(..., out=)`` into a new buffer does), and the input projectio
 each); inductor's fused gate kernels 80 x ~31 us = 2.5 ms; the rest (graph calls, the chunk's stacking) ~3 ms.  The
 loop cell's own matmuls take ~20 ms of its 30.9.  So compiling the loop cell is bounded by 30.9 / (20 + 2.5), about
 1.37x, on this machine, short of 1.5x even if everything else vanished; what is left to gain is the matmuls'
-structure (dW_hh as one GEMM over T, as the Triton cells do), which a compiled plain cell does not change.
+structure (dW_hh as one GEMM over T, as the Triton cells do), which a compiled plain cell does not change.  Nor does
+another mode: back to back on the same machine idle (commit fa158fb, ``results/compile-modes/``), ``compiled_lstm``
+27.05 ms against ``loop_lstm`` 29.76 (1.10x) in the default mode and 25.99 against 29.70 (1.14x) under
+``max-autotune-no-cudagraphs``, whose autotuning kept ATen's ``addmm`` for every matmul of both graphs.
 """
 
 from __future__ import annotations
