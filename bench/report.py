@@ -312,6 +312,11 @@ def _slug(device, device_name) -> str:
 
 
 GLANCE_PASSES = (("fwdbwd", "fastest fwd+bwd"), ("step", "fastest LM step"))
+# The same as one CUDA graph each (the kernels without the host's share of an eager call; the order can turn: on the
+# H200 at small, 2026-11-28, triton_lstm's eager LM step was 1.31x cuDNN's and its captured one 0.50x).  A device's
+# table has these columns only where it has such a figure.
+GLANCE_GRAPH_PASSES = (("fwdbwd-cuda-graph", "fastest fwd+bwd, CUDA graph"),
+                       ("step-cuda-graph", "fastest LM step, CUDA graph"))
 
 
 def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
@@ -322,15 +327,17 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
     apart from the winner)."""
     md = ["## At a glance", "",
           "Which cell to use, per device, preset and kind, from the sections below; nothing here is measured anew. "
-          "**fastest fwd+bwd / LM step**: the micro-benchmarks' fastest cell of the kind, float32 with exact "
-          "matmuls, among the cells timed in the same benchmark run as the kind's cuDNN cell (`cudnn_lstm` / "
-          "`cudnn_gru`), with its time and its speed over cuDNN's (>1 is faster; where cuDNN is the fastest, the "
-          "runner-up's). **lowest test ppl**, **most words/sec**, **soonest to quality**: over the finished runs of "
+          "**fastest fwd+bwd / LM step**: the micro-benchmarks' fastest cell of the kind, float32 with exact matmuls, "
+          "among the cells timed in the same benchmark run as the kind's cuDNN cell (`cudnn_lstm` / `cudnn_gru`), with"
+          " its time and its speed over cuDNN's (>1 is faster; where cuDNN is the fastest, the runner-up's); **…, CUDA"
+          " graph**: the same with each call captured as one CUDA graph and replayed (the kernels alone, without the "
+          "host's share of an eager call: where eager calls are host-bound the order can turn), on devices that have "
+          "such figures. **lowest test ppl**, **most words/sec**, **soonest to quality**: over the finished runs of "
           "the preset's whole schedule with its settings as published, exact float32 (bfloat16 and TF32 runs, "
           "truncated runs and runs with changed settings are in the training tables), one step mode each (a cell's "
-          "label names a mode other than eager); the mean over seeds where a cell has several, and *within spread "
-          "of* the cells whose mean ± sd overlaps the winner's (the seeds do not tell them apart). A cell that is "
-          "faster per word but converges worse shows here as faster and worse: read the columns together.", ""]
+          "label names a mode other than eager); the mean over seeds where a cell has several, and *within spread of* "
+          "the cells whose mean ± sd overlaps the winner's (the seeds do not tell them apart). A cell that is faster "
+          "per word but converges worse shows here as faster and worse: read the columns together.", ""]
     found = False
     keys = sorted({(d, n) for d, n in zip(bench["device"], bench["device_name"], strict=True)}
                   | {(d, n) for d, n in zip(runs["device"], runs["device_name"], strict=True)
@@ -341,7 +348,7 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
         for preset in PTB_PRESETS:
             for kind in BASELINE_OF_KIND:
                 row = {"preset": preset, "kind": kind}
-                for p, label in GLANCE_PASSES:
+                for p, label in GLANCE_PASSES + GLANCE_GRAPH_PASSES:
                     row[label] = _fastest(bench, device, name, preset, p, kind)
                 mine = full[(full["device"] == device) & (full["device_name"] == name) & (full["config"] == preset)
                             & (full["kind"] == kind)]
@@ -350,7 +357,9 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
                     rows.append(row)
         if rows:
             found = True
-            md += [f"### {_device_title(device, name)}", "", _table(pd.DataFrame(rows), {}), ""]
+            table = pd.DataFrame(rows)
+            table = table.drop(columns=[label for _, label in GLANCE_GRAPH_PASSES if (table[label] == "—").all()])
+            md += [f"### {_device_title(device, name)}", "", _table(table, {}), ""]
     if not found:
         md += ["(no micro-benchmark or finished training run yet)", ""]
     return md

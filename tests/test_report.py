@@ -243,8 +243,8 @@ def test_graph_replayed_fwdbwd_gets_its_own_column_and_ratio(results):
     fwd+bwd's, only where it was timed."""
     path = bench_json(results, "cuda", "GPU", {("fwdbwd", "small", "cudnn_lstm"): 0.004,
                                               ("fwdbwd", "small", "triton_lstm"): 0.003})
-    plain = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
-    assert "fwd+bwd graph" not in plain
+    plain = report.write_report(results).read_text()
+    assert "fwd+bwd graph" not in plain.split("#### small")[1].split("####")[0]
     doc = json.loads(path.read_text())
     for b, median in zip(list(doc["benchmarks"]), (0.0005, 0.001), strict=True):
         graph = json.loads(json.dumps(b))
@@ -252,10 +252,18 @@ def test_graph_replayed_fwdbwd_gets_its_own_column_and_ratio(results):
         graph["stats"]["median"] = median
         doc["benchmarks"].append(graph)
     path.write_text(json.dumps(doc))
-    small = report.write_report(results).read_text().split("#### small")[1].split("####")[0]
+    text = report.write_report(results).read_text()
+    small = text.split("#### small")[1].split("####")[0]
     assert "fwd+bwd graph ms" in small and "fwd+bwd graph vs cuDNN" in small
     triton = next(line for line in small.splitlines() if line.startswith("| triton_lstm"))
     assert "| 1.33 " in triton and "| 0.5 " in triton  # eager 0.004 / 0.003; as a graph 0.0005 / 0.001
+    # at a glance: the eager winner and, in a column of its own, the captured one (the order turned)
+    glance = text.split("## At a glance")[1].split("## Training runs")[0]
+    assert "fastest fwd+bwd, CUDA graph" in glance and "fastest LM step, CUDA graph" not in glance  # (not timed)
+    row = next(line for line in glance.splitlines() if line.startswith("| small") and "LSTM" in line)
+    assert "`triton_lstm` 3 ms (1.33× `cudnn_lstm`)" in row
+    assert "`cudnn_lstm` 0.5 ms (next: `triton_lstm`, 0.50×)" in row
+    assert "fastest fwd+bwd, CUDA graph" not in plain  # (no such figure: no such column)
 
 
 def test_a_run_with_changed_settings_is_labelled_and_kept_apart():
