@@ -322,8 +322,8 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
                   "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-modes", "cuda-graph",
                   "--benchmark-max-time", "0.1"]
         modes = ["-k", "test_step", "--bench-device", "cuda", "--bench-shapes", "small",
-                 "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm,triton_gru", "--bench-modes", "cuda-graph",
-                 "--benchmark-max-time", "0.2"]
+                 "--bench-cells", "cudnn_lstm,cudnn_gru,loop_lstm,triton_lstm,triton_gru", "--bench-modes",
+                 "cuda-graph", "--benchmark-max-time", "0.2"]
         def compiled_vs_loop(shapes: str) -> list[str]:  # (--bench-modes eager: else -k also picks the graph test)
             return ["-k", "test_fwdbwd", "--bench-device", "cuda", "--bench-shapes", shapes, "--bench-cells",
                     f"loop_lstm,loop_gru,{compiled_cells}", "--bench-modes", "eager", "--benchmark-max-time", "0.2"]

@@ -60,9 +60,19 @@ class LayerStack(nn.Module):
         if state is None:
             zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
             state = (zeros, zeros) if lstm else zeros
+        expected = [self.num_layers, x.shape[1], self.hidden_size]
+        for part in state if lstm else (state,):
+            if list(part.shape) != expected:
+                raise ValueError(f"expected each state tensor of shape [num_layers, B, H] = {expected}, got "
+                                 f"{list(part.shape)}")
+        # (each layer's state as views from one unbind a tensor, not a select a layer and tensor: each op is host time)
+        # (h and c as tensors of their own even from one zeros: torch.compile guards on inputs being one object)
+        if lstm:
+            layer_states = list(zip(state[0].unbind(0), state[1].unbind(0), strict=True))
+        else:
+            layer_states = state.unbind(0)
         finals, input_drop = [], None
-        for k in range(self.num_layers):
-            layer_state = (state[0][k], state[1][k]) if lstm else state[k]
+        for k, layer_state in enumerate(layer_states):
             if input_drop is None:
                 x, final = self.layer(k, x, layer_state)
             else:

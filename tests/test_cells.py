@@ -172,6 +172,19 @@ def test_bad_sizes_are_refused(name, bad):
         cells.build(name, **args)
 
 
+@pytest.mark.parametrize("name", cells.names())
+def test_a_state_of_the_wrong_shape_is_refused(name):
+    """A state for fewer layers (or another batch) is an error, as torch.nn.LSTM's, never a stack that runs only as
+    many layers as the state has."""
+    rnn = cells.build(name, 4, 4, 2)
+    x = torch.randn(3, 5, 4)
+    kind = cells.cell_class(name).mode
+    for shape in ((1, 5, 4), (2, 1, 4)):
+        state = torch.zeros(shape)
+        with pytest.raises((ValueError, RuntimeError), match=r"(size|shape).*\[?[12], [15], 4"):
+            rnn(x, (state, state) if kind == "LSTM" else state)
+
+
 def test_available_lists_every_cell_with_backend_or_reason():
     infos = cells.available("cpu")
     assert [c.name for c in infos] == cells.names()

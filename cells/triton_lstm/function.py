@@ -36,12 +36,14 @@ def weight_grads(da: torch.Tensor, dxp: torch.Tensor, x: torch.Tensor, h0: torch
     h_{-1} = h_0 and h_t = y_t."""
     T, B, _ = x.shape
     dx = (dxp @ w_ih).view_as(x) if need[0] else None
-    dw_ih = dxp.t() @ x.reshape(T * B, -1) if need[1] else None
+    dxp_t = dxp.t()  # (one transposed view for both weight gradients where da is dxp: each view is host time)
+    dw_ih = dxp_t @ x.reshape(T * B, -1) if need[1] else None
     dw_hh = None
     if need[2]:
-        dw_hh = da[:B].t() @ h0
+        da_t = dxp_t if da is dxp else da.t()
+        dw_hh = da_t[:, :B] @ h0
         if T > 1:
-            dw_hh.addmm_(da[B:].t(), y[:-1].reshape((T - 1) * B, -1))
+            dw_hh.addmm_(da_t[:, B:], y[:-1].reshape((T - 1) * B, -1))
     return dx, dw_ih, dw_hh
 
 
