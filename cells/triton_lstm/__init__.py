@@ -77,7 +77,13 @@ Design, per layer
   specializing every argument in Python each time; ``RNNBENCH_TRITON_DIRECT=0`` turns it off).  The 2-layer no-grad
   call above, back to back on 2 cores under a load of 2: 92-101 us against 114-118 under Triton 3.9 and 3.6, about 10
   us a launch; ``hostcost --check-direct`` compares what every launch hands Triton's launcher both ways (both cells,
-  training and not, float32, bfloat16, the exchange path), and a ``gpu`` test the results, bit for bit.
+  training and not, float32, bfloat16, the exchange path), and a ``gpu`` test the results, bit for bit.  Later the
+  same day the stack took each layer's state by one ``unbind`` a state tensor instead of a select a layer and tensor,
+  and the backward one transposed view of dA for both weight gradients: 70 ATen ops a fwd+bwd at small (``hostcost
+  --train``), the same 9 of them launching a kernel.  What an op costs on the GPU machines' host: the H200's
+  ``latency`` benchmark (2026-11-28) took 0.417 ms for a no-grad call that is ~0.14 ms of host work here with its
+  launches, so that host ran this path about 3x slower than this project's CPU machines -- at small, eager calls of
+  ~1.5 ms of kernels spend about as long on the host.
 * Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on
   CPU tensors.  ``@triton.jit`` chooses compiled or interpreted when it decorates, so
   ``kernels.py`` is loaded once per flavour (:func:`.launch.kernels`) and the choice follows the
