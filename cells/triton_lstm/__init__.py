@@ -81,9 +81,10 @@ Design, per layer
   same day the stack took each layer's state by one ``unbind`` a state tensor instead of a select a layer and tensor,
   and the backward one transposed view of dA for both weight gradients: 70 ATen ops a fwd+bwd at small (``hostcost
   --train``), the same 9 of them launching a kernel.  What an op costs on the GPU machines' host: the H200's
-  ``latency`` benchmark (2026-11-28) took 0.417 ms for a no-grad call that is ~0.14 ms of host work here with its
-  launches, so that host ran this path about 3x slower than this project's CPU machines -- at small, eager calls of
-  ~1.5 ms of kernels spend about as long on the host.
+  ``latency`` benchmark (2026-11-28) took 0.417 ms for a no-grad call whose kernels are two one-step recurrences
+  and two small GEMMs, where the same call's host work is 92-118 us here with the launches mocked (above): that
+  host ran this path roughly 3x slower than this project's CPU machines, so an eager fwd+bwd at small there may
+  spend as long on the host as its kernels take (``bench-graphs`` and ``bench-modes`` tell the two apart).
 * Without CUDA (or with ``TRITON_INTERPRET=1``) the same kernels run in Triton's interpreter on
   CPU tensors.  ``@triton.jit`` chooses compiled or interpreted when it decorates, so
   ``kernels.py`` is loaded once per flavour (:func:`.launch.kernels`) and the choice follows the
