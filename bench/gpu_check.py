@@ -17,7 +17,8 @@ The check (correctness, and a finished training record for every cell):
 
 1. ``env``    GPU, driver, CUDA, cuDNN, torch and triton versions; measured matmul rate and bandwidth.
 2. ``tests``  the correctness tests on CUDA (``-m gpu``): every cell against the float64 reference,
-              the Triton kernels compiled, not interpreted (the compiled cells at one shape).
+              the Triton kernels compiled, not interpreted (the compiled cells at one shape, and under
+              torch.compile's CUDA graphs: ``reduce-overhead``).
 3. ``train-small``       one epoch of the small preset for the fast cells (``FAST_CELLS``);
    ``train-medium``      one epoch of the medium preset for ``cudnn_lstm`` and ``triton_lstm``;
    ``train-small-slow``  every other cell for ``SLOW_STEPS`` steps, evaluated on the first
@@ -307,9 +308,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         slow_steps = ["--max-steps", str(SLOW_STEPS), "--max-eval-words", str(SLOW_EVAL_WORDS)]
         medium_cells = "cudnn_lstm,triton_lstm"
         # Every CUDA test but the compiled cells' float64 ones (each compiles fresh graphs; CI runs them on the CPU):
-        # their float32-against-float64 test at one shape proves the compiled kernels on the GPU.
-        tests = ["-m", "gpu", "tests", "-k",
-                 "not compiled_lstm and not compiled_gru or float32_against_float64 and T5-B4"]
+        # their float32-against-float64 test at one shape proves the compiled kernels on the GPU, and the one under
+        # torch.compile's CUDA graphs (reduce-overhead) what bench-compiled-graphs times.
+        tests = ["-m", "gpu", "tests", "-k", "not compiled_lstm and not compiled_gru or float32_against_float64 and "
+                 "T5-B4 or reduce_overhead_on_cuda"]
         # The CUDA tests spend most of their time compiling (Triton, inductor) on the CPU, one kernel at a time: with
         # pytest-xdist (on the GPU machines' image) four processes compile side by side on its 16 cores.
         if importlib.util.find_spec("xdist") is not None:

@@ -26,6 +26,9 @@ traced into that graph instead.  Under torch.compile's CUDA graphs (``compile_mo
 "max-autotune" on CUDA; untimed on a GPU so far, the GPU check's ``bench-compiled-graphs`` times it) a chunk's outputs
 live in the graphs' pool until a call starts a new iteration (any call without grad; with grad, the first after the
 backward), so the carried state and a window's earlier chunks are copied out (:meth:`_Compiled.graphs_replayed`).
+There, a chunk that inductor would run without CUDA graphs (a skip it would only log) is an error instead, never a
+figure under the mode's name: ``triton.cudagraph_or_error`` while the chunks compile and run, and a skip counted
+between two calls (a backward's) raises at the next.
 
 Compile time
 ------------
@@ -143,15 +146,26 @@ def _graphs_compiled() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def _strict_compile() -> contextlib.ExitStack:
-    """While the cell runs: recompiling past the limit raises; a training graph's backward compiles with its forward."""
+def _strict_compile(graphs: bool = False) -> contextlib.ExitStack:
+    """While the cell runs: recompiling past the limit raises; a training graph's backward compiles with its forward;
+    with ``graphs`` (the mode asks for CUDA graphs on CUDA), inductor skipping them raises (``cudagraph_or_error``)
+    instead of running the chunk without them under the mode's name."""
     stack = contextlib.ExitStack()
     settings = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
     stack.enter_context(torch._dynamo.config.patch({k: v for k, v in settings.items()
                                                     if hasattr(torch._dynamo.config, k)}))
     if hasattr(torch._functorch.config, "force_non_lazy_backward_lowering"):
         stack.enter_context(torch._functorch.config.patch(force_non_lazy_backward_lowering=True))
+    if graphs:
+        import torch._inductor.config as inductor_config
+
+        stack.enter_context(inductor_config.patch({"triton.cudagraph_or_error": True}))
     return stack
+
+
+def _cudagraph_skips() -> int:
+    """CUDA graphs inductor has skipped in this process (its counter; each skip logged, ``TORCH_LOGS=cudagraphs``)."""
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
 
 
 def _lift(t: torch.Tensor, grad: bool, own: bool = False) -> torch.Tensor:
@@ -203,6 +217,7 @@ class _Compiled:
         self.chunk, self.compile_mode, self.dynamic = chunk, compile_mode, dynamic
         self.compile_seconds = 0.0
         self.compiles: list[tuple[str, float]] = []
+        self._skips_seen: int | None = None  # inductor's CUDA-graph skips after this cell's last call (graphs only)
 
     @classmethod
     def available(cls, device: str | torch.device) -> str | None:
@@ -254,8 +269,13 @@ class _Compiled:
         xp = _lift(xp, grad)
         fn = _compiled(type(self)._chunk_fn, self.compile_mode, self.dynamic)
         copy_out = self.graphs_replayed(xp.device)
+        if copy_out and self._skips_seen is not None and _cudagraph_skips() != self._skips_seen:
+            # (the forward's skips raise inside the call below; a backward's happen when autograd runs it, after)
+            raise RuntimeError(f"torch.compile skipped CUDA graphs since {type(self).__name__}'s last call (its "
+                               f"backward, or another compiled program in this process), so it would not run as "
+                               f"mode={self.compile_mode}; TORCH_LOGS=cudagraphs says why")
         ys = []
-        with _strict_compile(), contextlib.nullcontext() if grad else torch.no_grad():
+        with _strict_compile(copy_out), contextlib.nullcontext() if grad else torch.no_grad():
             for start in range(0, n_steps, k):
                 part = xp[start:start + k]  # the last chunk zero-padded to k steps
                 n = part.shape[0]
@@ -275,6 +295,8 @@ class _Compiled:
                 else:
                     ys += outs[0][:n]
                 t0 = time.perf_counter()
+        if copy_out:
+            self._skips_seen = _cudagraph_skips()
         return (torch.cat(ys) if copy_out else torch.stack(ys)), state
 
     def graphs_replayed(self, device: torch.device) -> bool:

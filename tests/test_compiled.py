@@ -90,6 +90,65 @@ def test_copies_of_what_outlives_a_replay_under_cuda_graphs(name, monkeypatch):
     torch.testing.assert_close(state2, want_state, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("name", NAMES)
+def test_reduce_overhead_on_cuda_matches_the_loop_cell(name):
+    """torch.compile's CUDA graphs for real (reduce-overhead on the GPU, what the GPU check's bench-compiled-graphs
+    times): training calls recorded and then replayed, and an evaluation that carries its state across windows and
+    chunks, give the loop cell's results, and no graph is skipped (that would raise)."""
+    torch.manual_seed(0)
+    cell = cells.build(name, IN, H, 2, chunk=2, compile_mode="reduce-overhead").cuda()
+    loop = cells.build(LOOP[name], IN, H, 2).cuda()
+    loop.load_state_dict(cell.state_dict())
+    assert cell.graphs_replayed(torch.device("cuda"))
+    for _ in range(3):  # warm-up, recording, replay
+        x = torch.randn(2 * cell.chunk + 1, B, IN, device="cuda")
+        for got, want in zip(outputs_and_grads(cell, x, None), outputs_and_grads(loop, x, None), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for _ in range(3):
+        with torch.no_grad():
+            x = torch.randn(3 * cell.chunk + 1, B, IN, device="cuda")
+            y, state = cell(x[:3])
+            y2, state2 = cell(x[3:], state)
+            want, want_state = loop(x)
+        torch.testing.assert_close(torch.cat([y, y2]), want, rtol=1e-4, atol=1e-5)
+        for got, ref in zip(state2 if isinstance(state2, tuple) else (state2,),
+                            want_state if isinstance(want_state, tuple) else (want_state,), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graphs_skipped_are_an_error_not_a_figure_under_the_modes_name(monkeypatch):
+    """Where the chunks should replay as CUDA graphs, inductor may not skip them silently: skipping raises while a
+    chunk compiles and runs (cudagraph_or_error), and a skip counted after a call (its backward's) raises at the
+    next call (forced here on the CPU)."""
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(compiled._Compiled, "graphs_replayed", lambda self, device: True)
+    seen = []
+    real = compiled._compiled
+
+    def watched(fn, mode, dynamic):
+        def call(*args):
+            seen.append(inductor_config.triton.cudagraph_or_error)
+            return real(fn, mode, dynamic)(*args)
+        return call
+
+    monkeypatch.setattr(compiled, "_compiled", watched)
+    cell = cells.build("compiled_gru", IN, H, 1, chunk=2).double()
+    x = torch.randn(2, B, IN, dtype=torch.float64)
+    cell(x)[0].sum().backward()
+    assert seen == [True] and not inductor_config.triton.cudagraph_or_error
+    cell(x)  # no skip since: runs
+    counters["inductor"]["cudagraph_skips"] += 1  # as a backward that ran without its graph would count
+    try:
+        with pytest.raises(RuntimeError, match="skipped CUDA graphs since CompiledGRU's last call"):
+            cell(x)
+    finally:
+        counters["inductor"]["cudagraph_skips"] -= 1
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_seconds_count_only_calls_that_compiled(name):
     cell = cells.build(name, IN, H, 1, chunk=2).double()
