@@ -826,6 +826,26 @@ def test_direct_launches_hand_the_launcher_what_triton_does(tmp_path):
     assert "direct launches as Triton's own: 12 calls compared" in r.stdout, r.stdout
 
 
+def test_hostcost_peak_counts_storages_live_at_once():
+    """hostcost --peak's counter (the LM step's memory on the Triton cells' CUDA path, without a GPU): a storage counts
+    from the op that creates it until its last tensor (a view too) is gone; storages from before do not count."""
+    import gc
+
+    from cells.triton_lstm.hostcost import _Live
+
+    old = torch.ones(1000)
+    with _Live({old.untyped_storage().data_ptr()}) as live:
+        a = torch.zeros(1024)  # 4 KiB
+        view = a[:10]
+        del a  # (its storage lives on in the view)
+        b = torch.zeros(2048) + old[:1]  # 8 KiB more; old's view and zeros' own 8 KiB do not stay
+        gc.collect()
+        assert live.now == 4096 + 8192
+        del view, b
+        gc.collect()
+    assert live.now == 0 and live.peak == 4096 + 8192 + 8192 and live.at == "aten.add.Tensor"
+
+
 def test_kernels_compile_however_triton_was_imported():
     """The compiled flavour references no function of triton's own, whose flavour is fixed when triton is imported:
     with TRITON_INTERPRET=1 at import (as `python -m pytest` has it on a machine without a GPU: bench/conftest.py),

@@ -25,6 +25,11 @@ Design, per layer
   (T - 1 - ceil(T / 2)) B H values fewer per layer and T B H fewer per inner layer: at medium float32 3.5 MB of the LM
   step's saved state (1.7 + 1.8), where the H200 measured the step's peak 2.2 MB above cuDNN's (319.2 against 317.0
   MB, 2026-11-28, the tiles before the search; the peak falls in the loss's backward, when every saved tensor lives).
+  Estimated without a GPU (``python -m cells.triton_lstm.hostcost --peak PRESET``: the live tensors of the LM's
+  training fwd+bwd on this CUDA path with the launches mocked), this code against that run's (ea67f19): medium 133.73
+  against 138.35 MiB, small 64.82 against 65.09, large the same (its peak is in the embedding's backward); so the
+  H200's step peaks of 304.4 and 135.4 MiB (cuDNN's 302.3 and 135.7) should come out near 299.8 and 135.1 -- an
+  estimate (no caching allocator, no optimizer), for the ``step`` benchmark to confirm.
   The backward's registers under Triton 3.6 (sm_90, the table's tiles): 216 / 196 float32 and 216 / 212 bfloat16 at
   medium / large, 4 or fewer more than before, no spills.  float32 accumulation and cell state for float32, bfloat16
   and float16; float64 stays float64 (for gradcheck).  Without autograd (``torch.no_grad()``, or no

@@ -11,6 +11,7 @@ result of the right shape (its arithmetic is the GPU's, not host cost).  Also co
     python -m cells.triton_lstm.hostcost --no-triton  # the same with Triton's launch path skipped too
     python -m cells.triton_lstm.hostcost --train      # a training forward and backward, batch 20, the presets' T
     python -m cells.triton_lstm.hostcost --check-direct  # launches direct and through Triton's run: the same?
+    python -m cells.triton_lstm.hostcost --peak medium   # the LM step's peak of live tensors (memory, not time)
 
 It patches torch and triton for the whole process: run it on its own, never import it into a program.
 """
@@ -23,6 +24,7 @@ import statistics
 import sys
 import time
 import types
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -169,6 +171,69 @@ def measure_train(hidden: int, steps: int, batch: int = 20, layers: int = 2, cal
     return _measure(call, calls, seen)
 
 
+class _Live(TorchDispatchMode):
+    """The bytes of the storages that ops create while it is on, live at once (each freed with its last tensor), and
+    their peak with the op that reached it.  Storages that existed before (parameters, inputs) do not count."""
+
+    def __init__(self, before: set[int]):
+        super().__init__()
+        self.before, self.storages = before, {}
+        self.now = self.peak = 0
+        self.at = ""
+
+    def _free(self, key: int) -> None:
+        entry = self.storages[key]
+        entry[1] -= 1
+        if not entry[1]:
+            self.now -= entry[0]
+            del self.storages[key]
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = t.untyped_storage().data_ptr()
+            if not key or key in self.before:
+                continue
+            if key not in self.storages:
+                self.storages[key] = [t.untyped_storage().nbytes(), 0]
+                self.now += self.storages[key][0]
+                if self.now > self.peak:
+                    self.peak, self.at = self.now, str(func)
+            self.storages[key][1] += 1
+            weakref.finalize(t, self._free, key)
+        return out
+
+
+def peak_step(cell: str, preset: str) -> tuple[float, str]:
+    """(MiB, op) of the peak of live tensors created by one training forward and backward of the PTB language model
+    of ``preset`` (batch 20) with ``cell``, on the Triton cells' CUDA path with the launches mocked: what the GPU's
+    ``max_memory_allocated`` above the parameters counts in the micro-benchmarks' LM step, before the caching
+    allocator's rounding and without the optimizer.  An estimate for comparing two versions of the code; the GPU's
+    figure beside cuDNN's is the ``step`` benchmark's."""
+    import torch.nn.functional as F
+
+    from lm.config import preset as make_preset
+    from lm.model import LanguageModel
+
+    cfg = make_preset(preset)
+    torch.manual_seed(0)
+    model = LanguageModel(cell, 10000, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.init_scale).train()
+    x, y = (torch.randint(10000, (cfg.num_steps, cfg.batch_size)) for _ in range(2))
+
+    def step() -> None:
+        logits, _ = model(x)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+
+    step()  # (compiling)
+    model.zero_grad(set_to_none=True)
+    before = {t.untyped_storage().data_ptr() for t in (*model.parameters(), x, y)}
+    with _Live(before) as live:
+        step()
+    return live.peak / 2 ** 20, live.at
+
+
 def _launched(args: tuple) -> tuple:
     """A launcher call's arguments (grid, stream, function, metadata, hooks, the kernel's bound arguments) with each
     tensor as (dtype, shape, strides) and the per-launch metadata by its type: comparable between calls that allocate
@@ -242,6 +307,9 @@ def main() -> None:
     parser.add_argument("--check-direct", action="store_true",
                         help="instead: check that every launch of both Triton cells, training and not, hands the "
                              "launcher what Triton's own launch path does (launch._launch); exit 1 if not")
+    parser.add_argument("--peak", metavar="PRESET", choices=["small", "medium", "large"],
+                        help="instead: the peak of live tensors in the PTB LM's training fwd+bwd at PRESET, both "
+                             "Triton cells (memory, not time: an estimate to compare versions of the code)")
     parser.add_argument("--train", action="store_true",
                         help="a training forward and backward at batch 20 and the presets' T instead (20 at H 200, "
                              "else 35)")
@@ -249,6 +317,12 @@ def main() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
     torch.set_num_threads(1)
     seen = _fake_cuda(args.no_triton)
+    if args.peak:
+        for cell in ("triton_lstm", "triton_gru"):
+            mib, at = peak_step(cell, args.peak)
+            print(f"{cell} {args.peak}: peak of live tensors in the LM's training fwd+bwd {mib:.2f} MiB (at {at})",
+                  flush=True)
+        return
     if args.check_direct:
         wrong, n = [], 0
         for hidden in (int(h) for h in args.hidden.split(",")):
