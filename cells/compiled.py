@@ -268,14 +268,14 @@ class _Compiled:
         state, weights = tuple(_lift(t, grad, self.dynamic) for t in state), tuple(_lift(w, grad) for w in weights)
         xp = _lift(xp, grad)
         fn = _compiled(type(self)._chunk_fn, self.compile_mode, self.dynamic)
-        copy_out = self.graphs_replayed(xp.device)
-        if copy_out and self._skips_seen is not None and _cudagraph_skips() != self._skips_seen:
+        graphs = self.graphs_replayed(xp.device)
+        if graphs and self._skips_seen is not None and _cudagraph_skips() != self._skips_seen:
             # (the forward's skips raise inside the call below; a backward's happen when autograd runs it, after)
             raise RuntimeError(f"torch.compile skipped CUDA graphs since {type(self).__name__}'s last call (its "
                                f"backward, or another compiled program in this process), so it would not run as "
                                f"mode={self.compile_mode}; TORCH_LOGS=cudagraphs says why")
         ys = []
-        with _strict_compile(copy_out), contextlib.nullcontext() if grad else torch.no_grad():
+        with _strict_compile(graphs), contextlib.nullcontext() if grad else torch.no_grad():
             for start in range(0, n_steps, k):
                 part = xp[start:start + k]  # the last chunk zero-padded to k steps
                 n = part.shape[0]
@@ -289,15 +289,15 @@ class _Compiled:
                     self._record_compile(f"{xp.dtype} B={batch} H={state[0].shape[-1]} {k}-step "
                                        f"{'train' if grad else 'no_grad'}", xp.device, time.perf_counter() - t0)
                 state = tuple(o[n - 1] for o in outs)
-                if copy_out:  # (nothing of a replay's outputs outlives the next call: copies of what is kept)
+                if graphs:  # (nothing of a replay's outputs outlives the next call: copies of what is kept)
                     state = tuple(s.clone() for s in state)
                     ys.append(torch.stack(outs[0][:n]))
                 else:
                     ys += outs[0][:n]
                 t0 = time.perf_counter()
-        if copy_out:
+        if graphs:
             self._skips_seen = _cudagraph_skips()
-        return (torch.cat(ys) if copy_out else torch.stack(ys)), state
+        return (torch.cat(ys) if graphs else torch.stack(ys)), state
 
     def graphs_replayed(self, device: torch.device) -> bool:
         """Whether the chunks run as CUDA graphs (``reduce-overhead`` and ``max-autotune`` on CUDA: torch.compile's
