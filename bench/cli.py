@@ -65,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Tables and plots from <results>/runs/*.json (training runs), "
                                    "<results>/bench/**/*.json (micro-benchmarks) and <results>/machine/*.json "
                                    "(measured matmul rates).")
-    r.add_argument("--results", default="results", help="results folder (default results)")
+    r.add_argument("--results", type=lm_cli.path_arg, default="results", help="results folder (default results)")
     r.set_defaults(func=cmd_report)
 
 

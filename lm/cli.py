@@ -28,6 +28,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "name"}
 
 
+SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+
+
 def parse_seeds(text: str) -> list[int]:
     """``0,1,2`` -> [0, 1, 2]: distinct non-negative integers (an argparse ``type``)."""
     try:
@@ -35,9 +38,27 @@ def parse_seeds(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") \
             from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    if not seeds or any(not 0 <= s <= SEED_MAX for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds takes distinct non-negative integers such as 0,1,2, got {text!r}")
     return seeds
+
+
+def _seed(text: str) -> int:
+    """``--seed``: a non-negative integer, as each of ``--seeds``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
+def path_arg(text: str) -> str:
+    """A path option: not empty (an empty one would mean the current folder, or a default, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -189,15 +210,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "ieee, exact (default); tf32, on the tensor cores. Torch's own defaults differ between "
                         "cuDNN (TF32) and cuBLAS (exact); the record and the report say which ran")
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seed", type=_seed, default=0)
     seeds.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",
                        help="several seeds, e.g. 0,1,2: one run each (the report gives mean ± sd over them)")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="torch CPU threads of the training process (default: torch's choice; recorded)")
-    p.add_argument("--data-dir", default=None, help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, "
-                                                    "else the cache folder, downloading)")
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, else the cache folder, downloading)")
     p.add_argument("--no-verify", action="store_true", help="skip the PTB MD5 checks (custom corpus)")
-    p.add_argument("--results", default="results", help="results folder (default results)")
+    p.add_argument("--results", type=path_arg, default="results", help="results folder (default results)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -211,7 +232,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--heartbeat", type=float, default=10.0, metavar="SEC",
                    help="seconds between one-line heartbeats on stderr: phase, epoch, step, words/sec (0: none)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
-    t.add_argument("--checkpoint", default=None, metavar="PATH",
+    t.add_argument("--checkpoint", type=path_arg, default=None, metavar="PATH",
                    help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")
     t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
                    help="minutes between mid-epoch checkpoints; 0: only at epoch ends (default 10)")

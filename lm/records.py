@@ -64,17 +64,20 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
 
 
 def ensure_writable(results: str | os.PathLike) -> Path:
-    """Create ``<results>/runs`` and prove it writable now, before any work is done."""
+    """Prove now, before any work is done, that run records can be written under ``results``, creating nothing: a
+    bad input is refused without leaving folders behind (:func:`write_run` makes them with the first record)."""
     results = Path(results)
-    try:
-        (results / "runs").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=results / "runs"):
-            pass
-        with tempfile.TemporaryFile(dir=results):
-            pass
-    except OSError as exc:
-        raise UsageError(f"results folder {results} is not writable ({exc.strerror}); "
-                         "pass --results with a writable folder") from None
+    existing = [p for p in (results / "runs", results) if p.exists()] or [next(p for p in results.parents
+                                                                                 if p.exists())]
+    for folder in existing:
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UsageError(f"results folder {results} is not writable ({exc.strerror or exc}); "
+                             "pass --results with a writable folder") from None
     return results
 
 
@@ -105,6 +108,7 @@ def write_run(results: str | os.PathLike, record: dict) -> Path:
     path = results / "runs" / f"{record['run_id']}.json"
     text = json.dumps(_clean(record), indent=2, sort_keys=False) + "\n"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with locked(results):
             atomic_write(path, text)
             write_train_tables(results)

@@ -10,6 +10,7 @@ evaluation pass.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -176,6 +177,13 @@ class Diverged(Exception):
     pass
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError, or the RuntimeError torch's CPU allocator raises when an allocation fails (the
+    host's out-of-memory): the run ends ``oom`` with its sizes, on a GPU and on the CPU alike."""
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError)
+                                                       and "can't allocate memory" in str(exc))
+
+
 class Interrupted(Exception):
     pass
 
@@ -257,6 +265,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     if checkpoint_path is None and results_dir is not None:
         checkpoint_path = ckpt_mod.default_path(results_dir, cfg.name, cell, device, seed, step_mode,
                                                 numerics_suffix(dtype_name, fp32_matmul))
+    n_steps = check_streams(cfg, corpus, max_steps, max_eval_words)
     ckpt = None
     if resume:
         if checkpoint_path is None:
@@ -264,6 +273,9 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         ckpt = ckpt_mod.load(checkpoint_path)
         ckpt_mod.check_compatible(ckpt, Path(checkpoint_path), cfg.as_dict(), cells.kind(cell), corpus.vocab_size,
                                   len(corpus.train), step_mode, dtype_name, fp32_matmul)
+        check_same_run(ckpt, Path(checkpoint_path), cell, seed, n_steps, max_eval_words, cfg.epochs, results_dir)
+    elif checkpoint_path is not None:
+        check_not_unfinished(Path(checkpoint_path), results_dir)
     if deterministic:
         set_deterministic(device)
     torch.manual_seed(seed)
@@ -290,15 +302,17 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
             run.rec["status"] = "interrupted"
         except Diverged as exc:
             run.rec.update(status="diverged", error=exc.args[0], diverged_at=exc.args[1])
-        except torch.OutOfMemoryError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "OutOfMemoryError"
-            run.rec.update(status="oom", error=f"out of memory with batch {cfg.batch_size}, {cfg.num_steps} steps, "
-                           f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocabulary {corpus.vocab_size}, "
-                           f"{dtype}: {first}")
-            run.release()
         except Exception as exc:
-            run.rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            print(traceback.format_exc(), file=sys.stderr)
+            if out_of_memory(exc):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "OutOfMemoryError"
+                run.rec.update(status="oom", error=f"out of memory with batch {cfg.batch_size}, {cfg.num_steps} "
+                               f"steps, hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocabulary "
+                               f"{corpus.vocab_size}, {dtype}: {first}")
+                run.release()
+            else:
+                run.rec.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                               traceback=traceback.format_exc())
+                print(traceback.format_exc(), file=sys.stderr)
         finally:
             run.finish()
     rec = run.rec
@@ -307,6 +321,75 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     if checkpoint_path is not None:
         rec["checkpoint"] = str(checkpoint_path)
     return rec
+
+
+def check_streams(cfg: Config, corpus: data.Corpus, max_steps: int | None, max_eval_words: int | None) -> int:
+    """Before any training: every stream holds at least one window at the sizes it is read with (training at
+    ``batch_size`` x ``num_steps``, validation likewise, test at ``test_batch_size`` x ``test_num_steps``, the
+    evaluation streams cut to ``max_eval_words``), else a UsageError naming the stream; returns the training steps an
+    epoch."""
+    cut = (lambda t: t) if max_eval_words is None else (lambda t: t[: max_eval_words + 1])
+    for name, tokens, batch, steps, options in (
+            ("training", corpus.train, cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
+            ("validation", cut(corpus.valid), cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
+            ("test", cut(corpus.test), cfg.test_batch_size, cfg.test_num_steps,
+             "--test-batch-size / --test-num-steps")):
+        if data.epoch_size(tokens, batch, steps) <= 0:
+            evaluated = "" if name == "training" or max_eval_words is None else f" (--max-eval-words {max_eval_words})"
+            raise UsageError(f"the {name} stream's {len(tokens)} tokens{evaluated} are too few for batch {batch} x "
+                             f"{steps} steps (need at least {batch * (steps + 1)}); lower {options}")
+    n = data.epoch_size(corpus.train, cfg.batch_size, cfg.num_steps)
+    return n if max_steps is None else min(n, max_steps)
+
+
+def _record_of(ckpt: dict, results_dir) -> dict | None:
+    """The run record written for a checkpoint's run, if ``results_dir`` holds one."""
+    if results_dir is None:
+        return None
+    path = Path(results_dir) / "runs" / f"{ckpt['record'].get('run_id')}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_same_run(ckpt: dict, path: Path, cell: str, seed: int, n_steps: int, max_eval_words: int | None,
+                   epochs: int, results_dir) -> None:
+    """Refuse to resume a checkpoint as another run than its own: another cell (of the same kind: its record would
+    carry the first cell's time under the second's name), seed, epoch length (``--max-steps``) or evaluation
+    (``--max-eval-words``), or a run that already finished all ``epochs`` (nothing to resume; more epochs do)."""
+    saved = ckpt["record"]
+    for what, mine, theirs in (("--cell", cell, saved.get("cell")), ("--seed", seed, saved.get("seed")),
+                               ("--max-eval-words", max_eval_words, saved.get("max_eval_words"))):
+        if mine != theirs:
+            shown = "unset" if theirs is None else theirs
+            raise UsageError(f"checkpoint {path} is of a run with {what} {shown}; resume it with the same {what}"
+                             + (" (omit it)" if theirs is None else ""))
+    if saved.get("steps_per_epoch") not in (None, n_steps):
+        raise UsageError(f"checkpoint {path} is of a run of {saved['steps_per_epoch']} steps an epoch, this one "
+                         f"would be {n_steps}; resume it with the same --max-steps")
+    done = _record_of(ckpt, results_dir)
+    if ckpt["epoch"] > epochs and done is not None and done.get("status") == "ok":
+        n = len(saved.get("epochs") or [])
+        raise UsageError(f"checkpoint {path} is of a finished run of {n} epoch{'' if n == 1 else 's'} (record "
+                         f"{done.get('run_id')}); nothing to resume -- pass --epochs above {n} to train it further")
+
+
+def check_not_unfinished(path: Path, results_dir) -> None:
+    """A fresh run would overwrite ``path``: refuse when it holds a run that stopped part-way (interrupted, or killed
+    before it could write a record), so that hours of training are not lost to a repeated command."""
+    try:
+        ckpt = ckpt_mod.load(path)
+    except UsageError:  # none there, or nothing a run could continue from
+        return
+    rec = _record_of(ckpt, results_dir)
+    if rec is None and results_dir is None:
+        return  # (no records to tell a finished run from a stopped one)
+    status = "stopped with no record" if rec is None else rec.get("status")
+    if status in ("stopped with no record", "interrupted"):
+        raise UsageError(f"checkpoint {path} holds a run that {'was interrupted' if rec else status} (epoch "
+                         f"{ckpt['epoch']}, step {ckpt['step']}): continue it with --resume, or delete the file (or "
+                         "pass another --checkpoint) to start afresh")
 
 
 class Run:
@@ -335,7 +418,7 @@ class Run:
             self.step.opt.load_state_dict(ckpt["optimizer"])
             ckpt_mod.set_rng_state(ckpt["rng"])
             resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
-                       "step": ckpt["step"], "cell": self.cell, "env": rec["env"]}
+                       "step": ckpt["step"], "cell": self.cell, "command": rec["command"], "env": rec["env"]}
             # The fresh record first: a checkpoint written before a field existed resumes with its default.
             self.rec = rec = {**rec, **ckpt["record"], "config": cfg.as_dict(), "cell": self.cell,
                               "backend": rec["backend"], "step": rec["step"]}
@@ -458,6 +541,7 @@ class Run:
         rec["epochs"].append({**e, "valid_ppl": valid, "valid_seconds": valid_seconds,
                               "elapsed_seconds": prior + e["train_seconds"] + valid_seconds})
         rec["time_to_quality"] = time_to_quality(rec["epochs"], cfg.target_valid_ppl)
+        self.check_evaluation("validation", valid, epoch)
         if self.progress:
             from tqdm import tqdm
 
@@ -475,6 +559,16 @@ class Run:
         self.rec["test_ppl"] = evaluate(self.model, self._stream(self.corpus.test), cfg.test_batch_size,
                                         cfg.test_num_steps, self.device, "test", self.progress, heartbeat=self.hb)
         self.rec["test_seconds"] = time.perf_counter() - t0
+        self.check_evaluation("test", self.rec["test_ppl"], cfg.epochs)
+
+    def check_evaluation(self, what: str, ppl: float, epoch: int) -> None:
+        """A perplexity that overflowed (a mean loss above 700 nats a word) or is NaN: the model diverged though
+        every training loss and gradient norm stayed finite (e.g. a huge learning rate under clipping)."""
+        if not math.isfinite(ppl):
+            raise Diverged(f"{what} perplexity {ppl} after epoch {epoch}: the model diverged; try a lower "
+                           "--learning-rate or --init-scale",
+                           {"epoch": epoch, "step": self.n_steps, "what": f"{what} perplexity",
+                            "last_finite_loss": None})
 
     def release(self) -> None:
         """Drop the model and step (after running out of memory), so the record can still be written."""

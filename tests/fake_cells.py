@@ -19,6 +19,14 @@ class OutOfMemoryLSTM(LoopLSTM):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (fake, for tests)")
 
 
+class HostOutOfMemoryLSTM(LoopLSTM):
+    """Raises what torch's CPU allocator raises when an allocation fails (a RuntimeError, not OutOfMemoryError)."""
+
+    def forward(self, x, state=None):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
 class CrashingLSTM(LoopLSTM):
     def forward(self, x, state=None):
         raise RuntimeError("this cell crashes on purpose")

@@ -126,14 +126,70 @@ def test_divergence_is_reported_with_step_and_last_finite_loss(corpus_dir, tmp_p
     assert rec["status"] == "diverged" and rec["diverged_at"]["step"] >= 1 and rec["diverged_at"]["epoch"] == 1
 
 
-def test_out_of_memory_gets_status_oom_with_sizes(corpus_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(cells.REGISTRY, "oom_lstm", "fake_cells:OutOfMemoryLSTM")
+@pytest.mark.parametrize(("fake", "said"), [("OutOfMemoryLSTM", "Tried to allocate"),
+                                           ("HostOutOfMemoryLSTM", "can't allocate memory")], ids=["cuda", "cpu"])
+def test_out_of_memory_gets_status_oom_with_sizes(fake, said, corpus_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(cells.REGISTRY, "oom_lstm", f"fake_cells:{fake}")
     corpus = data.load(corpus_dir, check_md5=False)
     rec = train.train(config.preset("tiny"), "oom_lstm", corpus, torch.device("cpu"), results_dir=tmp_path / "r",
                       progress=False)
-    assert rec["status"] == "oom"
-    assert "batch 4, 5 steps, hidden 16, 2 layers" in rec["error"] and "Tried to allocate" in rec["error"]
+    assert rec["status"] == "oom" and "traceback" not in rec
+    assert "batch 4, 5 steps, hidden 16, 2 layers" in rec["error"] and said in rec["error"]
     assert only_record(tmp_path / "r")["status"] == "oom"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_divergence_found_by_evaluation_is_diverged_not_ok(corpus_dir, tmp_path, capsys):
+    """Under clipping a huge learning rate can keep every training loss finite while the model's perplexity
+    overflows: the run is diverged, not ok with an infinite perplexity."""
+    results = tmp_path / "r"
+    assert main(["train", "--cell", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+                 "--results", str(results), "--quiet", "--learning-rate", "1e30"]) == 1
+    err = without_heartbeats(capsys.readouterr().err)
+    assert "rnnbench: diverged: " in err and "perplexity inf" in err
+    rec = only_record(results)
+    assert rec["status"] == "diverged" and rec["diverged_at"]["what"] in ("validation perplexity", "loss",
+                                                                           "gradient norm")
+
+
+def test_resume_refuses_to_continue_as_another_run(corpus_dir, tmp_path, capsys):
+    """A checkpoint resumes only as its own run: the same cell (not another of its kind, whose record would carry
+    the first cell's time), seed, epoch length and evaluation; a finished run has nothing to resume, but more epochs
+    do."""
+    results = tmp_path / "r"
+    base = ["train", "--config", "tiny", "--epochs", "1", "--data-dir", str(corpus_dir), "--no-verify",
+            "--results", str(results), "--quiet", "--max-steps", "3", "--max-eval-words", "100"]
+    assert main([*base, "--cell", "loop_lstm"]) == 0
+    ckpt = str(checkpoint.default_path(results, "tiny", "loop_lstm", torch.device("cpu"), 0))
+    resume = [*base, "--resume", "--checkpoint", ckpt]
+    assert "is of a run with --cell loop_lstm; resume it with the same --cell" in one_line(
+        [*resume, "--cell", "cudnn_lstm"], capsys)
+    assert "is of a run with --seed 0" in one_line([*resume, "--cell", "loop_lstm", "--seed", "3"], capsys)
+    assert "is of a run with --max-eval-words 100" in one_line(
+        [*resume, "--cell", "loop_lstm", "--max-eval-words", "200"], capsys)
+    assert "is of a run of 3 steps an epoch, this one would be 2" in one_line(
+        [*resume, "--cell", "loop_lstm", "--max-steps", "2"], capsys)
+    assert "is of a finished run of 1 epoch" in one_line([*resume, "--cell", "loop_lstm"], capsys)
+    assert len(list((results / "runs").glob("*.json"))) == 1
+    assert main([*resume, "--cell", "loop_lstm", "--epochs", "2"]) == 0
+    rec = only_record(results)
+    assert [e["epoch"] for e in rec["epochs"]] == [1, 2] and rec["resumes"][0]["command"].endswith("--epochs 2")
+
+
+def test_a_fresh_run_does_not_overwrite_a_stopped_run(corpus_dir, tmp_path, capsys):
+    """The same command again, without --resume, would start over on the checkpoint of a run that was stopped
+    part-way (interrupted, or killed before its record): refused; a finished run's checkpoint is overwritten."""
+    results = tmp_path / "r"
+    args = ["train", "--cell", "loop_lstm", "--config", "tiny", "--epochs", "1", "--data-dir", str(corpus_dir),
+            "--no-verify", "--results", str(results), "--quiet", "--max-steps", "3"]
+    assert main(args) == 0
+    assert main(args) == 0  # finished: starting afresh is fine (a second run, a second record)
+    assert len(list((results / "runs").glob("*.json"))) == 2
+    for r in (results / "runs").glob("*.json"):
+        r.unlink()  # as if killed before its record: the checkpoint holds a run that stopped
+    err = one_line(args, capsys)
+    assert "holds a run that stopped with no record" in err and "continue it with --resume" in err
+    assert main([*args, "--resume"]) == 0
 
 
 def test_deterministic_runs_repeat_exactly(corpus_dir):

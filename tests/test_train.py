@@ -137,6 +137,11 @@ BAD = [
      "--fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 matmuls on the CPU are exact"),
     (["--cell", "loop_lstm", "--dtype", "bfloat16", "--fp32-matmul", "tf32"],
      "--fp32-matmul tf32 is for float32 runs; a bfloat16 run's matmuls take its own dtype"),
+    # found before the first step, not after the training: each stream at the sizes it is read with
+    (["--cell", "loop_lstm", "--test-batch-size", "100000"],
+     r"the test stream's \d+ tokens are too few for batch 100000 x \d+ steps .*lower --test-batch-size"),
+    (["--cell", "loop_lstm", "--max-eval-words", "20", "--batch-size", "4"],
+     r"the validation stream's 21 tokens \(--max-eval-words 20\) are too few for batch 4 x"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--cell", "loop_lstm", "--device", "cuda"], "CUDA is not available here; accepted: cpu"))
@@ -152,7 +157,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, message, corpus_dir,
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnbench: error: "), captured.err
     assert re.search(message, lines[0]), lines[0]
-    assert not results.exists() or not any(results.rglob("*.json"))
+    assert not results.exists(), "refused before anything is created"
 
 
 @pytest.mark.parametrize(("argv", "line"), [
@@ -167,6 +172,23 @@ def test_an_unknown_argument_is_named_by_its_command(argv, line, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seed", "-1"], r"argument --seed: expected an integer from 0 to 2\*\*63 - 1, got '-1'"),
+    (["--seed", "99999999999999999999"], "argument --seed: expected an integer from 0"),  # (torch's limit)
+    (["--seeds", "0,99999999999999999999"], "--seeds takes distinct non-negative integers"),
+    (["--data-dir", ""], "argument --data-dir: expected a path, got an empty string"),  # (not $PTB_DIR's, silently)
+    (["--checkpoint", " "], "argument --checkpoint: expected a path, got an empty string"),
+    (["--results", ""], "argument --results: expected a path, got an empty string"),  # (not the current folder)
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_a_bad_option_value_is_one_line_exit_2(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--cell", "loop_lstm", "--config", "tiny", *args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not any(tmp_path.iterdir())
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
