@@ -230,10 +230,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="train a Triton cell in Triton's CPU interpreter (very slow)")
     t.add_argument("--quiet", action="store_true", help="no progress bars (the heartbeat stays)")
     t.add_argument("--heartbeat", type=float, default=10.0, metavar="SEC",
-                   help="seconds between one-line heartbeats on stderr: phase, epoch, step, words/sec (0: none)")
+                   help="seconds between one-line heartbeats on stderr: phase, epoch, step, words/sec (0: none; "
+                        "default 10)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     t.add_argument("--checkpoint", type=path_arg, default=None, metavar="PATH",
-                   help="checkpoint file (default <results>/checkpoints/<config>-<cell>-<device>-seed<S>.pt)")
+                   help="checkpoint file (default <results>/checkpoints/<config>-<cell>[-<step mode>][-tf32|-bf16]-"
+                        "<device>-seed<S>.pt)")
     t.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
                    help="minutes between mid-epoch checkpoints; 0: only at epoch ends (default 10)")
     t.add_argument("--step", default="eager", choices=["eager", "compile", "cuda-graph"],
