@@ -74,6 +74,16 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux's random boot id), or None: what tells two machines of one name and model apart
+    -- this project's CPU sessions run on different hosts all called "vm", whose speeds differ by a third -- so that a
+    report compares runs of one machine session only."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def environment(device: str | torch.device) -> dict:
     """A flat description of the machine and libraries for one result record."""
     device = torch.device(device)
@@ -92,6 +102,7 @@ def environment(device: str | torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),
+        "boot_id": boot_id(),
         "commit": git_commit(),
         # Set by whoever runs an exported copy of the tree (the GPU check does): what they say it is, unverified.
         "commit_declared": os.environ.get("RNNBENCH_DECLARED_COMMIT") or None,

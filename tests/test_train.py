@@ -109,6 +109,7 @@ def test_cli_end_to_end_writes_a_valid_record(corpus_dir, tmp_path):
     assert rec["wall_seconds"] > 0 and rec["command"].startswith("rnnbench train --cell loop_lstm")
     env = rec["env"]
     assert env["device"] == "cpu" and env["device_name"] and env["torch"] == torch.__version__ and env["commit"]
+    assert env["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # (which machine session)
     table = (results / "train.csv").read_text().splitlines()
     assert len(table) == 2 and "loop_lstm" in table[1] and ",spikes," in table[0]
     assert "loop_lstm" in (results / "train.md").read_text()
