@@ -605,6 +605,15 @@ def merge(src: Path, dest: Path, commit: str | None = None, note: str | None = N
     records have no commit, or a wrong one): written into every run record's ``env.commit`` and every
     benchmark file's ``rnnbench.commit``, with ``note`` (how it was run) as ``provenance`` beside it.
     """
+    from lm.errors import UsageError
+
+    if not src.is_dir():
+        raise UsageError(f"source {src} not found (a check's OUT folder)")
+    if dest.resolve() == src.resolve():
+        raise UsageError(f"source and destination are the same folder: {src}")
+    from lm.records import usable_folder
+
+    usable_folder(dest, "destination")
     if commit is not None:
         commit = _full_commit(commit)
     copied = 0
@@ -665,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--full", action="store_true",
                       help=f"instead of the check: the medium preset's whole schedule (39 epochs, the step as one "
                            f"CUDA graph) for --full-cells, default budget {FULL_BUDGET_S} s")
-    r.add_argument("--full-cells", default=FULL_CELLS, metavar="CELLS",
+    r.add_argument("--full-cells", default=None, metavar="CELLS",
                    help=f"with --full: the cells, comma-separated, one run after another (default {FULL_CELLS})")
     r.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help=f"wall-clock seconds for all the steps (default {BUDGET_S}: one call of at most 6 minutes; "
@@ -684,19 +693,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="the project commit the check ran, for output made from an exported tree")
     m.add_argument("--note", default=None, help="how it was run (stored as provenance beside the commit)")
     args = p.parse_args(argv)
+    from lm.errors import UsageError
+    from lm.records import usable_folder
+
     if args.cmd == "env":
+        try:  # before measuring
+            from lm.train import resolve_device
+
+            resolve_device(args.device)
+            usable_folder(args.out, "--out")
+        except UsageError as exc:
+            e.error(str(exc))
         return env_step(args.device, args.out)
     if args.cmd == "merge":
         if args.note and not args.commit:
             m.error("--note goes with --commit")
-        from lm.errors import UsageError
-
         try:
             return merge(args.src, args.dest, args.commit, args.note)
         except (UsageError, OSError, ValueError) as exc:
             print(f"rnnbench: error: {exc}", file=sys.stderr)
             return 2
     if args.cmd == "run":
+        if args.full_cells is not None and not args.full:
+            r.error("--full-cells goes with --full")
+        args.full_cells = FULL_CELLS if args.full_cells is None else args.full_cells
+        try:  # before the CUDA check: the output folder is made only once every input is good
+            usable_folder(args.out, "OUT")
+        except UsageError as exc:
+            r.error(str(exc))
         budget = args.budget if args.budget is not None else FULL_BUDGET_S if args.full else BUDGET_S
         if not 30 <= budget <= 600:
             r.error(f"--budget takes 30 to 600 seconds, got {budget:g}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import pandas as pd
 
 import cells
 from bench import flops
-from bench.machine import load_all as load_machines
 from bench.machine import name_slug
 from lm import config as lm_config
 from lm import records
@@ -90,16 +90,118 @@ def _dates(values) -> str:
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
-def load_bench(results: str | Path, newest: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+# The JSON types a field the report reads may have besides null, per kind of file; a file with another type there, or
+# without a required field, is skipped (one warning on stderr, a count in the report's header) rather than crash the
+# report halfway.
+NUMBER = (int, float)
+RUN_FIELDS = {"run_id": str, "cell": str, "config": dict, "env": dict, "epochs": list, "status": str, "started": str,
+              "kind": str, "backend": str, "step_mode": str, "mode": str, "dtype": str, "fp32_matmul": str,
+              "error": str, "load_average_start": list, "load_average_end": list,
+              **dict.fromkeys(("seed", "steps_per_epoch", "max_eval_words", "vocab_size", "test_ppl", "words_per_sec",
+                               "train_words", "train_seconds", "compile_seconds", "valid_seconds", "test_seconds",
+                               "wall_seconds", "peak_memory_bytes"), NUMBER)}
+CONFIG_FIELDS = {"name": str, **dict.fromkeys(("epochs", "hidden_size", "num_layers", "num_steps", "batch_size",
+                                               "vocab_size", "target_valid_ppl"), NUMBER)}
+ENV_FIELDS = {"device": str, "device_name": str, "commit": str, "commit_declared": str, "torch_threads": NUMBER}
+EPOCH_FIELDS = dict.fromkeys(("epoch", "train_ppl", "valid_ppl", "elapsed_seconds", "train_spikes"), NUMBER)
+BENCH_FIELDS = {"benchmarks": list, "machine_info": dict, "rnnbench": dict, "datetime": str}
+BENCH_ENTRY_FIELDS = {"extra_info": dict, "stats": dict}
+BENCH_EXTRA_FIELDS = dict.fromkeys(("pass", "shape", "cell", "kind", "backend", "device", "device_name"), str)
+MACHINE_FIELDS = {"device": str, "device_name": str, "measured": str, "fp32_matmul_flops": NUMBER}
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number", bool: "a boolean"}
+
+
+def _json_type(v) -> str:
+    return next((name for t, name in reversed(JSON_TYPES.items()) if isinstance(v, t)), "null")
+
+
+def _shape_problem(doc, fields: dict, required=(), where: str = "") -> str | None:
+    """What is wrong with the JSON object ``doc`` against ``fields`` (name -> allowed types besides null) and the
+    names in ``required``, or None; ``where`` names ``doc`` within its file."""
+    if not isinstance(doc, dict):
+        return f"{where or 'the file'} is {_json_type(doc)}, not an object"
+    for k in required:
+        if doc.get(k) is None:
+            return f"no `{where}{k}`"
+    for k, types in fields.items():
+        v = doc.get(k)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+            return f"`{where}{k}` is {_json_type(v)}, not {JSON_TYPES[types]}"
+    return None
+
+
+def _run_problem(rec) -> str | None:
+    """Why the report cannot use the run record ``rec`` (a field of the wrong type, no run_id, cell or config), or
+    None."""
+    problem = _shape_problem(rec, RUN_FIELDS, ("run_id", "cell", "config"))
+    if problem:
+        return problem
+    for i, e in enumerate(rec.get("epochs") or []):
+        if problem := _shape_problem(e, EPOCH_FIELDS, where=f"epochs[{i}]."):
+            return problem
+    return (_shape_problem(rec["config"], CONFIG_FIELDS, where="config.")
+            or _shape_problem(rec.get("env") or {}, ENV_FIELDS, where="env."))
+
+
+def _bench_problem(doc) -> str | None:
+    """Why the report cannot use the pytest-benchmark JSON ``doc``, or None."""
+    problem = _shape_problem(doc, BENCH_FIELDS, ("benchmarks",))
+    for i, b in enumerate(doc["benchmarks"] if not problem else []):
+        problem = problem or _shape_problem(b, BENCH_ENTRY_FIELDS, where=f"benchmarks[{i}].")
+        problem = problem or _shape_problem(b.get("extra_info") or {}, BENCH_EXTRA_FIELDS,
+                                            where=f"benchmarks[{i}].extra_info.")
+    return problem
+
+
+def _read(path: Path, problem, skipped: list | None):
+    """The JSON in ``path`` if ``problem`` (a function of it) finds nothing wrong, else None with (path, what is wrong)
+    appended to ``skipped``: "unreadable (...)" or "malformed (...)"."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        why = f"unreadable ({exc.strerror or exc})"
+    except ValueError as exc:  # (not JSON, or not UTF-8)
+        why = f"unreadable ({exc})"
+    else:
+        why = problem(doc)
+        if why is None:
+            return doc
+        why = f"malformed ({why})"
+    if skipped is not None:
+        skipped.append((path, why))
+    return None
+
+
+def load_runs(results: str | Path, skipped: list | None = None) -> list[dict]:
+    """Every run record under ``<results>/runs`` the report can use (as ``records.load_runs`` reads them, with
+    ``_path``); each other file is appended to ``skipped`` as (path, why)."""
+    out = []
+    for path in sorted(Path(results, "runs").glob("*.json")):
+        rec = _read(path, _run_problem, skipped)
+        if rec is not None:
+            rec["_path"] = str(path)
+            out.append(rec)
+    return out
+
+
+def load_machines(results: str | Path, skipped: list | None = None) -> list[dict]:
+    """Every matmul measurement under ``<results>/machine`` (``bench/machine.py``); each file without one is appended
+    to ``skipped`` as (path, why)."""
+    check = lambda m: _shape_problem(m, MACHINE_FIELDS, ("device_name", "fp32_matmul_flops"))  # noqa: E731
+    return [m for p in sorted(Path(results, "machine").glob("*.json")) if (m := _read(p, check, skipped)) is not None]
+
+
+def load_bench(results: str | Path, newest: bool = True,
+               skipped: list | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Micro-benchmark rows (one per benchmark of ``bench/bench_cells.py``; with ``newest`` only the newest of each
-    device, pass, shape and cell, else every file's) and the files' machine infos."""
+    device, pass, shape and cell, else every file's) and the files' machine infos; each file the report cannot use is
+    appended to ``skipped`` as (path, why)."""
     rows, machines = [], []
     for path in sorted(Path(results, "bench").rglob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-            benches, info = doc["benchmarks"], doc.get("machine_info") or {}
-        except (OSError, ValueError, KeyError, TypeError):
+        doc = _read(path, _bench_problem, skipped)
+        if doc is None:
             continue
+        benches, info = doc["benchmarks"], doc.get("machine_info") or {}
         name = info.get("device_name") or (info.get("cpu") or {}).get("brand_raw") or "unknown"
         device = info.get("bench_device") or "cpu"
         matmul = (doc.get("rnnbench") or {}).get("matmul") or info.get("matmul")
@@ -136,11 +238,16 @@ def load_bench(results: str | Path, newest: bool = True) -> tuple[pd.DataFrame, 
     return df, machines
 
 
-def matmul_rates(results: str | Path, extra: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(device type, device name) -> its matmul measurements, oldest first."""
+def matmul_rates(results: str | Path, extra: list[dict],
+                 skipped: list | None = None) -> dict[tuple[str, str], list[dict]]:
+    """(device type, device name) -> its matmul measurements, oldest first: ``<results>/machine``'s and ``extra``
+    (the benchmark files'), one that both hold counted once."""
     out: dict[tuple[str, str], list[dict]] = {}
-    for m in [*load_machines(results), *extra]:
-        if not math.isnan(_num(m.get("fp32_matmul_flops"))):
+    seen = set()
+    for m in [*load_machines(results, skipped), *extra]:
+        key = (m.get("device"), m.get("device_name"), m.get("measured"), m.get("fp32_matmul_flops"))
+        if not math.isnan(_num(m.get("fp32_matmul_flops"))) and str(key) not in seen:
+            seen.add(str(key))
             out.setdefault((m.get("device"), m.get("device_name")), []).append(m)
     for ms in out.values():
         ms.sort(key=lambda m: str(m.get("measured")))
@@ -365,19 +472,47 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
     return md
 
 
+def _reference_file(sel: pd.DataFrame, kind) -> str | None:
+    """Of the benchmark files in ``sel`` (every file's rows of one device, shape and pass) that timed ``kind``'s cuDNN
+    cell, the one that timed the most cells of the kind, then the newest; None where none did (or the kind has no
+    cuDNN cell).  The micro-benchmark tables and At a glance take their figures of the kind from it."""
+    mine = sel[(sel["kind"] == kind) & sel["median_ms"].notna()]
+    files = mine[mine["cell"] == BASELINE_OF_KIND.get(kind)]["file"].unique()
+    if not len(files):
+        return None
+    return max(files, key=lambda f: (mine[mine["file"] == f]["cell"].nunique(),
+                                     str(mine[mine["file"] == f]["date"].max())))
+
+
+def micro_figures(bench: pd.DataFrame) -> pd.DataFrame:
+    """The one figure per device, shape, pass and cell that the micro-benchmark tables show, from every file's rows
+    (``load_bench(newest=False)``): the figure of the cell's kind's reference file (:func:`_reference_file`), else,
+    for a cell that file did not time, the cell's newest figure.  ``vs_cudnn``: the time of the kind's cuDNN cell in
+    the figure's own file over the figure's (NaN where that file has none), so that a ratio never divides figures of
+    two benchmark runs (sessions, machines and loads differ)."""
+    have = bench[bench["median_ms"].notna()].sort_values("date", kind="stable") if len(bench) else bench
+    out = []
+    for _, sel in have.groupby(["device", "device_name", "shape", "pass"], sort=False):
+        for _, rows in sel.groupby("cell", sort=False):
+            ref = _reference_file(sel, rows["kind"].iloc[-1])
+            row = (rows[rows["file"] == ref] if (rows["file"] == ref).any() else rows).iloc[-1]  # (newest last)
+            base = sel[(sel["file"] == row["file"]) & (sel["cell"] == BASELINE_OF_KIND.get(row["kind"]))]
+            out.append({**row, "vs_cudnn": base["median_ms"].iloc[-1] / row["median_ms"] if len(base) else math.nan})
+    return pd.DataFrame(out, columns=[*bench.columns, "vs_cudnn"])
+
+
 def _fastest(bench: pd.DataFrame, device, name, preset: str, pass_: str, kind: str) -> str:
-    """The fastest cell of ``kind`` in ``pass_`` at ``preset`` on one device, among those timed in one benchmark file
-    with the kind's cuDNN cell (of such files the one that timed the most cells of the kind, then the newest): 'name
-    time (ratio to cuDNN)'; '—' without a cuDNN figure.  ``bench``: every file's rows (``load_bench(newest=False)``)."""
+    """The fastest cell of ``kind`` in ``pass_`` at ``preset`` on one device, among those timed in the kind's reference
+    file (:func:`_reference_file`, as in the micro-benchmark tables): 'name time (ratio to cuDNN)'; '—' without a cuDNN
+    figure.  ``bench``: every file's rows (``load_bench(newest=False)``)."""
     if bench.empty:
         return "—"
     sel = bench[(bench["device"] == device) & (bench["device_name"] == name) & (bench["shape"] == preset)
                 & (bench["pass"] == pass_) & (bench["kind"] == kind) & bench["median_ms"].notna()]
     base_name = BASELINE_OF_KIND[kind]
-    files = sel[sel["cell"] == base_name]["file"].unique()
-    if not len(files):
+    file = _reference_file(sel, kind)
+    if file is None:
         return "—"
-    file = max(files, key=lambda f: (sel[sel["file"] == f]["cell"].nunique(), sel[sel["file"] == f]["date"].max()))
     same = sel[sel["file"] == file].sort_values("date").drop_duplicates("cell", keep="last").sort_values("median_ms")
     b = same[same["cell"] == base_name].iloc[0]
     best = same.iloc[0]
@@ -395,19 +530,43 @@ def _ms(v: float) -> str:
     return f"{v:.0f} ms" if v >= 100 else f"{v:.3g} ms"
 
 
+def epoch_steps(runs: pd.DataFrame) -> pd.Series:
+    """Per run (``runs_frame``'s rows), the steps of a whole epoch at its batch size and window length as far as the
+    records know: the most steps an epoch of any record of a PTB preset with the same batch size and number of steps
+    (``--max-steps`` truncates epochs; medium and large share theirs); a config that is not a PTB preset, its own
+    most."""
+    if runs.empty:
+        return pd.Series(dtype=float)
+    group = [runs["config"].where(~runs["config"].isin(PTB_PRESETS), "PTB"), runs["batch_size"], runs["num_steps"]]
+    steps = pd.to_numeric(runs["steps_per_epoch"], errors="coerce")
+    return steps.groupby(group, dropna=False).transform("max")
+
+
+def _published_schedule(runs: pd.DataFrame) -> pd.Series:
+    """Per run, whether it trained a PTB preset's published schedule: all its epochs, each whole (every window:
+    :func:`epoch_steps`), with the preset's settings."""
+    if runs.empty:
+        return pd.Series(dtype=bool)
+    epochs = runs["config"].map(lambda c: PAPER[c]["epochs"] if c in PAPER else math.nan)
+    return ((runs["epochs_done"] == epochs) & (runs["epochs_planned"] == epochs) & (runs["overrides"] == "")
+            & (runs["steps_per_epoch"] == epoch_steps(runs)))
+
+
 def _full_schedule(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs of a PTB preset's whole schedule (its published epochs, every window of every epoch: the most
-    steps an epoch any record of the preset has), evaluated on the whole streams, in exact float32, with the preset's
-    settings as published."""
+    """Finished runs of a PTB preset's whole schedule (:func:`_published_schedule`), evaluated on the whole streams,
+    in exact float32."""
     if runs.empty:
         return runs
-    ok = runs[(runs["status"] == "ok") & runs["config"].isin(PTB_PRESETS) & (runs["numerics"] == "fp32")
-              & runs["max_eval_words"].isna() & (runs["overrides"] == "")].copy()
-    epochs = ok["config"].map(lambda c: PAPER[c]["epochs"])
-    most = runs.groupby("config")["steps_per_epoch"].max()
-    ok = ok[(ok["epochs_done"] == epochs) & (ok["epochs_planned"] == epochs)
-            & (ok["steps_per_epoch"] == ok["config"].map(most))]
-    return ok
+    return runs[_published_schedule(runs) & (runs["status"] == "ok") & (runs["numerics"] == "fp32")
+                & runs["max_eval_words"].isna()].copy()
+
+
+def _epochs_text(r, full_steps) -> str:
+    """A run's epochs done of planned, ``1/1``, with its steps an epoch where ``--max-steps`` truncated them (``1/1
+    (400/1327 steps)``) and its evaluation where ``--max-eval-words`` cut it."""
+    steps = _num(r.steps_per_epoch)
+    cut = f" ({steps:.0f}/{full_steps:.0f} steps)" if steps < _num(full_steps) else ""
+    return f"{r.epochs_done}/{r.epochs_planned}{cut}{_eval_mark(r.max_eval_words)}"
 
 
 def _training_winners(runs: pd.DataFrame) -> dict[str, str]:
@@ -444,7 +603,9 @@ def _training_winners(runs: pd.DataFrame) -> dict[str, str]:
             "soonest to quality": pick("ttq", True, lambda v: f"{v / 60:.1f}", " min")}
 
 
-def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
+def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = None) -> list[str]:
+    """One table per preset and device of ``runs``; ``results``: the folder, whose notes (``gru-spikes/README.md``)
+    the legends point to where it has them."""
     md = ["## Training runs", "",
           "One table per preset and device; per cell the latest run of each planned length (all runs are in "
           "`report.csv`). words/sec: training tokens over training time (evaluation excluded). "
@@ -459,9 +620,12 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
           "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
           "perplexity first reached the preset's target (the paper's validation perplexity + 5%: small 126.7, "
           "medium 90.5, large 86.3), with the epoch; — when never reached. **train s / valid s / test s**: the "
-          "seconds spent in each phase (evaluation runs the tutorial's definition in long windows).", ""]
+          "seconds spent in each phase (evaluation runs the tutorial's definition in long windows). **epochs**: done "
+          "of planned, with the steps an epoch of a run whose epochs `--max-steps` cut short (of the whole epoch's "
+          "steps, as the longest record at that batch size and window length has them).", ""]
     if runs.empty:
         return md + ["(no training runs under `runs/`)", ""]
+    full_steps = epoch_steps(runs)
     for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False, sort=True):
         latest = (group.sort_values("started").drop_duplicates(LENGTH_KEYS,
                                                                keep="last")
@@ -474,9 +638,9 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                + _baselines_note(group)
                + _rate_note([rate_for(rates, device, name, r.torch_threads, r.started) for r in latest.itertuples()]),
                ""]
-        t = latest.assign(epochs=[f"{d}/{p}" + _eval_mark(w) for d, p, w in
-                                  zip(latest["epochs_done"], latest["epochs_planned"], latest["max_eval_words"],
-                                      strict=True)],
+        t = latest.assign(epochs=[_epochs_text(r, full_steps[r.Index]) for r in latest.itertuples()],
+                          final_valid_ppl=[_ppl(r.final_valid_ppl, r.vocab_size) for r in latest.itertuples()],
+                          test_ppl=[_ppl(r.test_ppl, r.vocab_size) for r in latest.itertuples()],
                           pct=latest["matmul_fraction"] * 100,
                           load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
                                                             strict=True)])
@@ -493,6 +657,7 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
                           "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "compile s": ".1f",
                           "GFLOP/s": ".3g",
                           "% matmul": ".2g"}), ""]
+        md += _divergence_legend(latest, results)
         md += seed_table(group)
         notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
                  if r.status != "ok" and isinstance(r.error, str) and r.error]
@@ -500,6 +665,32 @@ def training_section(runs: pd.DataFrame, rates: dict) -> list[str]:
             notes.append(f"- no run here for: {', '.join(f'`{c}`' for c in missing)}")
         md += notes + ([""] if notes else [])
     return md
+
+
+DIVERGED = "⚠"
+
+
+def _diverged(ppl, vocab) -> bool:
+    """Whether a perplexity is worse than a uniform guess over the vocabulary (a model that diverged, or was evaluated
+    right after a training spike)."""
+    return _num(ppl) > _num(vocab)
+
+
+def _ppl(ppl, vocab):
+    """A perplexity for a table: the number, or ``150257.31 ⚠`` where it is worse than a uniform guess."""
+    return f"{ppl:.2f} {DIVERGED}" if _diverged(ppl, vocab) else ppl
+
+
+def _divergence_legend(latest: pd.DataFrame, results: Path | None) -> list[str]:
+    """The line under a training table that says what its ⚠ marks mean, where it has any."""
+    if not any(_diverged(p, r.vocab_size) for r in latest.itertuples() for p in (r.final_valid_ppl, r.test_ppl)):
+        return []
+    vocab = _num(latest["vocab_size"].max())
+    spikes = results is not None and (Path(results) / "gru-spikes" / "README.md").is_file()
+    return [f"{DIVERGED}: a perplexity above the vocabulary size ({vocab:.0f} words), worse than a uniform guess: the "
+            "model diverged, or was evaluated right after a spike of its training (the `spikes` column of `train.md` "
+            "counts them)" + ("; see [`gru-spikes/README.md`](gru-spikes/README.md) for the GRUs' spikes at the "
+                              "small preset's learning rate" if spikes else "") + ".", ""]
 
 
 def _eval_mark(words) -> str:
@@ -661,6 +852,7 @@ def _rate_note(rate: dict | None | list) -> str:
 
 
 def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
+    """One table per device and shape from ``bench``, the figures :func:`micro_figures` chose."""
     md = ["## Micro-benchmarks", "",
           "Median time per call (pytest-benchmark, `bench/bench_cells.py`; batch 20, 2 layers). fwd: the cell "
           "stack's forward with autograd recording; fwd+bwd: plus the backward; step: the whole LM training step "
@@ -671,9 +863,13 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
           "the stack's forward at batch 1, one step, no grad, state carried (per-call cost). **vs cuDNN**: the "
           "time of the cuDNN cell of the same kind (`cudnn_lstm` or "
           "`cudnn_gru`; on the CPU torch's oneDNN/ATen kernels behind the same modules) over the cell's time, on "
-          "the same device (>1 is faster). GFLOP/s of fwd+bwd and **% matmul**: see *FLOP/s*. Step peak MiB: "
-          "CUDA max allocated; on the CPU the pytest process's peak resident set while timing, which includes the "
-          "few hundred MiB the process holds anyway.", ""]
+          "the same device and in the same benchmark run (>1 is faster): per pass and kind a table shows the figures "
+          "of one run, the one that timed the kind's cuDNN cell and the most cells of the kind (then the newest), as "
+          "At a glance does; a cell that run did not time shows its newest figure, its ratio against the cuDNN cell "
+          "of its own run (— where that run has none), and a **timed** column, only where a table mixes runs, names "
+          "the run of each figure not from the table's main run. GFLOP/s of fwd+bwd and **% matmul**: see "
+          "*FLOP/s*. Step peak MiB: CUDA max allocated; on the CPU the pytest process's peak resident set while "
+          "timing, which includes the few hundred MiB the process holds anyway.", ""]
     if bench.empty:
         return md + ["(no micro-benchmark JSON under `bench/`)", ""]
     wide_cols = {"fwd": "fwd ms", "fwdbwd": "fwd+bwd ms", "fwdbwd-cuda-graph": "fwd+bwd graph ms", "step": "step ms",
@@ -699,15 +895,15 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                   if dev["load_average"].notna().any() else "") + "." + _rate_note(fwdbwd_rates), ""]
         for shape, sh in sorted(dev.groupby("shape"), key=lambda kv: kv[1]["hidden_size"].max()):
             wide = sh.pivot_table(index="cell", columns="pass", values="median_ms", aggfunc="first")
+            vs = sh.pivot_table(index="cell", columns="pass", values="vs_cudnn", aggfunc="first", dropna=False)
             t = pd.DataFrame(index=wide.index)
             t["backend"] = sh.groupby("cell")["backend"].first()
             for p, label in wide_cols.items():
                 if p in wide or not (p.startswith(optional) or p.endswith(other_numerics)):  # only where timed
                     t[label] = wide[p] if p in wide else math.nan
-            kinds = sh.groupby("cell")["kind"].first()
             for p, label in ratio_cols:
                 if p in wide or not (p.startswith(optional) or p.endswith(other_numerics)):
-                    t[label] = [_micro_ratio(wide, p, cell, kinds.get(cell)) for cell in t.index]
+                    t[label] = vs[p] if p in vs else math.nan
             fb = sh[sh["pass"] == "fwdbwd"].set_index("cell")
             gflops = fb["flops_per_call"] / (fb["median_ms"] / 1e3) / 1e9
             t["fwd+bwd GFLOP/s"] = gflops
@@ -717,10 +913,15 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             st = sh[sh["pass"] == "step"].set_index("cell")
             t["step words/sec"] = st["words_per_sec"]
             t["step peak MiB"] = st["peak_memory_mib"]
+            main, timed = _timed(sh, wide_cols)
+            if timed is not None:
+                t["timed"] = timed
             t = t.reset_index().sort_values("cell", key=lambda s: s.map(_cell_order))
             row = sh[sh["pass"] != "latency"].iloc[0] if (sh["pass"] != "latency").any() else sh.iloc[0]
             md += [f"#### {shape}: H{row['hidden_size']:.0f}, T{row['num_steps']:.0f}, B{row['batch_size']:.0f} "
                    f"— {_device_title(device, name)}, {_dates(sh['date'])}", "",
+                   *([] if timed is None else [f"Figures from the run {main} except where the *timed* column "
+                                               "names another; each ratio divides two figures of one run.", ""]),
                    _table(t, {"fwd ms": ".4g", "fwd+bwd ms": ".4g", "step ms": ".4g", "fwd+bwd vs cuDNN": ".3g",
                               "step vs cuDNN": ".3g", "fwd+bwd GFLOP/s": ".3g", "% matmul": ".2g",
                               "step words/sec": ".0f", "step peak MiB": ".0f", "latency ms": ".4g",
@@ -732,11 +933,26 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
     return md
 
 
-def _micro_ratio(wide: pd.DataFrame, pass_: str, cell: str, kind) -> float:
-    base = BASELINE_OF_KIND.get(kind)
-    if pass_ not in wide or base not in wide.index:
-        return math.nan
-    return _num(wide.at[base, pass_]) / _num(wide.at[cell, pass_])
+def _run_name(file: str, date) -> str:
+    """A benchmark run as the tables name it: its file's name and its date, ``modes.json (2026-11-28)``."""
+    return f"`{Path(file).name}` ({_date(date)})"
+
+
+def _timed(sh: pd.DataFrame, labels: dict[str, str]) -> tuple[str, pd.Series | None]:
+    """The main run of one micro-benchmark table (``sh``: its :func:`micro_figures`), the file most of its figures
+    come from (then the newest), named; and per cell the runs of its figures that are not the main run's, with the
+    passes each gave (``labels``: pass -> column), or None where every figure is the main run's."""
+    per_file = sh.groupby("file").agg(n=("cell", "size"), date=("date", "max"))
+    main = max(per_file.index, key=lambda f: (per_file.at[f, "n"], str(per_file.at[f, "date"])))
+    main_name = _run_name(main, per_file.at[main, "date"])
+    if len(per_file) == 1:
+        return main_name, None
+    timed = {}
+    for cell, rows in sh[sh["file"] != main].groupby("cell"):
+        timed[cell] = "; ".join(
+            f"{', '.join(labels.get(p, p).removesuffix(' ms') for p in g['pass'])}: {_run_name(f, g['date'].iloc[0])}"
+            for f, g in rows.groupby("file", sort=False))
+    return main_name, pd.Series(timed, dtype=object)
 
 
 def _cell_order(cell: str) -> int:
@@ -771,8 +987,9 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
     """Per preset: our finished runs beside the published perplexities, with wall time and time to quality."""
     md = ["## Convergence: perplexities beside the published ones, and time to quality", "",
           f"Sources: {PAPER_SOURCE}. Ours: the latest finished run of each cell per preset, device and planned "
-          "length, and its seed; runs with fewer epochs than the published schedule are not comparable (the epochs "
-          "column says how many). **test ppl over seeds**: mean ± sample standard deviation over every seed of the "
+          "length, and its seed; runs that did not follow the published schedule (fewer epochs, epochs cut short by "
+          "`--max-steps`, changed settings: the epochs and source columns say which) are not comparable, and their "
+          "**test − paper** is blank. **test ppl over seeds**: mean ± sample standard deviation over every seed of the "
           "same work (as in the repeated-runs tables), where there are two or more: at one seed, float32 rounding "
           "alone moves a run's perplexity by about 1-2 % (README). **test − paper**: our test perplexity minus the "
           "paper's. **wall min**: the whole run, "
@@ -780,6 +997,7 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
           "validation perplexity + 5%). The plots *valid_ppl-…* and *valid_ppl_vs_time-…* below show every epoch.",
           ""]
     drawn = False
+    full_steps = epoch_steps(runs)
     for preset, ref in PAPER.items():
         # a smoke run evaluated on a prefix of the streams (--max-eval-words) is not the tutorial's perplexity
         ours = runs[(runs["config"] == preset) & (runs["status"] == "ok") & runs["max_eval_words"].isna()]
@@ -799,18 +1017,22 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
         # every seed of the same work (seed_stats: a seed's latest run), beside the one run shown
         key = lambda r: tuple(str(getattr(r, k)) for k in (*SEED_GROUP, "cell", "overrides"))  # noqa: E731
         seeds = {key(s): s for s in seed_stats(ours).itertuples()}
+        published = _published_schedule(runs)
         for r in latest.sort_values(["device", "device_name", "cell", "epochs_planned"], key=_sort_key).itertuples():
             s = seeds.get(key(r))
             rows.append({"source": f"ours: `{_cell_label(r)}` on {_device_title(r.device, r.device_name)}",
                          "seed": "—" if pd.isna(r.seed) else f"{r.seed:.0f}",
-                         "epochs": f"{r.epochs_done}/{r.epochs_planned}", "valid ppl": r.final_valid_ppl,
-                         "test ppl": r.test_ppl, "test − paper": r.test_ppl - ref["paper"][1],
+                         "epochs": _epochs_text(r, full_steps[r.Index]), "valid ppl": _ppl(r.final_valid_ppl,
+                                                                                        r.vocab_size),
+                         "test ppl": _ppl(r.test_ppl, r.vocab_size),
+                         "test − paper": r.test_ppl - ref["paper"][1] if published[r.Index] else math.nan,
                          "test ppl over seeds": "—" if s is None or s.n < 2 else
                          f"{s.test_ppl_mean:.2f} ± {s.test_ppl_std:.2f} (seeds {s.seeds})",
                          "wall min": r.wall_minutes, "time to quality": _ttq(r), "date": r.date})
         md += [f"### {preset} (target validation perplexity {TARGET_VALID_PPL[preset]})", "",
                _table(pd.DataFrame(rows), {"valid ppl": ".2f", "test ppl": ".2f", "test − paper": "+.2f",
                                            "wall min": ".1f"}), ""]
+        md += _divergence_legend(latest, None)
     if not drawn:
         return md + ["(no finished run of a paper preset yet)", ""]
     return md
@@ -844,19 +1066,20 @@ def _plain_log_axis(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def _save(plt, fig, path: Path) -> Path:
-    """``fig`` as ``path``, written whole or not at all (a reader, or a commit, never sees half a plot)."""
+def _render(plt, fig, path: Path) -> tuple[Path, bytes]:
+    """``fig`` as the PNG to write to ``path`` (write_report writes every file once all are computed, each whole or
+    not at all: a reader, or a commit, never sees half a plot)."""
     import io
 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    records.atomic_write(path, buf.getvalue())
-    return path
+    return path, buf.getvalue()
 
 
-def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: str = "epoch") -> list[Path]:
+def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path,
+                   x: str = "epoch") -> list[tuple[Path, bytes]]:
     """Validation perplexity of every cell (latest run of each length), one figure per preset and device.
 
     ``x="epoch"``: per epoch; ``x="seconds"``: against wall-clock seconds of training and evaluation (runs
@@ -915,11 +1138,11 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path, x: st
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         stem = "valid_ppl" if x == "epoch" else "valid_ppl_vs_time"
-        out.append(_save(plt, fig, folder / f"{stem}-{config}-{_slug(device, name)}.png"))
+        out.append(_render(plt, fig, folder / f"{stem}-{config}-{_slug(device, name)}.png"))
     return out
 
 
-def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[Path]:
+def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[tuple[Path, bytes]]:
     """Training words/sec per cell, grouped by preset, one figure per device."""
     plt = _plt()
     out = []
@@ -944,12 +1167,13 @@ def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[Path]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(True, axis="y", alpha=0.3)
         path = folder / f"words_per_sec-{_slug(device, name)}.png"
-        out.append(_save(plt, fig, path))
+        out.append(_render(plt, fig, path))
     return out
 
 
-def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
-    """Forward + backward time of the cell stack against hidden size, one line per cell, per device."""
+def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[tuple[Path, bytes]]:
+    """Forward + backward time of the cell stack against hidden size, one line per cell, per device (``bench``: the
+    figures of the micro-benchmark tables, :func:`micro_figures`)."""
     plt = _plt()
     out = []
     fb = bench[(bench["pass"] == "fwdbwd") & bench["median_ms"].notna()] if len(bench) else bench
@@ -972,7 +1196,7 @@ def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         path = folder / f"fwdbwd_vs_hidden-{_slug(device, name)}.png"
-        out.append(_save(plt, fig, path))
+        out.append(_render(plt, fig, path))
     return out
 
 
@@ -981,38 +1205,58 @@ def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[Path]:
 def write_report(results: str | Path = "results") -> Path:
     """Write ``REPORT.md``, ``report.csv`` and ``plots/*.png`` under ``results``, and ``train.csv`` / ``train.md``
     anew from every run record (records merged in from elsewhere, e.g. a GPU check, have not written them); returns
-    the REPORT.md path."""
+    the REPORT.md path.  A file the report cannot use is skipped with a warning on stderr and counted in the header;
+    nothing is written until everything is computed, so a failure leaves the old report whole."""
     results = Path(results)
     if not results.is_dir():
         from lm.errors import UsageError
 
         raise UsageError(f"results folder {results} does not exist; run `rnnbench sweep` or `rnnbench train` first")
-    raw_runs = records.load_runs(results)
-    bench, bench_machines = load_bench(results)
-    rates = matmul_rates(results, bench_machines)
+    skipped = {"runs": [], "bench": [], "machine": []}
+    raw_runs = load_runs(results, skipped["runs"])
+    every_bench, bench_machines = load_bench(results, newest=False, skipped=skipped["bench"])
+    rates = matmul_rates(results, bench_machines, skipped["machine"])
+    for path, why in [s for found in skipped.values() for s in found]:
+        print(f"rnnbench: warning: skipped {path}: {why}", file=sys.stderr)
     runs = runs_frame(raw_runs, rates)
+    figures = micro_figures(every_bench)
 
     plots = results / "plots"
-    plots.mkdir(exist_ok=True)
     pngs = [*plot_valid_ppl(raw_runs, runs, plots), *plot_valid_ppl(raw_runs, runs, plots, x="seconds"),
             *plot_words_per_sec(runs, plots),
-            *plot_fwdbwd_vs_hidden(bench, plots)]
-    for old in set(plots.glob("*.png")) - set(pngs):  # plots of devices or presets that no longer have data go away
-        old.unlink()
+            *plot_fwdbwd_vs_hidden(figures, plots)]
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    n_rates = sum(len(ms) for ms in rates.values())
     md = ["# rnnbench report", "",
-          f"Generated {now} by `rnnbench report` from {len(raw_runs)} run record(s) under `runs/`, "
-          f"{len(bench)} micro-benchmark(s) under `bench/` and {len(rates)} matmul measurement(s). "
+          f"Generated {now} by `rnnbench report` from {len(raw_runs)} run record(s) under `runs/`"
+          f"{_skipped_note(skipped['runs'])}, {len(every_bench)} micro-benchmark figure(s) under `bench/`"
+          f"{_skipped_note(skipped['bench'])} ({len(figures)} in the tables: one per device, shape, pass and cell) "
+          f"and {n_rates} matmul measurement(s){_skipped_note(skipped['machine'])}. "
           "Regenerate with `rnnbench report`; every number below comes from those files. Ratios compare runs on "
-          "the same device only. `report.csv` has one row per run with every column.", ""]
-    md += glance_section(runs, load_bench(results, newest=False)[0])
-    md += training_section(runs, rates) + micro_section(bench, rates) + flops_section(rates) + paper_section(runs)
+          "the same device only, and micro-benchmarks within one benchmark run. `report.csv` has one row per run "
+          "with every column.", ""]
+    md += glance_section(runs, every_bench)
+    md += (training_section(runs, rates, results) + micro_section(figures, rates) + flops_section(rates)
+           + paper_section(runs))
     md += ["## Plots", ""]
-    md += [f"![{p.stem}](plots/{p.name})" for p in pngs] or ["(nothing to plot yet)"]
+    md += [f"![{p.stem}](plots/{p.name})" for p, _ in pngs] or ["(nothing to plot yet)"]
     md.append("")
     csv = runs.to_csv(index=False, float_format="%.6g")
+    plots.mkdir(exist_ok=True)
+    for path, png in pngs:
+        records.atomic_write(path, png)
+    for old in set(plots.glob("*.png")) - {p for p, _ in pngs}:  # plots of devices or presets without data go away
+        old.unlink()
     records.atomic_write(results / "report.csv", csv)
     records.atomic_write(results / "REPORT.md", "\n".join(md))
-    records.write_train_tables(results)
+    records.write_train_tables(results, raw_runs)  # (the records the report could use)
     return results / "REPORT.md"
+
+
+def _skipped_note(skipped: list) -> str:
+    """What the header says of the files of one kind that were skipped: `` (1 skipped: `x.json` unreadable)``."""
+    if not skipped:
+        return ""
+    files = ", ".join(f"`{Path(p).name}` {why.split(' (')[0]}" for p, why in skipped)
+    return f" ({len(skipped)} skipped: {files})"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -87,8 +88,10 @@ def options(args: argparse.Namespace) -> Options:
                              ("--epochs", args.epochs, 1),
                              ("--cell-timeout", args.cell_timeout, 1e-9), ("--kill-grace", args.kill_grace, 0),
                              ("--heartbeat", args.heartbeat, 0), ("--checkpoint-every", args.checkpoint_every, 0)):
-        if value is not None and not value >= low:
-            raise UsageError(f"{name} must be {'positive' if low else '>= 0'}, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise UsageError(f"{name} must be a finite number {'> 0' if low else '>= 0'}, got {value}")
+    if args.ray_address is not None and args.engine != "ray":
+        raise UsageError(f"--ray-address goes with --engine ray (this sweep's engine: {args.engine})")
     sweep_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     results = Path(args.results).resolve()
     checkpoints = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else results / "checkpoints"
@@ -101,6 +104,13 @@ def options(args: argparse.Namespace) -> Options:
                    args.data_dir,  # a Ray worker's working directory is not ours
                    threads=args.threads, heartbeat=args.heartbeat, checkpoint_every=args.checkpoint_every,
                    cell_timeout=args.cell_timeout, kill_grace=args.kill_grace, cwd=os.getcwd())
+
+
+def refuse_modes(modes: list[str], device: str | None) -> None:
+    """A step mode the device cannot run at all is bad input, as ``rnnbench train`` refuses it (exit 2); a cell that
+    cannot be captured still gets its ``unavailable`` record."""
+    if "cuda-graph" in modes and device is not None and not device.startswith("cuda"):
+        raise UsageError(f"--steps cuda-graph needs a CUDA device (this sweep is on {device}); use eager or compile")
 
 
 def write(outcome: Outcome, results: str | Path) -> Outcome:
@@ -187,21 +197,30 @@ def sweep(args: argparse.Namespace) -> int:
 
     names = parse_cells(args.cells)
     explicit = args.cells.strip() != "all"
-    specs = plan(parse_presets(args.config, args.epochs), names, seeds_of(args), parse_modes(args.steps))
+    modes = parse_modes(args.steps)
+    specs = plan(parse_presets(args.config, args.epochs), names, seeds_of(args), modes)
     opts = options(args)
     records.ensure_writable(opts.results)
+    records.usable_folder(Path(opts.checkpoints).parent,
+                          "--checkpoint-dir" if args.checkpoint_dir else "checkpoint folder")
+    # the default folder, or one this sweep makes: removed at the end when no run left a checkpoint in it
+    ours = not args.checkpoint_dir or not Path(opts.checkpoints).parent.exists()
     t0 = time.perf_counter()
     if opts.engine == "ray":
         from bench import ray_engine
 
+        refuse_modes(modes, opts.device)
         outcomes = ray_engine.run(specs, opts, args.ray_address, measure=not args.no_measure)
     else:
         _prepare_local(opts)
+        refuse_modes(modes, opts.device)
         if not args.no_measure:
             measure_machine(opts)
         outcomes = run_local(specs, opts)
     with contextlib.suppress(OSError):
         Path(opts.checkpoints).rmdir()  # empty when every run ended ok
+        if ours:
+            Path(opts.checkpoints).parent.rmdir()
 
     print()
     print(tabulate(summary_rows(outcomes), floatfmt=".4g",

@@ -61,7 +61,7 @@ def path_arg(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -213,7 +213,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     seeds.add_argument("--seed", type=_seed, default=0)
     seeds.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",
                        help="several seeds, e.g. 0,1,2: one run each (the report gives mean ± sd over them)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads of the training process (default: torch's choice; recorded)")
     p.add_argument("--data-dir", type=path_arg, default=None,
                    help="folder with ptb.{train,valid,test}.txt (else $PTB_DIR, else the cache folder, downloading)")

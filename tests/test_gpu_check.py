@@ -171,6 +171,33 @@ def test_a_budget_outside_one_call_is_refused_in_one_line(capsys):
         assert exc.value.code == 2 and err.count("\n") == 1 and "--budget" in err, err
 
 
+def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    """An unknown device, an OUT or --out that is a file (before measuring, before the CUDA check), a merge from a
+    missing folder or into itself, and --full-cells without --full: one line, exit 2, nothing written."""
+    from bench import gpu_check
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    src = tmp_path / "check"
+    (src / "runs").mkdir(parents=True)
+    (src / "runs" / "r.json").write_text("{}")
+    for argv, says in ((["env", "--device", "tpu", "--out", str(tmp_path / "o")], "unknown device 'tpu'"),
+                       (["env", "--device", "cpu", "--out", str(afile)], f"--out {afile} is not writable"),
+                       (["run", str(tmp_path), str(afile), "--dry-run"], f"OUT {afile} is not writable"),
+                       (["run", "--full-cells", "loop_lstm", str(tmp_path), str(tmp_path / "o")],
+                        "--full-cells goes with --full"),
+                       (["merge", str(tmp_path / "nonexistent"), str(tmp_path / "d")], "nonexistent not found"),
+                       (["merge", str(src), str(src)], f"source and destination are the same folder: {src}"),
+                       (["merge", str(src), str(afile)], f"destination {afile} is not writable")):
+        try:
+            rc = gpu_check.main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and says in err and "PosixPath" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "check"] and afile.read_text() == "x"
+
+
 def test_steps_choose_what_a_short_session_runs_and_in_which_order(monkeypatch, capsys):
     """--steps: env first, the named steps in the order named, report last; unknown, repeated or no names refused in
     one line, naming the part's steps."""

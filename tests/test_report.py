@@ -369,3 +369,153 @@ def test_a_run_divides_by_the_matmul_rate_as_it_stood_when_it_started():
                                                                        "2026-11-29T05:00:00+00:00")])
     assert "76 to 97 GFLOP/s, measured 2026-11-28 to 2026-11-29" in note, note
     assert "76 GFLOP/s, measured 2026-11-28." in report._rate_note(rate(rates, "cpu", "X", 1, "2026-11-28T05:00"))
+
+
+def table(section: str, first: str = "| cell") -> dict[str, dict[str, str]]:
+    """The first markdown table in ``section`` whose header starts with ``first``: cell -> column -> text."""
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header = split(lines[start])
+    rows = [split(line) for line in lines[start + 2:] if line.startswith("|")]
+    rows = rows[:next((i for i, line in enumerate(lines[start + 2:]) if not line.startswith("|")), len(rows))]
+    return {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+
+
+def test_micro_ratios_divide_figures_of_one_benchmark_run(results):
+    """Per pass and kind the table shows the figures of one run (the one with the kind's cuDNN cell and the most cells
+    of the kind, then the newest, as At a glance); a cell that run did not time shows its newest figure, its ratio
+    within its own run (— without a cuDNN cell there), and a timed column names the run; dividing two figures of a
+    column gives the printed ratio."""
+    older = bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.030,
+                                             ("fwdbwd", "small", "loop_lstm"): 0.045,
+                                             ("fwdbwd", "small", "cudnn_gru"): 0.034,
+                                             ("fwdbwd", "small", "compiled_gru"): 0.034})
+    older.rename(older.with_name("a.json"))
+    # newer and loaded (every figure slower), with more LSTM cells but no cudnn_gru
+    newer = {"cudnn_lstm": 0.040, "loop_lstm": 0.080, "compiled_lstm": 0.050, "loop_gru": 0.060, "compiled_gru": 0.021}
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", c): v for c, v in newer.items()},
+               date="2026-02-01T00:00:00+00:00", folder="cpu-b")
+    text = report.write_report(results).read_text()
+    section = text.split("#### small")[1].split("## FLOP/s")[0]
+    t = table(section)
+    ms = {cell: float(r["fwd+bwd ms"]) for cell, r in t.items()}
+    assert ms == {"cudnn_lstm": 40.0, "loop_lstm": 80.0, "compiled_lstm": 50.0, "cudnn_gru": 34.0,
+                  "compiled_gru": 34.0, "loop_gru": 60.0}  # (compiled_gru: the run with cudnn_gru, not the newest)
+    for cell, base in (("loop_lstm", "cudnn_lstm"), ("compiled_lstm", "cudnn_lstm"), ("compiled_gru", "cudnn_gru")):
+        assert t[cell]["fwd+bwd vs cuDNN"] == f"{ms[base] / ms[cell]:.3g}"
+    assert t["loop_gru"]["fwd+bwd vs cuDNN"] == "—"  # its run timed no cudnn_gru: no ratio across runs
+    assert "Figures from the run `micro.json` (2026-02-01) except where the *timed* column" in section
+    assert t["compiled_gru"]["timed"] == t["cudnn_gru"]["timed"] == "fwd+bwd: `a.json` (2026-01-03)"
+    assert t["loop_gru"]["timed"] == t["cudnn_lstm"]["timed"] == "—"
+    glance = text.split("## At a glance")[1].split("## Training runs")[0]
+    assert "`cudnn_lstm` 40 ms (next: `compiled_lstm`, 0.80×)" in glance
+    assert "`cudnn_gru` 34 ms (next: `compiled_gru`, 1.00×)" in glance
+    # one run only: no timed column
+    (results / "bench" / "cpu" / "a.json").unlink()
+    section = report.write_report(results).read_text().split("#### small")[1].split("## FLOP/s")[0]
+    assert "timed" not in table(section)["cudnn_lstm"] and "Figures from the run" not in section
+
+
+def _rewrite(results: Path, rec: dict, **fields) -> dict:
+    rec.update(fields)
+    (results / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return rec
+
+
+def test_truncated_epochs_say_so_and_have_no_difference_to_the_paper(results):
+    """A run whose epochs --max-steps cut short says how many steps of the whole epoch (the most any record at that
+    batch size and window length has: medium's 1327 for large too), and is not set against the paper."""
+    full_run(results, "cudnn_lstm", 0, 113.0, 2000.0, reach=300.0)
+    full_run(results, "loop_lstm", 0, 113.0, 2000.0, reach=300.0, steps=400)  # 13 epochs, each cut to 400 steps
+    _rewrite(results, record(results, "cudnn_lstm", config="medium", epochs=1, valid=[200.0]), steps_per_epoch=1327)
+    _rewrite(results, record(results, "cudnn_lstm", config="large", epochs=1, valid=[500.0]), steps_per_epoch=400)
+    text = report.write_report(results).read_text()
+    small = table(text.split("### small on cpu")[1])
+    assert small["loop_lstm"]["epochs"] == "13/13 (400/2323 steps)" and small["cudnn_lstm"]["epochs"] == "13/13"
+    assert table(text.split("### large on cpu")[1])["cudnn_lstm"]["epochs"] == "1/1 (400/1327 steps)"
+    assert table(text.split("### medium on cpu")[1])["cudnn_lstm"]["epochs"] == "1/1"
+    paper = text.split("## Convergence")[1].split("### medium")[0]
+    rows = table(paper, "| source")
+    assert rows[f"ours: `cudnn_lstm` on cpu: {CPU}"]["test − paper"] == "-1.50"
+    assert rows[f"ours: `loop_lstm` on cpu: {CPU}"]["test − paper"] == "—"
+    assert rows[f"ours: `loop_lstm` on cpu: {CPU}"]["epochs"] == "13/13 (400/2323 steps)"
+    glance = text.split("## At a glance")[1].split("## Training runs")[0]
+    assert "loop_lstm" not in glance  # (not the whole schedule)
+
+
+def test_header_counts_measurements_and_figures(results):
+    """The header counts matmul measurements (not devices) and every micro-benchmark figure beside those shown."""
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03, ("fwdbwd", "small", "loop_lstm"): 0.06})
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03}, date="2026-02-01T00:00:00+00:00",
+               folder="cpu-2")
+    (results / "machine").mkdir()
+    (results / "machine" / "cpu.json").write_text(json.dumps({
+        "device": "cpu", "device_name": CPU, "measured": "2026-01-01", "fp32_matmul_flops": 5e10,
+        "fp32_matmul_n": 1024, "torch_threads": 2}))
+    head = report.write_report(results).read_text().split("## At a glance")[0]
+    assert "3 micro-benchmark figure(s) under `bench/` (2 in the tables" in head
+    assert "and 3 matmul measurement(s)." in head
+
+
+def test_unusable_inputs_are_skipped_with_one_warning_each(results, capsys):
+    """Unreadable or malformed files are skipped, each named once on stderr and counted in the header; the rest of
+    the report is made as usual."""
+    record(results, "cudnn_lstm")
+    runs = results / "runs"
+    (runs / "garbage.json").write_text("{not json")
+    no_cell = record(results, "loop_lstm", started="2026-01-05T00:00:00+00:00")
+    _rewrite(results, {k: v for k, v in no_cell.items() if k != "cell"})
+    _rewrite(results, record(results, "loop_gru"), epochs="oops")
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03})
+    (results / "bench" / "cpu" / "broken.json").write_text(json.dumps({"benchmarks": {"a": 1}}))
+    (results / "machine").mkdir()
+    (results / "machine" / "cpu.json").write_text("")
+    md = report.write_report(results).read_text()
+    err = capsys.readouterr().err.splitlines()
+    skipped = [line for line in err if line.startswith("rnnbench: warning: skipped ")]
+    assert sorted(line.split("skipped ")[1].split(":")[0] for line in skipped) == sorted(
+        str(p) for p in (runs / "garbage.json", runs / f"{no_cell['run_id']}.json",
+                         runs / "2026-01-02-small-loop_gru-cpu-ok.json", results / "bench" / "cpu" / "broken.json",
+                         results / "machine" / "cpu.json"))
+    assert any("garbage.json: unreadable (" in line for line in skipped)
+    assert any("no `cell`" in line for line in skipped) and any("`epochs` is a string, not a list" in line
+                                                                for line in skipped)
+    assert any("`benchmarks` is an object, not a list" in line for line in skipped)
+    head = md.split("## At a glance")[0]
+    assert "1 run record(s) under `runs/` (3 skipped: " in head and "`garbage.json` unreadable" in head
+    assert f"`{no_cell['run_id']}.json` malformed" in head
+    assert "(1 skipped: `broken.json` malformed)" in head and "(1 skipped: `cpu.json` unreadable)" in head
+    assert "| cudnn_lstm " in md and (results / "report.csv").is_file()
+    # the train tables list the records the report could use
+    assert "cudnn_lstm" in (results / "train.md").read_text() and no_cell["run_id"] not in (results / "train.csv"
+                                                                                           ).read_text()
+
+
+def test_a_failure_writes_nothing(results, monkeypatch):
+    """Every output is computed before the first is written: a report that fails leaves the folder as it was."""
+    record(results, "cudnn_lstm")
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.03})
+
+    def fail(*args):
+        raise RuntimeError("late failure")
+
+    monkeypatch.setattr(report, "paper_section", fail)
+    with pytest.raises(RuntimeError, match="late failure"):
+        report.write_report(results)
+    assert sorted(p.name for p in results.iterdir()) == ["bench", "runs"]
+
+
+def test_a_perplexity_worse_than_a_uniform_guess_is_marked(results):
+    """valid or test perplexity above the vocabulary size: a mark, and a line under the table saying what it means and
+    pointing to the notes on GRU spikes where the results folder has them."""
+    record(results, "cudnn_lstm")
+    record(results, "triton_gru", valid=[300.0, 126856.84], test=150257.38)
+    md = report.write_report(results).read_text()
+    rows = table(md.split("### small on cpu")[1])
+    assert rows["triton_gru"]["test ppl"] == "150257.38 ⚠" and rows["triton_gru"]["valid ppl"] == "126856.84 ⚠"
+    assert rows["cudnn_lstm"]["test ppl"] == "150.00"
+    assert "⚠: a perplexity above the vocabulary size (10000 words)" in md and "gru-spikes" not in md
+    (results / "gru-spikes").mkdir()
+    (results / "gru-spikes" / "README.md").write_text("# notes")
+    assert "[`gru-spikes/README.md`](gru-spikes/README.md)" in report.write_report(results).read_text()

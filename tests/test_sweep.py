@@ -258,6 +258,42 @@ def test_bad_sweep_options_are_one_line_exit_2(corpus_dir, tmp_path, capsys, bad
     assert not list((tmp_path / "r" / "runs").glob("*.json"))
 
 
+def test_options_that_would_fail_every_run_are_refused_up_front(corpus_dir, tmp_path, capsys):
+    """Non-finite intervals, cuda-graph steps on the CPU (as `rnnbench train` refuses them), a --checkpoint-dir that is
+    a file and --ray-address without the Ray engine: one line, exit 2, before any run, and nothing written."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, says in ((["--heartbeat", "inf"], "--heartbeat must be a finite number >= 0"),
+                      (["--checkpoint-every", "inf"], "--checkpoint-every must be a finite number >= 0"),
+                      (["--steps", "eager,cuda-graph"], "--steps cuda-graph needs a CUDA device"),
+                      (["--checkpoint-dir", str(afile)], f"--checkpoint-dir {afile} is not writable"),
+                      (["--checkpoint-dir", str(afile / "sub")], "is not a folder"),
+                      (["--ray-address", "auto"], "--ray-address goes with --engine ray")):
+        rc = main(["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+                   "--device", "cpu", "--results", str(tmp_path / "r"), *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and says in err, (bad, err)
+        assert not (tmp_path / "r").exists(), bad
+
+
+def test_a_sweep_leaves_no_empty_checkpoint_folder_behind(monkeypatch, corpus_dir, tmp_path):
+    def fake_execute(spec, opts):
+        runs.checkpoint_file(spec, opts)  # as a run does: it makes the sweep's checkpoint folder
+        return runs.Outcome(spec, "ok", None, runs.base_record(spec, opts, torch.device("cpu"), ["rnnbench"]))
+
+    monkeypatch.setattr(runs, "execute", fake_execute)
+    monkeypatch.setattr(sweep_mod, "measure_machine", lambda opts: None)
+    args = dict(cells="loop_lstm", data_dir=str(corpus_dir), results=str(tmp_path / "r"))
+    assert sweep_mod.sweep(_args(**args)) == 0
+    assert (tmp_path / "r" / "runs").is_dir() and not (tmp_path / "r" / "checkpoints").exists()
+    mine = tmp_path / "mine"  # a --checkpoint-dir of the user's is kept; one the sweep made is not
+    mine.mkdir()
+    assert sweep_mod.sweep(_args(**args, checkpoint_dir=str(mine))) == 0
+    assert mine.is_dir() and not list(mine.iterdir())
+    assert sweep_mod.sweep(_args(**args, checkpoint_dir=str(tmp_path / "made"))) == 0
+    assert not (tmp_path / "made").exists()
+
+
 def test_engine_ray_places_runs_on_gpus_itself(tmp_path, capsys):
     rc = main(["sweep", "--engine", "ray", "--cells", "loop_lstm", "--config", "tiny", "--device", "cuda:1",
                "--results", str(tmp_path / "r")])

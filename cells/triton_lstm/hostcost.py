@@ -18,7 +18,6 @@ It patches torch and triton for the whole process: run it on its own, never impo
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -124,7 +123,7 @@ def _measure(call, calls: int, seen: dict) -> dict:
     medians = []
     for _ in range(5):
         times = []
-        for _ in range(calls // 5):
+        for _ in range(max(1, calls // 5)):
             t0 = time.perf_counter()
             call()
             times.append(time.perf_counter() - t0)
@@ -299,21 +298,31 @@ def check_direct(seen: dict, hidden: int, cell: str, train: bool, dtype: torch.d
             for i, (t, d) in enumerate(zip(through, direct, strict=True)) if t != d]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _hidden(text: str) -> list[int]:
+    """--hidden: comma-separated positive integers."""
+    from lm.cli import positive_int
+
+    return [positive_int(h) for h in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from lm.cli import Parser, positive_int  # argparse, its errors on one line
+
+    parser = Parser(prog="python -m cells.triton_lstm.hostcost", description=__doc__.split("\n")[0])
     parser.add_argument("--no-triton", action="store_true", help="skip Triton's launch path too (our code alone)")
-    parser.add_argument("--hidden", default="200,650,1500")
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--check-direct", action="store_true",
-                        help="instead: check that every launch of both Triton cells, training and not, hands the "
-                             "launcher what Triton's own launch path does (launch._launch); exit 1 if not")
-    parser.add_argument("--peak", metavar="PRESET", choices=["small", "medium", "large"],
-                        help="instead: the peak of live tensors in the PTB LM's training fwd+bwd at PRESET, both "
-                             "Triton cells (memory, not time: an estimate to compare versions of the code)")
-    parser.add_argument("--train", action="store_true",
-                        help="a training forward and backward at batch 20 and the presets' T instead (20 at H 200, "
-                             "else 35)")
-    args = parser.parse_args()
+    parser.add_argument("--hidden", type=_hidden, default="200,650,1500", help="hidden sizes, comma-separated")
+    parser.add_argument("--calls", type=positive_int, default=2000)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--check-direct", action="store_true",
+                      help="instead: check that every launch of both Triton cells, training and not, hands the "
+                           "launcher what Triton's own launch path does (launch._launch); exit 1 if not")
+    what.add_argument("--peak", metavar="PRESET", choices=["small", "medium", "large"],
+                      help="instead: the peak of live tensors in the PTB LM's training fwd+bwd at PRESET, both "
+                           "Triton cells (memory, not time: an estimate to compare versions of the code)")
+    what.add_argument("--train", action="store_true",
+                      help="a training forward and backward at batch 20 and the presets' T instead (20 at H 200, "
+                           "else 35)")
+    args = parser.parse_args(argv)  # (before anything is patched)
     os.environ.pop("TRITON_INTERPRET", None)
     torch.set_num_threads(1)
     seen = _fake_cuda(args.no_triton)
@@ -325,7 +334,7 @@ def main() -> None:
         return
     if args.check_direct:
         wrong, n = [], 0
-        for hidden in (int(h) for h in args.hidden.split(",")):
+        for hidden in args.hidden:
             for cell in ("triton_lstm", "triton_gru"):
                 for dtype, exchange in ((torch.float32, False), (torch.bfloat16, False), (torch.float32, True)):
                     for train in (False, True):
@@ -333,7 +342,7 @@ def main() -> None:
                         n += 1
         print("\n".join(wrong) if wrong else f"direct launches as Triton's own: {n} calls compared", flush=True)
         sys.exit(1 if wrong else 0)
-    for hidden in (int(h) for h in args.hidden.split(",")):
+    for hidden in args.hidden:
         if args.train:
             steps = 20 if hidden == 200 else 35
             r = measure_train(hidden, steps, calls=max(5, args.calls // 10), seen=seen)

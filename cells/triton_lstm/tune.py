@@ -43,8 +43,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -435,23 +437,20 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     for each dtype, cell (``cells(args)``, default one: None) and preset, in that order, which passes each record to
     ``emit`` as it is made: ``--json`` is rewritten with every record so far each time (a killed run keeps what it
     measured) and after each preset (records may gain fields at the end, e.g. ``best``)."""
-    from lm.cli import Parser  # argparse, its errors on one line
+    from lm.cli import Parser, positive_int  # argparse, its errors on one line
 
     p = Parser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
-    p.add_argument("--presets", default="medium,large")
-    p.add_argument("--dtypes", default=default_dtypes)
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--json", default=None, help="write every record here")
+    p.add_argument("--presets", default="medium,large", type=lambda v: names(v, PRESETS, "preset"),
+                   help=f"comma-separated: {', '.join(PRESETS)}")
+    p.add_argument("--dtypes", default=default_dtypes, type=lambda v: names(v, DTYPES, "dtype"),
+                   help=f"comma-separated: {', '.join(DTYPES)}")
+    p.add_argument("--reps", type=positive_int, default=15)
+    p.add_argument("--json", default=None, type=json_path, help="write every record here")
     for flags, kwargs in extra:
         p.add_argument(*flags, **kwargs)
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # every input checked here, before the CUDA check and any compiling or timing
     args.started = time.monotonic()
-    presets = [s for s in args.presets.split(",") if s]
-    dtypes = [s for s in args.dtypes.split(",") if s]
-    bad = [s for s in presets if s not in PRESETS] + [d for d in dtypes if d not in DTYPES]
-    if bad:
-        print(f"rnnbench: error: unknown preset or dtype: {', '.join(bad)}", file=sys.stderr)
-        return 2
+    presets, dtypes = args.presets, args.dtypes
     if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
         print(f"rnnbench: error: {module} times compiled kernels and needs CUDA (none here)", file=sys.stderr)
         return 2
@@ -482,24 +481,52 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     return 0
 
 
-def _cells(value: str | list[str]) -> list[str]:
+# The command lines' argparse types (here, :mod:`.probe` and :mod:`.hostcost`): a bad value is a one-line error (exit 2)
+# from lm.cli.Parser, before any compiling or timing.
+
+def names(value: str, known, what: str) -> list[str]:
+    """Comma-separated names, each one of ``known``; an unknown one, or none, is refused listing the accepted."""
+    chosen = [n for n in value.split(",") if n]
+    bad = [n for n in chosen if n not in known]
+    if bad or not chosen:
+        said = f"unknown {what} {', '.join(bad)}" if bad else f"no {what} named ({value!r})"
+        raise argparse.ArgumentTypeError(f"{said}; choose from {', '.join(known)}")
+    return chosen
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def json_path(text: str) -> str:
+    """--json: a file to write in a folder that exists and is writable, found out before the first measurement."""
+    path = Path(text)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        if not path.parent.is_dir():
+            raise NotADirectoryError(f"{path.parent} is not a folder")
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text} ({exc.strerror or exc})") from None
+    return text
+
+
+def _cells(value: str) -> list[str]:
     """--cell: one or more of :data:`CELLS`, comma-separated."""
-    names = [c for c in value.split(",") if c]
-    bad = [c for c in names if c not in CELLS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown cell {', '.join(bad) or value!r}; choose from {', '.join(CELLS)}")
-    return names
+    return names(value, CELLS, "cell")
 
 
 def _fields(value: str) -> tuple[str, ...]:
     """--fields: some of :data:`FIELDS`, comma-separated."""
-    names = tuple(f for f in value.split(",") if f)
-    known = set(FIELDS["LSTM"] + FIELDS["GRU"])
-    bad = [f for f in names if f not in known]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown field {', '.join(bad) or value!r}; choose from "
-                                         f"{', '.join(dict.fromkeys(FIELDS['LSTM'] + FIELDS['GRU']))}")
-    return names
+    return tuple(names(value, dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"]), "field"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                                            help="vary only these fields, comma-separated (default: all; each cell "
                                                 "varies those of them it has): "
                                                 + ", ".join(dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"])))),
-                      (("--time-limit",), dict(type=float, default=None, metavar="SECONDS",
+                      (("--time-limit",), dict(type=positive_seconds, default=None, metavar="SECONDS",
                                                help="time no candidate after this many seconds from the start: the "
                                                     "search under way names the best it timed (its records say "
                                                     "'cut'), later ones do not start (the GPU check passes what its "

@@ -1,0 +1,63 @@
+"""The GPU tools' command lines (tile search, probe, host cost): bad input is one line, exit 2, before any compiling,
+timing or patching -- and before their CUDA check, so a CPU checks them."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton", reason="the Triton cells' tools need triton (a dependency on Linux)")
+
+from cells.triton_lstm import hostcost, probe, tune  # noqa: E402
+
+
+def _refused(main, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("rnnbench: error:"), (argv, err)
+    assert "CUDA" not in err, err  # refused before the CUDA check
+    return err
+
+
+@pytest.mark.parametrize("main", [tune.main, probe.main], ids=["tune", "probe"])
+def test_the_search_and_the_probe_check_their_arguments_first(main, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, says in ((["--reps", "0"], "--reps: expected a positive integer, got '0'"),
+                       (["--reps", "-2"], "--reps: expected a positive integer"),
+                       (["--presets", ""], "no preset named (''); choose from small, medium, large"),
+                       (["--dtypes", ","], "no dtype named (','); choose from float32, bfloat16"),
+                       (["--presets", "medium,huge"], "unknown preset huge; choose from small, medium, large"),
+                       (["--dtypes", "float16"], "unknown dtype float16; choose from float32, bfloat16"),
+                       (["--json", str(tmp_path / "missing" / "t.json")], "missing is not a folder"),
+                       (["--json", str(afile / "t.json")], "afile is not a folder"),
+                       (["--json", str(tmp_path)], "is a folder")):
+        assert says in _refused(main, argv, capsys), argv
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_the_search_takes_a_positive_finite_time_limit(capsys):
+    for limit in ("-5", "0", "inf", "nan", "soon"):
+        assert "--time-limit: expected a positive number of seconds" in _refused(
+            tune.main, ["--time-limit", limit], capsys)
+    assert tune.positive_seconds("12") == 12.0
+
+
+def test_hostcost_checks_its_arguments_before_patching_anything(capsys):
+    import torch
+
+    mm = torch.mm
+    for argv, says in ((["--hidden", "abc"], "--hidden: expected a positive integer, got 'abc'"),
+                       (["--hidden", "200,-5"], "--hidden: expected a positive integer, got '-5'"),
+                       (["--calls", "0"], "--calls: expected a positive integer"),
+                       (["--calls", "-3"], "--calls: expected a positive integer"),
+                       (["--peak", "small", "--train"], "not allowed with argument --peak"),
+                       (["--check-direct", "--peak", "small"], "not allowed with argument --check-direct"),
+                       (["--train", "--check-direct"], "not allowed with argument --train")):
+        err = _refused(hostcost.main, argv, capsys)
+        assert says in err and "python -m cells.triton_lstm.hostcost:" in err, err
+    assert torch.mm is mm  # nothing was patched
+    assert hostcost._hidden("200,650") == [200, 650]
+    calls = []
+    r = hostcost._measure(lambda: calls.append(1), 3, {"launches": 0, "queries": 0})  # fewer calls than batches
+    assert r["us"] >= 0 and len(calls) == 3 + 1 + 5
