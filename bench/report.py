@@ -64,7 +64,7 @@ RUN_COLUMNS = [
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
     "time_to_quality_epoch", "wall_minutes", "flops_per_token", "achieved_gflops",
     "matmul_gflops", "matmul_fraction", "speed_vs_cudnn_lstm", "torch", "triton", "cuda", "cudnn", "commit",
-    "torch_threads", "load_average_start", "load_average_end", "record",
+    "torch_threads", "load_average_start", "load_average_end", "record", "finished", "hostname", "boot_id",
 ]
 
 
@@ -328,12 +328,15 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "load_average_start": _num(load[0]) if isinstance(load, (list, tuple)) and load else math.nan,
             "load_average_end": _num(load_end[0]) if isinstance(load_end, (list, tuple)) and load_end else math.nan,
             "record": r.get("record_path") or r.get("_path"),
+            "finished": r.get("finished"), "hostname": env.get("hostname"), "boot_id": env.get("boot_id"),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df["beside"] = beside(df)
     for _, group in df.groupby(["config", "device", "device_name", *LIKE_KEYS], dropna=False):  # like with like
-        base = _baseline(group)
-        if base is not None:
-            df.loc[group.index, "speed_vs_cudnn_lstm"] = group["words_per_sec"] / base["words_per_sec"]
+        for i, r in group.iterrows():
+            base = _baseline(group, r["boot_id"])
+            if base is not None:
+                df.at[i, "speed_vs_cudnn_lstm"] = r["words_per_sec"] / base["words_per_sec"]
     return df.sort_values(["config", "device", "device_name", "cell", "started"], na_position="last")
 
 
@@ -367,11 +370,32 @@ def _kind(cell) -> str | None:
         return None
 
 
-def _baseline(group: pd.DataFrame) -> pd.Series | None:
+def _baseline(group: pd.DataFrame, boot_id=None) -> pd.Series | None:
     """The latest finished cudnn_lstm run with a words/sec figure in ``group`` (one preset on one device, one step
-    mode and arithmetic)."""
+    mode and arithmetic); for a run that names its machine session (``boot_id``, records since 2026-11-29), the latest
+    of that session only (machines of one name differ: the CPU sessions' "AMD EPYC" hosts by a third), else none."""
     ok = group[(group["cell"] == BASELINE) & (group["status"] == "ok") & group["words_per_sec"].notna()]
+    if isinstance(boot_id, str):
+        ok = ok[ok["boot_id"] == boot_id]
     return ok.sort_values("started").iloc[-1] if len(ok) else None
+
+
+def beside(runs: pd.DataFrame) -> pd.Series:
+    """Per run, how many other recorded runs trained on the same host (hostname, and machine session where both
+    records name it) while it did: their words/sec shared the machine (on a 2-core CPU, two runs of one thread each
+    measured a third apart), so they are not a machine's best and compare only with runs under like conditions.  A
+    run's span is its record's start to finish: a resumed run's includes its pause."""
+    t0 = pd.to_datetime(runs["started"], errors="coerce", utc=True)
+    t1 = pd.to_datetime(runs["finished"], errors="coerce", utc=True)
+    out = pd.Series(0, index=runs.index)
+    for i in runs.index:
+        if pd.isna(t0[i]) or pd.isna(t1[i]):
+            continue
+        same = (runs["hostname"] == runs.at[i, "hostname"]) & (runs["device"] == runs.at[i, "device"])
+        if isinstance(runs.at[i, "boot_id"], str):
+            same &= runs["boot_id"].isna() | (runs["boot_id"] == runs.at[i, "boot_id"])
+        out[i] = int((same & (t0 < t1[i]) & (t1 > t0[i])).sum()) - 1
+    return out
 
 
 def _baselines_note(group: pd.DataFrame) -> str:
@@ -616,7 +640,11 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
           "the setting existed, up to 2026-11-28: float32 under torch's defaults, where cuDNN's RNNs use TF32 and "
           "everything else is exact). Peak memory: GPU max allocated, or the training process's peak resident "
           "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
-          "average at the start and end of the run; on a CPU, runs under different load are not comparable. "
+          "average at the start and end of the run, and *beside N* where N other recorded runs trained on the same "
+          "host at the same time; on a CPU, runs under different load are not comparable, nor (before records "
+          "named their machine session, 2026-11-29) runs of different sessions: hosts of one name differed by a "
+          "third in speed. "
+          "A run that names its session is divided only by a `cudnn_lstm` run of that session. "
           "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
           "perplexity first reached the preset's target (the paper's validation perplexity + 5%: small 126.7, "
           "medium 90.5, large 86.3), with the epoch; — when never reached. **train s / valid s / test s**: the "
@@ -642,7 +670,8 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
                           final_valid_ppl=[_ppl(r.final_valid_ppl, r.vocab_size) for r in latest.itertuples()],
                           test_ppl=[_ppl(r.test_ppl, r.vocab_size) for r in latest.itertuples()],
                           pct=latest["matmul_fraction"] * 100,
-                          load=[_load(a, b) for a, b in zip(latest["load_average_start"], latest["load_average_end"],
+                          load=[_load(a, b, n) for a, b, n in zip(latest["load_average_start"],
+                                                                  latest["load_average_end"], latest["beside"],
                                                             strict=True)])
         t = t.assign(ttq=[_ttq(r) for r in latest.itertuples()], cell=[_cell_label(r) for r in latest.itertuples()])
         t = t[["cell", "backend", "status", "epochs", "words_per_sec", "speed_vs_cudnn_lstm", "peak_memory_mib",
@@ -824,11 +853,11 @@ def _common(values: pd.Series):
     return values.mode().iloc[0] if len(values) else None
 
 
-def _load(start: float, end: float) -> str:
-    """The machine's 1-minute load average at the start and the end of a run, e.g. ``2.0→3.1``."""
-    if math.isnan(start):
-        return "—"
-    return f"{start:.1f}" if math.isnan(end) else f"{start:.1f}→{end:.1f}"
+def _load(start: float, end: float, others: int = 0) -> str:
+    """The machine's 1-minute load average at the start and the end of a run, e.g. ``2.0→3.1``, and how many other
+    recorded runs trained beside it (:func:`beside`): ``2.0→3.1, beside 1``."""
+    text = "—" if math.isnan(start) else f"{start:.1f}" if math.isnan(end) else f"{start:.1f}→{end:.1f}"
+    return text + (f", beside {others}" if others else "")
 
 
 def _rate_note(rate: dict | None | list) -> str:

@@ -519,3 +519,27 @@ def test_a_perplexity_worse_than_a_uniform_guess_is_marked(results):
     (results / "gru-spikes").mkdir()
     (results / "gru-spikes" / "README.md").write_text("# notes")
     assert "[`gru-spikes/README.md`](gru-spikes/README.md)" in report.write_report(results).read_text()
+
+
+def test_runs_side_by_side_say_so_and_a_session_divides_by_its_own_baseline(results):
+    """Two runs training at once on one host share it (a 2-core CPU's runs of one thread each measured a third
+    apart), so each says *beside 1*; and a run that names its machine session (env.boot_id) is divided only by the
+    cuDNN run of that session -- hosts of one name and model differ -- else gets no ratio."""
+    def run(cell, start, end, boot, wps):
+        rec = record(results, cell, started=start, wps=wps)
+        rec["env"].update(hostname="vm", boot_id=boot)
+        return _rewrite(results, rec, finished=end)
+
+    run("cudnn_lstm", "2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00", "A", 1000.0)  # session A, alone
+    run("cudnn_lstm", "2026-01-02T00:00:00+00:00", "2026-01-02T01:00:00+00:00", "B", 3000.0)  # B: a faster host
+    run("loop_lstm", "2026-01-01T02:00:00+00:00", "2026-01-01T03:00:00+00:00", "A", 500.0)   # A, beside min_gru
+    run("min_gru", "2026-01-01T02:30:00+00:00", "2026-01-01T04:00:00+00:00", "A", 800.0)
+    run("loop_gru", "2026-01-03T00:00:00+00:00", "2026-01-03T01:00:00+00:00", "C", 900.0)    # C: no cuDNN run
+    runs = report.runs_frame(report.load_runs(results))
+    by = runs.set_index("cell")
+    assert by.at["loop_lstm", "beside"] == 1 and by.at["min_gru", "beside"] == 1 and by.at["loop_gru", "beside"] == 0
+    assert by.at["loop_lstm", "speed_vs_cudnn_lstm"] == pytest.approx(0.5)  # A's baseline, not B's newer one
+    assert math.isnan(by.at["loop_gru", "speed_vs_cudnn_lstm"])
+    report.write_report(results)
+    md = (results / "REPORT.md").read_text()
+    assert "beside 1" in md and "*beside N*" in md
