@@ -43,15 +43,21 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _seed(text: str) -> int:
-    """``--seed``: a non-negative integer, as each of ``--seeds``."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
-    return value
+def number_arg(cast, ok, expected: str):
+    """An argparse ``type``: ``cast(text)`` where ``ok`` holds of it, else the one-line error "expected <expected>"."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_seed = number_arg(int, lambda v: 0 <= v <= SEED_MAX, "an integer from 0 to 2**63 - 1")  # --seed, as each of --seeds
+positive_int = number_arg(int, lambda v: v > 0, "a positive integer")
 
 
 def path_arg(text: str) -> str:
@@ -59,16 +65,6 @@ def path_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     return text
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:

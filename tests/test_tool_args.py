@@ -40,7 +40,6 @@ def test_the_search_takes_a_positive_finite_time_limit(capsys):
     for limit in ("-5", "0", "inf", "nan", "soon"):
         assert "--time-limit: expected a positive number of seconds" in _refused(
             tune.main, ["--time-limit", limit], capsys)
-    assert tune.positive_seconds("12") == 12.0
 
 
 def test_hostcost_checks_its_arguments_before_patching_anything(capsys):

@@ -494,16 +494,6 @@ def names(value: str, known, what: str) -> list[str]:
     return chosen
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def json_path(text: str) -> str:
     """--json: a file to write in a folder that exists and is writable, found out before the first measurement."""
     path = Path(text)
@@ -530,6 +520,9 @@ def _fields(value: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lm.cli import number_arg
+
+    seconds = number_arg(float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds")
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
                lambda preset, dtype, args, emit, cell: tune(
                    preset, dtype, args.reps, cell=cell, emit=emit, rounds=args.rounds,
@@ -544,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                                            help="vary only these fields, comma-separated (default: all; each cell "
                                                 "varies those of them it has): "
                                                 + ", ".join(dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"])))),
-                      (("--time-limit",), dict(type=positive_seconds, default=None, metavar="SECONDS",
+                      (("--time-limit",), dict(type=seconds, default=None, metavar="SECONDS",
                                                help="time no candidate after this many seconds from the start: the "
                                                     "search under way names the best it timed (its records say "
                                                     "'cut'), later ones do not start (the GPU check passes what its "
