@@ -30,6 +30,18 @@ from lm.train import time_to_quality
 
 BASELINE = "cudnn_lstm"
 BASELINE_OF_KIND = {"LSTM": "cudnn_lstm", "GRU": "cudnn_gru"}
+# At a glance's last row per preset: every cell of every kind (the minimal RNNs too, another model each), against
+# cudnn_lstm -- the question "which recurrent cell" as a user asks it.
+ANY = "any"
+
+
+def _of_kind(df: pd.DataFrame, kind) -> pd.DataFrame:
+    """``df``'s rows of ``kind``; every row for :data:`ANY`."""
+    return df if kind == ANY else df[df["kind"] == kind]
+
+
+def _baseline_cell(kind) -> str | None:
+    return BASELINE_OF_KIND["LSTM"] if kind == ANY else BASELINE_OF_KIND.get(kind)
 # Micro-benchmark passes of another arithmetic than float32 with exact matmuls: fwdbwd-bf16, step-tf32, ...
 NUMERIC_PASSES = ("bf16", "tf32")
 PTB_VOCAB = 10000
@@ -468,7 +480,9 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
           "truncated runs and runs with changed settings are in the training tables), one step mode each (a cell's "
           "label names a mode other than eager); the mean over seeds where a cell has several, and *within spread of* "
           "the cells whose mean ± sd overlaps the winner's (the seeds do not tell them apart). A cell that is faster "
-          "per word but converges worse shows here as faster and worse: read the columns together.", ""]
+          "per word but converges worse shows here as faster and worse: read the columns together. **any**: every cell "
+          "of every kind, the minimal RNNs too (each another model: read its perplexity beside its speed), timed "
+          "against `cudnn_lstm`.", ""]
     found = False
     keys = sorted({(d, n) for d, n in zip(bench["device"], bench["device_name"], strict=True)}
                   | {(d, n) for d, n in zip(runs["device"], runs["device_name"], strict=True)
@@ -477,12 +491,12 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
     for device, name in keys:
         rows = []
         for preset in PTB_PRESETS:
-            for kind in BASELINE_OF_KIND:
+            for kind in (*BASELINE_OF_KIND, ANY):
                 row = {"preset": preset, "kind": kind}
                 for p, label in GLANCE_PASSES + GLANCE_GRAPH_PASSES:
                     row[label] = _fastest(bench, device, name, preset, p, kind)
-                mine = full[(full["device"] == device) & (full["device_name"] == name) & (full["config"] == preset)
-                            & (full["kind"] == kind)]
+                mine = _of_kind(full[(full["device"] == device) & (full["device_name"] == name)
+                                     & (full["config"] == preset)], kind)
                 row.update(_training_winners(mine))
                 if any(v != "—" for k, v in row.items() if k not in ("preset", "kind")):
                     rows.append(row)
@@ -500,8 +514,9 @@ def _reference_file(sel: pd.DataFrame, kind) -> str | None:
     """Of the benchmark files in ``sel`` (every file's rows of one device, shape and pass) that timed ``kind``'s cuDNN
     cell, the one that timed the most cells of the kind, then the newest; None where none did (or the kind has no
     cuDNN cell).  The micro-benchmark tables and At a glance take their figures of the kind from it."""
-    mine = sel[(sel["kind"] == kind) & sel["median_ms"].notna()]
-    files = mine[mine["cell"] == BASELINE_OF_KIND.get(kind)]["file"].unique()
+    mine = _of_kind(sel, kind)
+    mine = mine[mine["median_ms"].notna()]
+    files = mine[mine["cell"] == _baseline_cell(kind)]["file"].unique()
     if not len(files):
         return None
     return max(files, key=lambda f: (mine[mine["file"] == f]["cell"].nunique(),
@@ -531,9 +546,9 @@ def _fastest(bench: pd.DataFrame, device, name, preset: str, pass_: str, kind: s
     figure.  ``bench``: every file's rows (``load_bench(newest=False)``)."""
     if bench.empty:
         return "—"
-    sel = bench[(bench["device"] == device) & (bench["device_name"] == name) & (bench["shape"] == preset)
-                & (bench["pass"] == pass_) & (bench["kind"] == kind) & bench["median_ms"].notna()]
-    base_name = BASELINE_OF_KIND[kind]
+    sel = _of_kind(bench[(bench["device"] == device) & (bench["device_name"] == name) & (bench["shape"] == preset)
+                         & (bench["pass"] == pass_) & bench["median_ms"].notna()], kind)
+    base_name = _baseline_cell(kind)
     file = _reference_file(sel, kind)
     if file is None:
         return "—"
@@ -541,13 +556,14 @@ def _fastest(bench: pd.DataFrame, device, name, preset: str, pass_: str, kind: s
     b = same[same["cell"] == base_name].iloc[0]
     best = same.iloc[0]
     if best["cell"] != base_name:
-        return (f"`{best['cell']}` {_ms(best['median_ms'])} ({b['median_ms'] / best['median_ms']:.2f}× "
-                f"`{base_name}`)")
+        return (f"`{best['cell']}` {_ms(best['median_ms'])} ({b['median_ms'] / best['median_ms']:.2f}× as fast as "
+                f"`{base_name}`, {_ms(b['median_ms'])})")
     if len(same) < 2:
         return f"`{base_name}` {_ms(b['median_ms'])} (no other cell of its kind in that run)"
     second = same.iloc[1]
     ratio = b["median_ms"] / second["median_ms"]
-    return f"`{base_name}` {_ms(b['median_ms'])} (next: `{second['cell']}`, {ratio:.2f}×)"
+    return (f"`{base_name}` {_ms(b['median_ms'])} (next: `{second['cell']}` {_ms(second['median_ms'])}, {ratio:.2f}× "
+            "as fast)")
 
 
 def _ms(v: float) -> str:

@@ -261,8 +261,8 @@ def test_graph_replayed_fwdbwd_gets_its_own_column_and_ratio(results):
     glance = text.split("## At a glance")[1].split("## Training runs")[0]
     assert "fastest fwd+bwd, CUDA graph" in glance and "fastest LM step, CUDA graph" not in glance  # (not timed)
     row = next(line for line in glance.splitlines() if line.startswith("| small") and "LSTM" in line)
-    assert "`triton_lstm` 3 ms (1.33× `cudnn_lstm`)" in row
-    assert "`cudnn_lstm` 0.5 ms (next: `triton_lstm`, 0.50×)" in row
+    assert "`triton_lstm` 3 ms (1.33× as fast as `cudnn_lstm`, 4 ms)" in row
+    assert "`cudnn_lstm` 0.5 ms (next: `triton_lstm` 1 ms, 0.50× as fast)" in row
     assert "fastest fwd+bwd, CUDA graph" not in plain  # (no such figure: no such column)
 
 
@@ -340,12 +340,16 @@ def test_at_a_glance_names_the_fastest_and_the_best_of_comparable_work(results):
     glance = text.split("## At a glance")[1].split("## Training runs")[0]
     lstm = next(line for line in glance.splitlines() if line.startswith("| small") and "LSTM" in line)
     gru = next(line for line in glance.splitlines() if line.startswith("| small") and "| GRU" in line)
-    assert "`cudnn_lstm` 30 ms (next: `compiled_lstm`, 0.75×)" in lstm
+    assert "`cudnn_lstm` 30 ms (next: `compiled_lstm` 40 ms, 0.75× as fast)" in lstm
     assert "`cudnn_lstm` 112.00 ± 1.00 (3 seeds); within spread of `loop_lstm`" in lstm
     assert "`compiled_lstm` 9000 ± 0 (2 seeds)" in lstm  # (faster per word; worse, and never at the target)
     assert "`cudnn_lstm` 5.0 ± 0.0 min (3 seeds)" in lstm and "compiled_lstm` 150" not in lstm
-    assert "`loop_gru` 20 ms (1.50× `cudnn_gru`)" in gru and gru.count("—") == 4  # (no comparable GRU run)
+    assert "`loop_gru` 20 ms (1.50× as fast as `cudnn_gru`, 30 ms)" in gru
+    assert gru.count("—") == 4  # (no comparable GRU run)
     assert "90.00" not in glance and "9e+05" not in glance and "900000" not in glance
+    # every kind in one row, against cudnn_lstm: the GRU cell faster than the LSTM's cuDNN in that run
+    anyk = next(line for line in glance.splitlines() if line.startswith("| small") and "| any" in line)
+    assert "`loop_gru` 20 ms (1.50× as fast as `cudnn_lstm`, 30 ms)" in anyk and "`cudnn_lstm` 112.00" in anyk
 
 
 def test_a_run_divides_by_the_matmul_rate_as_it_stood_when_it_started():
@@ -409,8 +413,8 @@ def test_micro_ratios_divide_figures_of_one_benchmark_run(results):
     assert t["compiled_gru"]["timed"] == t["cudnn_gru"]["timed"] == "fwd+bwd: `a.json` (2026-01-03)"
     assert t["loop_gru"]["timed"] == t["cudnn_lstm"]["timed"] == "—"
     glance = text.split("## At a glance")[1].split("## Training runs")[0]
-    assert "`cudnn_lstm` 40 ms (next: `compiled_lstm`, 0.80×)" in glance
-    assert "`cudnn_gru` 34 ms (next: `compiled_gru`, 1.00×)" in glance
+    assert "`cudnn_lstm` 40 ms (next: `compiled_lstm` 50 ms, 0.80× as fast)" in glance
+    assert "`cudnn_gru` 34 ms (next: `compiled_gru` 34 ms, 1.00× as fast)" in glance
     # one run only: no timed column
     (results / "bench" / "cpu" / "a.json").unlink()
     section = report.write_report(results).read_text().split("#### small")[1].split("## FLOP/s")[0]
