@@ -693,8 +693,7 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
         t = t[["cell", "backend", "status", "epochs", "words_per_sec", "speed_vs_cudnn_lstm", "peak_memory_mib",
                "final_valid_ppl", "test_ppl", "ttq", "train_seconds", "valid_seconds", "test_seconds",
                "compile_seconds", "achieved_gflops", "pct", "load", "date"]]
-        if missing:
-            t = pd.concat([t, pd.DataFrame({"cell": missing, "status": ["no run"] * len(missing)})], ignore_index=True)
+        t["backend"], backends = _short_backends(t["cell"], t["backend"])
         t.columns = ["cell", "backend", "status", "epochs", "words/sec", f"vs {BASELINE}", "peak MiB",
                      "valid ppl", "test ppl", "time to quality", "train s", "valid s", "test s", "compile s",
                      "GFLOP/s", "% matmul", "load", "date"]
@@ -702,7 +701,7 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
                           "test ppl": ".2f", "train s": ".0f", "valid s": ".1f", "test s": ".1f", "compile s": ".1f",
                           "GFLOP/s": ".3g",
                           "% matmul": ".2g"}), ""]
-        md += _divergence_legend(latest, results)
+        md += backends + _divergence_legend(latest, results)
         md += seed_table(group)
         notes = [f"- `{r.cell}` {r.status}: {r.error}" for r in latest.itertuples()
                  if r.status != "ok" and isinstance(r.error, str) and r.error]
@@ -962,6 +961,7 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             if timed is not None:
                 t["timed"] = timed
             t = t.reset_index().sort_values("cell", key=lambda s: s.map(_cell_order))
+            t["backend"], backends = _short_backends(t["cell"], t["backend"])
             row = sh[sh["pass"] != "latency"].iloc[0] if (sh["pass"] != "latency").any() else sh.iloc[0]
             md += [f"#### {shape}: H{row['hidden_size']:.0f}, T{row['num_steps']:.0f}, B{row['batch_size']:.0f} "
                    f"— {_device_title(device, name)}, {_dates(sh['date'])}", "",
@@ -974,8 +974,25 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
                               "fwd+bwd graph vs cuDNN": ".3g",
                               "latency vs cuDNN": ".3g",
                               **{label: ".4g" for label in wide_cols.values()},
-                              **{label: ".3g" for _, label in ratio_cols}}), ""]
+                              **{label: ".3g" for _, label in ratio_cols}}), "", *backends]
     return md
+
+
+def _short_backends(cell: pd.Series, backend: pd.Series) -> tuple[pd.Series, list[str]]:
+    """A table's backend column cut to what ran (the text before its first "(" or "; ": "Triton 3.6.0 compiled",
+    "cuDNN 91900"), and the lines under the table that give each cut one in full, once a cell -- the tables stay
+    readable where a backend string runs to 300 characters."""
+    short, full = [], {}
+    for c, b in zip(cell, backend, strict=True):
+        if not isinstance(b, str):
+            short.append(b)
+            continue
+        head = b.split("(")[0].split("; ")[0].strip()
+        short.append(head)
+        if head != b:
+            full.setdefault(b, []).append(f"`{c}`")
+    lines = [f"- {', '.join(cells_)}: {b}" for b, cells_ in full.items()]
+    return pd.Series(short, index=cell.index), (["Backends in full:", "", *lines, ""] if lines else [])
 
 
 def _run_name(file: str, date) -> str:
