@@ -413,16 +413,20 @@ def beside(runs: pd.DataFrame) -> pd.Series:
 def _baselines_note(group: pd.DataFrame) -> str:
     """The runs the ratio column divides by in ``group`` (one preset on one device): one per step mode and
     arithmetic that has one, named as the cell column names them."""
-    found = []
+    found, without = [], []
     for key, like in group.groupby(LIKE_KEYS, dropna=False, sort=True):
         base = _baseline(like)
+        tag = _tags(*key)
         if base is not None:
-            tag = _tags(*key)
             found.append(f"{'[' + tag + '] ' if tag else ''}`{base['run_id']}` ({_date(base['started'])}, "
                          f"{base['words_per_sec']:.0f} words/sec)")
+        else:
+            without.append(tag or "eager, exact float32")
     if not found:
         return f"No finished `{BASELINE}` run here: the ratio column is empty."
-    return ("Baseline: " if len(found) == 1 else "Baselines, per step mode and arithmetic: ") + "; ".join(found) + "."
+    return (("Baseline: " if len(found) == 1 else "Baselines, per step mode and arithmetic: ") + "; ".join(found) + "."
+            + (f" No finished `{BASELINE}` run of {', '.join(without)}: those rows have no ratio (ratios never cross "
+               "step modes or arithmetics)." if without else ""))
 
 
 def _tags(mode, numerics) -> str:
@@ -963,8 +967,8 @@ def micro_section(bench: pd.DataFrame, rates: dict) -> list[str]:
             t = t.reset_index().sort_values("cell", key=lambda s: s.map(_cell_order))
             t["backend"], backends = _short_backends(t["cell"], t["backend"])
             row = sh[sh["pass"] != "latency"].iloc[0] if (sh["pass"] != "latency").any() else sh.iloc[0]
-            md += [f"#### {shape}: H{row['hidden_size']:.0f}, T{row['num_steps']:.0f}, B{row['batch_size']:.0f} "
-                   f"— {_device_title(device, name)}, {_dates(sh['date'])}", "",
+            md += [f"#### {shape}: hidden {row['hidden_size']:.0f}, T {row['num_steps']:.0f}, batch "
+                   f"{row['batch_size']:.0f} — {_device_title(device, name)}, {_dates(sh['date'])}", "",
                    *([] if timed is None else [f"Figures from the run {main} except where the *timed* column "
                                                "names another; each ratio divides two figures of one run.", ""]),
                    _table(t, {"fwd ms": ".4g", "fwd+bwd ms": ".4g", "step ms": ".4g", "fwd+bwd vs cuDNN": ".3g",
@@ -1249,7 +1253,7 @@ def plot_fwdbwd_vs_hidden(bench: pd.DataFrame, folder: Path) -> list[tuple[Path,
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log_axis(ax.yaxis)
-        ax.set_xticks(hs, [f"H{h:.0f}\nT{steps[h]}" for h in hs])
+        ax.set_xticks(hs, [f"hidden {h:.0f}\nT {steps[h]}" for h in hs])
         ax.minorticks_off()
         ax.set_xlabel("hidden size (and sequence length); batch 20, 2 layers")
         ax.set_ylabel("forward + backward, median ms (log scale)")
