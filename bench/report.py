@@ -76,7 +76,7 @@ RUN_COLUMNS = [
     "final_train_ppl", "final_valid_ppl", "best_valid_ppl", "test_ppl", "target_valid_ppl", "time_to_quality_s",
     "time_to_quality_epoch", "wall_minutes", "flops_per_token", "achieved_gflops",
     "matmul_gflops", "matmul_fraction", "speed_vs_cudnn_lstm", "torch", "triton", "cuda", "cudnn", "commit",
-    "torch_threads", "load_average_start", "load_average_end", "record", "finished", "hostname", "boot_id",
+    "torch_threads", "load_average_start", "load_average_end", "record", "finished", "hostname", "platform", "session",
 ]
 
 
@@ -218,7 +218,7 @@ def load_bench(results: str | Path, newest: bool = True,
         device = info.get("bench_device") or "cpu"
         matmul = (doc.get("rnnbench") or {}).get("matmul") or info.get("matmul")
         if isinstance(matmul, dict):
-            machines.append(matmul)
+            machines.append({**matmul, "release": info.get("release")})
         for b in benches:
             extra, stats = b.get("extra_info") or {}, b.get("stats") or {}
             if not extra.get("pass") or not extra.get("cell"):
@@ -266,14 +266,17 @@ def matmul_rates(results: str | Path, extra: list[dict],
     return out
 
 
-def rate_for(rates: dict, device, device_name, threads=None, when=None) -> dict | None:
+def rate_for(rates: dict, device, device_name, threads=None, when=None, platform=None) -> dict | None:
     """The device's measurement as it stood at ``when`` (an ISO time: a run's start): the last one taken before it,
-    else the first after it; without ``when`` the newest; one taken with the same number of CPU threads first.
-    (Machines of one name differ: CPU sessions' "AMD EPYC" measured 71, 76 and 97 GFLOP/s a thread, so a run is not
-    divided by a later session's figure.)"""
+    else the first after it; without ``when`` the newest; one taken with the same number of CPU threads first, and
+    before that one of the run's machine image (a benchmark file's kernel ``release`` within the run's ``platform``).
+    (Machines of one name differ: CPU sessions' "AMD EPYC" measured 71, 76 and 97 GFLOP/s a thread, 97 on another
+    image, so a run is not divided by another session's figure.)"""
     ms = rates.get((device, device_name)) or []
     same = [m for m in ms if threads is not None and str(m.get("torch_threads")) == str(threads)]
     ms = same or ms  # (oldest first: matmul_rates)
+    image = [m for m in ms if isinstance(platform, str) and m.get("release") and f"-{m['release']}-" in platform]
+    ms = image or ms
     at = _time(when)
     if at is None or not ms:
         return (ms or [None])[-1]
@@ -307,7 +310,7 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
                      if kind in flops.GATES and not any(map(math.isnan, (hidden, layers, vocab))) else math.nan)
         wps = _num(r.get("words_per_sec"))
         rate = rate_for(rates, env.get("device"), env.get("device_name"), env.get("torch_threads"),
-                        r.get("started")) or {}
+                        r.get("started"), env.get("platform")) or {}
         matmul = _num(rate.get("fp32_matmul_flops"))
         load, load_end = r.get("load_average_start"), r.get("load_average_end")
         ttq = quality(r)
@@ -340,13 +343,14 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "load_average_start": _num(load[0]) if isinstance(load, (list, tuple)) and load else math.nan,
             "load_average_end": _num(load_end[0]) if isinstance(load_end, (list, tuple)) and load_end else math.nan,
             "record": r.get("record_path") or r.get("_path"),
-            "finished": r.get("finished"), "hostname": env.get("hostname"), "boot_id": env.get("boot_id"),
+            "finished": r.get("finished"), "hostname": env.get("hostname"), "platform": env.get("platform"),
+            "session": env.get("boot_id") or env.get("platform"),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     df["beside"] = beside(df)
     for _, group in df.groupby(["config", "device", "device_name", *LIKE_KEYS], dropna=False):  # like with like
         for i, r in group.iterrows():
-            base = _baseline(group, r["boot_id"])
+            base = _baseline(group, r["session"])
             if base is not None:
                 df.at[i, "speed_vs_cudnn_lstm"] = r["words_per_sec"] / base["words_per_sec"]
     return df.sort_values(["config", "device", "device_name", "cell", "started"], na_position="last")
@@ -382,14 +386,16 @@ def _kind(cell) -> str | None:
         return None
 
 
-def _baseline(group: pd.DataFrame, boot_id=None) -> pd.Series | None:
+def _baseline(group: pd.DataFrame, session=None) -> pd.Series | None:
     """The latest finished cudnn_lstm run with a words/sec figure in ``group`` (one preset on one device, one step
-    mode and arithmetic); for a run that names its machine session (``boot_id``, records since 2026-11-29), the latest
-    of that session only (machines of one name differ: the CPU sessions' "AMD EPYC" hosts by a third), else none."""
+    mode and arithmetic), one that trained alone (:func:`beside`) before one that did not; with ``session`` (a run's
+    machine session: its boot id, or for records without one its machine image, ``env.platform``) of that session
+    only, else none -- machines of one name differ: the CPU sessions' "AMD EPYC" hosts by a third, between images."""
     ok = group[(group["cell"] == BASELINE) & (group["status"] == "ok") & group["words_per_sec"].notna()]
-    if isinstance(boot_id, str):
-        ok = ok[ok["boot_id"] == boot_id]
-    return ok.sort_values("started").iloc[-1] if len(ok) else None
+    if isinstance(session, str):
+        ok = ok[ok["session"] == session]
+    ok = ok.sort_values(["started"]).sort_values("beside", kind="stable", key=lambda b: b > 0, ascending=False)
+    return ok.iloc[-1] if len(ok) else None
 
 
 def beside(runs: pd.DataFrame) -> pd.Series:
@@ -399,14 +405,12 @@ def beside(runs: pd.DataFrame) -> pd.Series:
     run's span is its record's start to finish: a resumed run's includes its pause."""
     t0 = pd.to_datetime(runs["started"], errors="coerce", utc=True)
     t1 = pd.to_datetime(runs["finished"], errors="coerce", utc=True)
+    trained = (runs["train_seconds"] > 0) & (t1 > t0)  # (a run refused or stopped at once: no share)
     out = pd.Series(0, index=runs.index)
-    for i in runs.index:
-        if pd.isna(t0[i]) or pd.isna(t1[i]):
-            continue
-        same = (runs["hostname"] == runs.at[i, "hostname"]) & (runs["device"] == runs.at[i, "device"])
-        if isinstance(runs.at[i, "boot_id"], str):
-            same &= runs["boot_id"].isna() | (runs["boot_id"] == runs.at[i, "boot_id"])
-        out[i] = int((same & (t0 < t1[i]) & (t1 > t0[i])).sum()) - 1
+    for i in runs.index[trained]:
+        same = ((runs["hostname"] == runs.at[i, "hostname"]) & (runs["device"] == runs.at[i, "device"])
+                & (runs["session"] == runs.at[i, "session"]) & trained & (runs.index != i))
+        out[i] = int((same & (t0 < t1[i]) & (t1 > t0[i])).sum())
     return out
 
 
@@ -518,8 +522,9 @@ def _reference_file(sel: pd.DataFrame, kind) -> str | None:
     """Of the benchmark files in ``sel`` (every file's rows of one device, shape and pass) that timed ``kind``'s cuDNN
     cell, the one that timed the most cells of the kind, then the newest; None where none did (or the kind has no
     cuDNN cell).  The micro-benchmark tables and At a glance take their figures of the kind from it."""
-    mine = _of_kind(sel, kind)
-    mine = mine[mine["median_ms"].notna()]
+    if kind == ANY:  # the LSTM row's run, every kind of cell in it: the same cudnn_lstm figure as that row's
+        return _reference_file(sel, "LSTM")
+    mine = sel[(sel["kind"] == kind) & sel["median_ms"].notna()]
     files = mine[mine["cell"] == _baseline_cell(kind)]["file"].unique()
     if not len(files):
         return None
@@ -661,10 +666,11 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
           "everything else is exact). Peak memory: GPU max allocated, or the training process's peak resident "
           "set on the CPU. GFLOP/s and **% matmul**: see *FLOP/s* below. **load**: the machine's 1-minute load "
           "average at the start and end of the run, and *beside N* where N other recorded runs trained on the same "
-          "host at the same time; on a CPU, runs under different load are not comparable, nor (before records "
-          "named their machine session, 2026-11-29) runs of different sessions: hosts of one name differed by a "
-          "third in speed. "
-          "A run that names its session is divided only by a `cudnn_lstm` run of that session. "
+          "host at the same time (in its machine session); on a CPU, runs under different load are not comparable, nor "
+          "runs of different machine sessions: hosts of one name and CPU model differed by a third in speed. So a "
+          "run is divided only by a `cudnn_lstm` run of its session -- its boot id (`env.boot_id`, records since "
+          "2026-11-29), else its machine image (`env.platform`) -- one that trained alone where there is one; — "
+          "where its session has none. "
           "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
           "perplexity first reached the preset's target (the paper's validation perplexity + 5%: small 126.7, "
           "medium 90.5, large 86.3), with the epoch; — when never reached. **train s / valid s / test s**: the "
@@ -684,7 +690,8 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
                f"Runs started {_dates(latest['started'])} (UTC)"
                + (f", {', '.join(threads)} CPU thread(s)" if device == "cpu" and threads else "") + ". "
                + _baselines_note(group)
-               + _rate_note([rate_for(rates, device, name, r.torch_threads, r.started) for r in latest.itertuples()]),
+               + _rate_note([rate_for(rates, device, name, r.torch_threads, r.started, r.platform)
+                             for r in latest.itertuples()]),
                ""]
         t = latest.assign(epochs=[_epochs_text(r, full_steps[r.Index]) for r in latest.itertuples()],
                           final_valid_ppl=[_ppl(r.final_valid_ppl, r.vocab_size) for r in latest.itertuples()],
@@ -993,8 +1000,8 @@ def _short_backends(cell: pd.Series, backend: pd.Series) -> tuple[pd.Series, lis
             continue
         head = b.split("(")[0].split("; ")[0].strip()
         short.append(head)
-        if head != b:
-            full.setdefault(b, []).append(f"`{c}`")
+        if head != b and f"`{c}`" not in full.setdefault(b, []):
+            full[b].append(f"`{c}`")
     lines = [f"- {', '.join(cells_)}: {b}" for b, cells_ in full.items()]
     return pd.Series(short, index=cell.index), (["Backends in full:", "", *lines, ""] if lines else [])
 

@@ -532,18 +532,40 @@ def test_runs_side_by_side_say_so_and_a_session_divides_by_its_own_baseline(resu
     def run(cell, start, end, boot, wps):
         rec = record(results, cell, started=start, wps=wps)
         rec["env"].update(hostname="vm", boot_id=boot)
-        return _rewrite(results, rec, finished=end)
+        return _rewrite(results, rec, finished=end, train_seconds=3000.0)
 
     run("cudnn_lstm", "2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+00:00", "A", 1000.0)  # session A, alone
     run("cudnn_lstm", "2026-01-02T00:00:00+00:00", "2026-01-02T01:00:00+00:00", "B", 3000.0)  # B: a faster host
     run("loop_lstm", "2026-01-01T02:00:00+00:00", "2026-01-01T03:00:00+00:00", "A", 500.0)   # A, beside min_gru
     run("min_gru", "2026-01-01T02:30:00+00:00", "2026-01-01T04:00:00+00:00", "A", 800.0)
     run("loop_gru", "2026-01-03T00:00:00+00:00", "2026-01-03T01:00:00+00:00", "C", 900.0)    # C: no cuDNN run
+    run("min_lstm", "2026-01-03T00:10:00+00:00", "2026-01-03T00:10:00+00:00", "C", 900.0)    # no time: beside none
     runs = report.runs_frame(report.load_runs(results))
     by = runs.set_index("cell")
     assert by.at["loop_lstm", "beside"] == 1 and by.at["min_gru", "beside"] == 1 and by.at["loop_gru", "beside"] == 0
+    assert by.at["min_lstm", "beside"] == 0  # (a run that did not train is no one's neighbour, nor -1)
     assert by.at["loop_lstm", "speed_vs_cudnn_lstm"] == pytest.approx(0.5)  # A's baseline, not B's newer one
     assert math.isnan(by.at["loop_gru", "speed_vs_cudnn_lstm"])
     report.write_report(results)
     md = (results / "REPORT.md").read_text()
     assert "beside 1" in md and "*beside N*" in md
+
+
+def test_records_without_a_boot_id_take_their_machine_image_as_session_and_an_alone_baseline_first(results):
+    """Before records named their boot, the CPU sessions' hosts differed by their image (env.platform: kernel builds
+    fc-v657 and fc-v669, 76 and 97 GFLOP/s a thread): a run is divided only by a cudnn_lstm run of its image, and of
+    those by one that trained alone."""
+    def run(cell, start, end, image, wps):
+        rec = record(results, cell, started=start, wps=wps)
+        rec["env"].update(hostname="vm", platform=f"Linux-6.18.44-fc-{image}-x86_64-with-glibc2.36")
+        rec["env"].pop("boot_id", None)
+        return _rewrite(results, rec, finished=end, train_seconds=3000.0)
+
+    run("cudnn_lstm", "2025-12-31T00:00:00+00:00", "2025-12-31T01:00:00+00:00", "v657", 2000.0)  # alone
+    run("cudnn_lstm", "2026-01-01T02:00:00+00:00", "2026-01-01T03:00:00+00:00", "v657", 1500.0)  # beside loop_lstm
+    run("loop_lstm", "2026-01-01T02:00:01+00:00", "2026-01-01T03:00:00+00:00", "v657", 1000.0)
+    run("loop_gru", "2026-01-05T00:00:00+00:00", "2026-01-05T01:00:00+00:00", "v669", 3000.0)  # another image
+    by = report.runs_frame(report.load_runs(results)).sort_values("started").drop_duplicates("cell", keep="last")
+    by = by.set_index("cell")
+    assert by.at["loop_lstm", "speed_vs_cudnn_lstm"] == pytest.approx(0.5)  # the alone run's 2000, not 1500
+    assert math.isnan(by.at["loop_gru", "speed_vs_cudnn_lstm"])
