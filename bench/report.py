@@ -234,6 +234,7 @@ def load_bench(results: str | Path, newest: bool = True,
                 "batch_size": _num(extra.get("batch_size")),
                 "median_ms": _num(stats.get("median")) * 1e3, "min_ms": _num(stats.get("min")) * 1e3,
                 "rounds": stats.get("rounds"),
+                "q1_ms": _num(stats.get("q1")) * 1e3, "q3_ms": _num(stats.get("q3")) * 1e3,
                 "words_per_sec": _num(extra.get("words_per_sec")),
                 "flops_per_call": _num(extra.get("flops_per_call")),
                 "peak_memory_mib": _num(extra.get("peak_memory_bytes")) / 2**20,
@@ -241,8 +242,8 @@ def load_bench(results: str | Path, newest: bool = True,
                 "load_average": _num(extra.get("load_average_1min")),
             })
     cols = ["device", "device_name", "date", "file", "pass", "shape", "cell", "kind", "backend", "hidden_size",
-            "num_steps", "batch_size", "median_ms", "min_ms", "rounds", "words_per_sec", "flops_per_call",
-            "peak_memory_mib", "torch", "torch_threads", "load_average"]
+            "num_steps", "batch_size", "median_ms", "min_ms", "rounds", "q1_ms", "q3_ms", "words_per_sec",
+            "flops_per_call", "peak_memory_mib", "torch", "torch_threads", "load_average"]
     df = pd.DataFrame(rows, columns=cols)
     if len(df) and newest:  # the newest measurement of each (device, pass, shape, cell)
         df = (df.sort_values("date").drop_duplicates(["device", "device_name", "pass", "shape", "cell"], keep="last")
@@ -490,7 +491,8 @@ def glance_section(runs: pd.DataFrame, bench: pd.DataFrame) -> list[str]:
           "the cells whose mean ± sd overlaps the winner's (the seeds do not tell them apart). A cell that is faster "
           "per word but converges worse shows here as faster and worse: read the columns together. **any**: every cell "
           "of every kind, the minimal RNNs too (each another model: read its perplexity beside its speed), timed "
-          "against `cudnn_lstm`.", ""]
+          "against `cudnn_lstm`. *within noise of*: cells whose interquartile range of timed rounds overlaps the "
+          "fastest's in that benchmark run (it does not tell them apart).", ""]
     found = False
     keys = sorted({(d, n) for d, n in zip(bench["device"], bench["device_name"], strict=True)}
                   | {(d, n) for d, n in zip(runs["device"], runs["device_name"], strict=True)
@@ -564,15 +566,19 @@ def _fastest(bench: pd.DataFrame, device, name, preset: str, pass_: str, kind: s
     same = sel[sel["file"] == file].sort_values("date").drop_duplicates("cell", keep="last").sort_values("median_ms")
     b = same[same["cell"] == base_name].iloc[0]
     best = same.iloc[0]
+    # cells whose interquartile range of rounds overlaps the winner's: that run does not tell them apart
+    near = [f"`{c}`" for c, q1, q3 in zip(same["cell"], same["q1_ms"], same["q3_ms"], strict=True)
+            if c != best["cell"] and q1 <= best["q3_ms"] and best["q1_ms"] <= q3]
+    noise = f"; within noise of {', '.join(near)}" if near else ""
     if best["cell"] != base_name:
         return (f"`{best['cell']}` {_ms(best['median_ms'])} ({b['median_ms'] / best['median_ms']:.2f}× as fast as "
-                f"`{base_name}`, {_ms(b['median_ms'])})")
+                f"`{base_name}`, {_ms(b['median_ms'])}{noise})")
     if len(same) < 2:
         return f"`{base_name}` {_ms(b['median_ms'])} (no other cell of its kind in that run)"
     second = same.iloc[1]
     ratio = b["median_ms"] / second["median_ms"]
     return (f"`{base_name}` {_ms(b['median_ms'])} (next: `{second['cell']}` {_ms(second['median_ms'])}, {ratio:.2f}× "
-            "as fast)")
+            f"as fast{noise})")
 
 
 def _ms(v: float) -> str:

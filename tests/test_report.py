@@ -51,7 +51,8 @@ def bench_json(results: Path, device: str, name: str, medians: dict, matmul: flo
         benches.append({
             "group": f"{pass_}-{shape}", "name": f"test_{pass_}[{shape}-{cell}]",
             "fullname": f"bench/bench_cells.py::test_{pass_}[{shape}-{cell}]",
-            "stats": {"median": median, "min": median * 0.9, "mean": median, "rounds": 5},
+            "stats": {"median": median, "min": median * 0.9, "mean": median, "rounds": 5, "q1": median * 0.98,
+                      "q3": median * 1.02},
             "extra_info": {"pass": pass_, "shape": shape, "cell": cell, "kind": kind, "backend": "test",
                            "device": device, "device_name": name, "hidden_size": hidden, "num_steps": steps,
                            "batch_size": 20, "flops_per_call": per_token * steps * 20,
@@ -414,7 +415,7 @@ def test_micro_ratios_divide_figures_of_one_benchmark_run(results):
     assert t["loop_gru"]["timed"] == t["cudnn_lstm"]["timed"] == "—"
     glance = text.split("## At a glance")[1].split("## Training runs")[0]
     assert "`cudnn_lstm` 40 ms (next: `compiled_lstm` 50 ms, 0.80× as fast)" in glance
-    assert "`cudnn_gru` 34 ms (next: `compiled_gru` 34 ms, 1.00× as fast)" in glance
+    assert "`cudnn_gru` 34 ms (next: `compiled_gru` 34 ms, 1.00× as fast; within noise of `compiled_gru`)" in glance
     # one run only: no timed column
     (results / "bench" / "cpu" / "a.json").unlink()
     section = report.write_report(results).read_text().split("#### small")[1].split("## FLOP/s")[0]
@@ -569,3 +570,13 @@ def test_records_without_a_boot_id_take_their_machine_image_as_session_and_an_al
     by = by.set_index("cell")
     assert by.at["loop_lstm", "speed_vs_cudnn_lstm"] == pytest.approx(0.5)  # the alone run's 2000, not 1500
     assert math.isnan(by.at["loop_gru", "speed_vs_cudnn_lstm"])
+
+
+def test_at_a_glance_says_when_the_rounds_do_not_tell_the_fastest_apart(results):
+    """Medians 1.7 % apart whose rounds' interquartile ranges overlap are not a ranking: the fastest says so."""
+    bench_json(results, "cpu", CPU, {("fwdbwd", "small", "cudnn_lstm"): 0.0300, ("fwdbwd", "small", "loop_lstm"):
+                                     0.0305, ("fwdbwd", "small", "compiled_lstm"): 0.040})
+    glance = report.write_report(results).read_text().split("## At a glance")[1].split("## Training runs")[0]
+    lstm = next(line for line in glance.splitlines() if line.startswith("| small") and "| LSTM" in line)
+    assert "(next: `loop_lstm` 30.5 ms, 0.98× as fast; within noise of `loop_lstm`)" in lstm
+    assert "compiled_lstm`)" not in lstm
