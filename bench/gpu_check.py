@@ -2,6 +2,7 @@
 
 Usage (from the repository root; nothing is installed, the checkout is put on PYTHONPATH)::
 
+    bash bench/gpu_session.sh PTB_DIR OUT TARBALL         # a session's device work in one call: both parts, packed
     bash bench/gpu_check.sh PTB_DIR OUT                   # the check, on a GPU machine
     bash bench/gpu_check.sh --perf PTB_DIR OUT            # then the timings, with what the session has left
     bash bench/gpu_check.sh --full [--full-cells C] PTB_DIR OUT  # or: medium's 39 epochs for C (one call, <= 9 min)

@@ -149,6 +149,34 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     assert gpu_check.BUDGET_S <= 360
 
 
+def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_path):
+    """bench/gpu_session.sh: the check at most its budget, the timings with what --total leaves, OUT packed without
+    checkpoints; the exit status is the check's, else the timings'.  (A stand-in for gpu_check.sh records its
+    arguments: the real parts' dry runs are the tests above.)"""
+    import tarfile
+
+    fake = tmp_path / "fake.sh"
+    fake.write_text('out="${@: -1}"; mkdir -p "$out/checkpoints"; echo "$*" >> "$out/calls"; '
+                    'if [[ "$*" == *--perf* ]]; then exit 3; fi; exit 0\n')
+    env = {**os.environ, "RNNBENCH_GPU_CHECK": str(fake)}
+    out, tarball = tmp_path / "gpu", tmp_path / "gpu.tgz"
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "--total", "300", "--steps", "tune,bench-tuned", "ptb",
+                        str(out), str(tarball)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr  # the check passed, the timings did not
+    check, perf = (out / "calls").read_text().splitlines()
+    assert check == f"--budget 240 ptb {out}"  # (a minute kept for the timings)
+    assert perf.startswith("--perf --steps tune,bench-tuned --budget 2") and perf.endswith(f"ptb {out}")
+    assert not (out / "checkpoints").exists()
+    with tarfile.open(tarball) as tar:
+        assert {"gpu/calls", "gpu/session.log"} <= set(tar.getnames())
+    for argv, says in ((["--total", "50", "a", "b", "c"], "--total takes 120 to 600 seconds"),
+                       (["a", "b", str(tmp_path / "none" / "x.tgz")], "the folder of TARBALL"),
+                       (["--bogus", "a", "b", "c"], "unknown option --bogus")):
+        r = subprocess.run(["bash", "bench/gpu_session.sh", *argv], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+
+
 def test_without_cuda_the_real_check_refuses_in_one_line(tmp_path):
     pytest.importorskip("torch")
     import torch

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A lent GPU session's device work as ONE call (a machine's start costs minutes of the session's 15, and it is given
+# back 30 s after a call, so two calls usually pay two starts): the check (bench/gpu_check.sh, at most its 355 s),
+# then the timings with what is left of --total, then OUT packed into TARBALL without the sweeps' checkpoints.
+#
+#   bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--steps NAMES] PTB_DIR OUT TARBALL
+#
+# --total: wall-clock seconds for both parts (default 560: a device call may run 600); --steps: the timing steps, in
+# order (default tune-small,tune,bench-tuned,bench-graphs; see bench/gpu_check.py). On the device machine, e.g.
+#   export RNNBENCH_DECLARED_COMMIT=<commit>; bash bench/gpu_session.sh data/ptb /tmp/gpu $OUT/gpu.tgz
+# with the call's timeout_s at 600. Exit status: the check's, else the timings'.
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+check="${RNNBENCH_GPU_CHECK:-$root/bench/gpu_check.sh}"  # (the tests put a stand-in here)
+dry=() total=560 perf_steps="tune-small,tune,bench-tuned,bench-graphs"
+usage="usage: bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--steps NAMES] PTB_DIR OUT TARBALL"
+while [[ $# -gt 0 && "$1" == --* ]]; do
+  case "$1" in
+    --dry-run) dry=(--dry-run); shift ;;
+    --total|--steps)
+      if [[ $# -lt 2 ]]; then echo "rnnbench: error: $1 takes a value" >&2; exit 2; fi
+      if [[ "$1" == --total ]]; then total="$2"; else perf_steps="$2"; fi
+      shift 2 ;;
+    *) echo "rnnbench: error: unknown option $1; $usage" >&2; exit 2 ;;
+  esac
+done
+if [[ $# -ne 3 ]]; then echo "$usage" >&2; exit 2; fi
+if ! [[ "$total" =~ ^[0-9]+$ ]] || (( total < 120 || total > 600 )); then
+  echo "rnnbench: error: --total takes 120 to 600 seconds, got $total" >&2; exit 2
+fi
+ptb="$1" out="$2" tarball="$3"
+if [[ ! -d "$(dirname "$tarball")" ]]; then
+  echo "rnnbench: error: the folder of TARBALL $tarball does not exist" >&2; exit 2
+fi
+mkdir -p "$out" || exit 2
+log="$out/session.log"
+t0=$SECONDS
+check_budget=$(( total - 60 < 355 ? total - 60 : 355 ))  # the timings get at least a minute
+bash "$check" "${dry[@]}" --budget "$check_budget" "$ptb" "$out" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+left=$(( total - (SECONDS - t0) - 15 ))  # (15 s for packing)
+if (( left >= 30 )); then
+  bash "$check" "${dry[@]}" --perf --steps "$perf_steps" --budget "$left" "$ptb" "$out" 2>&1 \
+    | tee -a "$log"
+  perf_rc=${PIPESTATUS[0]}
+else
+  echo "[gpu-session] no time left for the timings ($left s)" | tee -a "$log"
+  perf_rc=1
+fi
+rm -rf "$out/checkpoints"
+tar czf "$tarball" -C "$(dirname "$out")" "$(basename "$out")" || exit 2
+echo "[gpu-session] check exit $rc, timings exit $perf_rc, $(( SECONDS - t0 )) s; packed into $tarball" | tee -a "$log"
+exit $(( rc != 0 ? rc : perf_rc ))
