@@ -1070,8 +1070,8 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
           "`--max-steps`, changed settings: the epochs and source columns say which) are not comparable, and their "
           "**test − paper** is blank. **test ppl over seeds**: mean ± sample standard deviation over every seed of the "
           "same work (as in the repeated-runs tables), where there are two or more: at one seed, float32 rounding "
-          "alone moves a run's perplexity by about 1-2 % (README). **test − paper**: our test perplexity minus the "
-          "paper's. **wall min**: the whole run, "
+          "alone moves a run's perplexity by about 1-2 % (`docs/results.md`). **test − paper**: our test perplexity "
+          "minus the paper's. **wall min**: the whole run, "
           "start-up and evaluation included. **time to quality** as in the training tables (target: the paper's "
           "validation perplexity + 5%). The plots *valid_ppl-…* and *valid_ppl_vs_time-…* below show every epoch.",
           ""]
