@@ -653,9 +653,12 @@ def _training_winners(runs: pd.DataFrame) -> dict[str, str]:
                 and abs(r[key][0] - m) <= r[key][1] + sd]
         return text + (f"; within spread of {', '.join(f'`{n}`' for n in near)}" if near else "")
 
+    sessions = runs["session"].nunique()
+    mixed = "" if sessions < 2 else f" — over {sessions} machine sessions, which differ in speed"
+    wps, ttq = pick("wps", False, lambda v: f"{v:.0f}"), pick("ttq", True, lambda v: f"{v / 60:.1f}", " min")
     return {"lowest test ppl": pick("test", True, lambda v: f"{v:.2f}"),
-            "most words/sec": pick("wps", False, lambda v: f"{v:.0f}"),
-            "soonest to quality": pick("ttq", True, lambda v: f"{v / 60:.1f}", " min")}
+            "most words/sec": wps + (mixed if wps != "—" else ""),
+            "soonest to quality": ttq + (mixed if ttq != "—" else "")}
 
 
 def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = None) -> list[str]:
@@ -809,20 +812,22 @@ def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample standard deviation and n of each ``SEED_METRICS`` column over the finished (``ok``) runs
     of each cell and changed settings (``overrides``: runs at another learning rate are another row, never averaged
     in) within each ``SEED_GROUP``, with the seeds; ``vs_baseline``: mean words/sec over that of ``cudnn_lstm`` as
-    its preset has it in the same group, ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
+    its preset has it in the same group where both cells' runs ran in one machine session (``sessions``, as
+    :func:`runs_frame` names them; else NaN), ``within_spread``: whether the two cells' mean ± sd ranges of words/sec
     overlap (the seeds do not separate them; None when either has fewer than two runs).  A seed run more than once
     (a rerun of the same work) counts once, by its latest finished run: n counts seeds, not runs, so a rerun cannot
     narrow the spread or weigh its seed twice; ``runs`` says how many finished runs there were."""
     keys = [*SEED_GROUP, "cell", "overrides"]
     cols = [*keys, "n", "runs", "seeds", *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")), "vs_baseline",
-            "within_spread"]
+            "within_spread", "sessions"]
     ok = runs[runs["status"] == "ok"]
     rows = []
     for key, every in ok.groupby(keys, dropna=False, sort=True):
         seeded = every[every["seed"].notna()].sort_values("started").drop_duplicates("seed", keep="last")
         g = pd.concat([seeded, every[every["seed"].isna()]])
         row = dict(zip(keys, key, strict=True), n=len(g), runs=len(every),
-                   seeds=",".join(str(int(s)) for s in sorted(g["seed"].dropna().unique())))
+                   seeds=",".join(str(int(s)) for s in sorted(g["seed"].dropna().unique())),
+                   sessions=frozenset(g["session"].dropna()))
         for m in SEED_METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1) if len(g) > 1 else math.nan
         rows.append(row)
@@ -831,7 +836,7 @@ def seed_stats(runs: pd.DataFrame) -> pd.DataFrame:
     for r in rows:
         b = base.get(group_of(r))
         r["vs_baseline"], r["within_spread"] = math.nan, None
-        if b is not None:
+        if b is not None and len(r["sessions"] | b["sessions"]) <= 1:  # (words/sec compare within one machine)
             r["vs_baseline"] = r["words_per_sec_mean"] / b["words_per_sec_mean"]
             if r["n"] > 1 and b["n"] > 1:
                 gap = abs(r["words_per_sec_mean"] - b["words_per_sec_mean"])
@@ -850,6 +855,7 @@ def seed_table(group: pd.DataFrame) -> list[str]:
     stats = seed_stats(group)
     if stats.empty or stats["n"].max() < 2:
         return []
+    base_sessions = frozenset().union(*stats[stats["cell"] == BASELINE]["sessions"])
     t = pd.DataFrame({
         "cell": [f"{c} ({o})" if o else c for c, o in zip(stats["cell"], stats["overrides"], strict=True)],
         "mode": [", ".join(t for t in (m, x) if t != "fp32") for m, x in zip(stats["mode"], stats["numerics"],
@@ -861,17 +867,22 @@ def seed_table(group: pd.DataFrame) -> list[str]:
         **{label: [_mean_sd(a, b, ".0f" if m in ("words_per_sec", "peak_memory_mib") else ".2f")
                    for a, b in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
            for m, label in SEED_METRICS.items()},
-        f"vs {BASELINE}": [_spread_ratio(v, w, c if not o else f"{c} ({o})") for v, w, c, o in zip(
-            stats["vs_baseline"], stats["within_spread"], stats["cell"], stats["overrides"], strict=True)],
+        f"vs {BASELINE}": [_spread_ratio(v, w, c if not o else f"{c} ({o})", len(ss | base_sessions))
+                           for v, w, c, o, ss in zip(stats["vs_baseline"], stats["within_spread"], stats["cell"],
+                                                     stats["overrides"], stats["sessions"], strict=True)],
     })
     return [f"Repeated runs: mean ± sample standard deviation over the n seeds (listed) of each cell's finished runs, "
             "a seed run more than once by its latest run (the runs in brackets); every run is a row of `report.csv`. "
             f"**vs {BASELINE}**: mean words/sec over `{BASELINE}`'s "
-            "mean; *within spread* when the two cells' mean ± sd ranges overlap, i.e. the seeds do not tell "
-            "them apart.", "", _table(t.sort_values(["mode", "length", "cell"], key=_sort_key), {}), ""]
+            "mean, where both cells' runs ran in one machine session (else the sessions are counted: their "
+            "words/sec are not comparable); *within spread* when the two cells' mean ± sd ranges overlap, i.e. the "
+            "seeds do not tell them apart.", "",
+            _table(t.sort_values(["mode", "length", "cell"], key=_sort_key), {}), ""]
 
 
-def _spread_ratio(ratio, within, cell: str) -> str:
+def _spread_ratio(ratio, within, cell: str, sessions: int = 1) -> str:
+    if cell != BASELINE and sessions > 1:
+        return f"— ({sessions} machine sessions)"
     if cell == BASELINE or ratio is None or math.isnan(_num(ratio)):
         return "—"
     if within is None or (isinstance(within, float) and math.isnan(within)):

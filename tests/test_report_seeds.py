@@ -144,3 +144,20 @@ def test_the_convergence_table_names_the_runs_seed_and_the_mean_over_seeds(tmp_p
     loop = next(ln for ln in section.splitlines() if ln.startswith("| ours: `loop_lstm`"))
     assert "| 1 " in cudnn and "111.00 ± 1.41 (seeds 0,1)" in cudnn  # the latest run (seed 1) and both seeds
     assert "| 0 " in loop and "±" not in loop
+
+
+def test_words_per_sec_over_several_machine_sessions_are_not_divided(tmp_path):
+    """Seeds that ran on two machine images (env.platform; boot ids where records have them) pool their perplexities
+    but not a words/sec ratio: the seed table counts the sessions instead, At a glance says its speeds span them."""
+    for seed, image in enumerate(("fc-v657", "fc-v669")):
+        for cell, wps in (("cudnn_lstm", 1000.0), ("loop_lstm", 1500.0)):
+            rec = record(tmp_path, cell, seed, wps * (1 + seed), 120.0 + seed)
+            rec["env"]["platform"] = f"Linux-6.18.44-{image}-x86_64"
+            rec["env"].pop("boot_id")  # (records from before it was recorded)
+            (tmp_path / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    runs = report.runs_frame(report.load_runs(tmp_path))
+    stats = report.seed_stats(runs).set_index("cell")
+    assert stats.at["loop_lstm", "n"] == 2 and math.isnan(stats.at["loop_lstm", "vs_baseline"])
+    table = "\n".join(report.seed_table(runs))
+    assert "— (2 machine sessions)" in table
+    assert "over 2 machine sessions" in report._training_winners(runs)["most words/sec"]
