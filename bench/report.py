@@ -1082,9 +1082,10 @@ def paper_section(runs: pd.DataFrame) -> list[str]:
           "**test − paper** is blank. **test ppl over seeds**: mean ± sample standard deviation over every seed of the "
           "same work (as in the repeated-runs tables), where there are two or more: at one seed, float32 rounding "
           "alone moves a run's perplexity by about 1-2 % (`docs/results.md`). **test − paper**: our test perplexity "
-          "minus the paper's. **wall min**: the whole run, "
-          "start-up and evaluation included. **time to quality** as in the training tables (target: the paper's "
-          "validation perplexity + 5%). The plots *valid_ppl-…* and *valid_ppl_vs_time-…* below show every epoch.",
+          "minus the paper's (an LSTM's: for a GRU or a minimal RNN, its distance from that LSTM's quality). "
+          "**wall min**: the whole run, start-up and evaluation included. **time to quality** as in the training "
+          "tables (target: the paper's validation perplexity + 5%). The plots *valid_ppl-…* and "
+          "*valid_ppl_vs_time-…* below show every epoch.",
           ""]
     drawn = False
     full_steps = epoch_steps(runs)
@@ -1170,7 +1171,8 @@ def _render(plt, fig, path: Path) -> tuple[Path, bytes]:
 
 def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path,
                    x: str = "epoch") -> list[tuple[Path, bytes]]:
-    """Validation perplexity of every cell (latest run of each length), one figure per preset and device.
+    """Validation perplexity of every cell (latest run of each length, of whole epochs), one figure per preset and
+    device.
 
     ``x="epoch"``: per epoch; ``x="seconds"``: against wall-clock seconds of training and evaluation (runs
     recorded before phase timing are left out, and the figure says so).  The paper's final validation
@@ -1179,7 +1181,8 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path,
     plt = _plt()
     by_id = {r.get("run_id"): r for r in raw_runs}
     out = []
-    for (config, device, name), group in runs.groupby(["config", "device", "device_name"], dropna=False):
+    whole = runs[runs["steps_per_epoch"] >= epoch_steps(runs)]  # (a run of a few cut epochs is a dot, not a curve)
+    for (config, device, name), group in whole.groupby(["config", "device", "device_name"], dropna=False):
         latest = group.sort_values("started").drop_duplicates(LENGTH_KEYS,
                                                               keep="last")
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -1233,10 +1236,11 @@ def plot_valid_ppl(raw_runs: list[dict], runs: pd.DataFrame, folder: Path,
 
 
 def plot_words_per_sec(runs: pd.DataFrame, folder: Path) -> list[tuple[Path, bytes]]:
-    """Training words/sec per cell, grouped by preset, one figure per device."""
+    """Training words/sec per cell, grouped by preset, one figure per device: runs of whole epochs only (a run that
+    ``--max-steps`` cut to a few seconds of training measures its start as much as its speed)."""
     plt = _plt()
     out = []
-    have = runs[runs["words_per_sec"].notna()]
+    have = runs[runs["words_per_sec"].notna() & (runs["steps_per_epoch"] >= epoch_steps(runs))]
     for (device, name), dev in have.groupby(["device", "device_name"], dropna=False):
         dev = dev.assign(label=[_cell_label(r) for r in dev.itertuples()])
         latest = dev.sort_values("started").drop_duplicates(["config", "label"], keep="last")
