@@ -56,7 +56,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="seconds between the runs' heartbeat lines (default 10)")
     s.add_argument("--checkpoint-every", type=float, default=None, metavar="MIN",
                    help="minutes between mid-epoch checkpoints of each run (default: train's, 10)")
-    s.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+    s.add_argument("--checkpoint-dir", type=lm_cli.path_arg, default=None, metavar="DIR",
                    help="where runs checkpoint, in a sweep-<id> folder (default <results>/checkpoints); on a "
                         "multi-node Ray cluster a folder every node mounts at the same path")
     s.set_defaults(func=cmd_sweep)

@@ -25,12 +25,27 @@ while [[ $# -gt 0 && "$1" == --* ]]; do
   esac
 done
 if [[ $# -ne 3 ]]; then echo "$usage" >&2; exit 2; fi
-if ! [[ "$total" =~ ^[0-9]+$ ]] || (( total < 120 || total > 600 )); then
+if ! [[ "$total" =~ ^[0-9]+$ ]] || (( 10#$total < 120 || 10#$total > 600 )); then
   echo "rnnbench: error: --total takes 120 to 600 seconds, got $total" >&2; exit 2
 fi
+total=$(( 10#$total ))
 ptb="$1" out="$2" tarball="$3"
-if [[ ! -d "$(dirname "$tarball")" ]]; then
-  echo "rnnbench: error: the folder of TARBALL $tarball does not exist" >&2; exit 2
+if [[ -z "$tarball" || -d "$tarball" || ! -d "$(dirname "$tarball")" ]]; then
+  echo "rnnbench: error: TARBALL '$tarball' must be a file's path in an existing folder" >&2; exit 2
+fi
+if [[ -z "$out" || -e "$out" && ! -d "$out" ]]; then
+  echo "rnnbench: error: OUT '$out' must be a folder's path" >&2; exit 2
+fi
+# the timing steps' names, before the check spends its minutes
+if ! PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -c '
+import sys
+from pathlib import Path
+from bench import gpu_check as g
+try:
+    g.select(g.steps(Path("."), Path("."), "gpu", False, "perf", 300), [n for n in sys.argv[1].split(",") if n])
+except ValueError as exc:
+    sys.exit(f"rnnbench: error: {exc}")' "$perf_steps"; then
+  exit 2
 fi
 mkdir -p "$out" || exit 2
 log="$out/session.log"
@@ -39,7 +54,10 @@ check_budget=$(( total - 60 < 355 ? total - 60 : 355 ))  # the timings get at le
 bash "$check" "${dry[@]}" --budget "$check_budget" "$ptb" "$out" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 left=$(( total - (SECONDS - t0) - 15 ))  # (15 s for packing)
-if (( left >= 30 )); then
+if (( rc == 2 )); then  # refused before any work (no CUDA, a bad PTB folder): so would the timings be
+  echo "[gpu-session] the check refused to run (exit 2): no timings" | tee -a "$log"
+  perf_rc=2
+elif (( left >= 30 )); then
   bash "$check" "${dry[@]}" --perf --steps "$perf_steps" --budget "$left" "$ptb" "$out" 2>&1 \
     | tee -a "$log"
   perf_rc=${PIPESTATUS[0]}

@@ -254,8 +254,8 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         raise UsageError(f"--max-eval-words must be a positive integer, got {max_eval_words}")
     if not (checkpoint_every >= 0 and math.isfinite(checkpoint_every)):  # (NaN compares false both ways)
         raise UsageError(f"--checkpoint-every must be >= 0 minutes, got {checkpoint_every}")
-    if not (heartbeat >= 0 and math.isfinite(heartbeat)):
-        raise UsageError(f"--heartbeat must be >= 0 seconds (0: none), got {heartbeat}")
+    if not 0 <= heartbeat <= 86400:  # (NaN compares false; a day is as rare a line as is useful)
+        raise UsageError(f"--heartbeat must be 0 to 86400 seconds (0: none), got {heartbeat}")
     if step_mode not in step_mod.MODES:
         raise UsageError(f"unknown step mode {step_mode!r}; accepted: {', '.join(step_mod.MODES)}")
     check_numerics(device, dtype, fp32_matmul)
@@ -276,6 +276,10 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
         check_same_run(ckpt, Path(checkpoint_path), cell, seed, n_steps, max_eval_words, cfg.epochs, results_dir)
     elif checkpoint_path is not None:
         check_not_unfinished(Path(checkpoint_path), results_dir)
+    if checkpoint_path is not None:  # found now, not after the first epoch's training
+        if Path(checkpoint_path).is_dir():
+            raise UsageError(f"checkpoint {checkpoint_path} is a folder; pass --checkpoint with a file's path")
+        records.usable_folder(Path(checkpoint_path).parent, "checkpoint folder")
     if deterministic:
         set_deterministic(device)
     torch.manual_seed(seed)
@@ -368,7 +372,14 @@ def check_same_run(ckpt: dict, path: Path, cell: str, seed: int, n_steps: int, m
     if saved.get("steps_per_epoch") not in (None, n_steps):
         raise UsageError(f"checkpoint {path} is of a run of {saved['steps_per_epoch']} steps an epoch, this one "
                          f"would be {n_steps}; resume it with the same --max-steps")
+    reached = ckpt["epoch"] if ckpt["step"] > 0 else ckpt["epoch"] - 1  # (the epoch it is in, or the last it ended)
+    if epochs < reached:
+        raise UsageError(f"checkpoint {path} is of a run that has trained into epoch {reached}; resume it with "
+                         f"--epochs {reached} or more (its record would say fewer epochs than its model trained)")
     done = _record_of(ckpt, results_dir)
+    if done is not None and done.get("status") == "diverged":
+        raise UsageError(f"checkpoint {path} is of a run that diverged ({done.get('error')}); resuming repeats it: "
+                         "start afresh with other settings")
     if ckpt["epoch"] > epochs and done is not None and done.get("status") == "ok":
         n = len(saved.get("epochs") or [])
         raise UsageError(f"checkpoint {path} is of a finished run of {n} epoch{'' if n == 1 else 's'} (record "
@@ -378,10 +389,13 @@ def check_same_run(ckpt: dict, path: Path, cell: str, seed: int, n_steps: int, m
 def check_not_unfinished(path: Path, results_dir) -> None:
     """A fresh run would overwrite ``path``: refuse when it holds a run that stopped part-way (interrupted, or killed
     before it could write a record), so that hours of training are not lost to a repeated command."""
+    if not path.is_file():
+        return
     try:
         ckpt = ckpt_mod.load(path)
-    except UsageError:  # none there, or nothing a run could continue from
-        return
+    except UsageError:  # a file that is not a checkpoint: not ours to overwrite
+        raise UsageError(f"{path} exists and is not an rnnbench checkpoint; pass --checkpoint another path, or "
+                         "delete it") from None
     rec = _record_of(ckpt, results_dir)
     if rec is None and results_dir is None:
         return  # (no records to tell a finished run from a stopped one)

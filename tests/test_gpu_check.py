@@ -169,12 +169,23 @@ def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_
     assert not (out / "checkpoints").exists()
     with tarfile.open(tarball) as tar:
         assert {"gpu/calls", "gpu/session.log"} <= set(tar.getnames())
+    env["PYTHON"] = sys.executable
     for argv, says in ((["--total", "50", "a", "b", "c"], "--total takes 120 to 600 seconds"),
-                       (["a", "b", str(tmp_path / "none" / "x.tgz")], "the folder of TARBALL"),
+                       (["a", "b", str(tmp_path / "none" / "x.tgz")], "must be a file's path in an existing folder"),
+                       (["a", "b", str(tmp_path)], "must be a file's path in an existing folder"),
+                       (["a", str(fake), "c"], "must be a folder's path"),
+                       (["--steps", "tune,bogus", "a", str(tmp_path / "o2"), "c"], "unknown step(s) bogus"),
                        (["--bogus", "a", "b", "c"], "unknown option --bogus")):
         r = subprocess.run(["bash", "bench/gpu_session.sh", *argv], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "o2").exists(), "a typo in --steps is found before the check runs"
+    # a check that refuses to run (no CUDA, a bad PTB folder) is not followed by the timings
+    fake.write_text('out="${@: -1}"; mkdir -p "$out"; echo "$*" >> "$out/calls"; exit 2\n')
+    out = tmp_path / "refused"
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "ptb", str(out), str(tmp_path / "r.tgz")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len((out / "calls").read_text().splitlines()) == 1 and "no timings" in r.stdout
 
 
 def test_without_cuda_the_real_check_refuses_in_one_line(tmp_path):

@@ -317,3 +317,24 @@ def test_resume_from_a_checkpoint_older_than_a_record_field(corpus_dir, tmp_path
     rec = json.loads(max((results / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
     assert rec["status"] == "ok" and [e["epoch"] for e in rec["epochs"]] == [1, 2]
     assert rec["compile_seconds"] >= 0 and rec["step_mode"] == "eager"
+
+
+def test_resume_refuses_fewer_epochs_than_trained_a_diverged_run_and_a_foreign_file(corpus_dir, tmp_path, capsys):
+    """A checkpoint resumes with at least the epochs its model has trained into (else its record would claim fewer),
+    not at all after its run diverged (it would again), and a fresh run does not overwrite a file that is no
+    checkpoint; a checkpoint path that cannot be written is found before the first step."""
+    results = tmp_path / "r"
+    base = ["train", "--cell", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+            "--results", str(results), "--quiet", "--max-steps", "3"]
+    assert main([*base, "--epochs", "2"]) == 0
+    assert "has trained into epoch 2; resume it with --epochs 2 or more" in one_line(
+        [*base, "--epochs", "1", "--resume"], capsys)
+    (path,) = (results / "runs").glob("*.json")  # as if that run had diverged after its last checkpoint
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "diverged", "error": "non-finite loss"}))
+    assert "is of a run that diverged (non-finite loss); resuming repeats it" in one_line(
+        [*base, "--epochs", "3", "--resume"], capsys)
+    precious = tmp_path / "notes.txt"
+    precious.write_text("mine")
+    assert "exists and is not an rnnbench checkpoint" in one_line([*base, "--checkpoint", str(precious)], capsys)
+    assert precious.read_text() == "mine"
+    assert "is a folder" in one_line([*base, "--checkpoint", str(tmp_path)], capsys)

@@ -132,7 +132,9 @@ BAD = [
     (["--cell", "loop_lstm", "--dropout", "1.5"], r"dropout must be in \[0, 1\)"),
     (["--cell", "loop_lstm", "--max-steps", "0"], "--max-steps must be a positive integer"),
     (["--cell", "loop_lstm", "--data-dir", "/nonexistent/ptb"], "data folder /nonexistent/ptb does not exist"),
-    (["--cell", "loop_lstm", "--heartbeat", "-1"], r"--heartbeat must be >= 0 seconds \(0: none\), got -1.0"),
+    (["--cell", "loop_lstm", "--heartbeat", "-1"], r"--heartbeat must be 0 to 86400 seconds \(0: none\), got -1.0"),
+    (["--cell", "loop_lstm", "--heartbeat", "1e10"], r"--heartbeat must be 0 to 86400 seconds"),  # (its thread died)
+    (["--cell", "loop_lstm", "--checkpoint", "/proc/x.pt"], r"checkpoint folder /proc is not writable"),
     (["--cell", "loop_lstm", "--checkpoint-every", "nan"], "--checkpoint-every must be >= 0 minutes, got nan"),
     (["--cell", "loop_lstm", "--device", "cpu", "--fp32-matmul", "tf32"],
      "--fp32-matmul tf32 is for CUDA: TF32 is a tensor-core format, and float32 matmuls on the CPU are exact"),
