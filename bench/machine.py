@@ -147,12 +147,21 @@ def load_all(results: str | Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.machine [--device D] [--results DIR]``: print the measurement, optionally save it."""
-    import argparse
+    from lm.cli import Parser, path_arg  # argparse, its errors on one line
+    from lm.errors import UsageError
+    from lm.records import usable_folder
+    from lm.train import resolve_device
 
-    p = argparse.ArgumentParser(prog="python -m bench.machine", description=main.__doc__)
+    p = Parser(prog="python -m bench.machine", description=main.__doc__)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--results", default=None, help="also write <results>/machine/<slug>.json")
+    p.add_argument("--results", type=path_arg, default=None, help="also write <results>/machine/<slug>.json")
     args = p.parse_args(argv)
+    try:  # before measuring
+        resolve_device(args.device)
+        if args.results:
+            usable_folder(Path(args.results) / "machine", "--results")
+    except UsageError as exc:
+        p.error(str(exc))
     m = measure(args.device)
     print(json.dumps(m, indent=2))
     if args.results:

@@ -60,3 +60,12 @@ def test_hostcost_checks_its_arguments_before_patching_anything(capsys):
     calls = []
     r = hostcost._measure(lambda: calls.append(1), 3, {"launches": 0, "queries": 0})  # fewer calls than batches
     assert r["us"] >= 0 and len(calls) == 3 + 1 + 5
+
+
+def test_the_matmul_measurement_checks_its_arguments_before_measuring(tmp_path, capsys):
+    from bench import machine
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "unknown device 'bogus'" in _refused(machine.main, ["--device", "bogus"], capsys)
+    assert "is not writable" in _refused(machine.main, ["--device", "cpu", "--results", str(afile)], capsys)
