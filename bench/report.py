@@ -1099,10 +1099,14 @@ def write_report(results: str | Path = "results") -> Path:
     the REPORT.md path.  A file the report cannot use is skipped with a warning on stderr and counted in the header;
     nothing is written until everything is computed, so a failure leaves the old report whole."""
     results = Path(results)
-    if not results.is_dir():
-        from lm.errors import UsageError
+    from lm.errors import UsageError
 
-        raise UsageError(f"results folder {results} does not exist; run `rnnbench sweep` or `rnnbench train` first")
+    if not results.is_dir():
+        what = "is not a folder" if results.exists() else "does not exist"
+        raise UsageError(f"results folder {results} {what}; run `rnnbench sweep` or `rnnbench train` first")
+    for sub in ("runs", "bench", "machine", "plots"):  # (read from, or written into: a file there is no empty folder)
+        if (results / sub).exists() and not (results / sub).is_dir():
+            raise UsageError(f"{results / sub} is not a folder; move it away and run `rnnbench report` again")
     skipped = {"runs": [], "bench": [], "machine": []}
     raw_runs = load_runs(results, skipped["runs"])
     every_bench, bench_machines = load_bench(results, newest=False, skipped=skipped["bench"])

@@ -580,3 +580,17 @@ def test_at_a_glance_says_when_the_rounds_do_not_tell_the_fastest_apart(results)
     lstm = next(line for line in glance.splitlines() if line.startswith("| small") and "| LSTM" in line)
     assert "(next: `loop_lstm` 30.5 ms, 0.98× as fast; within noise of `loop_lstm`)" in lstm
     assert "compiled_lstm`)" not in lstm
+
+
+@pytest.mark.parametrize("sub", ["runs", "bench", "machine", "plots"])
+def test_a_file_where_a_folder_belongs_is_one_line_and_nothing_written(results, sub, capsys):
+    record(results, "cudnn_lstm")
+    (results / sub).mkdir(exist_ok=True)
+    for p in (results / sub).iterdir():
+        p.unlink()
+    (results / sub).rmdir()
+    (results / sub).write_text("not a folder")
+    assert main(["report", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{results / sub} is not a folder" in err
+    assert not (results / "REPORT.md").exists()
