@@ -94,6 +94,16 @@ def _train_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
 
     if args.checkpoint is not None:
         raise UsageError("--checkpoint names one file; with --seeds each seed checkpoints to its own default path")
+    if args.resume:  # every seed's checkpoint before the first seed trains
+        from lm.checkpoint import default_path
+        from lm.train import numerics_suffix, resolve_device
+
+        device = resolve_device(args.device)
+        for seed in seeds:
+            path = default_path(args.results, args.config, args.cell, device, seed, args.step,
+                                numerics_suffix(args.dtype, args.fp32_matmul))
+            if not path.is_file():
+                raise UsageError(f"--resume: no checkpoint of seed {seed} at {path}")
     argv, worst = _without_seeds(args.argv), 0
     for i, seed in enumerate(seeds, 1):
         print(f"rnnbench train: seed {seed} ({i} of {len(seeds)})", flush=True)

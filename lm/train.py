@@ -432,10 +432,13 @@ class Run:
             self.step.opt.load_state_dict(ckpt["optimizer"])
             ckpt_mod.set_rng_state(ckpt["rng"])
             resumed = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "epoch": ckpt["epoch"],
-                       "step": ckpt["step"], "cell": self.cell, "command": rec["command"], "env": rec["env"]}
-            # The fresh record first: a checkpoint written before a field existed resumes with its default.
+                       "step": ckpt["step"], "cell": self.cell, "command": rec["command"], "env": rec["env"],
+                       "deterministic": rec["deterministic"]}
+            # The fresh record first: a checkpoint written before a field existed resumes with its default.  The run
+            # is deterministic only if every session of it was.
             self.rec = rec = {**rec, **ckpt["record"], "config": cfg.as_dict(), "cell": self.cell,
-                              "backend": rec["backend"], "step": rec["step"]}
+                              "backend": rec["backend"], "step": rec["step"],
+                              "deterministic": rec["deterministic"] and bool(ckpt["record"].get("deterministic"))}
             rec["resumes"] = [*rec.get("resumes", []), resumed]
             self.wall0 -= rec.get("wall_seconds") or 0.0
             self.first_epoch, self.start_step, self.carried = ckpt["epoch"], ckpt["step"], ckpt["carried"]

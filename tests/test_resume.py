@@ -338,3 +338,21 @@ def test_resume_refuses_fewer_epochs_than_trained_a_diverged_run_and_a_foreign_f
     assert "exists and is not an rnnbench checkpoint" in one_line([*base, "--checkpoint", str(precious)], capsys)
     assert precious.read_text() == "mine"
     assert "is a folder" in one_line([*base, "--checkpoint", str(tmp_path)], capsys)
+
+
+def test_resume_with_seeds_checks_every_seed_first_and_a_record_says_if_any_session_was_not_deterministic(
+        corpus_dir, tmp_path, capsys):
+    results = tmp_path / "r"
+    base = ["train", "--cell", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+            "--results", str(results), "--quiet", "--max-steps", "3"]
+    try:
+        assert main([*base, "--epochs", "1", "--deterministic"]) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    capsys.readouterr()
+    assert main([*base, "--epochs", "2", "--seeds", "0,1", "--resume"]) == 2
+    out, err = capsys.readouterr()
+    assert "no checkpoint of seed 1 at" in err and "seed 0 (1 of 2)" not in out  # (nothing trained first)
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    rec = only_record(results)
+    assert rec["deterministic"] is False and rec["resumes"][0]["deterministic"] is False
