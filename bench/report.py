@@ -1107,6 +1107,9 @@ def write_report(results: str | Path = "results") -> Path:
     for sub in ("runs", "bench", "machine", "plots"):  # (read from, or written into: a file there is no empty folder)
         if (results / sub).exists() and not (results / sub).is_dir():
             raise UsageError(f"{results / sub} is not a folder; move it away and run `rnnbench report` again")
+    for name in ("REPORT.md", "report.csv", "train.csv", "train.md"):  # (what it writes: found before any is written)
+        if (results / name).is_dir():
+            raise UsageError(f"{results / name} is a folder; move it away and run `rnnbench report` again")
     skipped = {"runs": [], "bench": [], "machine": []}
     raw_runs = load_runs(results, skipped["runs"])
     every_bench, bench_machines = load_bench(results, newest=False, skipped=skipped["bench"])

@@ -41,11 +41,23 @@ def numerics(rec: dict) -> str:
     return numerics_of(rec.get("dtype") or "float32", fp32_matmul)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # (read once: os.umask can only be read by setting it)
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """``data`` into ``path``, whole or not at all, with the permissions a plain write would give (mkstemp's are
+    0600: records and tables then read as private to whoever copies them)."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()

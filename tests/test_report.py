@@ -582,6 +582,26 @@ def test_at_a_glance_says_when_the_rounds_do_not_tell_the_fastest_apart(results)
     assert "compiled_lstm`)" not in lstm
 
 
+def test_an_output_that_is_a_folder_is_one_line_and_nothing_written(results, capsys):
+    record(results, "cudnn_lstm")
+    (results / "train.csv").mkdir()
+    assert main(["report", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.csv is a folder" in err and not (results / "REPORT.md").exists()
+
+
+def test_records_are_written_with_the_umask_s_permissions(results):
+    import os
+    import stat
+
+    record(results, "cudnn_lstm")
+    report.write_report(results)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("REPORT.md", "report.csv", "train.csv"):
+        assert stat.S_IMODE((results / name).stat().st_mode) == 0o666 & ~mask
+
+
 @pytest.mark.parametrize("sub", ["runs", "bench", "machine", "plots"])
 def test_a_file_where_a_folder_belongs_is_one_line_and_nothing_written(results, sub, capsys):
     record(results, "cudnn_lstm")
