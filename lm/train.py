@@ -289,7 +289,7 @@ def train(cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, see
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hb = Heartbeat(f"{cfg.name} {cell}{'' if step_mode == 'eager' else ' ' + step_mode} {device.type}", heartbeat)
-    run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, max_steps,
+    run = Run(cfg, cell, corpus, device, dtype, rec, hb, progress, checkpoint_path, checkpoint_every, n_steps,
               max_eval_words)
     with hb, cells.fp32_matmul_precision(fp32_matmul):
         try:
@@ -332,11 +332,11 @@ def check_streams(cfg: Config, corpus: data.Corpus, max_steps: int | None, max_e
     ``batch_size`` x ``num_steps``, validation likewise, test at ``test_batch_size`` x ``test_num_steps``, the
     evaluation streams cut to ``max_eval_words``), else a UsageError naming the stream; returns the training steps an
     epoch."""
-    cut = (lambda t: t) if max_eval_words is None else (lambda t: t[: max_eval_words + 1])
     for name, tokens, batch, steps, options in (
             ("training", corpus.train, cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
-            ("validation", cut(corpus.valid), cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
-            ("test", cut(corpus.test), cfg.test_batch_size, cfg.test_num_steps,
+            ("validation", eval_stream(corpus.valid, max_eval_words), cfg.batch_size, cfg.num_steps,
+             "--batch-size / --num-steps"),
+            ("test", eval_stream(corpus.test, max_eval_words), cfg.test_batch_size, cfg.test_num_steps,
              "--test-batch-size / --test-num-steps")):
         if data.epoch_size(tokens, batch, steps) <= 0:
             evaluated = "" if name == "training" or max_eval_words is None else f" (--max-eval-words {max_eval_words})"
@@ -344,6 +344,11 @@ def check_streams(cfg: Config, corpus: data.Corpus, max_steps: int | None, max_e
                              f"{steps} steps (need at least {batch * (steps + 1)}); lower {options}")
     n = data.epoch_size(corpus.train, cfg.batch_size, cfg.num_steps)
     return n if max_steps is None else min(n, max_steps)
+
+
+def eval_stream(tokens: torch.Tensor, max_eval_words: int | None) -> torch.Tensor:
+    """An evaluation stream, cut to its first ``max_eval_words`` predicted words when that is set."""
+    return tokens if max_eval_words is None else tokens[: max_eval_words + 1]
 
 
 def _record_of(ckpt: dict, results_dir) -> dict | None:
@@ -411,11 +416,11 @@ class Run:
 
     def __init__(self, cfg: Config, cell: str, corpus: data.Corpus, device: torch.device, dtype: torch.dtype,
                  rec: dict, hb: Heartbeat, progress: bool, checkpoint_path, checkpoint_every: float,
-                 max_steps: int | None, max_eval_words: int | None = None):
+                 n_steps: int, max_eval_words: int | None = None):
         self.cfg, self.cell, self.corpus, self.device, self.dtype = cfg, cell, corpus, device, dtype
         self.rec, self.hb, self.progress = rec, hb, progress
         self.checkpoint_path, self.every = checkpoint_path, checkpoint_every * 60.0
-        self.max_steps, self.max_eval_words = max_steps, max_eval_words
+        self.n_steps, self.max_eval_words = n_steps, max_eval_words  # (steps an epoch: check_streams)
         self.wall0 = time.perf_counter()
         self.first_epoch, self.start_step, self.carried = 1, 0, None
         self.model = self.step = None
@@ -442,8 +447,6 @@ class Run:
             rec["resumes"] = [*rec.get("resumes", []), resumed]
             self.wall0 -= rec.get("wall_seconds") or 0.0
             self.first_epoch, self.start_step, self.carried = ckpt["epoch"], ckpt["step"], ckpt["carried"]
-        n = data.epoch_size(self.corpus.train, cfg.batch_size, cfg.num_steps)
-        self.n_steps = min(n, self.max_steps) if self.max_steps is not None else n
         rec["steps_per_epoch"] = self.n_steps
         rec["vocab_size"] = self.corpus.vocab_size
 
@@ -549,8 +552,8 @@ class Run:
     def validate(self, epoch: int) -> None:
         cfg, rec = self.cfg, self.rec
         v0 = time.perf_counter()
-        valid = evaluate(self.model, self._stream(self.corpus.valid), cfg.batch_size, cfg.num_steps, self.device,
-                         "valid", self.progress, heartbeat=self.hb)
+        valid = evaluate(self.model, eval_stream(self.corpus.valid, self.max_eval_words), cfg.batch_size,
+                         cfg.num_steps, self.device, "valid", self.progress, heartbeat=self.hb)
         valid_seconds = time.perf_counter() - v0
         rec["valid_seconds"] = rec.get("valid_seconds", 0.0) + valid_seconds
         e = self._epoch
@@ -566,15 +569,12 @@ class Run:
                        f"valid ppl {valid:.2f}  {e['words_per_sec']:.0f} words/sec")
         self.save_checkpoint(epoch + 1, 0, None, 0.0, 0.0)
 
-    def _stream(self, tokens: torch.Tensor) -> torch.Tensor:
-        """An evaluation stream, cut to its first ``max_eval_words`` predicted words when that is set."""
-        return tokens if self.max_eval_words is None else tokens[: self.max_eval_words + 1]
-
     def test(self) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.rec["test_ppl"] = evaluate(self.model, self._stream(self.corpus.test), cfg.test_batch_size,
-                                        cfg.test_num_steps, self.device, "test", self.progress, heartbeat=self.hb)
+        self.rec["test_ppl"] = evaluate(self.model, eval_stream(self.corpus.test, self.max_eval_words),
+                                        cfg.test_batch_size, cfg.test_num_steps, self.device, "test", self.progress,
+                                        heartbeat=self.hb)
         self.rec["test_seconds"] = time.perf_counter() - t0
         self.check_evaluation("test", self.rec["test_ppl"], cfg.epochs)
 
