@@ -102,8 +102,21 @@ def end(proc: subprocess.Popen, grace: float) -> str:
         return "SIGKILL"
 
 
+class StopRequests:
+    """The user's requests to stop (Ctrl-C, SIGTERM) that a sweep running several children at once receives in its
+    main thread and hands on to each child from the thread that waits on it, as ``handle_signals`` does for one: the
+    first asks every child to stop after its current step and write its record, a second to stop at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def request(self) -> None:
+        self.count += 1  # (one writer, the main thread; the waiting threads only read it)
+
+
 def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: float = 30.0,
-        handle_signals: bool = True, label: str = "", on_start: Callable[[int], None] | None = None) -> ChildResult:
+        handle_signals: bool = True, label: str = "", on_start: Callable[[int], None] | None = None,
+        stop: StopRequests | None = None) -> ChildResult:
     """Run ``cmd`` to its end, or until ``timeout`` seconds have passed.
 
     Args:
@@ -116,6 +129,8 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
             at once.  A KeyboardInterrupt (Ray cancelling the task) ends the child as a time limit does and
             counts as the user asking to stop.
         on_start: called with the child's pid once it has started.
+        stop: requests to stop made elsewhere (another thread): each new one is handed on as SIGINT, within half a
+            second, and counts as the user asking to stop.
 
     Returns the exit status (negative: killed by that signal), the output's tail, the last heartbeat line, whether
     the user asked to stop and whether the time limit ended it.
@@ -137,7 +152,11 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
         if on_start is not None:
             on_start(proc.pid)
         deadline = None if not timeout else time.monotonic() + timeout
+        handed = 0  # stop requests handed on
         while True:
+            if stop is not None and stop.count > handed:
+                handed = stop.count
+                hand_on(signal.SIGINT, None)
             try:  # never block for long: Ray delivers its cancellation between bytecodes
                 proc.wait(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
                 break

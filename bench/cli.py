@@ -41,7 +41,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", default="eager", metavar="MODES",
                    help="step modes, comma-separated: eager (default), compile, cuda-graph (see train --step)")
     s.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: one run after another here (default); ray: runs side by side as Ray tasks")
+                   help="local: runs here, one after another (or --jobs at once; default); ray: runs side by side "
+                        "as Ray tasks")
+    s.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with the local engine: up to N runs at once, each in its own process (default 1); CPU runs "
+                        "then take --threads 1 unless told otherwise. Runs side by side share the machine: their "
+                        "words/sec are not the machine's best (the report marks them `beside N`)")
     s.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --engine ray: the cluster to join (default $RAY_ADDRESS, else a new one on this "
                         "machine)")

@@ -86,6 +86,13 @@ class Options:
     cell_timeout: float | None = None
     kill_grace: float = 30.0
     cwd: str | None = None  # where the sweep was started: the records' commands are relative to it
+    jobs: int = 1  # runs at once (the local engine's --jobs; Ray places its tasks itself)
+
+    @property
+    def side_by_side(self) -> bool:
+        """Whether runs may train at once (the Ray engine, or the local one with --jobs above 1): their progress
+        bars would interleave, so they pass on heartbeat lines only, each naming its run."""
+        return self.engine != "local" or self.jobs > 1
 
 
 @dataclass
@@ -107,7 +114,7 @@ class Outcome:
 def train_args(spec: RunSpec, opts: Options, results: str | os.PathLike | None = None,
                checkpoint: str | os.PathLike | None = None) -> list[str]:
     """The ``rnnbench train`` arguments of one run (everything after ``rnnbench``)."""
-    quiet = opts.quiet or opts.engine != "local"  # interleaved progress bars of parallel runs say nothing
+    quiet = opts.quiet or opts.side_by_side  # interleaved progress bars of parallel runs say nothing
     out = ["train", *spec.train_flags(), "--device", str(opts.device), "--results", str(results or opts.results),
            "--dtype", opts.dtype, "--fp32-matmul", opts.fp32_matmul]
     for flag, value in (("--epochs", opts.epochs), ("--max-steps", opts.max_steps),
@@ -195,8 +202,10 @@ def _claim(ckpt: Path, pid: int, attempt: int) -> None:
 
 # --- one run ---------------------------------------------------------------------------------------------------
 
-def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcome:
-    """Check, then train one run in a child process; always returns an Outcome with a record (not yet written)."""
+def execute(spec: RunSpec, opts: Options, handle_signals: bool = True,
+            stop: child.StopRequests | None = None) -> Outcome:
+    """Check, then train one run in a child process; always returns an Outcome with a record (not yet written).
+    ``handle_signals`` and ``stop``: how the user's requests to stop reach the child (:func:`bench.child.run`)."""
     from lm.step import refusal as step_refusal
     from lm.train import check_cell, resolve_device
 
@@ -222,9 +231,9 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True) -> Outcom
     scratch = Path(tempfile.mkdtemp(prefix="rnnbench-run-"))
     try:
         argv = train_args(spec, opts, results=scratch, checkpoint=ckpt) + (["--resume"] if resume else [])
-        echo = "all" if opts.engine == "local" and not opts.quiet else "heartbeat"
+        echo = "heartbeat" if opts.quiet or opts.side_by_side else "all"
         res = child.run([sys.executable, "-m", "bench.cli", *argv], echo=echo, timeout=opts.cell_timeout,
-                        grace=opts.kill_grace, handle_signals=handle_signals, label=str(spec),
+                        grace=opts.kill_grace, handle_signals=handle_signals, label=str(spec), stop=stop,
                         on_start=lambda pid: _claim(ckpt, pid, attempt))
         found = [r for r in records.load_runs(scratch) if r.get("status") in records.STATUSES]
     finally:

@@ -10,8 +10,11 @@ tail of its stderr; a child past ``--cell-timeout`` is ended (SIGTERM, then SIGK
 and recorded as ``timeout`` with its last heartbeat.  Every record is written here,
 into the one results folder, as its run ends.
 
-Engines: ``local`` (the default) runs one child after another on this machine;
-``ray`` (``bench.ray_engine``) runs them as Ray tasks side by side on a Ray cluster.
+Engines: ``local`` (the default) runs one child after another on this machine, or up to
+``--jobs`` at once (CPU runs then take one thread each unless ``--threads`` says otherwise);
+``ray`` (``bench.ray_engine``) runs them as Ray tasks side by side on a Ray cluster.  Runs
+side by side share their machine (and a GPU named by several): their words/sec are not the
+machine's best, and the report marks each with how many others trained beside it.
 The device's matmul rate is measured first, for the report's FLOP/s fractions.
 
 Exit status: 0 when every run that was asked for by name (or, for ``--cells all``, every
@@ -40,6 +43,7 @@ from lm.errors import UsageError
 
 # Statuses a run can end with that mean it did not train to the end.
 FAILED = ("failed", "oom", "diverged", "interrupted", "timeout")
+MAX_JOBS = 64  # --jobs: runs at once on one machine
 
 
 def parse_cells(spec: str) -> list[str]:
@@ -92,6 +96,11 @@ def options(args: argparse.Namespace) -> Options:
             raise UsageError(f"{name} must be a finite number {'> 0' if low else '>= 0'}, got {value}")
     if args.ray_address is not None and args.engine != "ray":
         raise UsageError(f"--ray-address goes with --engine ray (this sweep's engine: {args.engine})")
+    jobs = getattr(args, "jobs", 1)
+    if not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be 1 to {MAX_JOBS}, got {jobs}")
+    if jobs > 1 and args.engine != "local":
+        raise UsageError("--jobs is for the local engine; Ray runs as many at once as the cluster has room for")
     sweep_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     results = Path(args.results).resolve()
     checkpoints = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else results / "checkpoints"
@@ -103,7 +112,7 @@ def options(args: argparse.Namespace) -> Options:
                    data_dir=str(Path(args.data_dir).resolve()) if args.data_dir and args.engine == "ray" else
                    args.data_dir,  # a Ray worker's working directory is not ours
                    threads=args.threads, heartbeat=args.heartbeat, checkpoint_every=args.checkpoint_every,
-                   cell_timeout=args.cell_timeout, kill_grace=args.kill_grace, cwd=os.getcwd())
+                   cell_timeout=args.cell_timeout, kill_grace=args.kill_grace, cwd=os.getcwd(), jobs=jobs)
 
 
 def refuse_modes(modes: list[str], device: str | None) -> None:
@@ -137,20 +146,72 @@ def run_local(specs: list[RunSpec], opts: Options) -> list[Outcome]:
     return outcomes
 
 
-def _prepare_local(opts: Options) -> None:
-    """The device must be here; the data is located (downloading if needed) and checked once, not per child."""
+def run_parallel(specs: list[RunSpec], opts: Options) -> tuple[list[Outcome], bool]:
+    """The local engine with ``--jobs`` above 1: up to that many runs at once, each in its own process, started in
+    the sweep's order as others end; records are written as runs end.  Ctrl-C or SIGTERM: no run starts any more and
+    every running one is asked to checkpoint and stop after its current step (a second: at once), recorded
+    ``interrupted``; runs that never started get no record.  Returns the outcomes and whether the user stopped it."""
+    import signal
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from bench.child import StopRequests
+
+    stop, lock, outcomes, started = StopRequests(), threading.Lock(), [], [0]
+
+    def one(spec: RunSpec) -> Outcome | None:
+        with lock:
+            if stop.count:
+                return None  # (the user asked to stop before this run's turn)
+            started[0] += 1
+            i = started[0]
+        print(f"[start {i}/{len(specs)}] {spec}: {spec.preset}, {opts.epochs or 'preset'} epoch(s) on {opts.device}",
+              flush=True)
+        return runs.execute(spec, opts, handle_signals=False, stop=stop)
+
+    def on_signal(signum, frame) -> None:  # (no exception: the loop below must not lose a finished run's record)
+        stop.request()
+        print(f"rnnbench sweep: {signal.Signals(signum).name}: "
+              f"{'the running runs checkpoint and end after their step' if stop.count == 1 else 'ending the runs now'}"
+              "; no other run starts", file=sys.stderr, flush=True)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(max_workers=opts.jobs, thread_name_prefix="rnnbench-run") as pool:
+            pending = {pool.submit(one, spec) for spec in specs}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    outcome = fut.result()
+                    if outcome is not None:
+                        outcomes.append(write(outcome, opts.results))
+                        print(progress_line(len(outcomes), len(specs), outcome), flush=True)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return outcomes, stop.count > 0
+
+
+def _prepare_local(opts: Options, presets: list[str]) -> None:
+    """The device must be here; the data is located (downloading if needed) and checked once, not per child, and its
+    streams against every preset's batches and windows (with ``--max-steps`` and ``--max-eval-words``), so that a
+    setting no run could train with is one error now, not a failed record per run."""
     import torch
 
-    from lm.train import check_numerics, resolve_device
+    from lm.train import check_numerics, check_streams, resolve_device
 
     opts.device = str(resolve_device(opts.device))
+    if opts.jobs > 1 and opts.device == "cpu" and opts.threads is None:
+        opts.threads = 1  # (as the Ray engine's CPU tasks: N runs of all cores each would fight over them)
     check_numerics(torch.device(opts.device), getattr(torch, opts.dtype), opts.fp32_matmul)  # not once per run
-    folder = data.locate(opts.data_dir)
-    if not opts.no_verify:
-        for name in data.FILES:
-            data.verify(folder / name)
+    corpus = data.load(opts.data_dir, check_md5=not opts.no_verify)
+    for name in presets:
+        try:
+            check_streams(lm_config.preset(name, epochs=opts.epochs), corpus, opts.max_steps, opts.max_eval_words)
+        except UsageError as exc:
+            raise UsageError(f"preset {name}: {exc}") from None
     if opts.data_dir is None:
-        opts.data_dir = str(folder)
+        opts.data_dir = corpus.folder
 
 
 def measure_machine(opts: Options) -> None:
@@ -198,25 +259,29 @@ def sweep(args: argparse.Namespace) -> int:
     names = parse_cells(args.cells)
     explicit = args.cells.strip() != "all"
     modes = parse_modes(args.steps)
-    specs = plan(parse_presets(args.config, args.epochs), names, seeds_of(args), modes)
+    presets = parse_presets(args.config, args.epochs)
+    specs = plan(presets, names, seeds_of(args), modes)
     opts = options(args)
     records.ensure_writable(opts.results)
     records.usable_folder(Path(opts.checkpoints).parent,
                           "--checkpoint-dir" if args.checkpoint_dir else "checkpoint folder")
     # the default folder, or one this sweep makes: removed at the end when no run left a checkpoint in it
     ours = not args.checkpoint_dir or not Path(opts.checkpoints).parent.exists()
-    t0 = time.perf_counter()
+    t0, stopped = time.perf_counter(), False
     if opts.engine == "ray":
         from bench import ray_engine
 
         refuse_modes(modes, opts.device)
         outcomes = ray_engine.run(specs, opts, args.ray_address, measure=not args.no_measure)
     else:
-        _prepare_local(opts)
+        _prepare_local(opts, presets)
         refuse_modes(modes, opts.device)
         if not args.no_measure:
             measure_machine(opts)
-        outcomes = run_local(specs, opts)
+        if opts.jobs > 1:
+            outcomes, stopped = run_parallel(specs, opts)
+        else:
+            outcomes = run_local(specs, opts)
     with contextlib.suppress(OSError):
         Path(opts.checkpoints).rmdir()  # empty when every run ended ok
         if ours:
@@ -234,7 +299,7 @@ def sweep(args: argparse.Namespace) -> int:
         print("not trainable here: " + "; ".join(sorted({f"{o.cell} ({o.reason})" for o in skipped})))
     if failed:
         print("FAILED: " + "; ".join(f"{o.spec}: {o.status} ({o.reason})" for o in failed))
-    if any(o.stopped_by_user for o in outcomes):
+    if stopped or any(o.stopped_by_user for o in outcomes):
         print("sweep interrupted; the remaining runs were not run")
         return 130
     return 1 if failed else 0

@@ -339,9 +339,15 @@ def check_streams(cfg: Config, corpus: data.Corpus, max_steps: int | None, max_e
             ("test", eval_stream(corpus.test, max_eval_words), cfg.test_batch_size, cfg.test_num_steps,
              "--test-batch-size / --test-num-steps")):
         if data.epoch_size(tokens, batch, steps) <= 0:
-            evaluated = "" if name == "training" or max_eval_words is None else f" (--max-eval-words {max_eval_words})"
-            raise UsageError(f"the {name} stream's {len(tokens)} tokens{evaluated} are too few for batch {batch} x "
-                             f"{steps} steps (need at least {batch * (steps + 1)}); lower {options}")
+            need = batch * (steps + 1)
+            cut = name != "training" and max_eval_words is not None
+            whole = {"validation": corpus.valid, "test": corpus.test}.get(name)
+            # the cut, not the stream, is short: the fix is a larger cut
+            fix = (f"raise --max-eval-words to at least {need - 1}" if cut and len(whole) >= need
+                   else f"lower {options}")
+            raise UsageError(f"the {name} stream's {len(tokens)} tokens"
+                             f"{f' (--max-eval-words {max_eval_words})' if cut else ''} are too few for batch {batch} "
+                             f"x {steps} steps (need at least {need}); {fix}")
     n = data.epoch_size(corpus.train, cfg.batch_size, cfg.num_steps)
     return n if max_steps is None else min(n, max_steps)
 

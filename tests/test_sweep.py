@@ -140,6 +140,48 @@ def test_ctrl_c_stops_the_running_cell_cleanly_and_the_sweep(corpus_dir, tmp_pat
     assert "interrupted" in out
 
 
+def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, broken_env):
+    """--jobs 2: two runs train at once (their records overlap in time and say one thread each); Ctrl-C asks both to
+    checkpoint and stop, both are recorded interrupted with a way to continue, the third never starts, exit 130."""
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "sweep", "--cells", "slow", "--seeds", "0,1,2", "--jobs", "2",
+         "--config", "tiny", "--epochs", "1", "--device", "cpu", "--data-dir", str(corpus_dir), "--no-verify",
+         "--results", str(results), "--no-measure", "--heartbeat", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=broken_env)
+    training: set[str] = set()
+    try:
+        for line in proc.stderr:  # side by side, the runs pass on their heartbeats, each line naming its run
+            if "phase train" in line and line.startswith("[slow tiny seed "):
+                training.add(line.split("]", 1)[0])
+                if len(training) == 2:
+                    break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert training == {"[slow tiny seed 0", "[slow tiny seed 1"}, training
+    assert proc.returncode == 130, out + err
+    recs = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert sorted(r["seed"] for r in recs) == [0, 1], "the third run never starts"
+    for r in recs:
+        assert r["status"] == "interrupted" and "--resume" in r["error"], r["error"]
+        assert r["env"]["torch_threads"] == 1  # (CPU runs side by side: one thread each unless told)
+    assert max(r["started"] for r in recs) < min(r["finished"] for r in recs), "they trained at the same time"
+    assert "sweep interrupted" in out
+
+
+def test_jobs_are_for_the_local_engine(corpus_dir, tmp_path, capsys):
+    for bad, says in ((["--jobs", "0"], "--jobs must be 1 to 64, got 0"),
+                      (["--jobs", "2", "--engine", "ray"], "--jobs is for the local engine")):
+        rc = main(["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
+                   "--device", "cpu", "--results", str(tmp_path / "r"), *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and says in err, (bad, err)
+        assert not (tmp_path / "r").exists(), bad
+
+
 TESTS = Path(__file__).resolve().parent
 FAKE_CELLS_ENV = {"RNNBENCH_EXTRA_CELLS": "hang=fake_cells:HangingLSTM",
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
@@ -260,7 +302,8 @@ def test_bad_sweep_options_are_one_line_exit_2(corpus_dir, tmp_path, capsys, bad
 
 def test_options_that_would_fail_every_run_are_refused_up_front(corpus_dir, tmp_path, capsys):
     """Non-finite intervals, cuda-graph steps on the CPU (as `rnnbench train` refuses them), a --checkpoint-dir that is
-    a file and --ray-address without the Ray engine: one line, exit 2, before any run, and nothing written."""
+    a file, --ray-address without the Ray engine and a --max-eval-words too small for a preset's windows: one line,
+    exit 2, before any run, and nothing written."""
     afile = tmp_path / "afile"
     afile.write_text("x")
     for bad, says in ((["--heartbeat", "inf"], "--heartbeat must be a finite number >= 0"),
@@ -268,7 +311,10 @@ def test_options_that_would_fail_every_run_are_refused_up_front(corpus_dir, tmp_
                       (["--steps", "eager,cuda-graph"], "--steps cuda-graph needs a CUDA device"),
                       (["--checkpoint-dir", str(afile)], f"--checkpoint-dir {afile} is not writable"),
                       (["--checkpoint-dir", str(afile / "sub")], "is not a folder"),
-                      (["--ray-address", "auto"], "--ray-address goes with --engine ray")):
+                      (["--ray-address", "auto"], "--ray-address goes with --engine ray"),
+                      # (a stream too short for a preset's windows: every run would fail after loading the data)
+                      (["--max-eval-words", "2"], "preset tiny: the validation stream's 3 tokens (--max-eval-words 2) "
+                                                  "are too few")):
         rc = main(["sweep", "--cells", "loop_lstm", "--config", "tiny", "--data-dir", str(corpus_dir), "--no-verify",
                    "--device", "cpu", "--results", str(tmp_path / "r"), *bad])
         err = capsys.readouterr().err.strip()
