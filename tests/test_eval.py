@@ -92,7 +92,7 @@ def test_record_times_each_phase_and_time_to_quality(corpus_dir):
 def test_max_eval_words_scores_a_prefix_of_each_stream_and_says_so(corpus_dir, tmp_path):
     """A smoke run's evaluation (--max-eval-words N) is the tutorial's perplexity of each stream's first N words;
     the record states N and the report keeps such runs out of the comparison with the paper."""
-    from bench import report
+    from bench.report import training as report_training
     from lm import checkpoint
 
     corpus = data.load(corpus_dir, check_md5=False)
@@ -108,11 +108,11 @@ def test_max_eval_words_scores_a_prefix_of_each_stream_and_says_so(corpus_dir, t
                                             rel=1e-6)
     assert rec["epochs"][0]["valid_ppl"] == pytest.approx(
         plain_loop(model, corpus.valid[:41], cfg.batch_size, cfg.num_steps), rel=1e-6)
-    rows = report.runs_frame([rec]).assign(config="small")  # as if a smoke run of a paper preset
+    rows = report_training.runs_frame([rec]).assign(config="small")  # as if a smoke run of a paper preset
     assert rows["max_eval_words"].tolist() == [40]
-    assert "first 40 words" in "\n".join(report.training_section(rows, {}))
-    assert "(no finished run of a paper preset yet)" in "\n".join(report.paper_section(rows))
-    assert "ours: `loop_lstm`" in "\n".join(report.paper_section(rows.assign(max_eval_words=math.nan)))
+    assert "first 40 words" in "\n".join(report_training.training_section(rows, {}))
+    assert "(no finished run of a paper preset yet)" in "\n".join(report_training.paper_section(rows))
+    assert "ours: `loop_lstm`" in "\n".join(report_training.paper_section(rows.assign(max_eval_words=math.nan)))
     with pytest.raises(train.UsageError, match="--max-eval-words must be a positive integer"):
         train.train(cfg, "loop_lstm", corpus, torch.device("cpu"), results_dir=None, max_eval_words=0)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cells
-from bench import report
+from bench.report import training as report_training
 from lm import checkpoint, config, data, records, train
 from lm.errors import UsageError
 from tests.test_report import GPU, record
@@ -118,12 +118,12 @@ def test_the_report_compares_like_with_like(tmp_path):
                                 started="2026-01-03T00:00:00+00:00"), "-tf32", fp32_matmul="tf32")
     _rewrite(res, record(res, "triton_lstm", device="cuda", name=GPU, wps=2400.0, started="2026-01-04T00:00:00+00:00"),
              "-tf32", fp32_matmul="tf32")
-    df = report.runs_frame(records.load_runs(res))
+    df = report_training.runs_frame(records.load_runs(res))
     ratio = {(r.cell, r.numerics): r.speed_vs_cudnn_lstm for r in df.itertuples()}
     assert ratio[("triton_lstm", "fp32")] == pytest.approx(1.5)  # against the exact cuDNN run, not the newer TF32 one
     assert ratio[("triton_lstm", "tf32")] == pytest.approx(0.8)
     assert ratio[("cudnn_lstm", "tf32-rnn")] == pytest.approx(1.0)
-    md = "\n".join(report.training_section(df, {}))
+    md = "\n".join(report_training.training_section(df, {}))
     assert "| triton_lstm [tf32] " in md and "| cudnn_lstm [tf32-rnn] " in md and "| triton_lstm  " in md
     assert "Baselines, per step mode and arithmetic: `" in md and f"[tf32] `{tf32['run_id']}`" in md
     assert f"[tf32-rnn] `{old_cudnn['run_id']}`" in md and exact["run_id"] in md

@@ -12,6 +12,9 @@ import torch
 
 from bench import flops, report
 from bench.cli import main
+from bench.report import common as report_common
+from bench.report import data as report_data
+from bench.report import training as report_training
 from lm.config import preset
 from lm.errors import UsageError
 from lm.train import new_record
@@ -153,7 +156,7 @@ def test_micro_benchmarks_and_matmul_fraction(results):
     record(results, "cudnn_lstm", wps=8000.0)  # training on the CPU only
 
     md = report.write_report(results).read_text()
-    b, _ = report.load_bench(results)
+    b, _ = report_data.load_bench(results)
     assert len(b) == 25
     assert f"### Micro-benchmarks on cpu: {CPU}" in md and f"### Micro-benchmarks on cuda: {GPU}" in md
     assert "Timed 2026-01-03 (UTC)" in md
@@ -273,14 +276,14 @@ def test_a_run_with_changed_settings_is_labelled_and_kept_apart():
     from lm import config as lm_config
 
     base = lm_config.preset("small").as_dict()
-    assert report.overrides(base) == "" and report.overrides({**base, "epochs": 3}) == ""
-    assert report.overrides({**base, "learning_rate": 0.5}) == "learning_rate 0.5"
-    assert report.overrides({"name": "custom", "learning_rate": 0.5}) == ""
+    assert report_training.overrides(base) == "" and report_training.overrides({**base, "epochs": 3}) == ""
+    assert report_training.overrides({**base, "learning_rate": 0.5}) == "learning_rate 0.5"
+    assert report_training.overrides({"name": "custom", "learning_rate": 0.5}) == ""
     recs = [{"run_id": f"r{i}", "started": f"2026-01-0{i}T00:00:00+00:00", "cell": "cudnn_gru", "kind": "GRU",
              "status": "ok", "config": {**base, **changed}, "epochs": [{"epoch": 1, "valid_ppl": 150.0}],
              "test_ppl": 140.0, "env": {"device": "cpu", "device_name": "x"}}
             for i, changed in ((1, {}), (2, {"learning_rate": 0.5}))]
-    md = "\n".join(report.training_section(report.runs_frame(recs), {}))
+    md = "\n".join(report_training.training_section(report_training.runs_frame(recs), {}))
     assert "| cudnn_gru (learning_rate 0.5) " in md and "| cudnn_gru " in md
 
 
@@ -363,17 +366,18 @@ def test_a_run_divides_by_the_matmul_rate_as_it_stood_when_it_started():
 
     rates = {("cpu", "X"): [m("2026-11-27T21:00:00+00:00", 70), m("2026-11-28T03:00:00+00:00", 76),
                             m("2026-11-28T04:00:00+00:00", 200, threads=2), m("2026-11-29T04:00:00+00:00", 97)]}
-    rate = report.rate_for
+    rate = report_data.rate_for
     assert rate(rates, "cpu", "X", 1, "2026-11-28T23:59:00+00:00")["fp32_matmul_flops"] == 76e9  # not the nearer 97
     assert rate(rates, "cpu", "X", 1, "2026-11-27T10:00:00+00:00")["fp32_matmul_flops"] == 70e9  # before any: first
     assert rate(rates, "cpu", "X", 1, "2026-11-29T05:00:00+00:00")["fp32_matmul_flops"] == 97e9
     assert rate(rates, "cpu", "X", 2, "2026-11-30T00:00:00+00:00")["fp32_matmul_flops"] == 200e9  # same threads first
     assert rate(rates, "cpu", "X", 1)["fp32_matmul_flops"] == 97e9  # no time: the newest
     assert rate(rates, "cpu", "X", 1, "not a time")["fp32_matmul_flops"] == 97e9
-    note = report._rate_note([rate(rates, "cpu", "X", 1, w) for w in ("2026-11-28T05:00:00+00:00",
+    note = report_common._rate_note([rate(rates, "cpu", "X", 1, w) for w in ("2026-11-28T05:00:00+00:00",
                                                                        "2026-11-29T05:00:00+00:00")])
     assert "76 to 97 GFLOP/s, measured 2026-11-28 to 2026-11-29" in note, note
-    assert "76 GFLOP/s, measured 2026-11-28." in report._rate_note(rate(rates, "cpu", "X", 1, "2026-11-28T05:00"))
+    one = report_common._rate_note(rate(rates, "cpu", "X", 1, "2026-11-28T05:00"))
+    assert "76 GFLOP/s, measured 2026-11-28." in one
 
 
 def table(section: str, first: str = "| cell") -> dict[str, dict[str, str]]:
@@ -541,7 +545,7 @@ def test_runs_side_by_side_say_so_and_a_session_divides_by_its_own_baseline(resu
     run("min_gru", "2026-01-01T02:30:00+00:00", "2026-01-01T04:00:00+00:00", "A", 800.0)
     run("loop_gru", "2026-01-03T00:00:00+00:00", "2026-01-03T01:00:00+00:00", "C", 900.0)    # C: no cuDNN run
     run("min_lstm", "2026-01-03T00:10:00+00:00", "2026-01-03T00:10:00+00:00", "C", 900.0)    # no time: beside none
-    runs = report.runs_frame(report.load_runs(results))
+    runs = report_training.runs_frame(report_data.load_runs(results))
     by = runs.set_index("cell")
     assert by.at["loop_lstm", "beside"] == 1 and by.at["min_gru", "beside"] == 1 and by.at["loop_gru", "beside"] == 0
     assert by.at["min_lstm", "beside"] == 0  # (a run that did not train is no one's neighbour, nor -1)
@@ -566,7 +570,8 @@ def test_records_without_a_boot_id_take_their_machine_image_as_session_and_an_al
     run("cudnn_lstm", "2026-01-01T02:00:00+00:00", "2026-01-01T03:00:00+00:00", "v657", 1500.0)  # beside loop_lstm
     run("loop_lstm", "2026-01-01T02:00:01+00:00", "2026-01-01T03:00:00+00:00", "v657", 1000.0)
     run("loop_gru", "2026-01-05T00:00:00+00:00", "2026-01-05T01:00:00+00:00", "v669", 3000.0)  # another image
-    by = report.runs_frame(report.load_runs(results)).sort_values("started").drop_duplicates("cell", keep="last")
+    by = report_training.runs_frame(report_data.load_runs(results))
+    by = by.sort_values("started").drop_duplicates("cell", keep="last")
     by = by.set_index("cell")
     assert by.at["loop_lstm", "speed_vs_cudnn_lstm"] == pytest.approx(0.5)  # the alone run's 2000, not 1500
     assert math.isnan(by.at["loop_gru", "speed_vs_cudnn_lstm"])

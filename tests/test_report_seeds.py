@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from bench import report
+from bench.report import data as report_data
+from bench.report import training as report_training
 from lm import records
 from lm.config import preset
 from lm.train import new_record
@@ -54,8 +56,8 @@ def results(tmp_path: Path) -> Path:
 
 
 def _stats(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs = report.runs_frame(records.load_runs(results))
-    return runs, report.seed_stats(runs)
+    runs = report_training.runs_frame(records.load_runs(results))
+    return runs, report_training.seed_stats(runs)
 
 
 def test_mean_sd_and_n_per_cell_mode_and_device(results):
@@ -155,9 +157,9 @@ def test_words_per_sec_over_several_machine_sessions_are_not_divided(tmp_path):
             rec["env"]["platform"] = f"Linux-6.18.44-{image}-x86_64"
             rec["env"].pop("boot_id")  # (records from before it was recorded)
             (tmp_path / "runs" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
-    runs = report.runs_frame(report.load_runs(tmp_path))
-    stats = report.seed_stats(runs).set_index("cell")
+    runs = report_training.runs_frame(report_data.load_runs(tmp_path))
+    stats = report_training.seed_stats(runs).set_index("cell")
     assert stats.at["loop_lstm", "n"] == 2 and math.isnan(stats.at["loop_lstm", "vs_baseline"])
-    table = "\n".join(report.seed_table(runs))
+    table = "\n".join(report_training.seed_table(runs))
     assert "— (2 machine sessions)" in table
-    assert "over 2 machine sessions" in report._training_winners(runs)["most words/sec"]
+    assert "over 2 machine sessions" in report_training._training_winners(runs)["most words/sec"]
