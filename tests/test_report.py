@@ -556,6 +556,26 @@ def test_runs_side_by_side_say_so_and_a_session_divides_by_its_own_baseline(resu
     assert "beside 1" in md and "*beside N*" in md
 
 
+def test_a_run_resumed_in_another_machine_session_is_compared_with_none(results):
+    """A run checkpointed in one machine session and resumed in another (its ``resumes`` each carry their env) has
+    words/sec of two machines: no ratio, and it is no baseline for the runs of either session."""
+    def run(cell, boot, wps, resumed_on=None):
+        rec = record(results, cell, wps=wps)
+        rec["env"].update(hostname="vm", boot_id=boot)
+        if resumed_on:
+            rec["resumes"] = [{"at": "2026-01-02T00:00:00+00:00", "epoch": 2, "step": 0,
+                               "env": {**rec["env"], "boot_id": resumed_on}}]
+        return _rewrite(results, rec, train_seconds=3000.0)
+
+    run("cudnn_lstm", "A", 1000.0, resumed_on="B")
+    run("loop_lstm", "A", 500.0)
+    run("loop_gru", "B", 600.0, resumed_on="B")  # (resumed in its own session: one session)
+    by = report_training.runs_frame(report_data.load_runs(results)).set_index("cell")
+    assert by.at["cudnn_lstm", "session"] == "mixed: A + B" and by.at["loop_gru", "session"] == "B"
+    assert math.isnan(by.at["loop_lstm", "speed_vs_cudnn_lstm"])  # its session's only cuDNN run blends two
+    assert math.isnan(by.at["cudnn_lstm", "speed_vs_cudnn_lstm"])
+
+
 def test_records_without_a_boot_id_take_their_machine_image_as_session_and_an_alone_baseline_first(results):
     """Before records named their boot, the CPU sessions' hosts differed by their image (env.platform: kernel builds
     fc-v657 and fc-v669, 76 and 97 GFLOP/s a thread): a run is divided only by a cudnn_lstm run of its image, and of

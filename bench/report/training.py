@@ -106,16 +106,33 @@ def runs_frame(runs: list[dict], rates: dict[tuple[str, str], list[dict]] | None
             "load_average_end": _num(load_end[0]) if isinstance(load_end, (list, tuple)) and load_end else math.nan,
             "record": r.get("record_path") or r.get("_path"),
             "finished": r.get("finished"), "hostname": env.get("hostname"), "platform": env.get("platform"),
-            "session": env.get("boot_id") or env.get("platform"),
+            "session": machine_session(r),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     df["beside"] = beside(df)
     for _, group in df.groupby(["config", "device", "device_name", *LIKE_KEYS], dropna=False):  # like with like
         for i, r in group.iterrows():
+            if str(r["session"]).startswith(MIXED):
+                continue  # (its words/sec blend two machines': not even the baseline's own 1.0)
             base = _baseline(group, r["session"])
             if base is not None:
                 df.at[i, "speed_vs_cudnn_lstm"] = r["words_per_sec"] / base["words_per_sec"]
     return df.sort_values(["config", "device", "device_name", "cell", "started"], na_position="last")
+
+
+MIXED = "mixed: "  # the session of a run resumed in another machine session than it started in
+
+
+def machine_session(r: dict) -> str | None:
+    """The machine session a run trained in: its boot id (``env.boot_id``), else its machine image
+    (``env.platform``), None when the record names neither.  A run resumed in another session than it started in
+    (its ``resumes``, each with its own env) has ``mixed: A + B``, a session of its own: its words/sec blend two
+    machines', so it is divided by no baseline and compared with no run."""
+    envs = [r.get("env") or {}, *((x.get("env") or {}) for x in (r.get("resumes") or []) if isinstance(x, dict))]
+    ids = list(dict.fromkeys(s for e in envs if isinstance(e, dict) if (s := e.get("boot_id") or e.get("platform"))))
+    if len(ids) > 1:
+        return MIXED + " + ".join(ids)
+    return ids[0] if ids else None
 
 
 def commit_text(env: dict) -> str:
@@ -250,7 +267,8 @@ def training_section(runs: pd.DataFrame, rates: dict, results: Path | None = Non
           "runs of different machine sessions: hosts of one name and CPU model differed by a third in speed. So a "
           "run is divided only by a `cudnn_lstm` run of its session -- its boot id (`env.boot_id`, records since "
           "2026-11-29), else its machine image (`env.platform`) -- one that trained alone where there is one; — "
-          "where its session has none. "
+          "where its session has none, and for a run resumed in another session than it started in (its words/sec "
+          "blend two machines'). "
           "**time to quality**: wall-clock seconds of training and evaluation (start-up excluded) until validation "
           "perplexity first reached the preset's target (the paper's validation perplexity + 5%: small 126.7, "
           "medium 90.5, large 86.3), with the epoch; — when never reached. **train s / valid s / test s**: the "
