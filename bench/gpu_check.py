@@ -5,7 +5,8 @@ Usage (from the repository root; nothing is installed, the checkout is put on PY
     bash bench/gpu_session.sh PTB_DIR OUT TARBALL         # a session's device work in one call: both parts, packed
     bash bench/gpu_check.sh PTB_DIR OUT                   # the check, on a GPU machine
     bash bench/gpu_check.sh --perf PTB_DIR OUT            # then the timings, with what the session has left
-    bash bench/gpu_check.sh --full [--full-cells C] PTB_DIR OUT  # or: medium's 39 epochs for C (one call, <= 9 min)
+    bash bench/gpu_check.sh --full [--full-cells C] PTB_DIR OUT  # or: medium's 39 epochs for C, then small's 13
+                                                          # for triton_lstm (one call after the check, <= 9 min)
     bash bench/gpu_check.sh --dry-run [--perf] PTB_DIR OUT  # the same steps on the CPU at tiny sizes (CI)
     python -m bench.gpu_check merge OUT results           # fold the output into results/, then `rnnbench report`
 
@@ -76,8 +77,10 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
 
 The full schedule (``--full``, instead of the timings; budget ``FULL_BUDGET_S``): ``env``, ``train-full`` -- the
 medium preset's 39 epochs for ``--full-cells`` (default ``cudnn_lstm``), the training step as one CUDA graph, one run
-after another, each under a ``--cell-timeout`` of what the budget leaves -- and ``report``.  The paper's and the
-tutorial's perplexities (82.7, 82.07) are the comparison; the check before it and one such run fill a session.
+after another, each under a ``--cell-timeout`` of what the budget leaves --, ``train-full-small`` -- the small
+preset's 13 epochs for ``FULL_SMALL_CELLS`` (``triton_lstm``: the LSTM cell that cannot train on a CPU) likewise,
+with what is left -- and ``report``.  The paper's and the tutorial's perplexities (medium 82.7, 82.07; small 114.5,
+115.91) are the comparison; the check before it and such a call fill a session.
 
 ``--steps NAMES`` runs only the named steps of the part, in the order named (``env`` first and ``report`` last all
 the same): a session with less device time than the whole part chooses what it measures, e.g. ``--perf --steps
@@ -114,6 +117,10 @@ BUDGET_S = 355  # the whole check, on one H100 or H200
 # most FULL_BUDGET_S (a call may run 10 minutes; the check's 6 do not bind it).  cudnn_lstm alone by default: with the
 # check before it, a session's 15 device minutes hold one such run.
 FULL_CELLS = "cudnn_lstm"
+# ... then the small preset's 13 epochs for these (train-full-small): the LSTM cell that cannot train on a CPU, whose
+# full small run the "every LSTM cell at small" needs.  On the H200 its LM step took 1.87 ms as one CUDA graph
+# (modes.json, 2026-11-28): 13 x 2323 steps ~ 60 s, with start-up and 14 evaluations ~ 100 s (untimed so).
+FULL_SMALL_CELLS = "triton_lstm"
 FULL_BUDGET_S = 540
 REPORT_RESERVE_S = 20
 # What a self-stopping step (Step.time_limit_flag) keeps of its limit for finishing: the candidate under way when its
@@ -148,7 +155,7 @@ TEST_WORKERS = 8
 # variants a kernel (exchange, exchange-outer, exchange-16, narrow): 24 -> about 45 s, so 90.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 90, "ncu": 50, "ncu-source": 40, "tune": 300, "tune-small": 100, "bench-tuned": 45,
-          "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600,
+          "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600, "train-full-small": 180,
           "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "bench-tf32": 45,
           "report": REPORT_RESERVE_S}
 # The fields the check's tile search varies (cells.triton_lstm.tune --fields): those no GPU has searched yet, from the
@@ -387,12 +394,19 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         # eager cudnn_lstm trains medium at ~119k words/sec, so 39 epochs take ~5 minutes eagerly, and one CUDA graph
         # per step removes the host's launches (4.5x at small).  One run may take what the budget leaves; a run cut
         # by it is recorded as timeout with its last heartbeat.
+        # Each sweep is told at its start what its step may take (Step.time_limit_flag: --cell-timeout, the last on
+        # its command line wins), so a run the budget cuts is ended in order and recorded as timeout.  Medium first:
+        # the longer run, the one a cut would cost most; small's 13 epochs of FULL_SMALL_CELLS with what is left.
         timeout = str(max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S)))
         if dry_run:  # (cuda-graph: CUDA only)
             train = sweep("train-full", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"], timeout)
+            small_full = sweep("train-full-small", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"],
+                               timeout)  # (the Triton cells cannot train on the CPU)
         else:
             train = sweep("train-full", full_cells, "medium", ["--steps", "cuda-graph"], [], timeout)
-        return [env, train, report]
+            small_full = sweep("train-full-small", FULL_SMALL_CELLS, "small", ["--steps", "cuda-graph"], [], timeout)
+        limit_flag = {"time_limit_flag": "--cell-timeout"}
+        return [env, dataclasses.replace(train, **limit_flag), dataclasses.replace(small_full, **limit_flag), report]
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
         # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.

@@ -402,13 +402,14 @@ def test_the_full_part_trains_the_published_medium_schedule_as_cuda_graphs(monke
     from bench.cli import build_parser
 
     full = gpu_check.steps(Path("ptb"), Path("out"), "cuda-x", False, "full", 540, "cudnn_lstm,triton_lstm")
-    assert [s.name for s in full] == ["env", "train-full", "report"]
-    train = full[1]
-    args = build_parser().parse_args(train.argv[3:])
-    assert (args.command, args.cells, args.config, args.epochs, args.steps, args.device) == (
-        "sweep", "cudnn_lstm,triton_lstm", "medium", None, "cuda-graph", "cuda")
-    assert 60 <= args.cell_timeout <= 540 - gpu_check.LIMITS["env"] - gpu_check.REPORT_RESERVE_S
-    assert train.runs == Path("out") / "runs" and train.limit_s <= 600  # its runs are checked as the check's are
+    assert [s.name for s in full] == ["env", "train-full", "train-full-small", "report"]
+    for train, cells, config in ((full[1], "cudnn_lstm,triton_lstm", "medium"), (full[2], "triton_lstm", "small")):
+        args = build_parser().parse_args(train.argv[3:])
+        assert (args.command, args.cells, args.config, args.epochs, args.steps, args.device) == (
+            "sweep", cells, config, None, "cuda-graph", "cuda")
+        assert 60 <= args.cell_timeout <= 540 - gpu_check.LIMITS["env"] - gpu_check.REPORT_RESERVE_S
+        assert train.runs == Path("out") / "runs" and train.limit_s <= 600  # its runs are checked as the check's are
+        assert train.time_limit_flag == "--cell-timeout"  # (a run the budget cuts ends in order, recorded timeout)
     seen = {}
     monkeypatch.setattr(gpu_check, "check", lambda *a: seen.setdefault("args", a) and 0)
     gpu_check.main(["run", "ptb", "out", "--full"])
