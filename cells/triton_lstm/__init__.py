@@ -352,6 +352,16 @@ cost of one small barrier a step (g = 1 is this exchange; g = P, one group of al
 follows phase 1's FMAs, it is the padding (B 20 to 32, U to 16) that costs, and the outer-product phase 1
 (``outer``) is the answer the search already tries.
 
+Not built: the layers as a wavefront (the issue's last direction: layer 2 at step t while layer 1 runs step t + 1, in
+one launch).  It halves the chain's grid barriers (2T to T + 1 a layer pair) and overlaps the two layers' K loops on
+disjoint programs.  What the H200 measured says it cannot pay while the K loop binds: the barrier is about 2.5 us of a
+step whose K loop is 94-99 % (the probe, medium and large), so the barriers saved are ~2.5 us x T; the overlap needs
+each layer on half the SMs, and half the programs with twice the units each took the medium forward from 3.35 to 7.93
+ms (the tile search, 2.4x), so the two overlapped layers would take about 1.2x the two in sequence; and layer 2's input
+projection (y1_t W_ih2, one GEMM over all T today) would join its chain, doubling its K loop.  It is the next step only
+if the K loop stops binding (an exchange or the narrow programs win, and the barrier's share of a step grows), and
+then with two programs an SM, one of each layer (``Tile.per_sm``), rather than half the SMs each.
+
 The backward's own K loop (``launch.BWD_FIELDS``: ``block_k_bwd``, ``num_stages_bwd``, ``split_k_bwd``,
 ``fuse_gates_bwd``; None follows the forward, as every table entry does so far; untimed, the tile search tries them).
 The backward reduces over the gates' 4H rows of dA into the units' columns, the forward over H into gates x units
