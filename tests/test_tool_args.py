@@ -4,6 +4,7 @@ timing or patching -- and before their CUDA check, so a CPU checks them."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 pytest.importorskip("triton", reason="the Triton cells' tools need triton (a dependency on Linux)")
 
@@ -69,3 +70,35 @@ def test_the_matmul_measurement_checks_its_arguments_before_measuring(tmp_path, 
     afile.write_text("x")
     assert "unknown device 'bogus'" in _refused(machine.main, ["--device", "bogus"], capsys)
     assert "is not writable" in _refused(machine.main, ["--device", "cpu", "--results", str(afile)], capsys)
+
+
+def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
+    """A candidate whose kernels never return (a grid barrier never met) would hold the tile search -- and the GPU
+    check's step -- until its limit: after HUNG_S the search records it as hung and ends the process (here a stand-in
+    for os._exit), so the check's later steps keep their time."""
+    import threading
+    import time
+
+    class Ended(BaseException):
+        pass
+
+    ended, recs, lines, timed = threading.Event(), [], [], []
+
+    def passes(module, x, reps):  # the first call times cuDNN; the first candidate's never returns
+        timed.append(module)
+        if len(timed) > 1:
+            ended.wait(30)
+            raise Ended
+        return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0
+
+    monkeypatch.setattr(tune, "_passes", passes)
+    monkeypatch.setattr(tune, "_warm", lambda *a: None)
+    monkeypatch.setattr(tune, "HUNG_S", 0.3)
+    monkeypatch.setattr(tune, "end_process", lambda code: ended.set() if code == 3 else None)
+    t0 = time.monotonic()
+    with pytest.raises(Ended):
+        tune.tune("small", torch.float32, 1, cell="triton_lstm", emit=recs.append, log=lines.append, device="cpu",
+                  sms=132)
+    assert ended.is_set() and time.monotonic() - t0 < 20
+    assert len(recs) == 1 and recs[0]["error"] == "hung: no result after 0.3 s; the search ended here", recs
+    assert recs[0]["preset"] == "small" and recs[0]["tile"] and "hung" in lines[-1]

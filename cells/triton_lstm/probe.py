@@ -61,7 +61,7 @@ import sys
 
 import torch
 
-from . import launch, precompile
+from . import launch, precompile, tune
 from .tune import BATCH, OUTER_NO_SHARED, PRESETS, _cells, _time, cli, narrow_fields
 
 VARIANTS = {"full": 0, "no-matmul": 1, "no-barrier": 2, "neither": 3}
@@ -197,8 +197,19 @@ def probe(preset: str, dtype: torch.dtype, reps: int, once: bool = False, log=pr
             if flag >= 2 and not p.sync:
                 continue  # no grid barrier to leave out
             where = {"cell": cell, "preset": preset, "dtype": str(dtype), "kernel": kernel, "variant": name}
+
+            def hung(where=where) -> None:  # (as the tile search's: the process ends, the check's later steps go on)
+                log(f"{kind:4} {preset:6} {where['dtype'].removeprefix('torch.'):8} {where['kernel']} "
+                    f"{where['variant']:10} no result after {tune.HUNG_S:g} s: hung; ending the probe here")
+                rec = {**where, "error": f"hung: no result after {tune.HUNG_S:g} s; the probe ended here"}
+                records.append(rec)
+                if emit:
+                    emit(rec)
+                tune.end_process(3)
+
             try:
-                s = timer(functools.partial(fn, p, flag), reps, CALLS)
+                with tune.watchdog(tune.HUNG_S, hung):
+                    s = timer(functools.partial(fn, p, flag), reps, CALLS)
             except Exception as exc:  # noqa: BLE001 -- a variant this GPU or the compiler refuses (narrow's grid not
                 # resident; split-4's shared memory past the SM's at large in bfloat16, Triton's OutOfResources): the
                 # rest go on

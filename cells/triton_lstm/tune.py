@@ -41,12 +41,15 @@ below the loss's own peak or above it), which ``bench-tuned`` measures.  ``pytes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +61,29 @@ import cells as registry  # (inside cli, whose parameter ``cells`` hides the mod
 from . import launch, precompile
 
 PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20, 2 layers
+# A candidate with no result after this many seconds is hung -- a kernel that never returns, e.g. a grid barrier never
+# met -- and nothing in this process can end it: the search records it and the process exits, so that a GPU check's
+# later steps keep their time instead of its step's limit running out.  (A candidate takes 1-3 s, compiling included.)
+HUNG_S = 60.0
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, on_hang):
+    """Call ``on_hang`` (in another thread) if the block has not ended after ``seconds``; CUDA waits release the GIL."""
+    timer = threading.Timer(seconds, on_hang)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def end_process(code: int) -> None:
+    """Exit at once with ``code`` (a hung kernel holds the process: no cleanup could finish), output flushed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BATCH, LAYERS = 20, 2
 
@@ -304,8 +330,17 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
         t0 = time.perf_counter()
+
+        def hung() -> None:  # (in the watchdog's thread, while this one waits on the GPU)
+            log(f"{preset} {dtype} {describe(tile)}: no result after {HUNG_S:g} s: hung (a grid barrier never met?); "
+                "ending the search here, so that the steps after it keep their time")
+            keep({"cell": cell, "preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
+                  "error": f"hung: no result after {HUNG_S:g} s; the search ended here"})
+            end_process(3)
+
         try:
-            fwd, fwdbwd, out, grad, peak = _passes(module, x, reps)
+            with watchdog(HUNG_S, hung):
+                fwd, fwdbwd, out, grad, peak = _passes(module, x, reps)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
             keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
