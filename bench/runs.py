@@ -272,6 +272,7 @@ def execute(spec: RunSpec, opts: Options, handle_signals: bool = True,
 def _done(out: Outcome, opts: Options, host: str, attempt: int, ckpt: Path | None, command: list[str]) -> Outcome:
     # The run's own command (the child wrote into a scratch folder), relative to where the sweep started.
     out.record["command"] = env.relative_command(command, opts.cwd)
-    out.record["sweep"] = {"id": opts.sweep_id, "engine": opts.engine, "host": host, "attempt": attempt,
+    out.record["sweep"] = {"id": opts.sweep_id, "engine": opts.engine, "jobs": opts.jobs, "host": host,
+                           "attempt": attempt,
                            "checkpoint": str(ckpt) if ckpt is not None and ckpt.is_file() else None}
     return out
