@@ -171,12 +171,22 @@ def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_
     assert not (out / "checkpoints").exists()
     with tarfile.open(tarball) as tar:
         assert {"gpu/calls", "gpu/session.log"} <= set(tar.getnames())
+    # --then full: the full schedules instead of the timings, their own steps by default
+    out2 = tmp_path / "gpu2"
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "--then", "full", "ptb", str(out2), str(tarball)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    full = (out2 / "calls").read_text().splitlines()[1]
+    assert full.startswith("--full --steps train-full,train-full-small --budget "), full
     env["PYTHON"] = sys.executable
     for argv, says in ((["--total", "50", "a", "b", "c"], "--total takes 120 to 600 seconds"),
                        (["a", "b", str(tmp_path / "none" / "x.tgz")], "must be a file's path in an existing folder"),
                        (["a", "b", str(tmp_path)], "must be a file's path in an existing folder"),
                        (["a", str(fake), "c"], "must be a folder's path"),
                        (["--steps", "tune,bogus", "a", str(tmp_path / "o2"), "c"], "unknown step(s) bogus"),
+                       (["--then", "full", "--steps", "tune", "a", str(tmp_path / "o2"), "c"],
+                        "unknown step(s) tune; this part's steps: train-full, train-full-small"),
+                       (["--then", "both", "a", "b", "c"], "--then takes perf or full, got 'both'"),
                        (["--bogus", "a", "b", "c"], "unknown option --bogus")):
         r = subprocess.run(["bash", "bench/gpu_session.sh", *argv], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
