@@ -45,8 +45,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "as Ray tasks")
     s.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="with the local engine: up to N runs at once, each in its own process (default 1); CPU runs "
-                        "then take --threads 1 unless told otherwise. Runs side by side share the machine: their "
-                        "words/sec are not the machine's best (the report marks them `beside N`)")
+                        "then take --threads 1 unless told otherwise, and with --device cuda on a machine of several "
+                        "GPUs each run starts on the GPU with the fewest runs. Runs side by side share the machine: "
+                        "their words/sec are not the machine's best (the report marks them `beside N`)")
     s.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --engine ray: the cluster to join (default $RAY_ADDRESS, else a new one on this "
                         "machine)")

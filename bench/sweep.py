@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import subprocess
@@ -158,6 +159,8 @@ def run_parallel(specs: list[RunSpec], opts: Options) -> tuple[list[Outcome], bo
     from bench.child import StopRequests
 
     stop, lock, outcomes, started = StopRequests(), threading.Lock(), [], [0]
+    devices = spread_over(opts.device)
+    running = dict.fromkeys(devices, 0)  # runs under way per device
 
     def one(spec: RunSpec) -> Outcome | None:
         with lock:
@@ -165,9 +168,16 @@ def run_parallel(specs: list[RunSpec], opts: Options) -> tuple[list[Outcome], bo
                 return None  # (the user asked to stop before this run's turn)
             started[0] += 1
             i = started[0]
-        print(f"[start {i}/{len(specs)}] {spec}: {spec.preset}, {opts.epochs or 'preset'} epoch(s) on {opts.device}",
-              flush=True)
-        return runs.execute(spec, opts, handle_signals=False, stop=stop)
+            device = min(devices, key=lambda d: running[d])  # (the first of the least busy)
+            running[device] += 1
+        try:
+            print(f"[start {i}/{len(specs)}] {spec}: {spec.preset}, {opts.epochs or 'preset'} epoch(s) on {device}",
+                  flush=True)
+            mine = opts if device == opts.device else dataclasses.replace(opts, device=device)
+            return runs.execute(spec, mine, handle_signals=False, stop=stop)
+        finally:
+            with lock:
+                running[device] -= 1
 
     def on_signal(signum, frame) -> None:  # (no exception: the loop below must not lose a finished run's record)
         stop.request()
@@ -190,6 +200,19 @@ def run_parallel(specs: list[RunSpec], opts: Options) -> tuple[list[Outcome], bo
         for s, handler in old.items():
             signal.signal(s, handler)
     return outcomes, stop.count > 0
+
+
+def spread_over(device: str) -> list[str]:
+    """The devices a parallel local sweep gives its runs: every GPU for ``cuda`` on a machine with several (``cuda:0``,
+    ``cuda:1``, ...; a run starts on the one with the fewest runs under way, as Ray gives each run a GPU of its own),
+    else ``device`` itself."""
+    if device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n > 1:
+            return [f"cuda:{k}" for k in range(n)]
+    return [device]
 
 
 def _prepare_local(opts: Options, presets: list[str]) -> None:

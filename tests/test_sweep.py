@@ -173,6 +173,34 @@ def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, b
     assert "sweep interrupted" in out
 
 
+def test_jobs_spread_cuda_runs_over_the_gpus_fewest_runs_first(monkeypatch, tmp_path):
+    """--jobs with --device cuda on a machine of several GPUs: each run starts on the GPU with the fewest runs under
+    way (as the Ray engine gives each its own); on one GPU, or a named one, every run takes the device as given."""
+    import threading
+
+    gate, lock, seen = threading.Barrier(3), threading.Lock(), []
+
+    def fake_execute(spec, opts, handle_signals=True, stop=None):
+        with lock:
+            seen.append((spec.seed, opts.device))
+        if spec.seed < 3:
+            gate.wait(timeout=10)  # the first three run at once
+        rec = runs.base_record(spec, opts, torch.device("cpu"), ["rnnbench"])
+        return runs.Outcome(spec, "ok", None, rec)
+
+    monkeypatch.setattr(runs, "execute", fake_execute)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert sweep_mod.spread_over("cuda") == ["cuda:0", "cuda:1"]
+    assert sweep_mod.spread_over("cuda:1") == ["cuda:1"] and sweep_mod.spread_over("cpu") == ["cpu"]
+    opts = runs.Options(results=str(tmp_path / "r"), checkpoints=str(tmp_path / "c"), sweep_id="s", device="cuda",
+                        jobs=3)
+    specs = sweep_mod.plan(["tiny"], ["loop_lstm"], [0, 1, 2, 3])
+    outcomes, stopped = sweep_mod.run_parallel(specs, opts)
+    assert not stopped and sorted(o.spec.seed for o in outcomes) == [0, 1, 2, 3]
+    first = sorted(d for s, d in seen if s < 3)
+    assert first in (["cuda:0", "cuda:0", "cuda:1"], ["cuda:0", "cuda:1", "cuda:1"])  # (both used, neither thrice)
+
+
 def test_jobs_are_for_the_local_engine(corpus_dir, tmp_path, capsys):
     for bad, says in ((["--jobs", "0"], "--jobs must be 1 to 64, got 0"),
                       (["--jobs", "2", "--engine", "ray"], "--jobs is for the local engine")):
