@@ -889,6 +889,31 @@ def test_the_gpu_tools_rehearse_without_a_gpu(tmp_path):
     assert "rehearsal done" in r.stdout
 
 
+@pytest.mark.parametrize("cell", ["triton_lstm", "triton_gru"])
+def test_rehearsed_numerics_run_the_searchs_candidates_against_torch_in_float64(cell, monkeypatch):
+    """rehearse --numerics: the search's first candidates (here at a stand-in preset of H 24, the exchange field)
+    run in the interpreter on the stepwise path against torch.nn.LSTM / GRU in float64 -- within 1e-4, and a layer
+    that computes wrong is called WRONG."""
+    from cells.triton_lstm import function, rehearse, tune
+
+    monkeypatch.setattr(tune, "PRESETS", {**tune.PRESETS, "stand-in": (24, 2)})
+    lines = []
+    recs = rehearse.numerics("stand-in", cell, ("exchange",), steps=3, log=lines.append)
+    assert len(recs) >= 2 and all(r["ok"] and r["worst_rel"] < 1e-5 for r in recs), recs
+    assert any(r["tile"]["exchange"] for r in recs) and len(lines) == len(recs)
+    if cell == "triton_lstm":
+        right = function.LSTMLayerFunction
+
+        class Off(right):  # a layer whose output is off by a little
+            @staticmethod
+            def forward(ctx, *args):
+                y, h, c = right.forward(ctx, *args)
+                return y * 1.001, h, c
+
+        monkeypatch.setattr(function, "LSTMLayerFunction", Off)
+        assert not any(r["ok"] for r in rehearse.numerics("stand-in", cell, ("exchange",), log=lines.append))
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled flavour, which the interpreter never runs, must get through Triton's compiler: the persistent
     kernels of the PTB medium layer (bfloat16, 130 programs, grid barrier) built for sm_90 down to a cubin, no GPU

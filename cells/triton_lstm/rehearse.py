@@ -16,8 +16,20 @@ an SM's).  ::
         --cells triton_lstm --fields exchange     # a quick one (the test's)
 
 Found this way (2026-11-29, torch 2.11 + Triton 3.6): the probe ended at large bfloat16, where one variant's shared
-memory exceeds sm_90's and Triton raises OutOfResources, no RuntimeError.  It patches torch and triton for the whole
-process (as :mod:`.hostcost`): run it on its own, never import it into a program.
+memory exceeds sm_90's and Triton raises OutOfResources, no RuntimeError.
+
+``--numerics`` checks what the mocked run cannot: the arithmetic of the search's candidates at the presets' own sizes
+(H, units, programs, batch 20; T of ``--steps``, 2 by default).  Every candidate the search would try first (each
+field's values around the table's tile, as the search compiles them at its start) runs in Triton's interpreter on
+the stepwise path -- the persistent kernels' split, a launch a step, the same index arithmetic but the grid barrier --
+in exact float32, its outputs, final state and every gradient against ``torch.nn.LSTM`` / ``GRU`` in float64 with
+the same weights; WRONG past 1e-4 relative (exit 1).  Interpreted, a candidate takes 5-70 s at medium (the more
+programs, the longer), so give it the fields that changed::
+
+    python -m cells.triton_lstm.rehearse --numerics --tune-presets medium --cells triton_lstm --fields exchange
+
+The mocked rehearsal patches torch and triton for the whole process (as :mod:`.hostcost`): run it on its own, never
+import it into a program.
 """
 
 from __future__ import annotations
@@ -52,6 +64,87 @@ def _constant(fn, reps: int, calls: int = 1) -> float:
     return 1e-3
 
 
+def numerics(preset: str, cell: str, fields, steps: int = 2, log=print) -> list[dict]:
+    """The search's first candidates at ``preset`` for ``cell`` (float32; ``fields``: the search's field names, None:
+    all), each run in the interpreter on the stepwise path against ``torch.nn.LSTM`` / ``GRU`` in float64; one record
+    per candidate: its tile, programs, the worst relative error and whether it is within 1e-4."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from . import launch, tune
+
+    kind = tune.KINDS[cell]
+    hidden, batch = tune.PRESETS[preset][0], tune.BATCH
+    table = launch.tiles(kind).get((hidden, torch.float32))
+    if table is None:  # (the search's own start: the heuristic's plan)
+        h = launch.plan_for(batch, hidden, torch.float32, SMS, kind=kind)
+        table = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates,
+                            h.split_k, h.row_align)
+    start = launch.apart(table)
+    chosen = [f for f in tune.FIELDS[kind] if fields is None or f in fields]
+    tiles = list(dict.fromkeys([start] + [t for f in chosen for t in tune.candidates(start, hidden, torch.float32,
+                                                                                      SMS, f)]))
+    width = 6  # (the input size: the input projection is a plain matmul outside the kernels)
+    ref = getattr(torch.nn, kind)(width, hidden).double()
+    bound = 1 / math.sqrt(hidden)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for w in ref.parameters():
+            w.uniform_(-bound, bound)
+    x = torch.randn(steps, batch, width, dtype=torch.float64)
+    state = [torch.randn(batch, hidden, dtype=torch.float64) for _ in range(2 if kind == "LSTM" else 1)]
+    ups = [torch.randn(steps, batch, hidden, dtype=torch.float64)] + [torch.randn_like(s) for s in state]
+    weights = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]  # (leaves: their .grad is set)
+    want_in = [t.clone().requires_grad_(True) for t in (x, *state)] + weights
+    held = [t[None] for t in want_in[1:1 + len(state)]]
+    y, final = ref(want_in[0], tuple(held) if kind == "LSTM" else held[0])
+    want = [y, *(f[0] for f in (final if kind == "LSTM" else (final,)))]
+    torch.autograd.backward(want, ups)
+    inputs = [t.detach() for t in want_in]
+    records = []
+    for tile in tiles:
+        plan = launch.make_plan(batch, hidden, torch.float32, torch.device("cpu"), path="stepwise", units=tile.units,
+                                resident=False, kind=kind)
+        plan = dataclasses.replace(plan, **{f.name: getattr(tile, f.name) for f in dataclasses.fields(tile)
+                                            if f.name != "units" and hasattr(plan, f.name)})
+        got_in = [t.detach().float().requires_grad_(True) for t in inputs]
+        if kind == "LSTM":
+            from .function import LSTMLayerFunction as Layer
+        else:
+            from cells.triton_gru import GRULayerFunction as Layer
+        got = Layer.apply(*got_in, plan)
+        torch.autograd.backward(list(got), [u.float() for u in ups])
+        errors = [_rel(g, w) for g, w in zip(got, want, strict=True)]
+        errors += [_rel(g.grad, w.grad) for g, w in zip(got_in, want_in, strict=True)]
+        worst = max(errors)
+        rec = {"preset": preset, "cell": cell, "tile": dataclasses.asdict(tile), "programs": plan.programs,
+               "worst_rel": worst, "ok": worst <= 1e-4}
+        records.append(rec)
+        log(f"{cell} {preset} {tune.describe(tile):64} P {plan.programs:4}  worst {worst:.1e}  "
+            + ("ok" if rec["ok"] else "WRONG"))
+    return records
+
+
+def _numerics_main(args) -> int:
+    from . import tune
+
+    fields = None if args.fields == "all" else tune._fields(args.fields)
+    t0, wrong, n = time.monotonic(), [], 0
+    for cell in filter(None, args.cells.split(",")):
+        for preset in filter(None, args.tune_presets.split(",")):
+            recs = numerics(preset, cell, fields, args.steps)
+            n += len(recs)
+            wrong += [r for r in recs if not r["ok"]]
+    print(f"numerics done in {time.monotonic() - t0:.0f} s: {n} candidates, {len(wrong)} WRONG", flush=True)
+    return 1 if wrong else 0
+
+
+def _rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.gpu_check import TUNE_FIELDS
 
@@ -63,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", default="triton_lstm,triton_gru")
     p.add_argument("--fields", default=",".join(TUNE_FIELDS),
                    help="the tile search's fields (default: the GPU check's); 'all' for every field")
+    p.add_argument("--numerics", action="store_true",
+                   help="instead: the search's first candidates at --tune-presets for --cells, float32, run in the "
+                        "interpreter against torch.nn.LSTM / GRU in float64 (no probe, no mocks)")
+    p.add_argument("--steps", type=int, default=2, help="with --numerics: the sequence length (default 2)")
     args = p.parse_args(argv)
+    if args.numerics:
+        return _numerics_main(args)
     torch, probe, tune = _tools()
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     fields = None if args.fields == "all" else tune._fields(args.fields)
