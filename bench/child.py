@@ -108,9 +108,11 @@ class StopRequests:
     first asks every child to stop after its current step and write its record, a second to stop at once."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count, self.signal = 0, signal.SIGINT
 
-    def request(self) -> None:
+    def request(self, signum: int = signal.SIGINT) -> None:
+        """One more request, by ``signum`` (what the children are sent: SIGINT, or SIGTERM as the sweep got)."""
+        self.signal = signal.Signals(signum)
         self.count += 1  # (one writer, the main thread; the waiting threads only read it)
 
 
@@ -129,8 +131,8 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
             at once.  A KeyboardInterrupt (Ray cancelling the task) ends the child as a time limit does and
             counts as the user asking to stop.
         on_start: called with the child's pid once it has started.
-        stop: requests to stop made elsewhere (another thread): each new one is handed on as SIGINT, within half a
-            second, and counts as the user asking to stop.
+        stop: requests to stop made elsewhere (another thread): each new one is handed on as its signal, within half
+            a second, and counts as the user asking to stop.
 
     Returns the exit status (negative: killed by that signal), the output's tail, the last heartbeat line, whether
     the user asked to stop and whether the time limit ended it.
@@ -156,7 +158,7 @@ def run(cmd: list[str], echo: str = "all", timeout: float | None = None, grace: 
         while True:
             if stop is not None and stop.count > handed:
                 handed = stop.count
-                hand_on(signal.SIGINT, None)
+                hand_on(stop.signal, None)
             try:  # never block for long: Ray delivers its cancellation between bytecodes
                 proc.wait(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
                 break

@@ -180,7 +180,7 @@ def run_parallel(specs: list[RunSpec], opts: Options) -> tuple[list[Outcome], bo
                 running[device] -= 1
 
     def on_signal(signum, frame) -> None:  # (no exception: the loop below must not lose a finished run's record)
-        stop.request()
+        stop.request(signum)
         print(f"rnnbench sweep: {signal.Signals(signum).name}: "
               f"{'the running runs checkpoint and end after their step' if stop.count == 1 else 'ending the runs now'}"
               "; no other run starts", file=sys.stderr, flush=True)

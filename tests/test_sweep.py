@@ -140,9 +140,11 @@ def test_ctrl_c_stops_the_running_cell_cleanly_and_the_sweep(corpus_dir, tmp_pat
     assert "interrupted" in out
 
 
-def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, broken_env):
-    """--jobs 2: two runs train at once (their records overlap in time and say one thread each); Ctrl-C asks both to
-    checkpoint and stop, both are recorded interrupted with a way to continue, the third never starts, exit 130."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, broken_env, sig):
+    """--jobs 2: two runs train at once (their records overlap in time and say one thread each); Ctrl-C (or SIGTERM)
+    asks both to checkpoint and stop -- handed on as the sweep got it --, both are recorded interrupted with a way to
+    continue, the third never starts, exit 130."""
     results = tmp_path / "results"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "sweep", "--cells", "slow", "--seeds", "0,1,2", "--jobs", "2",
@@ -156,7 +158,7 @@ def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, b
                 training.add(line.split("]", 1)[0])
                 if len(training) == 2:
                     break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -166,7 +168,7 @@ def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, b
     recs = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     assert sorted(r["seed"] for r in recs) == [0, 1], "the third run never starts"
     for r in recs:
-        assert r["status"] == "interrupted" and "--resume" in r["error"], r["error"]
+        assert r["status"] == "interrupted" and "--resume" in r["error"] and sig.name in r["error"], r["error"]
         assert r["env"]["torch_threads"] == 1  # (CPU runs side by side: one thread each unless told)
         assert r["sweep"]["jobs"] == 2 and r["sweep"]["engine"] == "local"
     assert max(r["started"] for r in recs) < min(r["finished"] for r in recs), "they trained at the same time"
