@@ -171,7 +171,7 @@ def test_jobs_run_side_by_side_and_ctrl_c_stops_them_all(corpus_dir, tmp_path, b
         assert r["status"] == "interrupted" and "--resume" in r["error"] and sig.name in r["error"], r["error"]
         assert r["env"]["torch_threads"] == 1  # (CPU runs side by side: one thread each unless told)
         assert r["sweep"]["jobs"] == 2 and r["sweep"]["engine"] == "local"
-    assert max(r["started"] for r in recs) < min(r["finished"] for r in recs), "they trained at the same time"
+    assert max(r["started"] for r in recs) <= min(r["finished"] for r in recs), "they trained at the same time"
     assert "sweep interrupted" in out
 
 
