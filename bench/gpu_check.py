@@ -374,14 +374,14 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         cell_timeout = "80"
 
     def sweep(name: str, cell_list: str, config: str, extra: list[str], epochs: list[str] = ("--epochs", "1"),
-              timeout: str | None = None) -> Step:
+              timeout: str | None = None, time_limit_flag: str | None = None) -> Step:
         """A training step: one sweep of ``cell_list`` at ``config`` (``epochs``: empty for the preset's own)."""
         return Step(name, [*py, "-m", "bench.cli", "sweep", "--cells", cell_list, "--config", config, *epochs,
                            "--device", device, "--results", str(out), "--quiet", "--cell-timeout",
                            timeout or cell_timeout, "--kill-grace", "10", "--no-measure",  # env measured the device
                            *common, *extra], limits[name],
                     # (not in the dry run: 3 steps of a 29-word corpus are no test of learning)
-                    runs=None if dry_run else out / "runs")
+                    runs=None if dry_run else out / "runs", time_limit_flag=time_limit_flag)
 
     env = Step("env", [*py, "-m", "bench.gpu_check", "env", "--device", device, "--out", str(out)], limits["env"])
     report = Step("report", [*py, "-m", "bench.cli", "report", "--results", str(out)], limits["report"])
@@ -398,15 +398,14 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
         # its command line wins), so a run the budget cuts is ended in order and recorded as timeout.  Medium first:
         # the longer run, the one a cut would cost most; small's 13 epochs of FULL_SMALL_CELLS with what is left.
         timeout = str(max(60, int(budget_s - limits["env"] - 2 * REPORT_RESERVE_S)))
-        if dry_run:  # (cuda-graph: CUDA only)
-            train = sweep("train-full", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"], timeout)
-            small_full = sweep("train-full-small", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"],
-                               timeout)  # (the Triton cells cannot train on the CPU)
+        cut = dict(timeout=timeout, time_limit_flag="--cell-timeout")
+        if dry_run:  # (cuda-graph: CUDA only; the Triton cells cannot train on the CPU)
+            train = sweep("train-full", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"], **cut)
+            small_full = sweep("train-full-small", full_cells, "tiny", ["--steps", "eager"], ["--epochs", "2"], **cut)
         else:
-            train = sweep("train-full", full_cells, "medium", ["--steps", "cuda-graph"], [], timeout)
-            small_full = sweep("train-full-small", FULL_SMALL_CELLS, "small", ["--steps", "cuda-graph"], [], timeout)
-        limit_flag = {"time_limit_flag": "--cell-timeout"}
-        return [env, dataclasses.replace(train, **limit_flag), dataclasses.replace(small_full, **limit_flag), report]
+            train = sweep("train-full", full_cells, "medium", ["--steps", "cuda-graph"], [], **cut)
+            small_full = sweep("train-full-small", FULL_SMALL_CELLS, "small", ["--steps", "cuda-graph"], [], **cut)
+        return [env, train, small_full, report]
     if part == "perf":
         # The profiler, where the machine has it: the large layer's forward and backward of both cells, one launch
         # each, float32 then bfloat16 (NCU_KERNELS launches), at the table's tiles.

@@ -332,19 +332,16 @@ def check_streams(cfg: Config, corpus: data.Corpus, max_steps: int | None, max_e
     ``batch_size`` x ``num_steps``, validation likewise, test at ``test_batch_size`` x ``test_num_steps``, the
     evaluation streams cut to ``max_eval_words``), else a UsageError naming the stream; returns the training steps an
     epoch."""
-    for name, tokens, batch, steps, options in (
+    for name, whole, batch, steps, options in (
             ("training", corpus.train, cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
-            ("validation", eval_stream(corpus.valid, max_eval_words), cfg.batch_size, cfg.num_steps,
-             "--batch-size / --num-steps"),
-            ("test", eval_stream(corpus.test, max_eval_words), cfg.test_batch_size, cfg.test_num_steps,
-             "--test-batch-size / --test-num-steps")):
+            ("validation", corpus.valid, cfg.batch_size, cfg.num_steps, "--batch-size / --num-steps"),
+            ("test", corpus.test, cfg.test_batch_size, cfg.test_num_steps, "--test-batch-size / --test-num-steps")):
+        cut = name != "training" and max_eval_words is not None
+        tokens = eval_stream(whole, max_eval_words) if cut else whole
         if data.epoch_size(tokens, batch, steps) <= 0:
             need = batch * (steps + 1)
-            cut = name != "training" and max_eval_words is not None
-            whole = {"validation": corpus.valid, "test": corpus.test}.get(name)
-            # the cut, not the stream, is short: the fix is a larger cut
-            fix = (f"raise --max-eval-words to at least {need - 1}" if cut and len(whole) >= need
-                   else f"lower {options}")
+            # where the cut, not the stream, is short, the fix is a larger cut
+            fix = f"raise --max-eval-words to at least {need - 1}" if cut and len(whole) >= need else f"lower {options}"
             raise UsageError(f"the {name} stream's {len(tokens)} tokens"
                              f"{f' (--max-eval-words {max_eval_words})' if cut else ''} are too few for batch {batch} "
                              f"x {steps} steps (need at least {need}); {fix}")

@@ -77,12 +77,7 @@ def numerics(preset: str, cell: str, fields, steps: int = 2, log=print) -> list[
 
     kind = tune.KINDS[cell]
     hidden, batch = tune.PRESETS[preset][0], tune.BATCH
-    table = launch.tiles(kind).get((hidden, torch.float32))
-    if table is None:  # (the search's own start: the heuristic's plan)
-        h = launch.plan_for(batch, hidden, torch.float32, SMS, kind=kind)
-        table = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates,
-                            h.split_k, h.row_align)
-    start = launch.apart(table)
+    start = tune.start_tile(kind, hidden, torch.float32, SMS)
     chosen = [f for f in tune.FIELDS[kind] if fields is None or f in fields]
     tiles = list(dict.fromkeys([start] + [t for f in chosen for t in tune.candidates(start, hidden, torch.float32,
                                                                                       SMS, f)]))
@@ -103,6 +98,11 @@ def numerics(preset: str, cell: str, fields, steps: int = 2, log=print) -> list[
     want = [y, *(f[0] for f in (final if kind == "LSTM" else (final,)))]
     torch.autograd.backward(want, ups)
     inputs = [t.detach() for t in want_in]
+    if kind == "LSTM":
+        from . import function
+        layer = function.LSTMLayerFunction
+    else:
+        from cells.triton_gru import GRULayerFunction as layer
     records = []
     for tile in tiles:
         plan = launch.make_plan(batch, hidden, torch.float32, torch.device("cpu"), path="stepwise", units=tile.units,
@@ -110,11 +110,7 @@ def numerics(preset: str, cell: str, fields, steps: int = 2, log=print) -> list[
         plan = dataclasses.replace(plan, **{f.name: getattr(tile, f.name) for f in dataclasses.fields(tile)
                                             if f.name != "units" and hasattr(plan, f.name)})
         got_in = [t.detach().float().requires_grad_(True) for t in inputs]
-        if kind == "LSTM":
-            from .function import LSTMLayerFunction as Layer
-        else:
-            from cells.triton_gru import GRULayerFunction as Layer
-        got = Layer.apply(*got_in, plan)
+        got = layer.apply(*got_in, plan)
         torch.autograd.backward(list(got), [u.float() for u in ups])
         errors = [_rel(g, w) for g, w in zip(got, want, strict=True)]
         errors += [_rel(g.grad, w.grad) for g, w in zip(got_in, want_in, strict=True)]

@@ -274,6 +274,17 @@ KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes
 CELLS = tuple(KINDS)
 
 
+def start_tile(kind: str, hidden: int, dtype: torch.dtype, sms: int) -> launch.Tile:
+    """Where a search starts: the table's tile (else the heuristic's plan's), with the backward's fields stated apart
+    (the same kernels; from there a forward field changes the forward only)."""
+    tile = launch.tiles(kind).get((hidden, dtype))
+    if tile is None:
+        h = launch.plan_for(BATCH, hidden, dtype, sms, kind=kind)
+        tile = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates,
+                           h.split_k, h.row_align)
+    return launch.apart(tile)
+
+
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
          rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None,
          deadline: float | None = None, device: str = "cuda", sms: int | None = None) -> list[dict]:
@@ -306,13 +317,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     table = launch.tiles(kind)
     key = (hidden, dtype)
     original = table.get(key)
-    if original is None:  # start from the heuristic's plan
-        h = launch.plan_for(BATCH, hidden, dtype, sms, kind=kind)
-        start = launch.Tile(h.units, h.block_j, h.block_k, h.num_warps, h.num_warps_bwd, h.num_stages, h.fuse_gates,
-                            h.split_k, h.row_align)
-    else:
-        start = original
-    start = launch.apart(start)  # (the same kernels; from here a forward field changes the forward only)
+    start = start_tile(kind, hidden, dtype, sms)
     records, seen, expected = [], {}, None
     fields = [f for f in FIELDS[kind] if (fp32_precision == "ieee" or f not in OUTER_FIELDS)
               and (fields is None or f in fields)]
