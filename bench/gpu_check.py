@@ -8,7 +8,8 @@ Usage (from the repository root; nothing is installed, the checkout is put on PY
     bash bench/gpu_check.sh --full [--full-cells C] PTB_DIR OUT  # or: medium's 39 epochs for C, then small's 13
                                                           # for triton_lstm (one call after the check, <= 9 min)
     bash bench/gpu_check.sh --dry-run [--perf] PTB_DIR OUT  # the same steps on the CPU at tiny sizes (CI)
-    python -m bench.gpu_check merge OUT results           # fold the output into results/, then `rnnbench report`
+    python -m bench.gpu_check merge OUT results           # fold the output into results/ (and print the searches'
+                                                          # winners as tile-table lines), then `rnnbench report`
 
 Steps, most valuable first, each with its own time limit (``LIMITS``), all within one budget of ``BUDGET_S``
 (a step gets at most what is left of it, less what the report needs); each writes its output as
@@ -649,7 +650,29 @@ def merge(src: Path, dest: Path, commit: str | None = None, note: str | None = N
                     shutil.copy2(path, target)
                 copied += 1
     print(f"merged {copied} files from {src} into {dest}; now run: rnnbench report --results {dest}")
+    for line in tile_entries(src / "gpu"):
+        print(line)
     return 0
+
+
+def tile_entries(gpu: Path) -> list[str]:
+    """What a check's tile searches under ``gpu`` (``<slug>/tiles.json``, ``tiles-small.json``) found, as entries of the
+    tile tables with the ``bench-tuned`` steps' figures beside them (:func:`cells.triton_lstm.tune.table_entries`):
+    printed by ``merge``, for a person to paste into ``cells/triton_lstm/launch.py``; nothing when no search ran."""
+    from cells.triton_lstm import tune
+
+    out = []
+    for search in sorted(gpu.glob("*/tiles*.json")) if gpu.is_dir() else []:
+        benches = tuple(p for p in (search.parent / "tuned.json", search.parent / "tuned-bf16.json") if p.is_file())
+        try:
+            entries = tune.table_entries(search, benches)
+        except ValueError as exc:
+            out.append(f"rnnbench: warning: {exc}")
+            continue
+        if entries:
+            out += [f"# The tile tables' entries from {search} (cells/triton_lstm/launch.py: TILES, GRU_TILES):",
+                    *entries]
+    return out
 
 
 def _full_commit(commit: str) -> str:
@@ -707,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("env", help="step 1 alone")
     e.add_argument("--device", default="cuda")
     e.add_argument("--out", type=Path, required=True)
-    m = sub.add_parser("merge", help="copy a check's output into a results folder")
+    m = sub.add_parser("merge", help="copy a check's output into a results folder; print its tile searches' winners "
+                                     "as tile-table lines")
     m.add_argument("src", type=Path)
     m.add_argument("dest", type=Path)
     m.add_argument("--commit", default=None,

@@ -329,6 +329,66 @@ def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a commit of this checkout" in r.stderr
 
 
+def test_merge_prints_the_searches_winners_as_table_entries_with_the_benchmarks_figures(tmp_path, capsys):
+    """After the copy, merge prints each search's winner as a tile-table line (only the fields off their defaults, a
+    backward field only where it differs from the forward's) under its figures: the bench-tuned run's fwd+bwd and LM
+    step beside the cuDNN cell's, the search's own against its start; a winner no benchmark timed says so, a search
+    whose start won changes nothing.  The committed H200 search gives back the tables' own entries."""
+    from bench import gpu_check
+    from cells.triton_lstm import launch, tune
+
+    start = {"units": 5, "block_j": 8, "block_k": 16, "num_warps": 4, "num_warps_bwd": 4, "num_stages": 1,
+             "block_k_bwd": 16, "num_stages_bwd": 1, "split_k_bwd": 1, "fuse_gates_bwd": False}
+    won = {**start, "num_stages": 3, "num_stages_bwd": 3, "block_k_bwd": 32}
+
+    def rec(cell, dtype, tile, ms, best):
+        return {"cell": cell, "preset": "medium", "dtype": f"torch.{dtype}", "tile": tile, "fwdbwd_s": ms / 1e3,
+                "cudnn_fwdbwd_s": 4e-3, "ok": True, "best": best}
+
+    gpu = tmp_path / "check" / "gpu" / "cuda-x"
+    gpu.mkdir(parents=True)
+    (gpu / "tiles.json").write_text(json.dumps({"env": {"device_name": "GPU X", "commit": "abcdef0" + "0" * 33},
+                                                "records": [rec("triton_lstm", "float32", start, 8.0, False),
+                                                            {"preset": "medium", "tile": won, "error": "refused"},
+                                                            rec("triton_lstm", "float32", won, 5.0, True),
+                                                            rec("triton_gru", "float32", start, 6.0, True),
+                                                            rec("triton_lstm", "bfloat16", start, 5.0, False),
+                                                            rec("triton_lstm", "bfloat16", won, 3.0, True)]}))
+
+    def bench(pass_, cell, ms, backend="x", peak=None):
+        return {"stats": {"median": ms / 1e3}, "extra_info": {"pass": pass_, "shape": "medium", "cell": cell,
+                                                             "backend": backend, "peak_memory_bytes": peak}}
+
+    tiles = "Triton (tiles from the tile file tiles.json (the tile search on GPU X at commit abcdef0))"
+    (gpu / "tuned.json").write_text(json.dumps({"benchmarks": [
+        bench("fwdbwd", "triton_lstm", 4.5, tiles), bench("fwdbwd", "cudnn_lstm", 4.4),
+        bench("step", "triton_lstm", 7.0, tiles, 300 * 2**20), bench("step", "cudnn_lstm", 7.5, peak=302 * 2**20),
+        bench("fwdbwd-bf16", "triton_lstm", 1.0, "Triton (the tile table)"), bench("fwdbwd-bf16", "cudnn_lstm", 4.0)]}))
+    assert gpu_check.merge(tmp_path / "check", tmp_path / "results") == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("# triton_lstm medium float32, tiles.json (the tile search on GPU X at commit abcdef0)")
+    assert out[at + 1:at + 4] == [
+        "#   fwd+bwd 4.500 ms, cudnn_lstm 4.400 (tuned.json); LM step 7.000 against 7.500 ms, peak 300.0 against "
+        "302.0 MiB",
+        "#   the search: fwd+bwd 5.000 ms from its start's 8.000 (cuDNN there 4.000)",
+        "(650, torch.float32): Tile(units=5, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=3, "
+        "block_k_bwd=32),"]
+    gru = out.index("# triton_gru medium float32, tiles.json (the tile search on GPU X at commit abcdef0)")
+    assert "nothing to change" in out[gru + 1]
+    bf16 = out.index("# triton_lstm medium bfloat16, tiles.json (the tile search on GPU X at commit abcdef0)")
+    assert out[bf16 + 1].startswith("#   NOT BENCHMARKED: no fwd+bwd of triton_lstm with these tiles beside cudnn_lstm")
+    (gpu / "tiles.json").write_text("{")
+    assert gpu_check.tile_entries(tmp_path / "check" / "gpu") == [
+        f"rnnbench: warning: {gpu / 'tiles.json'}: not a tile search's --json file (JSONDecodeError: Expecting "
+        "property name enclosed in double quotes: line 1 column 2 (char 1))"]
+    # the committed search's winners are the tables' measured entries
+    committed = ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"
+    lines = [x for x in tune.table_entries(committed) if x.startswith("(")]
+    tables = [f"({h}, {d}): {tune._tile_source(t)}," for table in (launch.TILES, launch.GRU_TILES)
+              for (h, d), t in table.items() if h != 200]
+    assert sorted(lines) == sorted(tables)
+
+
 def test_a_training_step_fails_on_what_a_correct_cell_cannot_score_and_warns_on_a_spike(tmp_path):
     """A sweep that exits 0 but left a run with a non-finite evaluation, or one worse than twice a uniform guess and
     worse than every training window of the run, fails its step, which says which run and why.  Worse than twice a

@@ -452,6 +452,84 @@ def file_tiles(path: str | Path) -> dict[tuple[str, int, torch.dtype], tuple[lau
     return found
 
 
+def table_entries(search: str | Path, benches: tuple[str | Path, ...] = ()) -> list[str]:
+    """The winners of the tile searches in ``search`` (a ``--json`` file of this module) as entries of
+    :data:`.launch.TILES` / ``GRU_TILES``, Python lines to paste, each under a comment with its measurements: from
+    ``benches`` (micro-benchmark JSON of the GPU check's ``bench-tuned`` steps, which timed the winners with
+    ``--bench-tiles`` beside the cuDNN cell in one run) the fwd+bwd and the LM step's time and peak memory against
+    the cuDNN cell's, and from the search its winner's fwd+bwd against its start tile's (the table's entry then).  A
+    search whose winner is its start changes nothing and is said so; a winner that no benchmark timed is marked
+    ``NOT BENCHMARKED``: the tables take an entry only with the benchmark's figures.  Raises ValueError, one line, on
+    a file that is not such a record."""
+    found = file_tiles(search)
+    records = json.loads(Path(search).read_text())["records"]
+    timed = [b for path in benches for b in _benchmarks(path)]
+    out = []
+    for (kind, hidden, dtype), (tile, source) in found.items():
+        cell = next(c for c, k in KINDS.items() if k == kind)
+        preset = next(p for p, (h, _) in PRESETS.items() if h == hidden)
+        dt = str(dtype).removeprefix("torch.")
+        mine = [r for r in records if isinstance(r, dict) and r.get("cell", "triton_lstm") == cell
+                and r.get("preset") == preset and str(r.get("dtype")).removeprefix("torch.") == dt
+                and r.get("fwdbwd_s") is not None]
+        start, best = mine[0], next(r for r in mine if r.get("best"))
+        head = f"# {cell} {preset} {dt}, {source}"
+        if best["tile"] == start["tile"]:
+            out += [head, "#   no tile beat the search's start (the table's entry): nothing to change", ""]
+            continue
+        reference = "cudnn_lstm" if kind == "LSTM" else "cudnn_gru"
+        suffix = "-bf16" if dtype == torch.bfloat16 else ""
+        lines = [head]
+        fwdbwd = _timed(timed, "fwdbwd" + suffix, preset, cell, Path(search).name)
+        ref = _timed(timed, "fwdbwd" + suffix, preset, reference)
+        if fwdbwd and ref:
+            said = (f"#   fwd+bwd {fwdbwd['stats']['median'] * 1e3:.3f} ms, {reference} "
+                    f"{ref['stats']['median'] * 1e3:.3f} ({fwdbwd['_file']})")
+            step = _timed(timed, "step" + suffix, preset, cell, Path(search).name)
+            ref_step = _timed(timed, "step" + suffix, preset, reference)
+            if step and ref_step:
+                mib = [(b["extra_info"].get("peak_memory_bytes") or 0) / 2**20 for b in (step, ref_step)]
+                said += (f"; LM step {step['stats']['median'] * 1e3:.3f} against "
+                         f"{ref_step['stats']['median'] * 1e3:.3f} ms, peak {mib[0]:.1f} against {mib[1]:.1f} MiB")
+            lines.append(said)
+        else:
+            lines.append(f"#   NOT BENCHMARKED: no fwd+bwd of {cell} with these tiles beside {reference} in "
+                         f"{', '.join(Path(b).name for b in benches) or 'no benchmark file'}; not for the table yet")
+        lines += [f"#   the search: fwd+bwd {best['fwdbwd_s'] * 1e3:.3f} ms from its start's "
+                  f"{start['fwdbwd_s'] * 1e3:.3f} (cuDNN there {best['cudnn_fwdbwd_s'] * 1e3:.3f})",
+                  f"({hidden}, torch.{dt}): {_tile_source(tile)},", ""]
+        out += lines
+    return out
+
+
+def _timed(benchmarks: list[dict], pass_: str, preset: str, cell: str, tiles: str | None = None) -> dict | None:
+    """The first of ``benchmarks`` of that pass, preset and cell (and whose backend names the tile file ``tiles``)."""
+    return next((b for b in benchmarks if (b["extra_info"].get("pass"), b["extra_info"].get("shape"),
+                                           b["extra_info"].get("cell")) == (pass_, preset, cell)
+                 and (tiles is None or tiles in str(b["extra_info"].get("backend")))), None)
+
+
+def _benchmarks(path: str | Path) -> list[dict]:
+    """The benchmarks of a pytest-benchmark JSON file, each with ``_file`` (its name); ValueError, one line, else."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())["benchmarks"]
+        return [{**b, "_file": path.name} for b in rows if isinstance(b.get("extra_info"), dict)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: not a micro-benchmark JSON file ({why})") from None
+
+
+def _tile_source(tile: launch.Tile) -> str:
+    """``Tile(...)`` as the tables write it: the fields that differ from their defaults, and a backward field only
+    where it differs from the forward's (the search states them all, :func:`.launch.apart`)."""
+    bwd = {f"{k}_bwd" for k in launch.BWD_FIELDS
+           if launch.kernel_value(tile, k, True) == launch.kernel_value(tile, k, False)}
+    shown = [(f.name, getattr(tile, f.name)) for f in dataclasses.fields(tile)
+             if f.name not in bwd and (f.default is dataclasses.MISSING or getattr(tile, f.name) != f.default)]
+    return f"Tile({', '.join(f'{k}={v!r}' for k, v in shown)})"
+
+
 def describe(tile: launch.Tile) -> str:
     """One tile in a log line: units, J, then per kernel (forward / backward) the K tile, warps, stages, split and dot
     structure, the rows' padding, and the outer products and the backward's transposed W_hh where on, and the programs
