@@ -61,6 +61,7 @@ from bench.machine import default_device
 from lm import env
 from lm.config import PRESETS, Config
 from lm.model import LanguageModel
+from lm.step import graphed
 
 SHAPES = ("small", "medium", "large")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -207,27 +208,6 @@ def _step_work(cell: str, cfg: Config, device: torch.device, mode: str = "eager"
     return work, check, model.rnn
 
 
-def _graphed(work: Work, device: torch.device) -> Work:
-    """``work`` captured into a CUDA graph and replayed: three real calls on a side stream first (lazy
-    initialisation, cuDNN's workspace, autograd's buffers), as PyTorch's CUDA-graph notes prescribe; the capture's
-    output (and the gradients the capture allocated, which each replay rewrites) are what a replay returns."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            work()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = work()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return out
-
-    return replay
-
-
 PRECOMPILE_AT_LEAST = 4  # kernels: fewer compile in-line sooner than a pool of workers starts (~5 s)
 
 
@@ -333,7 +313,7 @@ def run(benchmark: BenchmarkFixture, config: pytest.Config, device: torch.device
         base, _, mode = pass_.partition("-")  # fwdbwd-cuda-graph: fwdbwd, replayed as a CUDA graph
         work, check, rnn = _cell_work(base, cell, cfg, device, dtype, **cell_options(config, cell))
         if mode == "cuda-graph":
-            work = _graphed(work, device)
+            work = graphed(work, device)
         per_token = flops.cell_flops_per_token(cells.kind(cell), cfg.hidden_size, cfg.num_layers, base)
 
     def timed() -> torch.Tensor:

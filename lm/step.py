@@ -217,6 +217,29 @@ class GraphStep(Step):
 STEPS = {"eager": Step, "compile": CompiledStep, "cuda-graph": GraphStep}
 
 
+def graphed(work, device: torch.device, warmup: int = 3):
+    """``work`` (a callable of no arguments) captured into a CUDA graph, as a callable that replays it: ``warmup``
+    real calls on a side stream first (lazy initialisation, cuDNN's workspace, autograd's buffers), as PyTorch's
+    CUDA-graph notes prescribe; the capture's output (and what the capture allocated, e.g. gradients, which each
+    replay rewrites) is what a replay returns.  For timing a piece of work by its kernels alone (the micro-benchmarks'
+    ``fwdbwd-cuda-graph``, the Triton tile search)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            work()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = work()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
 def make_step(mode: str, model: nn.Module, cfg, device: torch.device) -> Step:
     """The step of ``mode`` for ``model``; UsageError with the reason when it cannot run here."""
     why = refusal(mode, device, model.cell_name)

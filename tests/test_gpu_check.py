@@ -290,8 +290,8 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
         return {"step": step.name, "status": "ok"}
 
     monkeypatch.setattr(gpu_check, "run_step", run_step)
-    for budget, only, tune_limit in ((400, ["tune", "bench-tuned"], 300), (200, ["tune", "bench-tuned"], 135),
-                                     (200, ["tune"], 180), (200, ["tune-small", "tune", "bench-tuned"], 135)):
+    for budget, only, tune_limit in ((400, ["tune", "bench-tuned"], 300), (200, ["tune", "bench-tuned"], 120),
+                                     (200, ["tune"], 180), (200, ["tune-small", "tune", "bench-tuned"], 120)):
         ran.clear()
         assert gpu_check.check(ptb, tmp_path / "out", False, "perf", budget, only=only) == 0
         by = {name: (argv, limit) for name, argv, limit in ran}
@@ -299,8 +299,8 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
         assert limit == pytest.approx(tune_limit, abs=1), (budget, only, limit)
         assert argv[-2:] == ["--time-limit", str(int(limit - gpu_check.TIME_LIMIT_MARGIN_S))]
         if "bench-tuned" in only:
-            assert by["bench-tuned"][1] == pytest.approx(45, abs=1) and "--time-limit" not in by["bench-tuned"][0]
-    assert by["tune-small"][0][-2:] == ["--time-limit", "85"]  # (its own limit, 100 s: the steps take no time here)
+            assert by["bench-tuned"][1] == pytest.approx(60, abs=1) and "--time-limit" not in by["bench-tuned"][0]
+    assert by["tune-small"][0][-2:] == ["--time-limit", "45"]  # (its own limit, 60 s: the steps take no time here)
     from cells.triton_lstm import tune
 
     parsed = []

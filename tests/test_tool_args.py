@@ -89,7 +89,7 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
         if len(timed) > 1:
             ended.wait(30)
             raise Ended
-        return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0
+        return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, None
 
     monkeypatch.setattr(tune, "_passes", passes)
     monkeypatch.setattr(tune, "_warm", lambda *a: None)
@@ -102,3 +102,30 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
     assert ended.is_set() and time.monotonic() - t0 < 20
     assert len(recs) == 1 and recs[0]["error"] == "hung: no result after 0.3 s; the search ended here", recs
     assert recs[0]["preset"] == "small" and recs[0]["tile"] and "hung" in lines[-1]
+
+
+def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
+    """Where a forward+backward is timed as one CUDA graph too, the search keeps a change by that time (the kernels'
+    alone): an eager call whose host work outlasts its kernels -- small's on the H200, 2.84 ms eager where the whole LM
+    step took 1.87 as a graph -- times the host, the same for every tile.  Both figures are recorded."""
+    calls = []
+
+    def passes(module, x, reps):  # cuDNN first; then the start (fast eagerly, slow kernels), then the others
+        calls.append(module)
+        if len(calls) == 1:
+            return 1e-3, 4e-3, torch.zeros(1), torch.ones(1), 0, 2e-3
+        if len(calls) == 2:
+            return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, 5e-3
+        return 1e-3, 3e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
+
+    monkeypatch.setattr(tune, "_passes", passes)
+    monkeypatch.setattr(tune, "_warm", lambda *a: None)
+    recs, lines = [], []
+    tune.tune("small", torch.float32, 1, cell="triton_lstm", emit=recs.append, log=lines.append, device="cpu",
+              sms=132, fields=("num_stages",))
+    start, first = recs[0], recs[1]
+    assert (start["fwdbwd_s"], start["fwdbwd_graph_s"], start["best"]) == (2e-3, 5e-3, False)
+    assert (first["fwdbwd_s"], first["fwdbwd_graph_s"], first["best"]) == (3e-3, 1e-3, True)
+    assert first["speedup_fwdbwd_graph"] == pytest.approx(2) and first["speedup_fwdbwd"] == pytest.approx(4 / 3)
+    assert "as a graph   1.000 ms x 2.00" in lines[-2]
+    assert "fwd+bwd as a CUDA graph 1.000 ms, cuDNN 2.000 ms" in lines[-1]

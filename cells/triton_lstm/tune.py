@@ -7,24 +7,27 @@ Usage (on a CUDA machine)::
 Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run cut short has float32 first.
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
-heuristic's plan), then varies one field at a time -- units per program (so the grid has up to 4 / 2 / 1 / 1/2
-programs an SM: ``launch.Tile.per_sm``), one tl.dot for the gates or one per gate, rows padded to a multiple of 16 or
-not (``row_align``), the K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K
-tile of at most 16, and in the shapes whose loop reads no shared memory, ``OUTER_NO_SHARED``; with them ``split_k``
-unrolls the loop), the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least
-4 warps a way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack
-improves by more than 2 %. The backward kernel's K loop has fields of its own (``launch.BWD_FIELDS``: dot structure,
-stages and K tile together, split; from the start on, a forward field changes the forward only); ``--fields`` varies a
-subset (the GPU check: those no GPU has searched yet). Padding comes before the stages because it is what lets the
-bfloat16 forward pipeline at all (the package docstring's PTX notes). ``--rounds 2`` goes over the fields again when
-the first round kept a change (a greedy search misses what two fields do together); the GPU check runs one round.
-Every candidate's output and input gradient are checked against the starting tile's (same weights, same input;
-``max_diff``: the largest absolute difference of the outputs or relative one of the gradients, to 1e-4 in float32,
-5e-2 in 16 bits; records before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a backward field that
-computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision tf32`` search,
-else exact) is timed in the same process at the same shape, so every row carries its ratio. Timing: CUDA events around
-each call, synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of a
-candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side
+heuristic's plan), then varies one field at a time -- units per program (so the grid has up to 4 / 2 / 1 / 1/2 programs
+an SM: ``launch.Tile.per_sm``), one tl.dot for the gates or one per gate, rows padded to a multiple of 16 or not
+(``row_align``), the K loops as outer products instead of tl.dot (forward, backward; exact float32 only, with a K tile
+of at most 16, and in the shapes whose loop reads no shared memory, ``OUTER_NO_SHARED``; with them ``split_k`` unrolls
+the loop), the software-pipelining stages, the reduction split inside a program (1, 2 or 4 ways, with at least 4 warps a
+way), the reduction tile, the warps -- keeping a change only when the median forward+backward of the stack as one CUDA
+graph improves by more than 2 % (the kernels' time: an eager call whose host work outlasts its kernels, small's on the
+H200, times the host, nearly the same for every tile; searches before 2026-11-29 chose by the eager call, ``fwdbwd_s``,
+which every record still has beside ``fwdbwd_graph_s``). The backward kernel's K loop has fields of its own
+(``launch.BWD_FIELDS``: dot structure, stages and K tile together, split; from the start on, a forward field changes the
+forward only); ``--fields`` varies a subset (the GPU check: those no GPU has searched yet). Padding comes before the
+stages because it is what lets the bfloat16 forward pipeline at all (the package docstring's PTX notes). ``--rounds 2``
+goes over the fields again when the first round kept a change (a greedy search misses what two fields do together); the
+GPU check runs one round. Every candidate's output and input gradient are checked against the starting tile's (same
+weights, same input; ``max_diff``: the largest absolute difference of the outputs or relative one of the gradients, to
+1e-4 in float32, 5e-2 in 16 bits; records before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a
+backward field that computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision
+tf32`` search, else exact) is timed in the same process at the same shape, so every row carries its ratios. Timing: CUDA
+events around each call (eager) or each replay (the graph, captured after three calls on a side stream:
+:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of
+a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side
 first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start
 every field's candidates around the starting tile, later those of a field after a change was kept; the log says what
 each batch took.
@@ -107,11 +110,13 @@ def _time(fn, reps: int, calls: int = 1) -> float:
 
 
 def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
-            ) -> tuple[float, float, torch.Tensor, torch.Tensor, int]:
-    """(forward s, forward+backward s, the output, the input's gradient, the forward+backward's peak bytes) of
-    ``module`` on ``x``; upstream gradient all ones.  The peak: CUDA memory allocated at once during one
-    forward+backward above what was allocated before it (the gradients of the parameters set to None first), so the
-    exchange buffers' transient cost shows beside cuDNN's workspace and reserve."""
+            ) -> tuple[float, float, torch.Tensor, torch.Tensor, int, float | None]:
+    """(forward s, forward+backward s, the output, the input's gradient, the forward+backward's peak bytes, the
+    forward+backward's seconds as one CUDA graph) of ``module`` on ``x``; upstream gradient all ones.  The peak: CUDA
+    memory allocated at once during one forward+backward above what was allocated before it (the gradients of the
+    parameters set to None first), so the exchange buffers' transient cost shows beside cuDNN's workspace and
+    reserve.  The graph's time is the kernels' alone (None off CUDA): an eager call whose host work outlasts its
+    kernels -- small's, on the H200 -- times the host, the same for every tile."""
     def fwd():
         return module(x)[0]
 
@@ -132,7 +137,16 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
     peak = torch.cuda.max_memory_allocated() - base if cuda else 0
     grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
     x.grad = None
-    return _time(fwd, reps), _time(fwdbwd, reps), out, grad, peak
+    times = _time(fwd, reps), _time(fwdbwd, reps)
+    if cuda:
+        from lm.step import graphed
+
+        graph_s = _time(graphed(fwdbwd, x.device), reps)
+    else:
+        graph_s = None
+    x.grad = None
+    module.zero_grad(set_to_none=True)  # (the graph's gradients: its memory goes with it)
+    return *times, out, grad, peak, graph_s
 
 
 def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
@@ -313,7 +327,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     ref.load_state_dict(module.state_dict())
     ref.flatten_parameters()  # one contiguous weight chunk, as cuDNN wants (else it compacts them every call)
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
-    cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak = _passes(ref, x, reps)
+    cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps)
     table = launch.tiles(kind)
     key = (hidden, dtype)
     original = table.get(key)
@@ -345,7 +359,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
         try:
             with watchdog(HUNG_S, hung):
-                fwd, fwdbwd, out, grad, peak = _passes(module, x, reps)
+                fwd, fwdbwd, out, grad, peak, graph = _passes(module, x, reps)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
             keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
@@ -364,10 +378,13 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "peak_fwdbwd_mib": peak / 2**20,
                "cudnn_peak_fwdbwd_mib": cudnn_peak / 2**20, "max_diff": diff, "ok": diff <= tol,
                "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
+        if graph is not None:
+            rec.update(fwdbwd_graph_s=graph, cudnn_fwdbwd_graph_s=cudnn_graph, speedup_fwdbwd_graph=cudnn_graph / graph)
         keep(rec)
-        seen[tile] = fwdbwd if rec["ok"] else float("inf")
+        seen[tile] = (fwdbwd if graph is None else graph) if rec["ok"] else float("inf")
+        graphs = "" if graph is None else f"  as a graph {graph * 1e3:7.3f} ms x{cudnn_graph / graph:5.2f}"
         log(f"{preset:6} {str(dtype):14} {describe(tile)}  fwd {fwd * 1e3:7.3f} ms  "
-            f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}  "
+            f"fwd+bwd {fwdbwd * 1e3:7.3f} ms  vs cuDNN x{cudnn_fwdbwd / fwdbwd:5.2f}{graphs}  "
             f"peak {peak / 2**20:6.1f} MiB (cuDNN {cudnn_peak / 2**20:.1f})  diff {diff:.1e}"
             + ("" if rec["ok"] else "  WRONG"))
         return seen[tile]
@@ -385,7 +402,9 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s, cut = greedy(start, fields, lambda tile, field: candidates(tile, hidden, dtype, sms, field),
                                    measure, warm, rounds, late)
-        log(f"best {preset} {dtype}: {best} (fwd+bwd {best_s * 1e3:.3f} ms, cuDNN {cudnn_fwdbwd * 1e3:.3f} ms)"
+        timed = "fwd+bwd" if cudnn_graph is None else "fwd+bwd as a CUDA graph"
+        log(f"best {preset} {dtype}: {best} ({timed} {best_s * 1e3:.3f} ms, cuDNN "
+            f"{(cudnn_fwdbwd if cudnn_graph is None else cudnn_graph) * 1e3:.3f} ms)"
             + ("; cut at the time limit, the later candidates untimed" if cut else ""))
         for rec in records:
             rec["best"] = rec.get("tile") == dataclasses.asdict(best)
@@ -485,6 +504,11 @@ def table_entries(search: str | Path, benches: tuple[str | Path, ...] = ()) -> l
         if fwdbwd and ref:
             said = (f"#   fwd+bwd {fwdbwd['stats']['median'] * 1e3:.3f} ms, {reference} "
                     f"{ref['stats']['median'] * 1e3:.3f} ({fwdbwd['_file']})")
+            graph = _timed(timed, "fwdbwd-cuda-graph" + suffix, preset, cell, Path(search).name)
+            ref_graph = _timed(timed, "fwdbwd-cuda-graph" + suffix, preset, reference)
+            if graph and ref_graph:
+                said += (f"; as a CUDA graph {graph['stats']['median'] * 1e3:.3f} against "
+                         f"{ref_graph['stats']['median'] * 1e3:.3f}")
             step = _timed(timed, "step" + suffix, preset, cell, Path(search).name)
             ref_step = _timed(timed, "step" + suffix, preset, reference)
             if step and ref_step:
@@ -495,8 +519,12 @@ def table_entries(search: str | Path, benches: tuple[str | Path, ...] = ()) -> l
         else:
             lines.append(f"#   NOT BENCHMARKED: no fwd+bwd of {cell} with these tiles beside {reference} in "
                          f"{', '.join(Path(b).name for b in benches) or 'no benchmark file'}; not for the table yet")
-        lines += [f"#   the search: fwd+bwd {best['fwdbwd_s'] * 1e3:.3f} ms from its start's "
-                  f"{start['fwdbwd_s'] * 1e3:.3f} (cuDNN there {best['cudnn_fwdbwd_s'] * 1e3:.3f})",
+        said = (f"#   the search: fwd+bwd {best['fwdbwd_s'] * 1e3:.3f} ms from its start's "
+                f"{start['fwdbwd_s'] * 1e3:.3f} (cuDNN there {best['cudnn_fwdbwd_s'] * 1e3:.3f})")
+        if best.get("fwdbwd_graph_s") and start.get("fwdbwd_graph_s"):
+            said += (f"; as a CUDA graph {best['fwdbwd_graph_s'] * 1e3:.3f} from {start['fwdbwd_graph_s'] * 1e3:.3f}"
+                     f" (cuDNN {best['cudnn_fwdbwd_graph_s'] * 1e3:.3f})")
+        lines += [said,
                   f"({hidden}, torch.{dt}): {_tile_source(tile)},", ""]
         out += lines
     return out
