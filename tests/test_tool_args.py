@@ -84,7 +84,7 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
 
     ended, recs, lines, timed = threading.Event(), [], [], []
 
-    def passes(module, x, reps):  # the first call times cuDNN; the first candidate's never returns
+    def passes(module, x, reps, graph=True):  # the first call times cuDNN; the first candidate's never returns
         timed.append(module)
         if len(timed) > 1:
             ended.wait(30)
@@ -110,7 +110,7 @@ def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
     step took 1.87 as a graph -- times the host, the same for every tile.  Both figures are recorded."""
     calls = []
 
-    def passes(module, x, reps):  # cuDNN first; then the start (fast eagerly, slow kernels), then the others
+    def passes(module, x, reps, graph=True):  # cuDNN first; the start (fast eagerly, slow kernels), then others
         calls.append(module)
         if len(calls) == 1:
             return 1e-3, 4e-3, torch.zeros(1), torch.ones(1), 0, 2e-3
@@ -129,3 +129,19 @@ def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
     assert first["speedup_fwdbwd_graph"] == pytest.approx(2) and first["speedup_fwdbwd"] == pytest.approx(4 / 3)
     assert "as a graph   1.000 ms x 2.00" in lines[-2]
     assert "fwd+bwd as a CUDA graph 1.000 ms, cuDNN 2.000 ms" in lines[-1]
+    # cuDNN's capture failing: the whole search by eager calls (one unit throughout), and says so
+    real, calls[:] = passes, []
+
+    def no_cudnn_graph(module, x, reps, graph=True):
+        if not calls and graph:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        out = real(module, x, reps, graph)
+        return (*out[:5], out[5] if graph else None)
+
+    monkeypatch.setattr(tune, "_passes", no_cudnn_graph)
+    recs, lines = [], []
+    tune.tune("small", torch.float32, 1, cell="triton_lstm", emit=recs.append, log=lines.append, device="cpu",
+              sms=132, fields=("num_stages",))
+    assert "cuDNN's forward+backward as a CUDA graph failed (RuntimeError: CUDA error" in lines[0]
+    assert "the search judges by eager calls" in lines[0]
+    assert recs[0]["best"] and not any(r["best"] for r in recs[1:]) and "fwdbwd_graph_s" not in recs[0]

@@ -109,14 +109,14 @@ def _time(fn, reps: int, calls: int = 1) -> float:
     return statistics.median(times)
 
 
-def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
+def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int, graph: bool = True
             ) -> tuple[float, float, torch.Tensor, torch.Tensor, int, float | None]:
     """(forward s, forward+backward s, the output, the input's gradient, the forward+backward's peak bytes, the
     forward+backward's seconds as one CUDA graph) of ``module`` on ``x``; upstream gradient all ones.  The peak: CUDA
     memory allocated at once during one forward+backward above what was allocated before it (the gradients of the
     parameters set to None first), so the exchange buffers' transient cost shows beside cuDNN's workspace and
-    reserve.  The graph's time is the kernels' alone (None off CUDA): an eager call whose host work outlasts its
-    kernels -- small's, on the H200 -- times the host, the same for every tile."""
+    reserve.  The graph's time is the kernels' alone (None off CUDA, or without ``graph``): an eager call whose host
+    work outlasts its kernels -- small's, on the H200 -- times the host, the same for every tile."""
     def fwd():
         return module(x)[0]
 
@@ -138,7 +138,7 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int
     grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
     x.grad = None
     times = _time(fwd, reps), _time(fwdbwd, reps)
-    if cuda:
+    if cuda and graph:
         from lm.step import graphed
 
         graph_s = _time(graphed(fwdbwd, x.device), reps)
@@ -327,7 +327,12 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     ref.load_state_dict(module.state_dict())
     ref.flatten_parameters()  # one contiguous weight chunk, as cuDNN wants (else it compacts them every call)
     x = torch.randn(steps, BATCH, hidden, device=device, dtype=dtype, requires_grad=True)
-    cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps)
+    try:
+        cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps)
+    except RuntimeError as exc:  # (a candidate's failed capture is that candidate's failure; cuDNN's, the criterion's)
+        log(f"{preset} {dtype}: cuDNN's forward+backward as a CUDA graph failed ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the search judges by eager calls")
+        cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps, graph=False)
     table = launch.tiles(kind)
     key = (hidden, dtype)
     original = table.get(key)
@@ -359,7 +364,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
         try:
             with watchdog(HUNG_S, hung):
-                fwd, fwdbwd, out, grad, peak, graph = _passes(module, x, reps)
+                fwd, fwdbwd, out, grad, peak, graph = _passes(module, x, reps, graph=cudnn_graph is not None)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
             keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
