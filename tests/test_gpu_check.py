@@ -362,14 +362,15 @@ def test_merge_prints_the_searches_winners_as_table_entries_with_the_benchmarks_
     tiles = "Triton (tiles from the tile file tiles.json (the tile search on GPU X at commit abcdef0))"
     (gpu / "tuned.json").write_text(json.dumps({"benchmarks": [
         bench("fwdbwd", "triton_lstm", 4.5, tiles), bench("fwdbwd", "cudnn_lstm", 4.4),
+        bench("fwdbwd-cuda-graph", "triton_lstm", 2.0, tiles), bench("fwdbwd-cuda-graph", "cudnn_lstm", 3.0),
         bench("step", "triton_lstm", 7.0, tiles, 300 * 2**20), bench("step", "cudnn_lstm", 7.5, peak=302 * 2**20),
         bench("fwdbwd-bf16", "triton_lstm", 1.0, "Triton (the tile table)"), bench("fwdbwd-bf16", "cudnn_lstm", 4.0)]}))
     assert gpu_check.merge(tmp_path / "check", tmp_path / "results") == 0
     out = capsys.readouterr().out.splitlines()
     at = out.index("# triton_lstm medium float32, tiles.json (the tile search on GPU X at commit abcdef0)")
     assert out[at + 1:at + 4] == [
-        "#   fwd+bwd 4.500 ms, cudnn_lstm 4.400 (tuned.json); LM step 7.000 against 7.500 ms, peak 300.0 against "
-        "302.0 MiB",
+        "#   fwd+bwd 4.500 ms, cudnn_lstm 4.400 (tuned.json); as a CUDA graph 2.000 ms, cudnn_lstm 3.000; "
+        "LM step 7.000 ms, cudnn_lstm 7.500, peak 300.0 MiB against 302.0",
         "#   the search: fwd+bwd 5.000 ms from its start's 8.000 (cuDNN there 4.000)",
         "(650, torch.float32): Tile(units=5, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=3, "
         "block_k_bwd=32),"]

@@ -502,37 +502,40 @@ def table_entries(search: str | Path, benches: tuple[str | Path, ...] = ()) -> l
             out += [head, "#   no tile beat the search's start (the table's entry): nothing to change", ""]
             continue
         reference = "cudnn_lstm" if kind == "LSTM" else "cudnn_gru"
-        suffix = "-bf16" if dtype == torch.bfloat16 else ""
-        lines = [head]
-        fwdbwd = _timed(timed, "fwdbwd" + suffix, preset, cell, Path(search).name)
-        ref = _timed(timed, "fwdbwd" + suffix, preset, reference)
-        if fwdbwd and ref:
-            said = (f"#   fwd+bwd {fwdbwd['stats']['median'] * 1e3:.3f} ms, {reference} "
-                    f"{ref['stats']['median'] * 1e3:.3f} ({fwdbwd['_file']})")
-            graph = _timed(timed, "fwdbwd-cuda-graph" + suffix, preset, cell, Path(search).name)
-            ref_graph = _timed(timed, "fwdbwd-cuda-graph" + suffix, preset, reference)
-            if graph and ref_graph:
-                said += (f"; as a CUDA graph {graph['stats']['median'] * 1e3:.3f} against "
-                         f"{ref_graph['stats']['median'] * 1e3:.3f}")
-            step = _timed(timed, "step" + suffix, preset, cell, Path(search).name)
-            ref_step = _timed(timed, "step" + suffix, preset, reference)
-            if step and ref_step:
-                mib = [(b["extra_info"].get("peak_memory_bytes") or 0) / 2**20 for b in (step, ref_step)]
-                said += (f"; LM step {step['stats']['median'] * 1e3:.3f} against "
-                         f"{ref_step['stats']['median'] * 1e3:.3f} ms, peak {mib[0]:.1f} against {mib[1]:.1f} MiB")
-            lines.append(said)
-        else:
-            lines.append(f"#   NOT BENCHMARKED: no fwd+bwd of {cell} with these tiles beside {reference} in "
+        lines = [head, _benchmarked(timed, preset, cell, reference, "-bf16" if dtype == torch.bfloat16 else "",
+                                    Path(search).name)]
+        if not lines[-1]:
+            lines[-1] = (f"#   NOT BENCHMARKED: no fwd+bwd of {cell} with these tiles beside {reference} in "
                          f"{', '.join(Path(b).name for b in benches) or 'no benchmark file'}; not for the table yet")
         said = (f"#   the search: fwd+bwd {best['fwdbwd_s'] * 1e3:.3f} ms from its start's "
                 f"{start['fwdbwd_s'] * 1e3:.3f} (cuDNN there {best['cudnn_fwdbwd_s'] * 1e3:.3f})")
         if best.get("fwdbwd_graph_s") and start.get("fwdbwd_graph_s"):
             said += (f"; as a CUDA graph {best['fwdbwd_graph_s'] * 1e3:.3f} from {start['fwdbwd_graph_s'] * 1e3:.3f}"
                      f" (cuDNN {best['cudnn_fwdbwd_graph_s'] * 1e3:.3f})")
-        lines += [said,
-                  f"({hidden}, torch.{dt}): {_tile_source(tile)},", ""]
-        out += lines
+        out += [*lines, said, f"({hidden}, torch.{dt}): {_tile_source(tile)},", ""]
     return out
+
+
+def _benchmarked(timed: list[dict], preset: str, cell: str, reference: str, suffix: str, tiles: str) -> str:
+    """A comment line of ``cell``'s figures with the tiles of the file ``tiles`` beside ``reference``'s, from the
+    benchmarks ``timed``: fwd+bwd (eager, then as a CUDA graph) and the LM step (time, peak memory); "" without the
+    eager fwd+bwd of both."""
+    said = []
+    for name, what in (("fwdbwd", "fwd+bwd"), ("fwdbwd-cuda-graph", "as a CUDA graph"), ("step", "LM step")):
+        mine = _timed(timed, name + suffix, preset, cell, tiles)
+        ref = _timed(timed, name + suffix, preset, reference)
+        if not (mine and ref):
+            if not said:
+                return ""
+            continue
+        ms = [b["stats"]["median"] * 1e3 for b in (mine, ref)]
+        said.append(f"{what} {ms[0]:.3f} ms, {reference} {ms[1]:.3f}")
+        if name == "fwdbwd":
+            said[-1] += f" ({mine['_file']})"
+        if name == "step":
+            mib = [(b["extra_info"].get("peak_memory_bytes") or 0) / 2**20 for b in (mine, ref)]
+            said[-1] += f", peak {mib[0]:.1f} MiB against {mib[1]:.1f}"
+    return "#   " + "; ".join(said)
 
 
 def _timed(benchmarks: list[dict], pass_: str, preset: str, cell: str, tiles: str | None = None) -> dict | None:
