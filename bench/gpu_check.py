@@ -53,11 +53,12 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
                       side first (:mod:`cells.triton_lstm.precompile`).  It is told what its step may take
                       (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
                       search's best timed, and it leaves ``bench-tuned`` that step's limit when that is to run.
-5. ``bench-tuned``    the micro-benchmarks' fwd+bwd and LM step of the cuDNN and Triton cells at every preset with
-                      the searches' winners before the tile tables (``--bench-tiles``; ``gpu/<slug>/tuned.json``),
-   ``bench-tuned-bf16`` the same in bfloat16 (``tuned-bf16.json``): what a session's search found, measured as the
-                      tables' entries are, so it can be committed with its figures; skipped when no search named a
-                      winner.
+5. ``bench-tuned``    the micro-benchmarks' fwd+bwd (eager and as one CUDA graph) and LM step of the cuDNN and Triton
+                      cells at every preset with the searches' winners before the tile tables (``--bench-tiles``;
+                      ``gpu/<slug>/tuned.json``),
+   ``bench-tuned-bf16`` the same in bfloat16, eager (``tuned-bf16.json``): what a session's search found, measured as
+                      the tables' entries are, so it can be committed with its figures; skipped when no search named
+                      a winner.
 6. ``bench-graphs``   fwd+bwd of the cuDNN and Triton cells as one CUDA graph at every preset (``graphs.json``): the
                       kernels' own time, without the host's share of an eager call.
 7. ``tune-small``     the tile search at small over every field, ``triton_lstm`` in float32 only
