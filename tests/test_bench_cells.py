@@ -30,7 +30,7 @@ def test_the_graph_pass_replays_fwdbwd_and_is_its_own_pass(monkeypatch):
         captured.append(device)
         return work
 
-    monkeypatch.setattr(bench_cells, "_graphed", graphed)
+    monkeypatch.setattr(bench_cells, "graphed", graphed)
     config = types.SimpleNamespace(getoption=lambda name, default=None: default)
     bench = FakeBenchmark()
     bench_cells.run(bench, config, torch.device("cpu"), "fwdbwd-cuda-graph", "small", "cudnn_lstm")

@@ -805,6 +805,72 @@ def test_cuda_direct_launches_compute_what_tritons_launch_path_does(cell_name, m
         assert launch._DIRECT, "no launch was direct"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available: the compiled kernels need a GPU")
+@pytest.mark.parametrize("cell_name", ["triton_lstm", "triton_gru"])
+def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
+    """The tile search times each candidate's fwd+bwd as one CUDA graph and keeps the fastest (tune._passes): so each
+    design it tries must replay as it runs eagerly.  At medium, the table's tile and the first candidates of each
+    design field (narrow programs, exchanges, outer products -- two each, through shared memory and not --, the
+    transposed backward): fwd+bwd captured as lm.step.graphed captures it, then replayed on new values in the same
+    buffers, equals an eager call on them -- outputs and every gradient."""
+    from cells.triton_lstm import tune
+    from lm.step import graphed
+
+    device = torch.device("cuda")
+    kind = tune.KINDS[cell_name]
+    hidden, steps = tune.PRESETS["medium"]
+    sms = launch.sm_count(device)
+    start = tune.start_tile(kind, hidden, torch.float32, sms)
+    tiles = [start]
+    for field, n in (("units", 1), ("exchange", 1), ("exchange_bwd", 1), ("outer", 2), ("outer_bwd", 2),
+                     ("transposed_bwd", 1)):
+        tiles += [t for t in tune.candidates(start, hidden, torch.float32, sms, field) if t != start][:n]
+    torch.manual_seed(0)
+    cell = cells.build(cell_name, hidden, hidden, 2).to(device)
+    params = list(cell.parameters())
+    x = torch.randn(steps, 20, hidden, device=device, requires_grad=True)
+    dy = torch.randn(steps, 20, hidden, device=device)
+
+    def work():
+        for p in [x, *params]:
+            p.grad = None
+        y = cell(x)[0]
+        y.backward(dy)
+        return y.detach()
+
+    table, key = launch.tiles(kind), (hidden, torch.float32)
+    original, replayed = table.get(key), 0
+    try:
+        for tile in dict.fromkeys(tiles):
+            table[key] = tile
+            launch.plan_for.cache_clear()
+            launch.launch_options.cache_clear()
+            try:
+                work()
+            except RuntimeError as exc:  # a grid this GPU cannot hold at once: the search records it so too
+                assert "cannot all be resident" in str(exc), exc
+                continue
+            replay = graphed(work, device)
+            with torch.no_grad():
+                x.copy_(torch.randn_like(x))
+                dy.copy_(torch.randn_like(dy))
+            got = [replay().clone()] + [p.grad.clone() for p in [x, *params]]
+            want = [work()] + [p.grad.clone() for p in [x, *params]]
+            for k, (g, w) in enumerate(zip(got, want, strict=True)):
+                assert rel(g, w) < 1e-5, f"{tune.describe(tile)}: tensor {k} of the replay differs by {rel(g, w):.3g}"
+            replayed += 1
+            del replay
+    finally:
+        if original is None:
+            table.pop(key, None)
+        else:
+            table[key] = original
+        launch.plan_for.cache_clear()
+        launch.launch_options.cache_clear()
+    assert replayed >= len(tiles) - 1, f"only {replayed} of {len(tiles)} designs replayed"
+
+
 def test_direct_launches_hand_the_launcher_what_triton_does(tmp_path):
     """launch._launch's direct launches (launch.DIRECT_LAUNCH), without a GPU: hostcost --check-direct launches both
     cells at small through Triton's JITFunction.run and directly (kernels compiled for sm_90, the launcher mocked:
