@@ -145,3 +145,14 @@ def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
     assert "cuDNN's forward+backward as a CUDA graph failed (RuntimeError: CUDA error" in lines[0]
     assert "the search judges by eager calls" in lines[0]
     assert recs[0]["best"] and not any(r["best"] for r in recs[1:]) and "fwdbwd_graph_s" not in recs[0]
+
+
+def test_a_gpu_the_tile_tables_are_not_for_is_not_searched():
+    """On a GPU with fewer SMs than the tables were made for (an H100 PCIe's 114), every plan comes from the heuristic
+    whatever the table holds (launch.plan_for): a search there would time one plan under many names.  It says so in
+    a line and returns no record, so the GPU check's later steps keep the time."""
+    lines = []
+    assert tune.tune("medium", torch.float32, 1, log=lines.append, device="cpu", sms=114) == []
+    assert lines == ["medium torch.float32 triton_lstm: not searched: the tile tables are for GPUs of at least 132 SMs "
+                     "(H100 SXM, H200), this one has 114, and its plans come from the heuristic whatever the table "
+                     "holds"]

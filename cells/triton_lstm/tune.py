@@ -318,6 +318,10 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     hidden, steps = PRESETS[preset]
     device = torch.device(device)
     sms = sms or launch.sm_count(device)
+    if sms < launch.TILES_SMS:  # (its plans would ignore every candidate: launch.plan_for)
+        log(f"{preset} {dtype} {cell}: not searched: the tile tables are for GPUs of at least {launch.TILES_SMS} SMs "
+            f"(H100 SXM, H200), this one has {sms}, and its plans come from the heuristic whatever the table holds")
+        return []
     torch.manual_seed(0)
     # fp32_precision: the float32 recurrent matmuls' arithmetic (the cell's option; bfloat16 ignores it); the table is
     # per (hidden size, dtype), so a search in "tf32x3" says which tile it would want, not what the table holds.
