@@ -81,5 +81,13 @@ else
 fi
 rm -rf "$out/checkpoints"
 tar czf "$tarball" -C "$(dirname "$out")" "$(basename "$out")" || exit 2
-echo "[gpu-session] check exit $rc, $part_name exit $perf_rc, $(( SECONDS - t0 )) s; packed into $tarball" | tee -a "$log"
+packed="$tarball"
+# The device tool brings back files of at most 16 MiB (8 of them): a larger tarball goes in parts, TARBALL.00, .01, ...
+# (cat TARBALL.* > TARBALL puts it together), rather than not at all.
+max_bytes="${RNNBENCH_PACK_MAX_BYTES:-15728640}"
+if (( $(stat -c %s "$tarball") > max_bytes )); then
+  split -b "$max_bytes" -d "$tarball" "$tarball." && rm -f "$tarball" || exit 2
+  packed="$(ls "$tarball".* | tr '\n' ' ')(put together: cat $tarball.* > $tarball)"
+fi
+echo "[gpu-session] check exit $rc, $part_name exit $perf_rc, $(( SECONDS - t0 )) s; packed into $packed" | tee -a "$log"
 exit $(( rc != 0 ? rc : perf_rc ))

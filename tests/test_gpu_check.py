@@ -198,6 +198,17 @@ def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_
     r = subprocess.run(["bash", "bench/gpu_session.sh", "ptb", str(out), str(tmp_path / "r.tgz")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len((out / "calls").read_text().splitlines()) == 1 and "no timings" in r.stdout
+    # a tarball past what the device tool brings back (16 MiB a file) goes in parts that cat puts together
+    fake.write_text('out="${@: -1}"; mkdir -p "$out"; head -c 5000 /dev/urandom > "$out/big"; exit 0\n')
+    out, tarball = tmp_path / "big", tmp_path / "big.tgz"
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "ptb", str(out), str(tarball)], cwd=ROOT,
+                       env={**env, "RNNBENCH_PACK_MAX_BYTES": "2000"}, capture_output=True, text=True, timeout=60)
+    parts = sorted(tmp_path.glob("big.tgz.*"))
+    assert r.returncode == 0 and not tarball.exists() and len(parts) >= 3, r.stdout + r.stderr
+    assert all(p.stat().st_size <= 2000 for p in parts) and f"cat {tarball}.* > {tarball}" in r.stdout
+    tarball.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tarball) as tar:
+        assert (tar.extractfile("big/big").read()) == (out / "big").read_bytes()
 
 
 def test_without_cuda_the_real_check_refuses_in_one_line(tmp_path):
