@@ -52,7 +52,10 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``); it compiles its candidates side by
                       side first (:mod:`cells.triton_lstm.precompile`).  It is told what its step may take
                       (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
-                      search's best timed, and it leaves ``bench-tuned`` that step's limit when that is to run.
+                      search's best timed, and it leaves ``bench-tuned`` that step's limit when that is to run.  A
+                      candidate whose kernels never return (``tune.HUNG_S``) ends the search's process (exit 3), and
+                      the step runs it again with ``--after-hang`` and what its limit leaves: the searches that named
+                      their best are kept, the others go on without that tile (each run a log, ``tune-2.log``, ...).
 5. ``bench-tuned``    the micro-benchmarks' fwd+bwd (eager and as one CUDA graph) and LM step (eager; at small also
                       as one CUDA graph) of the cuDNN and Triton cells at every preset with the searches' winners
                       before the tile tables (``--bench-tiles``; ``gpu/<slug>/tuned.json``),
@@ -129,6 +132,8 @@ REPORT_RESERVE_S = 20
 # What a self-stopping step (Step.time_limit_flag) keeps of its limit for finishing: the candidate under way when its
 # time is up (a tile search's: 1-3 s once compiled), writing its records, and leaving the process.
 TIME_LIMIT_MARGIN_S = 15
+AFTER_HANG_MIN_S = 30  # a search continued after a hang needs its process start-up and a few candidates
+HUNG_EXIT = 3  # cells.triton_lstm.tune.HUNG_EXIT (not imported here: it imports torch and triton)
 # Cells that train one epoch of small in seconds on a GPU; every other registered cell runs SLOW_STEPS steps.
 FAST_CELLS = ("cudnn_lstm", "cudnn_gru", "triton_lstm")
 SLOW_STEPS = 100
@@ -194,6 +199,9 @@ class Step:
     # Later steps this one leaves their limits to, where they are among the steps run (the searches leave
     # bench-tuned the time to benchmark what they found).
     reserve_for: tuple[str, ...] = ()
+    # A step that ends itself on a hung kernel (exit tune.HUNG_EXIT: the tile searches) runs again with this flag
+    # while its limit leaves AFTER_HANG_MIN_S, continuing from what it wrote (tune --after-hang).
+    after_hang_flag: str | None = None
 
 
 def with_winners(paths: list[Path]) -> list[Path]:
@@ -438,7 +446,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
             # profiler says why (shared-memory traffic, stalls, by SASS line).
             *ncu,
             Step("tune", [*py, "-m", "cells.triton_lstm.tune", *tune], limits["tune"], time_limit_flag="--time-limit",
-                 reserve_for=("bench-tuned",)),
+                 reserve_for=("bench-tuned",), after_hang_flag="--after-hang"),
             # What the searches found, timed as the table's entries are (pytest-benchmark, beside cuDNN), so that a
             # session that tunes also measures what it would commit.  Apart from bench/ (the report would show two rows
             # of one name): gpu/<slug>/tuned.json and tuned-bf16.json.
@@ -453,7 +461,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
                                   f"--benchmark-json={out / 'bench' / slug / 'graphs.json'}"], limits["bench-graphs"]),
             # Small's entries were never searched and its fwd+bwd target is unmet: once the others are timed.
             Step("tune-small", [*py, "-m", "cells.triton_lstm.tune", *tune_small], limits["tune-small"],
-                 time_limit_flag="--time-limit", reserve_for=("bench-tuned",)),
+                 time_limit_flag="--time-limit", reserve_for=("bench-tuned",), after_hang_flag="--after-hang"),
             # Which part of a large step the time goes to (the LSTM's float32 was probed on 2026-11-28).
             Step("probe", [*py, "-m", "cells.triton_lstm.probe", *probe], limits["probe"]),
             # The targets on step modes and compiled cells (CUDA graphs, torch.compile).
@@ -582,11 +590,20 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: fl
         reserve = sum(s.limit_s for s in chosen[i + 1:] if s.name in step.reserve_for)
         left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S) - reserve
         limit = step.limit_s if dry_run else min(step.limit_s, left)
-        if step.time_limit_flag and not dry_run:  # (the dry run's searches only print their usage)
-            step = dataclasses.replace(step, argv=[*step.argv, step.time_limit_flag,
-                                                   str(max(1, int(limit - TIME_LIMIT_MARGIN_S)))])
-        summary["steps"].append(run_step(step, gpu / f"{prefix}{step.name}.log", limit))
-        atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
+        argv, attempt = step.argv, 1
+        while True:
+            if step.time_limit_flag and not dry_run:  # (the dry run's searches only print their usage)
+                argv = [*argv, step.time_limit_flag, str(max(1, int(limit - TIME_LIMIT_MARGIN_S)))]
+            log = gpu / f"{prefix}{step.name}{'' if attempt == 1 else f'-{attempt}'}.log"
+            rec = run_step(dataclasses.replace(step, argv=argv), log, limit)
+            summary["steps"].append(rec if attempt == 1 else {**rec, "after_hang": attempt - 1})
+            atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
+            limit -= rec.get("seconds") or 0
+            if not (step.after_hang_flag and rec.get("exit_code") == HUNG_EXIT and limit >= AFTER_HANG_MIN_S):
+                break
+            print(f"[gpu-check] step {step.name}: a candidate hung; continuing the search ({step.after_hang_flag}, "
+                  f"{limit:.0f} s left)", flush=True)
+            argv, attempt = [*step.argv, step.after_hang_flag], attempt + 1
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # scratch; OUT is meant to be shipped
     summary["finished"] = now()
     summary["seconds"] = round(time.monotonic() - t0, 1)

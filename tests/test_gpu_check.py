@@ -319,6 +319,44 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
     assert tune.main(["--time-limit", "12"]) == 0 and parsed == [["--time-limit", "12"]]
 
 
+def test_a_search_that_ended_on_a_hung_candidate_is_continued_with_what_its_limit_leaves(monkeypatch, tmp_path):
+    """A tile search exits HUNG_EXIT when a candidate's kernels never return (tune.watchdog): the check runs it again
+    with --after-hang and the rest of its step's limit (its --time-limit recomputed), each run in steps.json and a log
+    of its own, until it ends otherwise or less than AFTER_HANG_MIN_S is left.  Other steps are not run again."""
+    import torch
+
+    from bench import gpu_check, machine
+    from cells.triton_lstm import tune
+
+    assert gpu_check.HUNG_EXIT == tune.HUNG_EXIT
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    for split in ("train", "valid", "test"):
+        (ptb / f"ptb.{split}.txt").write_text("a b\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(machine, "device_slug", lambda device: "cuda-x")
+    ran, exits = [], {"tune": [3, 3, 0], "tune-small": [3, 3, 3], "bench-tuned": [3]}
+
+    def run_step(step, log, limit_s=None):
+        ran.append((step.name, step.argv, limit_s, log.name))
+        if step.name not in exits:  # env, report
+            return {"step": step.name, "status": "ok", "exit_code": 0, "seconds": 0.0}
+        return {"step": step.name, "status": "failed", "exit_code": exits[step.name].pop(0), "seconds": 40.0}
+
+    monkeypatch.setattr(gpu_check, "run_step", run_step)
+    gpu_check.check(ptb, tmp_path / "out", False, "perf", 400, only=["tune-small", "tune", "bench-tuned"])
+    runs = [(name, limit, log, "--after-hang" in argv, argv[argv.index("--time-limit") + 1] if "--time-limit" in argv
+             else None) for name, argv, limit, log in ran if name not in ("env", "report")]
+    assert runs == [("tune-small", 60, "perf-tune-small.log", False, "45"),  # 60 - 40 = 20 s left: not again
+                    ("tune", 300, "perf-tune.log", False, "285"),
+                    ("tune", 260, "perf-tune-2.log", True, "245"),
+                    ("tune", 220, "perf-tune-3.log", True, "205"),  # it ended (exit 0): no fourth
+                    ("bench-tuned", 60, "perf-bench-tuned.log", False, None)]
+    steps = json.loads((tmp_path / "out" / "gpu" / "cuda-x" / "perf-steps.json").read_text())["steps"]
+    assert [(s["step"], s.get("after_hang")) for s in steps[1:-1]] == [
+        ("tune-small", None), ("tune", None), ("tune", 1), ("tune", 2), ("bench-tuned", None)]
+
+
 def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
     from bench import gpu_check
     from lm import env

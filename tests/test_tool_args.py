@@ -156,3 +156,41 @@ def test_a_gpu_the_tile_tables_are_not_for_is_not_searched():
     assert lines == ["medium torch.float32 triton_lstm: not searched: the tile tables are for GPUs of at least 132 SMs "
                      "(H100 SXM, H200), this one has 114, and its plans come from the heuristic whatever the table "
                      "holds"]
+
+
+def test_a_search_continued_after_a_hang_keeps_the_finished_and_never_times_the_hung(monkeypatch, tmp_path):
+    """--after-hang (the GPU check runs a search again when it exited HUNG_EXIT): the file's searches that named their
+    best are kept and not run again; the unfinished one runs again from its start, its earlier records dropped but the
+    hung one, and the hung tile is not timed (nor compiled) again."""
+    import dataclasses
+    import json
+
+    from cells.triton_lstm import launch
+
+    start = tune.start_tile("LSTM", 200, torch.float32, 132)
+    stages = [t for t in tune.candidates(start, 200, torch.float32, 132, "num_stages") if t != start]
+    rec = {"cell": "triton_lstm", "dtype": "torch.float32"}
+    records = [{**rec, "preset": "medium", "tile": {}, "fwdbwd_s": 1.0, "best": True},
+               {**rec, "preset": "small", "tile": dataclasses.asdict(start), "fwdbwd_s": 2e-3, "best": False},
+               {**rec, "preset": "small", "tile": dataclasses.asdict(stages[0]), "error": "hung: no result after 60 s"}]
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps({"env": {}, "records": records}))
+    everything, kept = tune.after_hang(str(path))
+    assert everything == records and kept == [records[0], records[2]]
+    assert tune.after_hang(str(tmp_path / "none.json")) == ([], []) == tune.after_hang(None)
+    timed, warmed, lines = [], [], []
+
+    def passes(module, x, reps, graph=True):
+        timed.append(launch.tiles("LSTM").get((200, torch.float32)))
+        return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
+
+    monkeypatch.setattr(tune, "_passes", passes)
+    monkeypatch.setattr(tune, "_warm", lambda module, x, table, key, tiles, log: warmed.extend(tiles))
+    assert tune.tune("medium", torch.float32, 1, log=lines.append, device="cpu", sms=132,
+                     prior=tuple(records)) == []
+    assert lines == ["medium torch.float32 triton_lstm: searched already (the --json file names its best)"]
+    recs = tune.tune("small", torch.float32, 1, log=lines.append, device="cpu", sms=132, fields=("num_stages",),
+                     prior=tuple(records))
+    assert stages[0] not in timed[1:] and stages[0] not in warmed and start in warmed, (timed, warmed)
+    assert f"small torch.float32 {tune.describe(stages[0])}: not timed: it hung in an earlier run" in lines
+    assert [r["tile"] for r in recs] == [dataclasses.asdict(t) for t in [start, *stages[1:]]]

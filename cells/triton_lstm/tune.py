@@ -66,8 +66,11 @@ from . import launch, precompile
 PRESETS = {"small": (200, 20), "medium": (650, 35), "large": (1500, 35)}  # H, T; batch 20, 2 layers
 # A candidate with no result after this many seconds is hung -- a kernel that never returns, e.g. a grid barrier never
 # met -- and nothing in this process can end it: the search records it and the process exits, so that a GPU check's
-# later steps keep their time instead of its step's limit running out.  (A candidate takes 1-3 s, compiling included.)
-HUNG_S = 60.0
+# later steps keep their time instead of its step's limit running out; the check then continues the search in a new
+# process (``--after-hang``), which never times that tile.  (A candidate takes 1-3 s once compiled, ~1.2 s on the H200
+# in 2026-11-28's searches; one that compiles in-line, where the side-by-side compiling missed it, a few seconds more.)
+HUNG_S = 30.0
+HUNG_EXIT = 3  # the exit status of a search that ended on a hung candidate
 
 
 @contextlib.contextmanager
@@ -301,20 +304,27 @@ def start_tile(kind: str, hidden: int, dtype: torch.dtype, sms: int) -> launch.T
 
 def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "triton_lstm", emit=None,
          rounds: int = 1, fp32_precision: str = "ieee", fields: tuple[str, ...] | None = None,
-         deadline: float | None = None, device: str = "cuda", sms: int | None = None) -> list[dict]:
+         deadline: float | None = None, device: str = "cuda", sms: int | None = None,
+         prior: tuple[dict, ...] = ()) -> list[dict]:
     """Greedy search for one preset and dtype of ``cell``, up to ``rounds`` times over the fields (again only after a
     round that kept a change); returns one record per timed candidate, each also passed to ``emit`` as it is made
     (the command line writes them out at once: a run cut short keeps what it measured).  ``fields``: vary only these
     of :data:`FIELDS` (in its order; default all).  ``deadline`` (``time.monotonic()``): no candidate is timed after
     it; a search it cuts still names the best it timed (its records say ``cut``), one it finds passed does not start.
     ``device`` and ``sms`` (default: the device's SM count) are for :mod:`.rehearse`, which runs the search with the
-    launches mocked."""
+    launches mocked.  ``prior``: the records of an earlier run that ended on a hung candidate (``--after-hang``): a
+    search that named its best there is not run again, and no tile recorded hung there is timed."""
     def late() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
     if late():
         log(f"{preset} {dtype} {cell}: not searched (past the time limit)")
         return []
+    mine = [r for r in prior if _group(r) == (cell, preset, str(dtype))]
+    if any(r.get("best") for r in mine):
+        log(f"{preset} {dtype} {cell}: searched already (the --json file names its best)")
+        return []
+    hung_before = {launch.Tile(**r["tile"]) for r in mine if _hung(r)}
     hidden, steps = PRESETS[preset]
     device = torch.device(device)
     sms = sms or launch.sm_count(device)
@@ -354,6 +364,10 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         nonlocal expected
         if tile in seen:
             return seen[tile]
+        if tile in hung_before:
+            log(f"{preset} {dtype} {describe(tile)}: not timed: it hung in an earlier run")
+            seen[tile] = float("inf")
+            return seen[tile]
         table[key] = tile
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
@@ -364,14 +378,14 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                 "ending the search here, so that the steps after it keep their time")
             keep({"cell": cell, "preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
                   "error": f"hung: no result after {HUNG_S:g} s; the search ended here"})
-            end_process(3)
+            end_process(HUNG_EXIT)
 
         try:
             with watchdog(HUNG_S, hung):
                 fwd, fwdbwd, out, grad, peak, graph = _passes(module, x, reps, graph=cudnn_graph is not None)
         except Exception as exc:  # a tile the compiler or the SM count refuses: recorded, not fatal
             log(f"{preset} {dtype} {tile}: failed: {type(exc).__name__}: {str(exc)[:200]}")
-            keep({"preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
+            keep({"cell": cell, "preset": preset, "dtype": str(dtype), "tile": dataclasses.asdict(tile),
                   "error": f"{type(exc).__name__}: {exc}"[:500]})
             seen[tile] = float("inf")
             return seen[tile]
@@ -401,7 +415,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
     warmed: set[launch.Tile] = set()
 
     def warm(tiles: list[launch.Tile]) -> None:
-        tiles = [t for t in dict.fromkeys(tiles) if t not in warmed]
+        tiles = [t for t in dict.fromkeys(tiles) if t not in warmed and t not in hung_before]
         warmed.update(tiles)
         if tiles:
             _warm(module, x, table, key, tiles, log)
@@ -427,6 +441,27 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         launch.plan_for.cache_clear()
         launch.launch_options.cache_clear()
     return records
+
+
+def _group(rec: dict) -> tuple[str, str, str]:
+    """(cell, preset, dtype) of a search's record (records before 2026-11-28 name no cell: triton_lstm's)."""
+    return rec.get("cell", "triton_lstm"), rec.get("preset"), str(rec.get("dtype"))
+
+
+def _hung(rec: dict) -> bool:
+    return str(rec.get("error", "")).startswith("hung")
+
+
+def after_hang(path: str | None) -> tuple[list[dict], list[dict]]:
+    """(the records of the --json file ``path``, those of them to keep) for a search continued after a hung candidate:
+    kept, the records of the searches that named their best and every hung record; the unfinished searches' other
+    records go, as those searches run again (none of the file's hung tiles timed).  No file, or not a search's: none."""
+    try:
+        records = [r for r in json.loads(Path(path).read_text())["records"] if isinstance(r, dict)]
+    except (TypeError, OSError, ValueError, KeyError):
+        return [], []
+    done = {_group(r) for r in records if r.get("best")}
+    return records, [r for r in records if _group(r) in done or _hung(r)]
 
 
 def greedy(start, fields, around, measure, warm, rounds: int = 1, late=lambda: False):
@@ -590,12 +625,14 @@ def describe(tile: launch.Tile) -> str:
             f"{pair('fuse_gates', lambda v: 'fused' if v else 'gates')}{outer}{per_sm}")
 
 
-def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None) -> int:
+def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None,
+        initial=None) -> int:
     """The command line of this module and :mod:`.probe`: ``--presets``, ``--dtypes``, ``--reps``, ``--json`` (and
     ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args, emit, cell)``
     for each dtype, cell (``cells(args)``, default one: None) and preset, in that order, which passes each record to
     ``emit`` as it is made: ``--json`` is rewritten with every record so far each time (a killed run keeps what it
-    measured) and after each preset (records may gain fields at the end, e.g. ``best``)."""
+    measured) and after each preset (records may gain fields at the end, e.g. ``best``); ``initial(args)``: the
+    records the file starts with (an earlier run's, kept)."""
     from lm.cli import Parser, positive_int  # argparse, its errors on one line
 
     p = Parser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
@@ -621,7 +658,7 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
 
     command = f"python -m {module} {env.relative_command(sys.argv[1:] if argv is None else argv)}"
     environment = env.environment(torch.device("cuda"))
-    records = []
+    records = list(initial(args)) if initial else []
 
     def write() -> None:
         if args.json and records:
@@ -682,12 +719,18 @@ def main(argv: list[str] | None = None) -> int:
     from lm.cli import number_arg
 
     seconds = number_arg(float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds")
+
+    def initial(args) -> list[dict]:  # --after-hang: the earlier run's records, those kept
+        args.prior, kept = after_hang(args.json) if args.after_hang else ([], [])
+        return kept
+
     return cli(argv, __spec__.name if __spec__ else "cells.triton_lstm.tune", __doc__, "float32,bfloat16",
                lambda preset, dtype, args, emit, cell: tune(
                    preset, dtype, args.reps, cell=cell, emit=emit, rounds=args.rounds,
                    fp32_precision=args.fp32_precision, fields=args.fields,
-                   deadline=None if args.time_limit is None else args.started + args.time_limit),
-               cells=lambda args: args.cell,
+                   deadline=None if args.time_limit is None else args.started + args.time_limit,
+                   prior=tuple(args.prior)),
+               cells=lambda args: args.cell, initial=initial,
                extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
                                          help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
                                               "both comma-separated: per dtype every preset of the first, then of "
@@ -701,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
                                                     "search under way names the best it timed (its records say "
                                                     "'cut'), later ones do not start (the GPU check passes what its "
                                                     "step may take)")),
+                      (("--after-hang",), dict(action="store_true",
+                                               help=f"continue the searches of the --json file, whose run ended on "
+                                                    f"a hung candidate (exit {HUNG_EXIT}): those that named their "
+                                                    "best are kept, the others run again without timing a tile "
+                                                    "recorded hung")),
                       (("--rounds",), dict(type=int, default=1, choices=(1, 2, 3),
                                            help="times over the fields, again only after a round that kept a change")),
                       (("--fp32-precision",), dict(default="ieee", choices=("ieee", "tf32", "tf32x3"),
