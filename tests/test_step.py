@@ -88,3 +88,25 @@ def test_unknown_mode_is_a_usage_error():
     with pytest.raises(UsageError, match="accepted: eager, compile, cuda-graph"):
         step.make_step("turbo", LanguageModel("loop_lstm", 10, 4, 1, 0.0, 0.1), config.preset("tiny"),
                        torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("cell", ["cudnn_lstm", "triton_lstm"])
+def test_cuda_graph_step_trains_like_the_eager_step(corpus_dir, cell):
+    """The whole step as one CUDA graph (the GPU check's full runs train so) gives the eager step's per-epoch
+    perplexities: the state carried through its static buffers from window to window, the graph captured anew when
+    the learning rate decays (epochs 2 and 3 here), evaluation unchanged.  No dropout: a graph's replays draw other
+    random numbers than eager calls."""
+    corpus = data.load(corpus_dir, check_md5=False)
+    cfg = config.preset("tiny", epochs=3, decay_after=1, learning_rate=0.3, init_scale=0.1)
+    runs = {mode: train.train(cfg, cell, corpus, torch.device("cuda"), seed=4, results_dir=None, progress=False,
+                              step_mode=mode) for mode in ("eager", "cuda-graph")}
+    eager, graph = runs["eager"], runs["cuda-graph"]
+    assert eager["status"] == graph["status"] == "ok", graph.get("error")
+    assert graph["step_mode"] == "cuda-graph" and "CUDA graph" in graph["step"]
+    assert [e["lr"] for e in graph["epochs"]] == [e["lr"] for e in eager["epochs"]] == pytest.approx([0.3, 0.15, 0.075])
+    for e, g in zip(eager["epochs"], graph["epochs"], strict=True):
+        assert g["train_ppl"] == pytest.approx(e["train_ppl"], rel=1e-4)
+        assert g["valid_ppl"] == pytest.approx(e["valid_ppl"], rel=1e-4)
+    assert graph["test_ppl"] == pytest.approx(eager["test_ppl"], rel=1e-4)
