@@ -548,6 +548,26 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
         {"implausible": bad} if bad else {}) | ({"warnings": warn} if warn else {})
 
 
+def runs_of(step: Step, log_stem: Path, limit: float, dry_run: bool):
+    """Run ``step`` (:func:`run_step`, log ``<log_stem>.log``) within ``limit`` seconds, told them where it stops
+    itself (``Step.time_limit_flag``), and yield its record; a step that exited HUNG_EXIT runs again with its
+    ``after_hang_flag`` (logs ``-2.log``, ``-3.log``, ...; records with ``after_hang``) while what its limit leaves is
+    at least AFTER_HANG_MIN_S."""
+    argv, attempt = step.argv, 1
+    while True:
+        if step.time_limit_flag and not dry_run:  # (the dry run's searches only print their usage)
+            argv = [*argv, step.time_limit_flag, str(max(1, int(limit - TIME_LIMIT_MARGIN_S)))]
+        log = log_stem.with_name(f"{log_stem.name}{'' if attempt == 1 else f'-{attempt}'}.log")
+        rec = run_step(dataclasses.replace(step, argv=argv), log, limit)
+        yield rec if attempt == 1 else {**rec, "after_hang": attempt - 1}
+        limit -= rec.get("seconds") or 0
+        if not (step.after_hang_flag and rec.get("exit_code") == HUNG_EXIT and limit >= AFTER_HANG_MIN_S):
+            return
+        print(f"[gpu-check] step {step.name}: a candidate hung; continuing the search ({step.after_hang_flag}, "
+              f"{limit:.0f} s left)", flush=True)
+        argv, attempt = [*step.argv, step.after_hang_flag], attempt + 1
+
+
 def select(schedule: list[Step], only: list[str] | None) -> list[Step]:
     """``schedule`` itself, or with ``only`` (step names): ``env`` first, the named steps in the order named, ``report``
     last -- a session that has less time than the whole part chooses what it measures and in which order (e.g. the
@@ -590,20 +610,9 @@ def check(ptb: Path, out: Path, dry_run: bool, part: str = "check", budget_s: fl
         reserve = sum(s.limit_s for s in chosen[i + 1:] if s.name in step.reserve_for)
         left = budget_s - (time.monotonic() - t0) - (0 if step.name == "report" else REPORT_RESERVE_S) - reserve
         limit = step.limit_s if dry_run else min(step.limit_s, left)
-        argv, attempt = step.argv, 1
-        while True:
-            if step.time_limit_flag and not dry_run:  # (the dry run's searches only print their usage)
-                argv = [*argv, step.time_limit_flag, str(max(1, int(limit - TIME_LIMIT_MARGIN_S)))]
-            log = gpu / f"{prefix}{step.name}{'' if attempt == 1 else f'-{attempt}'}.log"
-            rec = run_step(dataclasses.replace(step, argv=argv), log, limit)
-            summary["steps"].append(rec if attempt == 1 else {**rec, "after_hang": attempt - 1})
+        for rec in runs_of(step, gpu / f"{prefix}{step.name}", limit, dry_run):
+            summary["steps"].append(rec)
             atomic_write(gpu / f"{prefix}steps.json", json.dumps(summary, indent=2) + "\n")
-            limit -= rec.get("seconds") or 0
-            if not (step.after_hang_flag and rec.get("exit_code") == HUNG_EXIT and limit >= AFTER_HANG_MIN_S):
-                break
-            print(f"[gpu-check] step {step.name}: a candidate hung; continuing the search ({step.after_hang_flag}, "
-                  f"{limit:.0f} s left)", flush=True)
-            argv, attempt = [*step.argv, step.after_hang_flag], attempt + 1
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # scratch; OUT is meant to be shipped
     summary["finished"] = now()
     summary["seconds"] = round(time.monotonic() - t0, 1)
