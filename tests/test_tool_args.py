@@ -194,3 +194,36 @@ def test_a_search_continued_after_a_hang_keeps_the_finished_and_never_times_the_
     assert stages[0] not in timed[1:] and stages[0] not in warmed and start in warmed, (timed, warmed)
     assert f"small torch.float32 {tune.describe(stages[0])}: not timed: it hung in an earlier run" in lines
     assert [r["tile"] for r in recs] == [dataclasses.asdict(t) for t in [start, *stages[1:]]]
+
+
+def test_the_command_line_continues_a_file_after_a_hang(monkeypatch, tmp_path):
+    """tune --after-hang --json FILE: the file starts with its kept records (the finished searches', the hung ones)
+    and every search is handed the file's records; without --after-hang the file starts empty and nothing is handed."""
+    import json
+
+    from lm import env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tune.launch, "runs_interpreted", lambda device: False)
+    monkeypatch.setattr(env, "environment", lambda device: {"device_name": "GPU X"})
+    handed = []
+
+    def search(preset, dtype, reps, cell, emit, prior=(), **kwargs):
+        handed.append((preset, len(prior)))
+        emit({"cell": cell, "preset": preset, "dtype": str(dtype), "tile": {}, "fwdbwd_s": 1.0, "best": True})
+        return []
+
+    monkeypatch.setattr(tune, "tune", search)
+    path = tmp_path / "tiles.json"
+    done = {"cell": "triton_lstm", "preset": "medium", "dtype": "torch.float32", "tile": {}, "best": True}
+    hung = {"cell": "triton_lstm", "preset": "large", "dtype": "torch.float32", "tile": {}, "error": "hung: ..."}
+    gone = {"cell": "triton_lstm", "preset": "large", "dtype": "torch.float32", "tile": {}, "fwdbwd_s": 2.0}
+    path.write_text(json.dumps({"env": {}, "records": [done, hung, gone]}))
+    argv = ["--presets", "medium,large", "--dtypes", "float32", "--json", str(path)]
+    assert tune.main([*argv, "--after-hang"]) == 0
+    assert handed == [("medium", 3), ("large", 3)]
+    records = json.loads(path.read_text())["records"]
+    assert records[:2] == [done, hung] and gone not in records and len(records) == 4
+    handed.clear()
+    assert tune.main(argv) == 0
+    assert handed == [("medium", 0), ("large", 0)] and len(json.loads(path.read_text())["records"]) == 2
