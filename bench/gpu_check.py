@@ -160,9 +160,12 @@ TEST_WORKERS = 8
 # again (grids of up to 4 and 2 programs an SM, launch.Tile.per_sm, 2026-11-29): 2-3 more a search, the first field,
 # so the rest build on the winner; the recurrent matmuls as exchanges of shares (launch.Tile.exchange, exchange_bwd): 5
 # more in each of the eight searches: about 38 candidates a search, 300.  The probe (large, both cells) gains four
-# variants a kernel (exchange, exchange-outer, exchange-16, narrow): 24 -> about 45 s, so 90.
+# variants a kernel (exchange, exchange-outer, exchange-16, narrow): 24 -> about 45 s, so 90.  bench-tuned (never run
+# on a GPU yet): 40 benchmarks -- fwd+bwd eager and as a graph and the LM step at every preset, small's step as a graph,
+# four cells -- at about 1 s each, as the 51 s of bench's ~96 suggest, with some room: pytest-benchmark writes its JSON
+# at the end, so a step killed at its limit would keep nothing: 75.  tune-small, float32 only: 60.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
-          "bench": 100, "probe": 90, "ncu": 50, "ncu-source": 40, "tune": 300, "tune-small": 60, "bench-tuned": 60,
+          "bench": 100, "probe": 90, "ncu": 50, "ncu-source": 40, "tune": 300, "tune-small": 60, "bench-tuned": 75,
           "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600, "train-full-small": 180,
           "bench-graphs": 45, "bench-compiled": 75, "bench-compiled-graphs": 75, "bench-bf16": 45, "bench-tf32": 45,
           "report": REPORT_RESERVE_S}

@@ -301,8 +301,8 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
         return {"step": step.name, "status": "ok"}
 
     monkeypatch.setattr(gpu_check, "run_step", run_step)
-    for budget, only, tune_limit in ((400, ["tune", "bench-tuned"], 300), (200, ["tune", "bench-tuned"], 120),
-                                     (200, ["tune"], 180), (200, ["tune-small", "tune", "bench-tuned"], 120)):
+    for budget, only, tune_limit in ((400, ["tune", "bench-tuned"], 300), (200, ["tune", "bench-tuned"], 105),
+                                     (200, ["tune"], 180), (200, ["tune-small", "tune", "bench-tuned"], 105)):
         ran.clear()
         assert gpu_check.check(ptb, tmp_path / "out", False, "perf", budget, only=only) == 0
         by = {name: (argv, limit) for name, argv, limit in ran}
@@ -310,7 +310,7 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
         assert limit == pytest.approx(tune_limit, abs=1), (budget, only, limit)
         assert argv[-2:] == ["--time-limit", str(int(limit - gpu_check.TIME_LIMIT_MARGIN_S))]
         if "bench-tuned" in only:
-            assert by["bench-tuned"][1] == pytest.approx(60, abs=1) and "--time-limit" not in by["bench-tuned"][0]
+            assert by["bench-tuned"][1] == pytest.approx(75, abs=1) and "--time-limit" not in by["bench-tuned"][0]
     assert by["tune-small"][0][-2:] == ["--time-limit", "45"]  # (its own limit, 60 s: the steps take no time here)
     from cells.triton_lstm import tune
 
@@ -351,7 +351,7 @@ def test_a_search_that_ended_on_a_hung_candidate_is_continued_with_what_its_limi
                     ("tune", 300, "perf-tune.log", False, "285"),
                     ("tune", 260, "perf-tune-2.log", True, "245"),
                     ("tune", 220, "perf-tune-3.log", True, "205"),  # it ended (exit 0): no fourth
-                    ("bench-tuned", 60, "perf-bench-tuned.log", False, None)]
+                    ("bench-tuned", 75, "perf-bench-tuned.log", False, None)]
     steps = json.loads((tmp_path / "out" / "gpu" / "cuda-x" / "perf-steps.json").read_text())["steps"]
     assert [(s["step"], s.get("after_hang")) for s in steps[1:-1]] == [
         ("tune-small", None), ("tune", None), ("tune", 1), ("tune", 2), ("bench-tuned", None)]
