@@ -14,7 +14,8 @@ Usage (from the repository root; nothing is installed, the checkout is put on PY
 Steps, most valuable first, each with its own time limit (``LIMITS``), all within one budget of ``BUDGET_S``
 (a step gets at most what is left of it, less what the report needs); each writes its output as
 soon as it finishes, a failing or timed-out step is recorded in ``gpu/<slug>/steps.json``
-(``perf-steps.json``) and the run goes on.
+(``perf-steps.json``) and the run goes on.  A pytest step stopped at its limit keeps what it finished (the benchmarks'
+JSON, the tests' junit XML: :func:`run_step` stops it with SIGINT).
 
 The check (correctness, and a finished training record for every cell):
 
@@ -162,8 +163,8 @@ TEST_WORKERS = 8
 # more in each of the eight searches: about 38 candidates a search, 300.  The probe (large, both cells) gains four
 # variants a kernel (exchange, exchange-outer, exchange-16, narrow): 24 -> about 45 s, so 90.  bench-tuned (never run
 # on a GPU yet): 40 benchmarks -- fwd+bwd eager and as a graph and the LM step at every preset, small's step as a graph,
-# four cells -- at about 1 s each, as the 51 s of bench's ~96 suggest, with some room: pytest-benchmark writes its JSON
-# at the end, so a step killed at its limit would keep nothing: 75.  tune-small, float32 only: 60.
+# four cells -- at about 1 s each, as the 51 s of bench's ~96 suggest, with some room (a pytest step stopped at its
+# limit keeps what it finished: run_step): 75.  tune-small, float32 only: 60.
 LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train-small-slow": 150,
           "bench": 100, "probe": 90, "ncu": 50, "ncu-source": 40, "tune": 300, "tune-small": 60, "bench-tuned": 75,
           "bench-tuned-bf16": 45, "bench-modes": 45, "train-full": 600, "train-full-small": 180,
@@ -498,7 +499,10 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
 
 
 def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
-    """Run one step in its own process group; kill the whole group at its time limit (``limit_s`` if given)."""
+    """Run one step in its own process group; stop the whole group at its time limit (``limit_s`` if given): a pytest
+    step with SIGINT, on which pytest ends its session in order -- pytest-benchmark writes the benchmarks finished so
+    far into its JSON, pytest the tests run into its junit XML, where SIGTERM would leave nothing --, any other with
+    SIGTERM; SIGKILL 15 s later."""
     t0, before = time.monotonic(), snapshot(step.runs)
     limit = step.limit_s if limit_s is None else limit_s
     def skipped(why: str) -> dict:
@@ -524,7 +528,7 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
             rc = proc.wait(timeout=limit)
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGINT if step.argv[1:3] == ["-m", "pytest"] else signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -357,6 +357,26 @@ def test_a_search_that_ended_on_a_hung_candidate_is_continued_with_what_its_limi
         ("tune-small", None), ("tune", None), ("tune", 1), ("tune", 2), ("bench-tuned", None)]
 
 
+def test_a_benchmark_step_stopped_at_its_limit_keeps_the_benchmarks_it_finished(tmp_path):
+    """run_step stops a pytest step at its limit with SIGINT, on which pytest ends its session in order: the step is
+    recorded as a timeout, and pytest-benchmark's JSON holds every benchmark that finished before (SIGTERM, as for
+    the other steps, would have left no file)."""
+    from bench import gpu_check
+
+    (tmp_path / "test_x.py").write_text(
+        "import time\n"
+        "def test_a(benchmark):\n    benchmark(lambda: None)\n"
+        "def test_b():\n    time.sleep(60)\n"
+        "def test_c(benchmark):\n    benchmark(lambda: None)\n")
+    out = tmp_path / "out.json"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+            str(tmp_path / "test_x.py"), f"--benchmark-json={out}", "--benchmark-max-time", "0.01",
+            f"--rootdir={tmp_path}"]
+    rec = gpu_check.run_step(gpu_check.Step("bench-x", argv, 8), tmp_path / "x.log")
+    assert rec["status"] == "timeout" and rec["seconds"] < 30, rec
+    assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == ["test_a"]
+
+
 def test_merge_stamps_the_commit_of_an_exported_tree(tmp_path):
     from bench import gpu_check
     from lm import env
