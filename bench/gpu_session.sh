@@ -4,7 +4,8 @@
 # then the timings (or the full schedules: --then full) with what is left of --total, then OUT packed into TARBALL
 # without the sweeps' checkpoints.
 #
-#   bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--then perf|full] [--steps NAMES] PTB_DIR OUT TARBALL
+#   bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--then perf|full] [--steps NAMES]
+#                             [--check-steps NAMES] PTB_DIR OUT TARBALL
 #
 # --total: wall-clock seconds for both parts (default 560: a device call may run 600); --then: what follows the check,
 # the timings (perf, the default) or the full schedules (full: medium's 39 epochs for cudnn_lstm, then small's 13 for
@@ -13,21 +14,24 @@
 # first, a fixed ~40-75 s that may settle issue 11's GPU target; small's float32 search (at most 60 s: small's target
 # is the nearest, 1.23x of 1.3x, and its tiles were never searched); the medium and large searches, where the untimed
 # designs -- exchanges, outer products, narrow programs -- aim at the largest gaps to cuDNN, cut to leave the benchmark
-# of all the winners its time; full's train-full,train-full-small). On the device machine:
+# of all the winners its time; full's train-full,train-full-small); --check-steps: the check's own steps (default all;
+# e.g. "tests" alone before the full schedules, which need the time: the check's training steps are what they test
+# at length). On the device machine:
 #   export RNNBENCH_DECLARED_COMMIT=<commit>; bash bench/gpu_session.sh data/ptb /tmp/gpu $OUT/gpu.tgz
 # with the call's timeout_s at 600. Exit status: the check's, else the second part's.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 check="${RNNBENCH_GPU_CHECK:-$root/bench/gpu_check.sh}"  # (the tests put a stand-in here)
-dry=() total=560 then=perf perf_steps=""
-usage="usage: bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--then perf|full] [--steps NAMES] PTB_DIR OUT"\
-" TARBALL"
+dry=() total=560 then=perf perf_steps="" check_steps=()
+usage="usage: bash bench/gpu_session.sh [--dry-run] [--total SECONDS] [--then perf|full] [--steps NAMES]"\
+" [--check-steps NAMES] PTB_DIR OUT TARBALL"
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --dry-run) dry=(--dry-run); shift ;;
-    --total|--steps|--then)
+    --total|--steps|--then|--check-steps)
       if [[ $# -lt 2 ]]; then echo "rnnbench: error: $1 takes a value" >&2; exit 2; fi
-      case "$1" in --total) total="$2" ;; --steps) perf_steps="$2" ;; --then) then="$2" ;; esac
+      case "$1" in --total) total="$2" ;; --steps) perf_steps="$2" ;; --then) then="$2" ;;
+                   --check-steps) check_steps=(--steps "$2") ;; esac
       shift 2 ;;
     *) echo "rnnbench: error: unknown option $1; $usage" >&2; exit 2 ;;
   esac
@@ -50,22 +54,24 @@ fi
 if [[ -z "$out" || -e "$out" && ! -d "$out" ]]; then
   echo "rnnbench: error: OUT '$out' must be a folder's path" >&2; exit 2
 fi
-# the second part's step names, before the check spends its minutes
+# both parts' step names, before the check spends its minutes
 if ! PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -c '
 import sys
 from pathlib import Path
 from bench import gpu_check as g
 try:
-    g.select(g.steps(Path("."), Path("."), "gpu", False, sys.argv[2], 300), [n for n in sys.argv[1].split(",") if n])
+    for names, part in ((sys.argv[1], sys.argv[2]), (sys.argv[3], "check")):
+        if names != "-":
+            g.select(g.steps(Path("."), Path("."), "gpu", False, part, 300), [n for n in names.split(",") if n])
 except ValueError as exc:
-    sys.exit(f"rnnbench: error: {exc}")' "$perf_steps" "$then"; then
+    sys.exit(f"rnnbench: error: {exc}")' "$perf_steps" "$then" "${check_steps[1]:--}"; then
   exit 2
 fi
 mkdir -p "$out" || exit 2
 log="$out/session.log"
 t0=$SECONDS
 check_budget=$(( total - 60 < 355 ? total - 60 : 355 ))  # the timings get at least a minute
-bash "$check" "${dry[@]}" --budget "$check_budget" "$ptb" "$out" 2>&1 | tee "$log"
+bash "$check" "${dry[@]}" "${check_steps[@]}" --budget "$check_budget" "$ptb" "$out" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 left=$(( total - (SECONDS - t0) - 15 ))  # (15 s for packing)
 if (( rc == 2 )); then  # refused before any work (no CUDA, a bad PTB folder): so would the timings be

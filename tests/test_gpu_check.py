@@ -178,6 +178,12 @@ def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     full = (out2 / "calls").read_text().splitlines()[1]
     assert full.startswith("--full --steps train-full,train-full-small --budget "), full
+    # --check-steps: the check's own steps (the correctness tests alone, so the full schedules get the time)
+    out3 = tmp_path / "gpu3"
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "--then", "full", "--check-steps", "tests", "ptb", str(out3),
+                        str(tarball)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out3 / "calls").read_text().splitlines()[0] == f"--steps tests --budget 355 ptb {out3}"
     env["PYTHON"] = sys.executable
     for argv, says in ((["--total", "50", "a", "b", "c"], "--total takes 120 to 600 seconds"),
                        (["a", "b", str(tmp_path / "none" / "x.tgz")], "must be a file's path in an existing folder"),
@@ -187,6 +193,8 @@ def test_a_session_is_one_call_the_check_then_the_timings_with_what_is_left(tmp_
                        (["--then", "full", "--steps", "tune", "a", str(tmp_path / "o2"), "c"],
                         "unknown step(s) tune; this part's steps: train-full, train-full-small"),
                        (["--then", "both", "a", "b", "c"], "--then takes perf or full, got 'both'"),
+                       (["--check-steps", "tests,tune", "a", str(tmp_path / "o2"), "c"],
+                        "unknown step(s) tune; this part's steps: tests, train-small"),
                        (["--bogus", "a", "b", "c"], "unknown option --bogus")):
         r = subprocess.run(["bash", "bench/gpu_session.sh", *argv], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
