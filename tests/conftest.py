@@ -50,6 +50,29 @@ def devices() -> list:
         not torch.cuda.is_available(), reason="CUDA is not available")])]
 
 
+def replayed_and_eager(cell: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> list:
+    """``cell``'s forward on ``x`` and backward from ``dy`` captured as one CUDA graph (``lm.step.graphed``), new values
+    written into x and dy, replayed, then run eagerly on the same values: the pairs (replayed, eager) of the output
+    and of the gradients of x and of every parameter."""
+    from lm.step import graphed
+
+    leaves = [x, *cell.parameters()]
+
+    def work() -> torch.Tensor:
+        for t in leaves:
+            t.grad = None
+        y = cell(x)[0]
+        y.backward(dy)
+        return y.detach()
+
+    replay = graphed(work, x.device)
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+        dy.copy_(torch.randn_like(dy))
+    got = [replay().clone()] + [t.grad.clone() for t in leaves]
+    return list(zip(got, [work()] + [t.grad.clone() for t in leaves], strict=True))
+
+
 def assert_launches_repeat_and_leave_counters_zero(function, inference, args: list, plan, calls: int = 20) -> None:
     """A fused cell's layer ``calls`` times in a row on one stream: ``function.apply(*args, plan)`` forward and
     backward (upstream gradients all ones), then ``inference(*args, plan)`` without grad.  Every output and gradient

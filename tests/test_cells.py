@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import devices
+from conftest import devices, replayed_and_eager
 
 import cells
 
@@ -209,32 +209,7 @@ def test_cuda_graph_replay_with_new_inputs_equals_eager(name):
     torch.manual_seed(0)
     t, b, i, h, n = 5, 4, 6, 13, 2
     cell = cells.build(name, i, h, n).cuda()
-    params = list(cell.parameters())
     x = torch.randn(t, b, i, device="cuda", requires_grad=True)
     dy = torch.randn(t, b, h, device="cuda")
-
-    def work():
-        for p in [x, *params]:
-            p.grad = None
-        y = cell(x)[0]
-        y.backward(dy)
-        return y.detach()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            work()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y_static = work()
-    with torch.no_grad():
-        x.copy_(torch.randn_like(x))
-        dy.copy_(torch.randn_like(dy))
-    graph.replay()
-    torch.cuda.synchronize()
-    got = [y_static.clone()] + [p.grad.clone() for p in [x, *params]]
-    want = [work()] + [p.grad.clone() for p in [x, *params]]
-    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+    for k, (g, w) in enumerate(replayed_and_eager(cell, x, dy)):
         assert rel(g, w) < 1e-5, f"{name}: tensor {k} of the replay differs from eager by {rel(g, w):.3g}"

@@ -288,13 +288,12 @@ def test_steps_choose_what_a_short_session_runs_and_in_which_order(monkeypatch, 
     assert exc.value.code == 2 and err.count("\n") == 1 and "--steps: unknown step(s) nope" in err, err
 
 
-def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_its_time(monkeypatch, tmp_path):
-    """A tile search is told what its step may take (``--time-limit``, less the margin for finishing), so a search cut
-    by the budget still names its best (it is not killed mid-search), and it leaves bench-tuned its limit where that
-    step is to run after it."""
+def as_on_a_gpu(tmp_path: Path, monkeypatch) -> Path:
+    """A PTB folder of three one-line files, and CUDA said to be present on a GPU whose slug is cuda-x: for running
+    gpu_check.check with its steps stood in for."""
     import torch
 
-    from bench import gpu_check, machine
+    from bench import machine
 
     ptb = tmp_path / "ptb"
     ptb.mkdir()
@@ -302,6 +301,16 @@ def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_i
         (ptb / f"ptb.{split}.txt").write_text("a b\n")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(machine, "device_slug", lambda device: "cuda-x")
+    return ptb
+
+
+def test_the_searches_stop_themselves_and_leave_the_benchmark_of_their_winners_its_time(monkeypatch, tmp_path):
+    """A tile search is told what its step may take (``--time-limit``, less the margin for finishing), so a search cut
+    by the budget still names its best (it is not killed mid-search), and it leaves bench-tuned its limit where that
+    step is to run after it."""
+    from bench import gpu_check
+
+    ptb = as_on_a_gpu(tmp_path, monkeypatch)
     ran = []
 
     def run_step(step, log, limit_s=None):
@@ -331,18 +340,11 @@ def test_a_search_that_ended_on_a_hung_candidate_is_continued_with_what_its_limi
     """A tile search exits HUNG_EXIT when a candidate's kernels never return (tune.watchdog): the check runs it again
     with --after-hang and the rest of its step's limit (its --time-limit recomputed), each run in steps.json and a log
     of its own, until it ends otherwise or less than AFTER_HANG_MIN_S is left.  Other steps are not run again."""
-    import torch
-
-    from bench import gpu_check, machine
+    from bench import gpu_check
     from cells.triton_lstm import tune
 
     assert gpu_check.HUNG_EXIT == tune.HUNG_EXIT
-    ptb = tmp_path / "ptb"
-    ptb.mkdir()
-    for split in ("train", "valid", "test"):
-        (ptb / f"ptb.{split}.txt").write_text("a b\n")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(machine, "device_slug", lambda device: "cuda-x")
+    ptb = as_on_a_gpu(tmp_path, monkeypatch)
     ran, exits = [], {"tune": [3, 3, 0], "tune-small": [3, 3, 3], "bench-tuned": [3]}
 
     def run_step(step, log, limit_s=None):

@@ -185,7 +185,7 @@ def test_a_search_continued_after_a_hang_keeps_the_finished_and_never_times_the_
         return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
 
     monkeypatch.setattr(tune, "_passes", passes)
-    monkeypatch.setattr(tune, "_warm", lambda module, x, table, key, tiles, log: warmed.extend(tiles))
+    monkeypatch.setattr(tune, "_warm", lambda module, x, put, tiles, log: warmed.extend(tiles))
     assert tune.tune("medium", torch.float32, 1, log=lines.append, device="cpu", sms=132,
                      prior=tuple(records)) == []
     assert lines == ["medium torch.float32 triton_lstm: searched already (the --json file names its best)"]

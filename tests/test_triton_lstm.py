@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_launches_repeat_and_leave_counters_zero, devices
+from conftest import assert_launches_repeat_and_leave_counters_zero, devices, replayed_and_eager
 
 import cells
 
@@ -815,7 +815,6 @@ def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
     transposed backward): fwd+bwd captured as lm.step.graphed captures it, then replayed on new values in the same
     buffers, equals an eager call on them -- outputs and every gradient."""
     from cells.triton_lstm import tune
-    from lm.step import graphed
 
     device = torch.device("cuda")
     kind = tune.KINDS[cell_name]
@@ -830,48 +829,22 @@ def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
         tiles += [t for t in tune.candidates(start, hidden, torch.float32, sms, field) if t != start][:n]
     torch.manual_seed(0)
     cell = cells.build(cell_name, hidden, hidden, 2).to(device)
-    params = list(cell.parameters())
     x = torch.randn(steps, 20, hidden, device=device, requires_grad=True)
     dy = torch.randn(steps, 20, hidden, device=device)
-
-    def work():
-        for p in [x, *params]:
-            p.grad = None
-        y = cell(x)[0]
-        y.backward(dy)
-        return y.detach()
-
-    table, key = launch.tiles(kind), (hidden, torch.float32)
-    original, replayed = table.get(key), 0
-    try:
+    replayed = 0
+    with launch.table_entry(kind, hidden, torch.float32) as put:
         for tile in dict.fromkeys(tiles):
-            table[key] = tile
-            launch.plan_for.cache_clear()
-            launch.launch_options.cache_clear()
+            put(tile)
             try:
-                work()
+                pairs = replayed_and_eager(cell, x, dy)
             except triton.runtime.errors.OutOfResources:  # more shared memory than an SM has: the search refuses it too
                 continue
             except RuntimeError as exc:  # a grid this GPU cannot hold at once: the search records it so too
                 assert "cannot all be resident" in str(exc), exc
                 continue
-            replay = graphed(work, device)
-            with torch.no_grad():
-                x.copy_(torch.randn_like(x))
-                dy.copy_(torch.randn_like(dy))
-            got = [replay().clone()] + [p.grad.clone() for p in [x, *params]]
-            want = [work()] + [p.grad.clone() for p in [x, *params]]
-            for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            for k, (g, w) in enumerate(pairs):
                 assert rel(g, w) < 1e-5, f"{tune.describe(tile)}: tensor {k} of the replay differs by {rel(g, w):.3g}"
             replayed += 1
-            del replay
-    finally:
-        if original is None:
-            table.pop(key, None)
-        else:
-            table[key] = original
-        launch.plan_for.cache_clear()
-        launch.launch_options.cache_clear()
     assert replayed >= len(tiles) - 2, f"only {replayed} of {len(tiles)} designs replayed"
 
 

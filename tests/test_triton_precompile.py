@@ -49,7 +49,7 @@ def hopper(cache_dir):
         yield lambda: len(os.listdir(cache_dir)) - before
 
 
-def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper, monkeypatch):
+def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper):
     """tune._warm runs the stack forward and backward once per tile with Triton's compilations recorded and skipped,
     then compiles them in worker processes: two kernels a tile (both layers share them), one where two tiles differ
     only in the backward's warps, and a later forward and backward of each tile, with everything as a real launch has
@@ -61,22 +61,20 @@ def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper, monk
     x = torch.empty(4, 3, hidden, device="meta", requires_grad=True)
     start = launch.Tile(units=8, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
     tiles = [start, dataclasses.replace(start, num_warps_bwd=8)]
-    table, key = launch.tiles("LSTM"), (hidden, torch.float32)
-    assert key not in table
-    monkeypatch.setitem(table, key, start)
+    assert (hidden, torch.float32) not in launch.tiles("LSTM")
     lines = []
-    tune._warm(module, x, table, key, tiles, lines.append)
-    assert len(lines) == 1 and lines[0].startswith("precompiled 3 of 3 kernels") and "failed" not in lines[0], lines
-    entries = hopper()
-    assert entries == 3
-    for tile in tiles:
-        table[key] = tile
-        launch.plan_for.cache_clear()
-        launch.launch_options.cache_clear()
-        plan = launch.make_plan(3, hidden, torch.float32, torch.device("meta"))
-        assert plan.path == "persistent" and plan.source == "table" and plan.num_warps_bwd == tile.num_warps_bwd
-        module(x)[0].sum().backward()
-    assert hopper() == entries  # every kernel came from the cache
+    with launch.table_entry("LSTM", hidden, torch.float32) as put:
+        tune._warm(module, x, put, tiles, lines.append)
+        assert len(lines) == 1 and lines[0].startswith("precompiled 3 of 3 kernels") and "failed" not in lines[0], lines
+        entries = hopper()
+        assert entries == 3
+        for tile in tiles:
+            put(tile)
+            plan = launch.make_plan(3, hidden, torch.float32, torch.device("meta"))
+            assert plan.path == "persistent" and plan.source == "table" and plan.num_warps_bwd == tile.num_warps_bwd
+            module(x)[0].sum().backward()
+        assert hopper() == entries  # every kernel came from the cache
+    assert (hidden, torch.float32) not in launch.tiles("LSTM")
 
 
 def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch):

@@ -20,6 +20,7 @@ The kernels are interpreted when the tensors are not on CUDA, or when
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -178,6 +179,30 @@ def use_file_tiles(found: dict[tuple[str, int, torch.dtype], tuple[Tile, str]]) 
 def tiles(kind: str) -> dict[tuple[int, torch.dtype], Tile]:
     """The tile table of a cell kind: :data:`TILES` for "LSTM", :data:`GRU_TILES` for "GRU"."""
     return TILES if kind == "LSTM" else GRU_TILES
+
+
+@contextlib.contextmanager
+def table_entry(kind: str, hidden: int, dtype: torch.dtype):
+    """Within: ``put(tile)`` (what this yields) makes ``tile`` the table's entry for ``hidden`` and ``dtype`` of cell
+    kind ``kind``, the cached plans dropped; after: the table's own entry again (none where it had none).  For the
+    tile search and the tests that time or run tiles the table does not hold."""
+    table, key = tiles(kind), (hidden, dtype)
+    original = table.get(key)
+
+    def put(tile: Tile) -> None:
+        table[key] = tile
+        plan_for.cache_clear()
+        launch_options.cache_clear()
+
+    try:
+        yield put
+    finally:
+        if original is None:
+            table.pop(key, None)
+        else:
+            table[key] = original
+        plan_for.cache_clear()
+        launch_options.cache_clear()
 
 
 def runs_interpreted(device: torch.device) -> bool:

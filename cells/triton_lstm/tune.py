@@ -152,14 +152,13 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int, graph: bool = T
     return *times, out, grad, peak, graph_s
 
 
-def _warm(module: torch.nn.Module, x: torch.Tensor, table: dict, key: tuple, tiles: list[launch.Tile], log) -> None:
+def _warm(module: torch.nn.Module, x: torch.Tensor, put, tiles: list[launch.Tile], log) -> None:
     """Compile the kernels of ``tiles`` side by side (:mod:`.precompile`) before they are timed one by one: one
-    forward and backward per tile with Triton's compilations recorded and skipped, then compiled in a pool."""
+    forward and backward per tile (each made the table's entry by ``put``, :func:`.launch.table_entry`) with Triton's
+    compilations recorded and skipped, then compiled in a pool."""
     def work() -> None:
         for tile in tiles:
-            table[key] = tile
-            launch.plan_for.cache_clear()
-            launch.launch_options.cache_clear()
+            put(tile)
             try:
                 module(x)[0].sum().backward()
             except Exception:  # noqa: BLE001 -- a tile the real run refuses: it reports why
@@ -347,9 +346,6 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         log(f"{preset} {dtype}: cuDNN's forward+backward as a CUDA graph failed ({type(exc).__name__}: "
             f"{str(exc)[:200]}); the search judges by eager calls")
         cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps, graph=False)
-    table = launch.tiles(kind)
-    key = (hidden, dtype)
-    original = table.get(key)
     start = start_tile(kind, hidden, dtype, sms)
     records, seen, expected = [], {}, None
     fields = [f for f in FIELDS[kind] if (fp32_precision == "ieee" or f not in OUTER_FIELDS)
@@ -368,9 +364,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             log(f"{preset} {dtype} {describe(tile)}: not timed: it hung in an earlier run")
             seen[tile] = float("inf")
             return seen[tile]
-        table[key] = tile
-        launch.plan_for.cache_clear()
-        launch.launch_options.cache_clear()
+        put(tile)
         t0 = time.perf_counter()
 
         def hung() -> None:  # (in the watchdog's thread, while this one waits on the GPU)
@@ -418,9 +412,9 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         tiles = [t for t in dict.fromkeys(tiles) if t not in warmed and t not in hung_before]
         warmed.update(tiles)
         if tiles:
-            _warm(module, x, table, key, tiles, log)
+            _warm(module, x, put, tiles, log)
 
-    try:
+    with launch.table_entry(kind, hidden, dtype) as put:
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
         warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s, cut = greedy(start, fields, lambda tile, field: candidates(tile, hidden, dtype, sms, field),
@@ -433,13 +427,6 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             rec["best"] = rec.get("tile") == dataclasses.asdict(best)
             if cut:
                 rec["cut"] = True
-    finally:
-        if original is None:
-            table.pop(key, None)
-        else:
-            table[key] = original
-        launch.plan_for.cache_clear()
-        launch.launch_options.cache_clear()
     return records
 
 
