@@ -24,9 +24,15 @@ field's values around the table's tile, as the search compiles them at its start
 the stepwise path -- the persistent kernels' split, a launch a step, the same index arithmetic but the grid barrier --
 in exact float32, its outputs, final state and every gradient against ``torch.nn.LSTM`` / ``GRU`` in float64 with
 the same weights; WRONG past 1e-4 relative (exit 1).  Interpreted, a candidate takes 5-70 s at medium (the more
-programs, the longer), so give it the fields that changed::
+programs, the longer) and one with outer products in small K tiles minutes (3-12 at large, ~8 for the backward's at
+medium), so give it the fields that changed::
 
     python -m cells.triton_lstm.rehearse --numerics --tune-presets medium --cells triton_lstm --fields exchange
+
+Run on 2026-11-29 (T 2), worst relative error of any output or gradient, none WRONG: ``triton_lstm`` at medium the
+candidates of the design fields (units, exchange, exchange_bwd, outer, outer_bwd, transposed_bwd) and at large all but
+three of ``outer_bwd``'s, 7.5e-7 to 1.4e-6; ``triton_gru`` at medium every field's and at large those of exchange,
+exchange_bwd, units and outer, not yet outer_bwd's, 5.5e-7 to 8.3e-7.
 
 The mocked rehearsal patches torch and triton for the whole process (as :mod:`.hostcost`): run it on its own, never
 import it into a program.
