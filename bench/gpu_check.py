@@ -691,29 +691,11 @@ def merge(src: Path, dest: Path, commit: str | None = None, note: str | None = N
                     shutil.copy2(path, target)
                 copied += 1
     print(f"merged {copied} files from {src} into {dest}; now run: rnnbench report --results {dest}")
-    for line in tile_entries(src / "gpu"):
+    from bench import fold
+
+    for line in fold.tile_entries(src / "gpu"):
         print(line)
     return 0
-
-
-def tile_entries(gpu: Path) -> list[str]:
-    """What a check's tile searches under ``gpu`` (``<slug>/tiles.json``, ``tiles-small.json``) found, as entries of the
-    tile tables with the ``bench-tuned`` steps' figures beside them (:func:`cells.triton_lstm.tune.table_entries`):
-    printed by ``merge``, for a person to paste into ``cells/triton_lstm/launch.py``; nothing when no search ran."""
-    from cells.triton_lstm import tune
-
-    out = []
-    for search in sorted(gpu.glob("*/tiles*.json")) if gpu.is_dir() else []:
-        benches = tuple(p for p in (search.parent / "tuned.json", search.parent / "tuned-bf16.json") if p.is_file())
-        try:
-            entries = tune.table_entries(search, benches)
-        except ValueError as exc:
-            out.append(f"rnnbench: warning: {exc}")
-            continue
-        if entries:
-            out += [f"# The tile tables' entries from {search} (cells/triton_lstm/launch.py: TILES, GRU_TILES):",
-                    *entries]
-    return out
 
 
 def _full_commit(commit: str) -> str:

@@ -413,8 +413,8 @@ def test_merge_prints_the_searches_winners_as_table_entries_with_the_benchmarks_
     backward field only where it differs from the forward's) under its figures: the bench-tuned run's fwd+bwd and LM
     step beside the cuDNN cell's, the search's own against its start; a winner no benchmark timed says so, a search
     whose start won changes nothing.  The committed H200 search gives back the tables' own entries."""
-    from bench import gpu_check
-    from cells.triton_lstm import launch, tune
+    from bench import fold, gpu_check
+    from cells.triton_lstm import launch
 
     start = {"units": 5, "block_j": 8, "block_k": 16, "num_warps": 4, "num_warps_bwd": 4, "num_stages": 1,
              "block_k_bwd": 16, "num_stages_bwd": 1, "split_k_bwd": 1, "fuse_gates_bwd": False}
@@ -458,13 +458,13 @@ def test_merge_prints_the_searches_winners_as_table_entries_with_the_benchmarks_
     bf16 = out.index("# triton_lstm medium bfloat16, tiles.json (the tile search on GPU X at commit abcdef0)")
     assert out[bf16 + 1].startswith("#   NOT BENCHMARKED: no fwd+bwd of triton_lstm with these tiles beside cudnn_lstm")
     (gpu / "tiles.json").write_text("{")
-    assert gpu_check.tile_entries(tmp_path / "check" / "gpu") == [
+    assert fold.tile_entries(tmp_path / "check" / "gpu") == [
         f"rnnbench: warning: {gpu / 'tiles.json'}: not a tile search's --json file (JSONDecodeError: Expecting "
         "property name enclosed in double quotes: line 1 column 2 (char 1))"]
     # the committed search's winners are the tables' measured entries
     committed = ROOT / "results" / "gpu" / "cuda-nvidia-h200" / "tiles.json"
-    lines = [x for x in tune.table_entries(committed) if x.startswith("(")]
-    tables = [f"({h}, {d}): {tune._tile_source(t)}," for table in (launch.TILES, launch.GRU_TILES)
+    lines = [x for x in fold.table_entries(committed) if x.startswith("(")]
+    tables = [f"({h}, {d}): {fold._tile_source(t)}," for table in (launch.TILES, launch.GRU_TILES)
               for (h, d), t in table.items() if h != 200]
     assert sorted(lines) == sorted(tables)
 

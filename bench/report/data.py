@@ -105,6 +105,12 @@ def _read(path: Path, problem, skipped: list | None):
     return None
 
 
+def read_bench_file(path: Path, skipped: list | None = None) -> dict | None:
+    """One micro-benchmark JSON file (pytest-benchmark's) if the report can use it, else None with (path, why)
+    appended to ``skipped``."""
+    return _read(path, _bench_problem, skipped)
+
+
 def load_runs(results: str | Path, skipped: list | None = None) -> list[dict]:
     """Every run record under ``<results>/runs`` the report can use (as ``records.load_runs`` reads them, with
     ``_path``); each other file is appended to ``skipped`` as (path, why)."""
@@ -131,7 +137,7 @@ def load_bench(results: str | Path, newest: bool = True,
     appended to ``skipped`` as (path, why)."""
     rows, machines = [], []
     for path in sorted(Path(results, "bench").rglob("*.json")):
-        doc = _read(path, _bench_problem, skipped)
+        doc = read_bench_file(path, skipped)
         if doc is None:
             continue
         benches, info = doc["benchmarks"], doc.get("machine_info") or {}
