@@ -1,10 +1,10 @@
 """Fused Triton GRU cell for training (``triton_gru``), on the launch and plan code of :mod:`cells.triton_lstm`.
 
-Same design as ``triton_lstm`` (its package docstring): per layer, ``xp = x W_ih^T`` for all T steps is one
-GEMM and one launch of ``kernels.gru_fwd_kernel`` runs the whole recurrence (the same hidden-unit split over the
-SMs, grid barrier between steps, K loop over ``W_hh``); one launch of ``kernels.gru_bwd_kernel`` walks time in
-reverse and stores the gate gradients, and ``dx``, ``dW_ih``, ``dW_hh`` and the bias gradients are GEMMs and sums
-over all T after it.  What differs is the GRU's
+Same design as ``triton_lstm`` (its package docstring; the measurements in ``docs/triton.md``): per layer, ``xp =
+x W_ih^T`` for all T steps is one GEMM and one launch of ``kernels.gru_fwd_kernel`` runs the whole recurrence (the
+same hidden-unit split over the SMs, grid barrier between steps, K loop over ``W_hh``); one launch of
+``kernels.gru_bwd_kernel`` walks time in reverse and stores the gate gradients, and ``dx``, ``dW_ih``, ``dW_hh`` and
+the bias gradients are GEMMs and sums over all T after it.  What differs is the GRU's
 
     r = sigma(x W_ir + b_ir + h W_hr + b_hr)      z = sigma(x W_iz + b_iz + h W_hz + b_hz)
     n = tanh(x W_in + b_in + r (h W_hn + b_hn))    h' = (1 - z) n + z h
@@ -15,7 +15,7 @@ gives two gradients for the n gate -- of its recurrent part (``r dn'``, into ``d
 (``dn'``, into ``dW_ih``).  The state is h alone (no cell state); its direct path to the previous step (``z dh``)
 is carried in a ``[B, H]`` buffer.
 
-With ``exchange`` / ``exchange_bwd`` in the tile (untimed, as for ``triton_lstm``: its package docstring) the
+With ``exchange`` / ``exchange_bwd`` in the tile (untimed, as for ``triton_lstm``: docs/triton.md) the
 recurrent matmuls are exchanges of shares instead of K loops (``kernels.gru_fwd_xchg_kernel``, ``gru_bwd_xchg_kernel``).
 
 Plans come from :func:`cells.triton_lstm.launch.make_plan` with ``kind="GRU"``: the W_hh slice (3 x units x H) is
@@ -26,47 +26,8 @@ at medium and large (measured by the tile search on an H200, 2026-11-28) and fro
 Saved for the backward: x, h_0, the weights, y and
 r, z, n, hn (float32); nothing is recomputed.  Without autograd no gates are stored.
 
-Registers and spills on sm_90 (``cells.triton_lstm.sm90.compile_kernel(..., kind="GRU")``; no GPU): the heuristic
-plans of a 132-SM GPU, "fwd" at batch 20 with the gates stored, "bwd" at batch 20, "nograd" the forward without
-grad at batch 1; registers under Triton 3.6 (the GPU machines') / 3.9, spill bytes stored / loaded under 3.6, then
-3.9's where they differ.  Untimed; the large preset's small spills are for the GPU's tile search to remove.
-
-======  ======  ========  ======  =====  ==  ========  ===========  ===========
-kernel  preset  dtype     P x u   J, K   w   MMA       regs         spill
-======  ======  ========  ======  =====  ==  ========  ===========  ===========
-fwd     small   fp32      50x4    8,16   4   FMA       106 / 108    0/0
-nograd  small   fp32      50x4    8,16   4   FMA       62 / 62      0/0
-bwd     small   fp32      50x4    8,16   4   FMA       80 / 80      0/0
-fwd     medium  fp32      130x5   8,16   4   FMA       106 / 108    0/0
-nograd  medium  fp32      130x5   8,16   4   FMA       62 / 62      0/0
-bwd     medium  fp32      130x5   8,16   4   FMA       80 / 80      0/0
-fwd     large   fp32      125x12  16,16  4   FMA       220 / 144    0/0
-nograd  large   fp32      125x12  16,16  4   FMA       90 / 92      0/0
-bwd     large   fp32      125x12  16,16  8   FMA       64 / 92      8/8, 0/0
-fwd     small   bf16      50x4    8,32   4   mma.sync  96 / 96      0/0
-nograd  small   bf16      50x4    8,32   4   mma.sync  64 / 80      0/0
-bwd     small   bf16      50x4    8,32   4   mma.sync  147 / 112    0/0
-fwd     medium  bf16      130x5   8,32   4   mma.sync  96 / 96      0/0
-nograd  medium  bf16      130x5   8,32   4   mma.sync  64 / 80      0/0
-bwd     medium  bf16      130x5   8,32   4   mma.sync  147 / 112    0/0
-fwd     large   bf16      125x12  16,32  4   mma.sync  142 / 128    0/0, 20/20
-nograd  large   bf16      125x12  16,32  4   mma.sync  96 / 96      0/0, 8/8
-bwd     large   bf16      125x12  16,32  8   mma.sync  108 / 107    0/0
-======  ======  ========  ======  =====  ==  ========  ===========  ===========
-
-Those are the heuristic's plans.  The measured GRU_TILES entries compile (Triton 3.6 / 3.9, registers of fwd, bwd,
-nograd; spill bytes stored / loaded): medium fp32 (K 16, s3, rows 16) 72/80, 111/80, 50/50, spills only in the 3.9
-forward (16/8); large fp32 (K 16, 8 warps, s3, split 2) 128/192, 255/164, 78/74, spills under 3.6 in the forward
-(4/4) and backward (40/56); medium bf16 (K 64, 8 warps, split 2) 227/98, 234/243, 205/128, spills only in 3.9's
-nograd (32/24); large bf16 (K 64, split 2, bwd 4 warps) 255/196, 255/255, 253/128, the backward spilling 816/844
-bytes under 3.6 (116/116 under 3.9).  The search chose them by time all the same: spilling is priced in.
-
-The same entries with the three gates in one dot (``fuse_gates``, both kernels; Triton 3.6, registers, spill bytes,
-then the CTA barriers of the whole kernel against one dot per gate; untimed): medium fp32 90, 121, 60, none, forward
-10 / backward 14 barriers as before, the FMAs up by a third (the gate of zeros); medium bf16 244, 194, 200, none,
-barriers 16 / 23 against 30 / 31; large fp32 255, 255 (8/8), 128 (16/8), barriers 20 / 27 against 26 / 27, the
-backward's spill down from 40/56; large bf16 255 (240/240), 255 (100/128, from 816/844), 255 (16/20), barriers 16 /
-23 against 30 / 31.  Fewer layout shuffles for a third more products: which wins is for the tile search.
+Registers and spills of its kernels compiled for sm_90, the heuristic's plans and the measured entries, with the
+gates in one dot and without: ``docs/triton.md``.
 """
 
 from __future__ import annotations

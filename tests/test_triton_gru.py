@@ -263,8 +263,8 @@ def test_outer_products_follow_the_table_refuse_what_they_replace_and_say_so(mon
 
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The compiled GRU kernels of the PTB medium layer (bfloat16, on the tensor cores) for sm_90 down to a cubin, no
-    GPU needed: one release atomic per grid barrier, the counters reset, no register spills (the package docstring
-    of cells.triton_gru lists every preset and dtype)."""
+    GPU needed: one release atomic per grid barrier, the counters reset, no register spills (docs/triton.md lists
+    every preset and dtype)."""
     if "nvidia" not in pytest.importorskip("triton.backends").backends:
         pytest.skip("this triton build has no NVIDIA backend")
     for dtype in (torch.bfloat16,):

@@ -967,7 +967,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     if "nvidia" not in pytest.importorskip("triton.backends").backends:
         pytest.skip("this triton build has no NVIDIA backend")
     # The earlier table entry (K tile 32, a dot per gate), spill-free under Triton 3.6 and 3.9: the measured entry
-    # now in TILES spills 12/20 bytes in the backward under 3.9 and none under 3.6 (the package docstring).
+    # now in TILES spills 12/20 bytes in the backward under 3.9 and none under 3.6 (docs/triton.md).
     earlier = launch.Tile(units=5, block_j=8, block_k=32, num_warps=4, num_warps_bwd=4, num_stages=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(launch.TILES, (650, torch.bfloat16), earlier)

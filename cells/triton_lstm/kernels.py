@@ -39,13 +39,13 @@ from a transposed copy ``W_hh^T`` ([HP, NG HP], made by the launcher per launch)
 gate, so the backward reduces over the NG HP columns of dA_{t+1} in one walk.  Sm_90 PTX (Triton 3.6) of a
 standalone tile, h [32, K] against 64 rows of W_hh: 0.13-0.20 shared-memory instructions and 1.0-1.5 bytes of shared
 traffic per FMA against tl.dot's 0.43-0.64 and 2.2-3.2, with 2-3 times tl.dot's CTA barriers per tile and
-registers growing with the accumulator (the package docstring's table).  Operands are taken to the accumulation
+registers growing with the accumulator (docs/triton.md's table).  Operands are taken to the accumulation
 dtype, so 16-bit inputs run exactly on the FMA units too, slowly: it is for float32.  ``PRECISION`` does not apply.
 With OUTER, ``SPLIT`` is the K loop's unrolling, not a split into partial sums: a trip reads SPLIT consecutive BLOCK_K
 tiles, each as its own small tensor, into the one accumulator (:func:`_outer_sum`), so the trip's loads are issued
 before its FMAs; the whole trips carry no mask along k, a last part trip does.  With K tiles of 2 or 4 and 8 warps
 every operand tile has fewer elements than the CTA has threads and Triton loads it in the accumulator's layout
-directly: no shared memory and no CTA barrier in the loop (the package docstring).
+directly: no shared memory and no CTA barrier in the loop (docs/triton.md).
 
 ``WT`` (``launch.Tile.transposed_bwd``): the backward's tl.dot reads the same transposed copy ``W_hh^T`` as OUTER
 does, so its [gate rows, units] tiles are contiguous along the gate rows (vector loads; ``_w_t``).  The backward's

@@ -66,7 +66,7 @@ class Tile:
     # Programs the persistent grid may put on one SM (P x NB <= per_sm x SMs; the cooperative launch refuses a grid
     # whose programs cannot all be resident).  1: a program per SM, as every table entry so far.  2 or more: smaller
     # programs side by side on an SM, each with its own warps and CTA barriers, to hide one another's latency (the
-    # package docstring's occupancy notes; untimed, the tile search tries it through ``units``).
+    # occupancy notes in docs/triton.md; untimed, the tile search tries it through ``units``).
     per_sm: int = 1
     # The forward's recurrent matmul as an exchange instead of a K loop (kernels' lstm_fwd_xchg_kernel): each program
     # sends its units' rank-``units`` share of every program's pre-activations through L2 and sums the shares of its
@@ -689,7 +689,7 @@ def _launch(kernel, plan: Plan, *args, **meta) -> None:
 # Phase 1's dots span about this many columns (DG destination programs of 4 BLOCK_J each), phase 2's loads about this
 # many elements (SG source programs of BLOCK_B x 4 BLOCK_J each).  Untimed; compiled for sm_90 (Triton 3.6, batch 20)
 # the forward takes 128-254 registers without spilling at every preset and dtype with 128 / 4096, where 128 / 8192
-# spilled 32-192 bytes at 4 warps (the package docstring).
+# spilled 32-192 bytes at 4 warps (docs/triton.md).
 EXCHANGE_COLUMNS, EXCHANGE_ELEMENTS = 128, 4096
 EXCHANGE_LOADS = 2  # phase-2 loads issued together (kernels' XR): each trip of its loop is one L2 round trip
 

@@ -37,7 +37,7 @@ the backward kernel are timed alone in these variants (the kernels' ``PROBE`` ar
                    shuffles through shared memory;
 * ``outer-unrolled`` (exact float32) the same with a K tile of 4 unrolled 8 a trip and 8 warps (``block_k=4``,
                    ``split_k=8``): K loops with no shared-memory instruction and no CTA barrier, a trip's loads
-                   mostly issued before its FMAs (the package docstring);
+                   mostly issued before its FMAs (docs/triton.md);
 * ``exchange``     (persistent and stepwise plans) both kernels' recurrent matmuls as exchanges of shares
                    through L2 instead of K loops (``launch.Tile.exchange``, ``exchange_bwd``), ``exchange-outer``
                    (exact float32) with the forward's phase 1 as outer products over the program's units (8 warps),

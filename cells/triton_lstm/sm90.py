@@ -3,7 +3,7 @@
 Triton compiles for a target it is told, down to a cubin, without a device; this module does that for
 the plan a launch would use on a 132-SM GPU (H100 SXM, H200), with the argument specialization a real
 launch gets (16-byte aligned pointers, integers divisible by 16 marked so), and reads ptxas's own report.
-The package docstring's register table comes from::
+The register tables of docs/triton.md come from::
 
     python -m cells.triton_lstm.sm90 [fp32,tf32,tf32x3,bf16]
 

@@ -18,7 +18,7 @@ H200, times the host, nearly the same for every tile; searches before 2026-11-29
 which every record still has beside ``fwdbwd_graph_s``). The backward kernel's K loop has fields of its own
 (``launch.BWD_FIELDS``: dot structure, stages and K tile together, split; from the start on, a forward field changes the
 forward only); ``--fields`` varies a subset (the GPU check: those no GPU has searched yet). Padding comes before the
-stages because it is what lets the bfloat16 forward pipeline at all (the package docstring's PTX notes). ``--rounds 2``
+stages because it is what lets the bfloat16 forward pipeline at all (the PTX notes, docs/triton.md). ``--rounds 2``
 goes over the fields again when the first round kept a change (a greedy search misses what two fields do together); the
 GPU check runs one round. Every candidate's output and input gradient are checked against the starting tile's (same
 weights, same input; ``max_diff``: the largest absolute difference of the outputs or relative one of the gradients, to
@@ -193,7 +193,7 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         # else, as the tiles of the table are, both).  With outer products SPLIT unrolls the K loop instead: the
         # warps stay.
         if tile.outer_bwd if field == "split_k_bwd" else tile.outer:  # (up to 64 k a trip without spills in the
-            # forward, 128 in the backward at small and medium: the package docstring)
+            # forward, 128 in the backward at small and medium: docs/triton.md)
             return [dataclasses.replace(tile, **{field: v}) for v in (1, 2, 4, 8, 16, *((32,) if field ==
                                                                                        "split_k_bwd" else ()))]
         backward = field == "split_k_bwd" or tile.split_k_bwd is None
@@ -234,7 +234,7 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
             return [dataclasses.replace(tile, **{field: False}), tile]
         # On, as it was (a K tile of at most 16, the loop's split), and in the shapes whose K loop reads no shared
         # memory (OUTER_NO_SHARED: K tiles of 2 or 4 unrolled 8 a trip, 8 warps), the forward's with an accumulator
-        # per gate (the four gates' one spills at K 4: the package docstring)
+        # per gate (the four gates' one spills at K 4: docs/triton.md)
         apart = {} if bwd else {"fuse_gates": False}
         return [tile, dataclasses.replace(tile, **{field: True, k: min(k_now, 16)})] + [
             dataclasses.replace(tile, **{field: True, k: kt, split: sp, warps: w}, **apart)
@@ -251,7 +251,7 @@ def narrow_fields(tile: launch.Tile | launch.Plan) -> dict:
     """What a tile's programs change to run several an SM: at most 4 warps a kernel and the reduction unsplit (with
     outer products the split is the K loop's unrolling, and stays).  sm_90, Triton 3.6: the measured large entries'
     8 warps hold one program an SM in the backward, 4 warps two or more; a narrow program's K trip with 4 warps is
-    192-298 instructions for 128 FFMA, with 2 or 1 warp 339-681 (the package docstring)."""
+    192-298 instructions for 128 FFMA, with 2 or 1 warp 339-681 (docs/triton.md)."""
     out = {"num_warps": min(tile.num_warps, 4), "num_warps_bwd": min(tile.num_warps_bwd, 4)}
     if not tile.outer:
         out["split_k"] = 1
@@ -283,7 +283,7 @@ FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "exchange", "exchange_bwd", "f
                                          "num_warps_bwd"))
 # Outer products in (K tile, tiles a trip, warps) whose K loop, compiled for sm_90 (Triton 3.6) at the PTB presets in
 # float32, reads no shared memory and has no CTA barrier: each [B, K] and [N, K] operand small enough that Triton
-# loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (the package docstring).
+# loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (docs/triton.md).
 OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8), (4, 16, 8), (2, 16, 8))  # (the last two: 64 k a trip, 2026-11-28)
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
