@@ -48,8 +48,8 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
                       bank-conflict sections for the large layer's forward and backward kernels of both cells in
                       float32 and bfloat16 at the table's tiles (``perf-ncu.log``);
    ``ncu-source``     the warp stalls by SASS line of the LSTM's large float32 forward (``perf-ncu-source.log``).
-4. ``tune``           the tile search at medium and large: ``triton_lstm`` in float32, ``triton_gru`` in
-                      float32, then both in bfloat16 (:mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
+4. ``tune``           the tile search at medium and large, both cells, float32 and bfloat16, those furthest behind
+                      their targets first (``SEARCHES``; :mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
                       varying the fields no GPU has searched yet (``TUNE_FIELDS``); it compiles its candidates side by
                       side first (:mod:`cells.triton_lstm.precompile`).  It is told what its step may take
                       (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
@@ -178,6 +178,16 @@ LIMITS = {"env": 20, "tests": 110, "train-small": 95, "train-medium": 60, "train
 # exchange, exchange_bwd: new, the recurrent matmuls as exchanges of shares, launch.Tile.exchange.)
 TUNE_FIELDS = ("units", "exchange", "exchange_bwd", "fuse_gates", "fuse_gates_bwd", "round_da_bwd", "transposed_bwd",
                "outer", "outer_bwd", "stages_k_bwd", "split_k_bwd", "num_warps_bwd")
+# The medium and large searches (tune --searches CELL:PRESET:DTYPE), in order: a step cut at its limit has searched the
+# first.  triton_lstm before triton_gru (issue 10 before 14), and within each the furthest behind its target first, by
+# the H200's figures of 2026-11-28 (fwd+bwd against the micro-benchmarks' cuDNN cell: docs/triton.md): the LSTM at
+# medium in float32 0.86x (a cheap search, ~1/3 of a large one's time, and the nearest to its target), large float32
+# 0.54x, large bfloat16 0.84x; the GRU at large float32 0.41x, bfloat16 0.68x; then those that meet their target
+# (>= 1.0x: GRU medium float32 1.18x, LSTM and GRU medium bfloat16 1.40x and 1.41x).  Before, every float32 search
+# ran first, so the third in line was the GRU's medium float32, which meets its target.
+SEARCHES = ("triton_lstm:medium:float32", "triton_lstm:large:float32", "triton_lstm:large:bfloat16",
+            "triton_gru:large:float32", "triton_gru:large:bfloat16", "triton_gru:medium:float32",
+            "triton_lstm:medium:bfloat16", "triton_gru:medium:bfloat16")
 # MemoryWorkloadAnalysis_Tables: shared-memory bank conflicts (the H200's profile of the large float32 forward,
 # 2026-11-28: 84 % of L1/shared throughput, a warp stalled 9.7 of every 13.2 cycles on shared memory -- the FMA
 # tl.dot's operands go through it).  The stalls by SASS line (SourceCounters) are a step of their own (ncu-source).
@@ -376,10 +386,7 @@ def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", b
                  "cuda", "--bench-cells", "cudnn_lstm,cudnn_gru,triton_lstm,triton_gru", "--bench-modes", "cuda-graph",
                  "--benchmark-max-time", "0.1"]
         tuned_bf16 = bf16  # (the same cells and passes, eager)
-        # float32 first: the default arithmetic, and the one furthest behind cuDNN
-        # then triton_gru's float32 (its target: at least cuDNN's speed), then bfloat16 for both
-        tune = ["--presets", "medium,large", "--dtypes", "float32,bfloat16", "--cell", "triton_lstm,triton_gru",
-                "--fields", ",".join(TUNE_FIELDS), "--json", str(gpu / "tiles.json")]
+        tune = ["--searches", ",".join(SEARCHES), "--fields", ",".join(TUNE_FIELDS), "--json", str(gpu / "tiles.json")]
         # The small preset's entries were never searched (the table's note): every field, in a file of its own.  The
         # LSTM in float32 only: its target there (fwd+bwd >= 1.3x cuDNN) is unmet in float32 alone (H200: 1.23x;
         # bfloat16 1.74x), the GRU's (>= 1.0x) met in both (1.40x, 1.60x); every field is ~45 candidates a search, about

@@ -137,6 +137,11 @@ def test_the_real_steps_fit_the_budget_and_name_every_cell(monkeypatch):
     from cells.triton_lstm import tune  # the fields the check's tile search varies are the search's own
 
     assert tune._fields(perf["tune"][perf["tune"].index("--fields") + 1]) == gpu_check.TUNE_FIELDS
+    # every search of both cells at medium and large in both dtypes, once, the LSTM's before the GRU's
+    searches = tune._searches(perf["tune"][perf["tune"].index("--searches") + 1])
+    assert sorted(searches) == sorted((c, p, d) for c in tune.CELLS for p in ("medium", "large")
+                                      for d in ("float32", "bfloat16"))
+    assert searches[0] == ("triton_lstm", "medium", "float32") and "--presets" not in perf["tune"]
     assert perf["tune-small"][perf["tune-small"].index("--presets") + 1] == "small"
     assert "--fields" not in perf["tune-small"]
     assert perf["tune-small"][perf["tune-small"].index("--cell") + 1] == "triton_lstm"  # the one unmet small target

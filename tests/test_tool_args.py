@@ -37,6 +37,22 @@ def test_the_search_and_the_probe_check_their_arguments_first(main, tmp_path, ca
     assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_the_search_takes_its_searches_as_cell_preset_dtype(capsys):
+    """--searches: the searches to run, in order, each CELL:PRESET:DTYPE; in place of --presets, --dtypes, --cell."""
+    assert tune._searches("triton_gru:large:float32,triton_lstm:medium:bfloat16") == [
+        ("triton_gru", "large", "float32"), ("triton_lstm", "medium", "bfloat16")]
+    for value, says in (("triton_lstm:large", "'triton_lstm:large' is not CELL:PRESET:DTYPE"),
+                        ("", "'' is not CELL:PRESET:DTYPE"),
+                        ("triton_lstm:huge:float32", "unknown preset huge; choose from small, medium, large"),
+                        ("cudnn_lstm:large:float32", "unknown cell cudnn_lstm; choose from triton_lstm, triton_gru"),
+                        ("triton_lstm:large:float16", "unknown dtype float16"),
+                        ("triton_lstm:large:float32,triton_lstm:large:float32", "a search named twice")):
+        assert says in _refused(tune.main, ["--searches", value], capsys), value
+    for other in (["--presets", "large"], ["--dtypes", "float32"], ["--cell", "triton_gru"]):
+        assert "give it without --presets, --dtypes, --cell" in _refused(
+            tune.main, ["--searches", "triton_lstm:large:float32", *other], capsys), other
+
+
 def test_the_search_takes_a_positive_finite_time_limit(capsys):
     for limit in ("-5", "0", "inf", "nan", "soon"):
         assert "--time-limit: expected a positive number of seconds" in _refused(

@@ -1088,6 +1088,10 @@ def test_tune_and_probe_command_lines_reach_their_work(monkeypatch, tmp_path):
         assert tune.main(["--presets", "small", "--dtypes", "float32", "--fp32-precision", "tf32"]) == 0
         assert calls == [("tune", "small", torch.float32, "triton_lstm", "tf32", None)]
         assert cells.fp32_matmul() == "tf32"
+        calls.clear()  # --searches: those, in that order
+        assert tune.main(["--searches", "triton_gru:large:bfloat16,triton_lstm:medium:float32"]) == 0
+        assert [c[:4] for c in calls] == [("tune", "large", torch.bfloat16, "triton_gru"),
+                                          ("tune", "medium", torch.float32, "triton_lstm")]
         calls.clear()
         assert probe.main(["--presets", "large", "--dtypes", "float32,bfloat16", "--cell", "triton_gru",
                            "--once"]) == 0

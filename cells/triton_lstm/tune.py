@@ -4,7 +4,9 @@ Usage (on a CUDA machine)::
 
     python -m cells.triton_lstm.tune --presets medium,large --dtypes float32,bfloat16 --json OUT.json
 
-Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run cut short has float32 first.
+Dtypes in the outer loop (every preset in float32, then in bfloat16), so a run cut short has float32 first;
+``--searches triton_lstm:large:float32,...`` names the searches and their order instead (the GPU check: the largest
+gaps to cuDNN first).
 
 For each PTB preset (2 layers, B = 20, T = 20 / 35 / 35) and dtype it starts from the table's entry (else the
 heuristic's plan), then varies one field at a time -- units per program (so the grid has up to 4 / 2 / 1 / 1/2 programs
@@ -522,10 +524,11 @@ def describe(tile: launch.Tile) -> str:
 
 
 def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work, extra=(), cells=None,
-        initial=None) -> int:
+        initial=None, order=None) -> int:
     """The command line of this module and :mod:`.probe`: ``--presets``, ``--dtypes``, ``--reps``, ``--json`` (and
     ``extra``: (flags, keyword arguments) pairs); one-line errors with exit 2; ``work(preset, dtype, args, emit, cell)``
-    for each dtype, cell (``cells(args)``, default one: None) and preset, in that order, which passes each record to
+    for each dtype, cell (``cells(args)``, default one: None) and preset, in that order -- or for the (cell, preset,
+    dtype) of ``order(args)`` where that is not None --, which passes each record to
     ``emit`` as it is made: ``--json`` is rewritten with every record so far each time (a killed run keeps what it
     measured) and after each preset (records may gain fields at the end, e.g. ``best``); ``initial(args)``: the
     records the file starts with (an earlier run's, kept)."""
@@ -541,6 +544,10 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
     for flags, kwargs in extra:
         p.add_argument(*flags, **kwargs)
     args = p.parse_args(argv)  # every input checked here, before the CUDA check and any compiling or timing
+    if getattr(args, "searches", None) and (args.presets != p.get_default("presets").split(",")
+                                            or args.dtypes != default_dtypes.split(",")
+                                            or args.cell != p.get_default("cell").split(",")):
+        p.error("--searches names each search's cell, preset and dtype: give it without --presets, --dtypes, --cell")
     args.started = time.monotonic()
     presets, dtypes = args.presets, args.dtypes
     if not torch.cuda.is_available() or launch.runs_interpreted(torch.device("cuda")):
@@ -565,11 +572,13 @@ def cli(argv: list[str] | None, module: str, doc: str, default_dtypes: str, work
         records.append(rec)
         write()
 
-    for dtype in dtypes:
-        for cell in cells(args) if cells else [None]:
-            for preset in presets:
-                work(preset, DTYPES[dtype], args, emit, cell)
-                write()
+    chosen = order(args) if order else None
+    if chosen is None:
+        chosen = [(cell, preset, dtype) for dtype in dtypes for cell in (cells(args) if cells else [None])
+                  for preset in presets]
+    for cell, preset, dtype in chosen:
+        work(preset, DTYPES[dtype], args, emit, cell)
+        write()
     return 0
 
 
@@ -606,6 +615,21 @@ def _cells(value: str) -> list[str]:
     return names(value, CELLS, "cell")
 
 
+def _searches(value: str) -> list[tuple[str, str, str]]:
+    """--searches: CELL:PRESET:DTYPE, comma-separated, each part one of :data:`CELLS`, :data:`PRESETS`, :data:`DTYPES`;
+    a search named twice is refused."""
+    out = []
+    for item in [v for v in value.split(",") if v] or [""]:
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"{item!r} is not CELL:PRESET:DTYPE (e.g. triton_lstm:large:float32)")
+        out.append((names(parts[0], CELLS, "cell")[0], names(parts[1], PRESETS, "preset")[0],
+                    names(parts[2], DTYPES, "dtype")[0]))
+    if len(set(out)) < len(out):
+        raise argparse.ArgumentTypeError(f"a search named twice in {value!r}")
+    return out
+
+
 def _fields(value: str) -> tuple[str, ...]:
     """--fields: some of :data:`FIELDS`, comma-separated."""
     return tuple(names(value, dict.fromkeys(FIELDS["LSTM"] + FIELDS["GRU"]), "field"))
@@ -626,11 +650,16 @@ def main(argv: list[str] | None = None) -> int:
                    fp32_precision=args.fp32_precision, fields=args.fields,
                    deadline=None if args.time_limit is None else args.started + args.time_limit,
                    prior=tuple(args.prior)),
-               cells=lambda args: args.cell, initial=initial,
+               cells=lambda args: args.cell, initial=initial, order=lambda args: args.searches,
                extra=[(("--cell",), dict(default="triton_lstm", type=_cells,
                                          help="whose table to fill: TILES (triton_lstm) or GRU_TILES (triton_gru); "
                                               "both comma-separated: per dtype every preset of the first, then of "
                                               "the second")),
+                      (("--searches",), dict(default=None, type=_searches, metavar="CELL:PRESET:DTYPE,...",
+                                             help="exactly these searches, in this order, instead of every preset, "
+                                                  "dtype and cell of --presets, --dtypes and --cell (the GPU check: "
+                                                  "the largest gaps to cuDNN first, so that a cut run has searched "
+                                                  "those)")),
                       (("--fields",), dict(default=None, type=_fields,
                                            help="vary only these fields, comma-separated (default: all; each cell "
                                                 "varies those of them it has): "
