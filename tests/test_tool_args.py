@@ -108,7 +108,7 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
         return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, None
 
     monkeypatch.setattr(tune, "_passes", passes)
-    monkeypatch.setattr(tune, "_warm", lambda *a: None)
+    monkeypatch.setattr(tune, "_record", lambda *a: [])
     monkeypatch.setattr(tune, "HUNG_S", 0.3)
     monkeypatch.setattr(tune, "end_process", lambda code: ended.set() if code == 3 else None)
     t0 = time.monotonic()
@@ -135,7 +135,7 @@ def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
         return 1e-3, 3e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
 
     monkeypatch.setattr(tune, "_passes", passes)
-    monkeypatch.setattr(tune, "_warm", lambda *a: None)
+    monkeypatch.setattr(tune, "_record", lambda *a: [])
     recs, lines = [], []
     tune.tune("small", torch.float32, 1, cell="triton_lstm", emit=recs.append, log=lines.append, device="cpu",
               sms=132, fields=("num_stages",))
@@ -201,7 +201,7 @@ def test_a_search_continued_after_a_hang_keeps_the_finished_and_never_times_the_
         return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
 
     monkeypatch.setattr(tune, "_passes", passes)
-    monkeypatch.setattr(tune, "_warm", lambda module, x, put, tiles, log: warmed.extend(tiles))
+    monkeypatch.setattr(tune, "_record", lambda module, x, put, tile: warmed.append(tile) or [])
     assert tune.tune("medium", torch.float32, 1, log=lines.append, device="cpu", sms=132,
                      prior=tuple(records)) == []
     assert lines == ["medium torch.float32 triton_lstm: searched already (the --json file names its best)"]

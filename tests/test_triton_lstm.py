@@ -1041,16 +1041,27 @@ def test_the_greedy_search_keeps_clear_gains_and_stops_at_its_time_limit():
         timed.append(dict(tile))
         return sum(times[f, v] for f, v in tile.items()) / 2
 
-    timed, warmed = [], []
-    best, seconds, cut = tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warmed.extend, rounds=2)
+    timed, warmed, retargeted = [], [], []
+
+    def warm(tiles):
+        warmed.append([dict(t) for t in tiles])
+
+    best, seconds, cut = tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warm, rounds=2,
+                                     retarget=retargeted.append)
     assert (best, seconds, cut) == ({"a": 2, "b": 1}, 7.5, False)
-    assert len(timed) == 1 + 3 + 3 + 6 and len(warmed) == 12  # (a second round: the first kept changes)
+    assert len(timed) == 1 + 3 + 3 + 6  # (a second round: the first kept changes)
+    # told each field's candidates with the next field's around the best so far (those compile while these are
+    # timed); on a kept change, the queue is retargeted to this field's and the next field's around the new best follow
+    start, a2 = {"a": 0, "b": 0}, {"a": 2, "b": 0}
+    assert warmed == [around(start, "a") + around(start, "b"), around(a2, "b"), around(a2, "b"),
+                      around(best, "a") + around(best, "b"), around(best, "b")]
+    assert retargeted == [around(start, "a"), around(a2, "b")]
     timed.clear()
-    assert tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warmed.extend, rounds=2,
+    assert tune.greedy({"a": 0, "b": 0}, ("a", "b"), around, measure, warm, rounds=2,
                        late=lambda: len(timed) >= 4) == ({"a": 2, "b": 0}, 9.0, True)
     assert len(timed) == 4  # the start and field a's three
     timed.clear()
-    assert tune.greedy({"a": 1, "b": 0}, ("a",), around, measure, warmed.extend,
+    assert tune.greedy({"a": 1, "b": 0}, ("a",), around, measure, warm,
                        late=lambda: True) == ({"a": 1, "b": 0}, 9.95, True) and len(timed) == 1  # (the start only)
 
 

@@ -50,10 +50,11 @@ def hopper(cache_dir):
 
 
 def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper):
-    """tune._warm runs the stack forward and backward once per tile with Triton's compilations recorded and skipped,
-    then compiles them in worker processes: two kernels a tile (both layers share them), one where two tiles differ
-    only in the backward's warps, and a later forward and backward of each tile, with everything as a real launch has
-    it, finds all of them in the cache."""
+    """tune._record runs the stack forward and backward once per tile with Triton's compilations recorded and
+    skipped; precompile.Ahead compiles them in worker processes while the search goes on: two kernels a tile (both
+    layers share them), one more where two tiles differ only in the backward's warps.  Once a tile's kernels are
+    waited for, a forward and backward of it, with everything as a real launch has it, finds all of them in the
+    cache."""
     from cells.triton_lstm import tune
 
     hidden = 24
@@ -62,10 +63,13 @@ def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper):
     start = launch.Tile(units=8, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
     tiles = [start, dataclasses.replace(start, num_warps_bwd=8)]
     assert (hidden, torch.float32) not in launch.tiles("LSTM")
-    lines = []
+    compiling = precompile.Ahead()
     with launch.table_entry("LSTM", hidden, torch.float32) as put:
-        tune._warm(module, x, put, tiles, lines.append)
-        assert len(lines) == 1 and lines[0].startswith("precompiled 3 of 3 kernels") and "failed" not in lines[0], lines
+        assert [compiling.add(t, tune._record(module, x, put, t)) for t in tiles] == [2, 1]
+        assert [len(compiling.needs[t]) for t in tiles] == [2, 2]  # (the forward's kernel is both tiles')
+        for tile in tiles:
+            compiling.wait(tile)
+        assert compiling.line().startswith("compiled 3 kernels side by side") and "failed" not in compiling.line()
         entries = hopper()
         assert entries == 3
         for tile in tiles:
@@ -75,6 +79,40 @@ def test_the_tile_search_compiles_its_candidates_before_timing_them(hopper):
             module(x)[0].sum().backward()
         assert hopper() == entries  # every kernel came from the cache
     assert (hidden, torch.float32) not in launch.tiles("LSTM")
+
+
+def test_compiling_ahead_waits_for_a_keys_own_kernels_and_drops_the_unwanted(monkeypatch):
+    """precompile.Ahead, with a stand-in pool whose compilations finish when told: a key waits for its own kernels
+    only; keep_only cancels the queued ones no kept key needs (a kernel shared with a kept key stays), and a cancelled
+    kernel asked for again is submitted again; what ran is summed up in one line."""
+    from concurrent.futures import Future
+
+    class Pool:
+        def __init__(self):
+            self.submitted = []
+
+        def submit(self, fn, spec):
+            future = Future()
+            self.submitted.append((spec, future))
+            return future
+
+    pool = Pool()
+    monkeypatch.setattr(precompile, "_pool", lambda target, processes: pool)
+    s1, s2, s3 = (precompile.Spec("lstm_fwd_kernel", str(i)) for i in range(3))
+    ahead = precompile.Ahead(target={"backend": "cuda", "arch": 90, "warp_size": 32}, processes=2)
+    assert ahead.add("a", [s1, s2]) == 2 and ahead.add("b", [s2, s3]) == 1 and ahead.pending() == 3
+    pool.submitted[0][1].set_running_or_notify_cancel()  # s1 under way: it cannot be cancelled
+    pool.submitted[0][1].set_result((1.5, None))
+    pool.submitted[1][1].set_result((2.0, None))
+    assert ahead.wait("a") < 1 and ahead.pending() == 1  # a's two, not b's third
+    assert ahead.keep_only(["a"]) == 1 and ahead.futures[s3].cancelled()  # s3 was b's alone
+    assert ahead.wait("b") < 1  # (a cancelled kernel is compiled by the launch itself)
+    assert ahead.add("b", [s2, s3]) == 1 and len(pool.submitted) == 4  # asked for again: submitted again
+    pool.submitted[3][1].set_result((0.5, "RuntimeError: no"))
+    line = ahead.line()
+    assert line.startswith("compiled 2 kernels side by side on 2 processes (4.0 s of compiling)"), line
+    assert "1 cancelled unstarted" in line and "1 failed (lstm_fwd_kernel: RuntimeError: no)" in line
+    assert precompile.Ahead(processes=1).line() is None  # nothing asked for
 
 
 def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch):

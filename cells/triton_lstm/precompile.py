@@ -172,6 +172,8 @@ def _pool(target: dict, processes: int) -> ProcessPoolExecutor:
     """One pool per target, size and cache folder (the workers write where the parent will read), kept."""
     cache_dir = os.environ.get("TRITON_CACHE_DIR")
     key = (tuple(sorted(target.items())), processes, cache_dir)
+    if key in _pools and getattr(_pools[key], "_broken", False):  # (a worker died: a new pool)
+        del _pools[key]
     if key not in _pools:
         _pools[key] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_init_worker, initargs=(target, cache_dir))
@@ -211,3 +213,89 @@ def compile_all(specs: list[Spec], target: dict | None = None, processes: int | 
     failed = [f"{spec.kernel}: {err}" for spec, (_, err) in zip(specs, results, strict=True) if err]
     return Summary(len(specs), len(specs) - len(failed), failed, processes, time.perf_counter() - t0,
                    sum(s for s, _ in results))
+
+
+class Ahead:
+    """Kernels compiled in the pool ahead of the work that launches them, without waiting: the tile search's (its
+    candidates' kernels compile while earlier candidates are timed on the GPU, the next field's on speculation).
+    :meth:`add` submits a key's kernels (each specialization once), :meth:`wait` blocks until a key's are compiled
+    (then its launches find them in Triton's cache), :meth:`keep_only` cancels the queued compilations that no kept
+    key needs (a search whose best changed no longer wants the candidates around the old one).  A kernel that fails
+    to compile, a cancelled one or a broken pool only costs time: the real launch compiles it in-process, as without
+    this module."""
+
+    WAIT_S = 300.0  # at most this long for one key's kernels (then the launch compiles what is missing itself)
+
+    def __init__(self, target: dict | None = None, processes: int | None = None):
+        self.processes = processes or workers()
+        self.target = target
+        self.futures: dict[Spec, object] = {}  # every specialization submitted, and its future
+        self.needs: dict[object, list[Spec]] = {}  # key -> its specializations
+        self.waited_s = 0.0
+        self.cancelled = 0
+
+    def add(self, key, specs: list[Spec]) -> int:
+        """Submit ``key``'s kernels ``specs`` (those not submitted already, or cancelled); returns how many were."""
+        self.needs[key] = list(dict.fromkeys(self.needs.get(key, []) + list(specs)))
+        new = [spec for spec in dict.fromkeys(specs) if spec not in self.futures or self.futures[spec].cancelled()]
+        if not new:
+            return 0
+        self.target = self.target or current_target()
+        try:
+            pool = _pool(self.target, self.processes)
+            for spec in new:
+                self.futures[spec] = pool.submit(_compile, spec)
+        except (BrokenProcessPool, RuntimeError):  # (the launches compile in-process instead)
+            _pools.clear()
+        return len(new)
+
+    def wait(self, key) -> float:
+        """Wait until ``key``'s kernels are compiled (or failed, or were cancelled); the seconds waited."""
+        t0 = time.perf_counter()
+        for spec in self.needs.get(key, []):
+            future = self.futures.get(spec)
+            if future is None or future.cancelled():
+                continue
+            try:
+                future.result(timeout=max(0.0, self.WAIT_S - (time.perf_counter() - t0)))
+            except Exception:  # noqa: BLE001 -- a broken pool or a timeout: the launch compiles it itself
+                pass
+        waited = time.perf_counter() - t0
+        self.waited_s += waited
+        return waited
+
+    def keep_only(self, keys) -> int:
+        """Cancel the queued (not yet started) compilations that none of ``keys`` needs; returns how many."""
+        kept = {spec for key in keys for spec in self.needs.get(key, [])}
+        n = sum(1 for spec, future in self.futures.items()
+                if spec not in kept and not future.done() and future.cancel())
+        self.cancelled += n
+        return n
+
+    def pending(self) -> int:
+        """Compilations queued or running now."""
+        return sum(1 for future in self.futures.values() if not future.done())
+
+    def line(self) -> str | None:
+        """What was compiled (None when nothing was submitted): kernels, failures, compile seconds in the workers,
+        how long the work waited for them, how many were cancelled or are still under way."""
+        if not self.futures:
+            return None
+        compiled, failed, seconds = 0, [], 0.0
+        for spec, future in self.futures.items():
+            if not future.done() or future.cancelled():
+                continue
+            try:
+                took, err = future.result()
+            except Exception as exc:  # noqa: BLE001 -- a broken pool
+                took, err = 0.0, f"{type(exc).__name__}: {exc}"
+            seconds += took
+            if err:
+                failed.append(f"{spec.kernel}: {err}")
+            else:
+                compiled += 1
+        said = (f"compiled {compiled} kernels side by side on {self.processes} processes ({seconds:.1f} s of "
+                f"compiling), the timing waiting {self.waited_s:.1f} s for them; {self.cancelled} cancelled unstarted")
+        if self.pending():
+            said += f", {self.pending()} unfinished"
+        return said + (f", {len(failed)} failed ({failed[0]})" if failed else "")

@@ -28,11 +28,16 @@ weights, same input; ``max_diff``: the largest absolute difference of the output
 backward field that computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision
 tf32`` search, else exact) is timed in the same process at the same shape, so every row carries its ratios. Timing: CUDA
 events around each call (eager) or each replay (the graph, captured after three calls on a side stream:
-:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, is most of
-a candidate's cost (two kernels, 1.3-1.9 s each to compile at these shapes), so candidates are compiled side by side
-first (:mod:`.precompile`, one process per core) and then timed one after another from Triton's cache: at the start
-every field's candidates around the starting tile, later those of a field after a change was kept; the log says what
-each batch took.
+:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, was most
+of a search's cost (two kernels a candidate, 1.3-1.9 s each to compile at these shapes: on the H200 on 2026-11-28, 73 s
+of the 118 the eight searches took were spent waiting for 47 batches of compiles, 34 s timing), so candidates compile
+side by side in a pool (:mod:`.precompile`, one process per core) ahead of their timing, each timed once its own kernels
+are in Triton's cache (``compile_wait_s`` in its record: how long it waited) while the others still compile: at the
+start every field's candidates around the starting tile, and during each field the next field's around the best so far
+(on speculation: a change kept drops them, unstarted, for those around the new best). Until 2026-11-29 each batch was
+compiled in full before any of it was timed, and the next field's only after this one's timing. Timing beside the
+compiling workers (``compiles_beside``: how many were queued or under way) leaves the GPU's figures as they are; the
+eager ones take the host's share, on the core the workers leave free.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the peak memory of one forward+backward beside cuDNN's -- ``peak_fwdbwd_mib``: the exchange path's buffer
@@ -154,21 +159,22 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int, graph: bool = T
     return *times, out, grad, peak, graph_s
 
 
-def _warm(module: torch.nn.Module, x: torch.Tensor, put, tiles: list[launch.Tile], log) -> None:
-    """Compile the kernels of ``tiles`` side by side (:mod:`.precompile`) before they are timed one by one: one
-    forward and backward per tile (each made the table's entry by ``put``, :func:`.launch.table_entry`) with Triton's
-    compilations recorded and skipped, then compiled in a pool."""
-    def work() -> None:
-        for tile in tiles:
-            put(tile)
-            try:
-                module(x)[0].sum().backward()
-            except Exception:  # noqa: BLE001 -- a tile the real run refuses: it reports why
-                pass
+def _record(module: torch.nn.Module, x: torch.Tensor, put, tile: launch.Tile) -> list:
+    """The kernels one forward and backward of ``module`` on ``x`` would compile with ``tile`` the table's entry (made
+    so by ``put``, :func:`.launch.table_entry`), collected without compiling or launching them
+    (:func:`.precompile.collecting`)."""
+    put(tile)
+    with precompile.collecting() as specs:
+        try:
+            module(x)[0].sum().backward()
+        except Exception:  # noqa: BLE001 -- a tile the real run refuses: it reports why
+            pass
+    return specs
 
-    summary = precompile.warm(work)
-    if summary:
-        log(summary.line())
+
+def _compiler() -> precompile.Ahead:
+    """Where the search's kernels compile ahead of their timing (a stand-in in the tests)."""
+    return precompile.Ahead()
 
 
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
@@ -366,6 +372,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             log(f"{preset} {dtype} {describe(tile)}: not timed: it hung in an earlier run")
             seen[tile] = float("inf")
             return seen[tile]
+        waited = compiling.wait(tile)  # (its kernels, compiling in the pool since warm)
+        beside = compiling.pending()
         put(tile)
         t0 = time.perf_counter()
 
@@ -396,7 +404,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "peak_fwdbwd_mib": peak / 2**20,
                "cudnn_peak_fwdbwd_mib": cudnn_peak / 2**20, "max_diff": diff, "ok": diff <= tol,
-               "seconds_incl_compile": time.perf_counter() - t0, "backend": plan}
+               "seconds_incl_compile": time.perf_counter() - t0, "compile_wait_s": waited,
+               "compiles_beside": beside, "backend": plan}
         if graph is not None:
             rec.update(fwdbwd_graph_s=graph, cudnn_fwdbwd_graph_s=cudnn_graph, speedup_fwdbwd_graph=cudnn_graph / graph)
         keep(rec)
@@ -410,17 +419,27 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
 
     warmed: set[launch.Tile] = set()
 
-    def warm(tiles: list[launch.Tile]) -> None:
+    def warm(tiles: list[launch.Tile]) -> None:  # submitted to the pool; measure waits for a tile's own kernels
         tiles = [t for t in dict.fromkeys(tiles) if t not in warmed and t not in hung_before]
         warmed.update(tiles)
-        if tiles:
-            _warm(module, x, put, tiles, log)
+        added = sum(compiling.add(t, _record(module, x, put, t)) for t in tiles)
+        if added:
+            log(f"{preset} {dtype}: {added} kernels of {len(tiles)} candidates compiling side by side "
+                f"({compiling.pending()} queued or under way)")
 
+    def retarget(keep: list[launch.Tile]) -> None:  # the best changed: what was queued around the old one goes
+        compiling.keep_only(keep)
+        warmed.intersection_update(keep)
+
+    compiling = _compiler()
     with launch.table_entry(kind, hidden, dtype) as put:
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
         warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
         best, best_s, cut = greedy(start, fields, lambda tile, field: candidates(tile, hidden, dtype, sms, field),
-                                   measure, warm, rounds, late)
+                                   measure, warm, rounds, late, retarget)
+        compiling.keep_only(())  # (a cut search's queue)
+        if compiling.line():
+            log(f"{preset} {dtype}: {compiling.line()}")
         timed = "fwd+bwd" if cudnn_graph is None else "fwd+bwd as a CUDA graph"
         log(f"best {preset} {dtype}: {best} ({timed} {best_s * 1e3:.3f} ms, cuDNN "
             f"{(cudnn_fwdbwd if cudnn_graph is None else cudnn_graph) * 1e3:.3f} ms)"
@@ -453,23 +472,31 @@ def after_hang(path: str | None) -> tuple[list[dict], list[dict]]:
     return records, [r for r in records if _group(r) in done or _hung(r)]
 
 
-def greedy(start, fields, around, measure, warm, rounds: int = 1, late=lambda: False):
-    """The search itself: from ``start``, each field's candidates (``around(tile, field)``, compiled by ``warm`` first)
-    timed by ``measure`` (seconds; inf for a failed or wrong one), a change kept when it is more than 2 % faster; up to
-    ``rounds`` times over the fields, again only after a round that kept a change.  No candidate is timed once
-    ``late()``: the search is then cut.  Returns (the best tile, its seconds, whether it was cut)."""
+def greedy(start, fields, around, measure, warm, rounds: int = 1, late=lambda: False, retarget=None):
+    """The search itself: from ``start``, each field's candidates (``around(tile, field)``) timed by ``measure``
+    (seconds; inf for a failed or wrong one), a change kept when it is more than 2 % faster; up to ``rounds`` times
+    over the fields, again only after a round that kept a change.  ``warm(tiles)`` is told the candidates before
+    they are timed -- a field's, and the next field's around the best so far, which compile while this field's are
+    timed (kept only if this field keeps no change: else ``retarget(this field's candidates)`` first drops them, and
+    the next field's around the new best follow).  No candidate is timed once ``late()``: the search is then cut.
+    Returns (the best tile, its seconds, whether it was cut)."""
     best, best_s = start, measure(start)
     for _ in range(rounds):
         kept = best
-        for field in fields:
+        for i, field in enumerate(fields):
             tiles = around(best, field)
-            warm(tiles)
+            after = fields[i + 1] if i + 1 < len(fields) else None
+            warm(tiles + (around(best, after) if after else []))
             for tile in tiles:
                 if late():
                     return best, best_s, True
                 s = measure(tile)
                 if s < best_s * 0.98:
                     best, best_s = tile, s
+                    if retarget:
+                        retarget(tiles)
+                    if after:
+                        warm(around(best, after))
         if best == kept:
             break
     return best, best_s, False
