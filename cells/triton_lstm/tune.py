@@ -172,11 +172,6 @@ def _record(module: torch.nn.Module, x: torch.Tensor, put, tile: launch.Tile) ->
     return specs
 
 
-def _compiler() -> precompile.Ahead:
-    """Where the search's kernels compile ahead of their timing (a stand-in in the tests)."""
-    return precompile.Ahead()
-
-
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
     """``tile`` with ``field`` changed to each value worth trying."""
     if field == "units":
@@ -431,7 +426,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         compiling.keep_only(keep)
         warmed.intersection_update(keep)
 
-    compiling = _compiler()
+    compiling = precompile.Ahead()  # (the kernels of the candidates, compiling in a pool ahead of their timing)
     with launch.table_entry(kind, hidden, dtype) as put:
         # Every field's candidates around the start, in one batch: the fields whose value stays need no other.
         warm([start] + [t for field in fields for t in candidates(start, hidden, dtype, sms, field)])
