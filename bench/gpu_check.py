@@ -50,9 +50,9 @@ benchmarked what it found (steps past the budget are skipped and recorded so; gi
    ``ncu-source``     the warp stalls by SASS line of the LSTM's large float32 forward (``perf-ncu-source.log``).
 4. ``tune``           the tile search at medium and large, both cells, float32 and bfloat16, those furthest behind
                       their targets first (``SEARCHES``; :mod:`cells.triton_lstm.tune`; ``gpu/<slug>/tiles.json``),
-                      varying the fields no GPU has searched yet (``TUNE_FIELDS``); it compiles its candidates side by
-                      side first (:mod:`cells.triton_lstm.precompile`).  It is told what its step may take
-                      (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
+                      varying the fields no GPU has searched yet (``TUNE_FIELDS``); its candidates compile side by side
+                      ahead of their timing (:class:`cells.triton_lstm.precompile.Ahead`).  It is told what its step
+                      may take (``--time-limit``; so is ``tune-small``), so a budget that ends mid-search still has that
                       search's best timed, and it leaves ``bench-tuned`` that step's limit when that is to run.  A
                       candidate whose kernels never return (``tune.HUNG_S``) ends the search's process (exit 3), and
                       the step runs it again with ``--after-hang`` and what its limit leaves: the searches that named

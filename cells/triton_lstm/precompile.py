@@ -15,6 +15,10 @@ every kernel there.  The workers never touch the GPU: Triton compiles for a name
 :mod:`.sm90` does).  A kernel that fails to compile in a worker is only counted: the real run compiles it again and
 reports the error where it always has.  Without CUDA (the interpreter) nothing is collected: interpreted kernels do
 not compile, and :func:`collecting` would simply run them.
+
+The probe and the micro-benchmarks wait for the whole pool (:func:`warm`, :func:`compile_all`); the tile search, whose
+next candidates depend on what it has timed, does not: :class:`Ahead` compiles each candidate's kernels in the pool
+while earlier ones are timed on the GPU, and cancels those it no longer wants.
 """
 
 from __future__ import annotations
