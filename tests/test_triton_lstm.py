@@ -1112,7 +1112,7 @@ def test_tune_and_probe_command_lines_reach_their_work(monkeypatch, tmp_path):
 
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     """The tile search (cells.triton_lstm.tune) tries grids of up to 4 / 2 / 1 / 1/2 programs an SM with one unit tile
-    each; on a machine without CUDA it says so in one line."""
+    each, and fewer programs in full unit tiles; on a machine without CUDA it says so in one line."""
     import os
     import subprocess
     import sys
@@ -1123,17 +1123,20 @@ def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     units = tune.candidates(tile, 1500, torch.float32, 132, "units")
     for t in units:
         assert -(-1500 // t.units) <= 132 * t.per_sm and t.block_j >= t.units and t.block_j <= 64
-    assert [(t.units, t.block_j, t.per_sm) for t in units] == [(3, 4, 4), (6, 8, 2), (12, 16, 1), (23, 32, 1)]
-    # (unit tiles of 2 with one dot for the four gates; small's 200 units in one a program, two programs an SM)
+    # (and the tile's own width full: 94 programs of 16 units, the same K loop a program as 125 of 12)
+    assert [(t.units, t.block_j, t.per_sm) for t in units] == [(3, 4, 4), (6, 8, 2), (12, 16, 1), (23, 32, 1),
+                                                               (16, 16, 1)]
+    # (unit tiles of 2 with one dot for the four gates; small's 200 units in one a program, two programs an SM; and
+    # there, below the presets the H200 searched, grids of fewer programs in full tiles of 8 and 16 units)
     assert [(t.units, t.block_j, t.per_sm) for t in tune.candidates(dataclasses.replace(tile, fuse_gates=True), 200,
                                                                     torch.float32, 132, "units")] == [
-        (1, 2, 2), (2, 2, 1), (4, 4, 1)]
+        (1, 2, 2), (2, 2, 1), (4, 4, 1), (16, 16, 1), (8, 8, 1)]
     assert tune.describe(units[1]).endswith(" 2/SM") and not tune.describe(units[2]).endswith("/SM")
     # several an SM: at most 4 warps a kernel, the reduction unsplit (the forward's and the backward's stated apart)
     wide = launch.apart(dataclasses.replace(tile, num_warps=8, num_warps_bwd=8, split_k=2))
     assert [(t.per_sm, t.num_warps, t.num_warps_bwd, t.split_k, t.split_k_bwd)
             for t in tune.candidates(wide, 1500, torch.float32, 132, "units")] == [
-        (4, 4, 4, 1, 1), (2, 4, 4, 1, 1), (1, 8, 8, 2, 2), (1, 8, 8, 2, 2)]
+        (4, 4, 4, 1, 1), (2, 4, 4, 1, 1), (1, 8, 8, 2, 2), (1, 8, 8, 2, 2), (1, 8, 8, 2, 2)]
     assert {t.block_k for t in tune.candidates(tile, 1500, torch.float32, 132, "block_k")} == {16, 32, 64, 128}
     outer = tune.candidates(dataclasses.replace(tile, block_k=32, fuse_gates=True), 1500, torch.float32, 132, "outer")
     # (outer products: K <= 16, and the shapes whose loop reads no shared memory, K 4 / 2 unrolled 8 or 16 a trip,

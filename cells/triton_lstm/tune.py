@@ -172,6 +172,9 @@ def _record(module: torch.nn.Module, x: torch.Tensor, put, tile: launch.Tile) ->
     return specs
 
 
+FEWER_PROGRAMS_BELOW = 650  # hidden sizes where the units field also tries grids of fewer programs (candidates)
+
+
 def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, field: str) -> list[launch.Tile]:
     """``tile`` with ``field`` changed to each value worth trying."""
     if field == "units":
@@ -181,8 +184,15 @@ def candidates(tile: launch.Tile, hidden: int, dtype: torch.dtype, sms: int, fie
         # unit tile is the smallest power of two that holds the units, at least 4 wide for a dot per gate, 2 with one
         # dot for the gates (4 x 2 columns) or outer products (Triton 3.6 compiles tl.dot of 4 or 8 columns for
         # sm_90, exact, TF32 and bfloat16, padding what the MMA needs).
+        # And grids of fewer programs whose unit tiles are full: as wide as the tile's (the same K trip a program,
+        # padding columns no longer, fewer programs at each grid barrier and reading h_{t-1}: small 25 of 8 units
+        # against the table's 50 of 4 in tiles of 8, medium 82 of 8 against 130 of 5, large 94 of 16 against 125 of
+        # 12) and, below the presets the H200 searched (small), 8 and 16 wide whatever the tile's (25 and 13 programs);
+        # untimed.
+        full = dict.fromkeys([tile.block_j, *((8, 16) if hidden < FEWER_PROGRAMS_BELOW else ())])
+        fewer = [-(-hidden // u) for u in full if -(-hidden // u) <= sms]
         out = []
-        for programs in (4 * sms, 2 * sms, sms, sms // 2):
+        for programs in (4 * sms, 2 * sms, sms, sms // 2, *fewer):
             units = -(-hidden // programs)
             per_sm = -(-launch.triton.cdiv(hidden, units) // sms)
             least = 2 if tile.fuse_gates or tile.outer else 4
