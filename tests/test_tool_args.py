@@ -143,6 +143,9 @@ def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):
     assert (start["fwdbwd_s"], start["fwdbwd_graph_s"], start["best"]) == (2e-3, 5e-3, False)
     assert (first["fwdbwd_s"], first["fwdbwd_graph_s"], first["best"]) == (3e-3, 1e-3, True)
     assert first["speedup_fwdbwd_graph"] == pytest.approx(2) and first["speedup_fwdbwd"] == pytest.approx(4 / 3)
+    # the eager calls, for the record beside the graph that decides, timed a third as often (at least 3 times)
+    assert (first["reps"], first["eager_reps"]) == (1, 1) and tune.eager_reps(15, True) == 5
+    assert tune.eager_reps(15, False) == 15 and tune.eager_reps(6, True) == 3
     assert "as a graph   1.000 ms x 2.00" in lines[-2]
     assert "fwd+bwd as a CUDA graph 1.000 ms, cuDNN 2.000 ms" in lines[-1]
     # cuDNN's capture failing: the whole search by eager calls (one unit throughout), and says so

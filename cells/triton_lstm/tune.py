@@ -28,16 +28,17 @@ weights, same input; ``max_diff``: the largest absolute difference of the output
 backward field that computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision
 tf32`` search, else exact) is timed in the same process at the same shape, so every row carries its ratios. Timing: CUDA
 events around each call (eager) or each replay (the graph, captured after three calls on a side stream:
-:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps``. Compiling, not timing, was most
-of a search's cost (two kernels a candidate, 1.3-1.9 s each to compile at these shapes: on the H200 on 2026-11-28, 73 s
-of the 118 the eight searches took were spent waiting for 47 batches of compiles, 34 s timing), so candidates compile
-side by side in a pool (:mod:`.precompile`, one process per core) ahead of their timing, each timed once its own kernels
-are in Triton's cache (``compile_wait_s`` in its record: how long it waited) while the others still compile: at the
-start every field's candidates around the starting tile, and during each field the next field's around the best so far
-(on speculation: a change kept drops them, unstarted, for those around the new best). Until 2026-11-29 each batch was
-compiled in full before any of it was timed, and the next field's only after this one's timing. Timing beside the
-compiling workers (``compiles_beside``: how many were queued or under way) leaves the GPU's figures as they are; the
-eager ones take the host's share, on the core the workers leave free.
+:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps`` (the eager calls' of a third of
+them where the graph decides: :func:`eager_reps`). Compiling, not timing, was most of a search's cost (two kernels a
+candidate, 1.3-1.9 s each to compile at these shapes: on the H200 on 2026-11-28, 73 s of the 118 the eight searches took
+were spent waiting for 47 batches of compiles, 34 s timing), so candidates compile side by side in a pool
+(:mod:`.precompile`, one process per core) ahead of their timing, each timed once its own kernels are in Triton's cache
+(``compile_wait_s`` in its record: how long it waited) while the others still compile: at the start every field's
+candidates around the starting tile, and during each field the next field's around the best so far (on speculation: a
+change kept drops them, unstarted, for those around the new best). Until 2026-11-29 each batch was compiled in full
+before any of it was timed, and the next field's only after this one's timing. Timing beside the compiling workers
+(``compiles_beside``: how many were queued or under way) leaves the GPU's figures as they are; the eager ones take the
+host's share, on the core the workers leave free.
 
 The result is a table on stdout and, with ``--json``, one record per candidate (the tile, the median times, the
 cuDNN times, the peak memory of one forward+backward beside cuDNN's -- ``peak_fwdbwd_mib``: the exchange path's buffer
@@ -119,10 +120,19 @@ def _time(fn, reps: int, calls: int = 1) -> float:
     return statistics.median(times)
 
 
+def eager_reps(reps: int, graph: bool) -> int:
+    """The timed calls of a candidate's eager forward and forward+backward: ``reps`` where they decide (no graph
+    timing), else a third of them, at least 3 (at most ``reps``) -- beside the graph's time, which decides, they are
+    for the record (the forward's share, the host's), and at large they were half of a candidate's GPU time (17 calls
+    of each at 9 and 16 ms, 2026-11-28).  The figures that count for the tables are ``bench-tuned``'s."""
+    return min(reps, max(3, reps // 3)) if graph else reps
+
+
 def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int, graph: bool = True
             ) -> tuple[float, float, torch.Tensor, torch.Tensor, int, float | None]:
     """(forward s, forward+backward s, the output, the input's gradient, the forward+backward's peak bytes, the
-    forward+backward's seconds as one CUDA graph) of ``module`` on ``x``; upstream gradient all ones.  The peak: CUDA
+    forward+backward's seconds as one CUDA graph) of ``module`` on ``x``; upstream gradient all ones; the graph's
+    median of ``reps`` replays, the eager calls' of :func:`eager_reps`.  The peak: CUDA
     memory allocated at once during one forward+backward above what was allocated before it (the gradients of the
     parameters set to None first), so the exchange buffers' transient cost shows beside cuDNN's workspace and
     reserve.  The graph's time is the kernels' alone (None off CUDA, or without ``graph``): an eager call whose host
@@ -147,7 +157,7 @@ def _passes(module: torch.nn.Module, x: torch.Tensor, reps: int, graph: bool = T
     peak = torch.cuda.max_memory_allocated() - base if cuda else 0
     grad = x.grad.detach().float().clone()  # (what the backward fields change; a copy: grads accumulate in place)
     x.grad = None
-    times = _time(fwd, reps), _time(fwdbwd, reps)
+    times = _time(fwd, eager_reps(reps, cuda and graph)), _time(fwdbwd, eager_reps(reps, cuda and graph))
     if cuda and graph:
         from lm.step import graphed
 
@@ -409,6 +419,7 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
                "fwdbwd_s": fwdbwd, "cudnn_fwd_s": cudnn_fwd, "cudnn_fwdbwd_s": cudnn_fwdbwd,
                "speedup_fwdbwd": cudnn_fwdbwd / fwdbwd, "peak_fwdbwd_mib": peak / 2**20,
                "cudnn_peak_fwdbwd_mib": cudnn_peak / 2**20, "max_diff": diff, "ok": diff <= tol,
+               "reps": reps, "eager_reps": eager_reps(reps, graph is not None),
                "seconds_incl_compile": time.perf_counter() - t0, "compile_wait_s": waited,
                "compiles_beside": beside, "backend": plan}
         if graph is not None:
