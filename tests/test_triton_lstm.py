@@ -814,7 +814,7 @@ def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
     design field (narrow programs, exchanges, outer products -- two each, through shared memory and not --, the
     transposed backward): fwd+bwd captured as lm.step.graphed captures it, then replayed on new values in the same
     buffers, equals an eager call on them -- outputs and every gradient."""
-    from cells.triton_lstm import tune
+    from cells.triton_lstm import precompile, tune
 
     device = torch.device("cuda")
     kind = tune.KINDS[cell_name]
@@ -833,7 +833,11 @@ def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
     dy = torch.randn(steps, 20, hidden, device=device)
     replayed = 0
     with launch.table_entry(kind, hidden, torch.float32) as put:
+        ahead = precompile.Ahead()  # (their ~18 kernels compiled side by side first, as the search does: seconds each)
         for tile in dict.fromkeys(tiles):
+            ahead.add(tile, tune._record(cell, x, put, tile))
+        for tile in dict.fromkeys(tiles):
+            ahead.wait(tile)
             put(tile)
             try:
                 pairs = replayed_and_eager(cell, x, dy)
