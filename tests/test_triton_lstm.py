@@ -1114,6 +1114,19 @@ def test_tune_and_probe_command_lines_reach_their_work(monkeypatch, tmp_path):
         assert cells.fp32_matmul() == "ieee"
 
 
+def test_the_search_varies_first_the_fields_of_the_kernel_that_loses():
+    """tune.ordered: the units first, then in float32 the forward's fields (its forward lost most to cuDNN on the H200)
+    and in bfloat16 the backward's, each group in FIELDS' order."""
+    from cells.triton_lstm import tune
+
+    fields = ["units", "exchange", "exchange_bwd", "fuse_gates", "round_da_bwd", "row_align", "stages_k_bwd"]
+    assert tune.ordered(fields, torch.float32) == ["units", "exchange", "fuse_gates", "row_align", "exchange_bwd",
+                                                   "round_da_bwd", "stages_k_bwd"]
+    assert tune.ordered(fields, torch.bfloat16) == ["units", "exchange_bwd", "round_da_bwd", "stages_k_bwd",
+                                                    "exchange", "fuse_gates", "row_align"]
+    assert tune.ordered(["num_stages"], torch.bfloat16) == ["num_stages"]
+
+
 def test_tuner_candidates_stay_within_the_grid_and_refuse_without_cuda():
     """The tile search (cells.triton_lstm.tune) tries grids of up to 4 / 2 / 1 / 1/2 programs an SM with one unit tile
     each, and fewer programs in full unit tiles; on a machine without CUDA it says so in one line."""

@@ -19,21 +19,22 @@ graph improves by more than 2 % (the kernels' time: an eager call whose host wor
 H200, times the host, nearly the same for every tile; searches before 2026-11-29 chose by the eager call, ``fwdbwd_s``,
 which every record still has beside ``fwdbwd_graph_s``). The backward kernel's K loop has fields of its own
 (``launch.BWD_FIELDS``: dot structure, stages and K tile together, split; from the start on, a forward field changes the
-forward only); ``--fields`` varies a subset (the GPU check: those no GPU has searched yet). Padding comes before the
-stages because it is what lets the bfloat16 forward pipeline at all (the PTX notes, docs/triton.md). ``--rounds 2``
-goes over the fields again when the first round kept a change (a greedy search misses what two fields do together); the
-GPU check runs one round. Every candidate's output and input gradient are checked against the starting tile's (same
-weights, same input; ``max_diff``: the largest absolute difference of the outputs or relative one of the gradients, to
-1e-4 in float32, 5e-2 in 16 bits; records before 2026-11-28 compared the outputs alone, as ``max_abs_diff``), so a
-backward field that computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in TF32 beside a ``--fp32-precision
-tf32`` search, else exact) is timed in the same process at the same shape, so every row carries its ratios. Timing: CUDA
-events around each call (eager) or each replay (the graph, captured after three calls on a side stream:
-:func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps`` (the eager calls' of a third of
-them where the graph decides: :func:`eager_reps`). Compiling, not timing, was most of a search's cost (two kernels a
-candidate, 1.3-1.9 s each to compile at these shapes: on the H200 on 2026-11-28, 73 s of the 118 the eight searches took
-were spent waiting for 47 batches of compiles, 34 s timing), so candidates compile side by side in a pool
-(:mod:`.precompile`, one process per core) ahead of their timing, each timed once its own kernels are in Triton's cache
-(``compile_wait_s`` in its record: how long it waited) while the others still compile: at the start every field's
+forward only); ``--fields`` varies a subset (the GPU check: those no GPU has searched yet); after the units, the fields
+of the kernel that loses most to cuDNN come first (:func:`ordered`: the forward's in float32, the backward's in 16
+bits). Padding comes before the stages because it is what lets the bfloat16 forward pipeline at all (the PTX notes,
+docs/triton.md). ``--rounds 2`` goes over the fields again when the first round kept a change (a greedy search misses
+what two fields do together); the GPU check runs one round. Every candidate's output and input gradient are checked
+against the starting tile's (same weights, same input; ``max_diff``: the largest absolute difference of the outputs or
+relative one of the gradients, to 1e-4 in float32, 5e-2 in 16 bits; records before 2026-11-28 compared the outputs
+alone, as ``max_abs_diff``), so a backward field that computes wrong is not kept. ``torch.nn.LSTM`` / ``GRU`` (cuDNN; in
+TF32 beside a ``--fp32-precision tf32`` search, else exact) is timed in the same process at the same shape, so every row
+carries its ratios. Timing: CUDA events around each call (eager) or each replay (the graph, captured after three calls
+on a side stream: :func:`lm.step.graphed`), synchronized, two untimed calls first, median of ``--reps`` (the eager
+calls' of a third of them where the graph decides: :func:`eager_reps`). Compiling, not timing, was most of a search's
+cost (two kernels a candidate, 1.3-1.9 s each to compile at these shapes: on the H200 on 2026-11-28, 73 s of the 118 the
+eight searches took were spent waiting for 47 batches of compiles, 34 s timing), so candidates compile side by side in a
+pool (:mod:`.precompile`, one process per core) ahead of their timing, each timed once its own kernels are in Triton's
+cache (``compile_wait_s`` in its record: how long it waited) while the others still compile: at the start every field's
 candidates around the starting tile, and during each field the next field's around the best so far (on speculation: a
 change kept drops them, unstarted, for those around the new best). Until 2026-11-29 each batch was compiled in full
 before any of it was timed, and the next field's only after this one's timing. Timing beside the compiling workers
@@ -309,6 +310,18 @@ FIELDS = dict.fromkeys(("LSTM", "GRU"), ("units", "exchange", "exchange_bwd", "f
 # loads it in the accumulator's own layout, most of a trip's loads issued before its FMAs (docs/triton.md).
 OUTER_NO_SHARED = ((4, 8, 8), (2, 8, 8), (4, 16, 8), (2, 16, 8))  # (the last two: 64 k a trip, 2026-11-28)
 OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launch.plan_for drops them otherwise)
+
+
+def ordered(fields, dtype: torch.dtype) -> list[str]:
+    """``fields`` (in :data:`FIELDS`' order) with those of the kernel that loses most to cuDNN first, the units (the
+    grid, both kernels') always first: the forward's in float32, the backward's (``*_bwd``) in 16 bits.  On the H200
+    (2026-11-28, docs/triton.md) the float32 forward took 1.4-3.6x cuDNN's at medium and large while the backward was
+    as fast or faster at medium; in bfloat16 the forwards were as fast as cuDNN's or faster and the backwards 1.3-1.7x
+    its at large.  A search cut at its time limit has then tried what can close the gap; one that ends has tried all."""
+    backward_first = dtype != torch.float32
+    head = [f for f in fields if f == "units"]
+    rest = [f for f in fields if f != "units"]
+    return head + sorted(rest, key=lambda f: f.endswith("_bwd") != backward_first)
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
 CELLS = tuple(KINDS)
 
@@ -371,8 +384,8 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
         cudnn_fwd, cudnn_fwdbwd, _, _, cudnn_peak, cudnn_graph = _passes(ref, x, reps, graph=False)
     start = start_tile(kind, hidden, dtype, sms)
     records, seen, expected = [], {}, None
-    fields = [f for f in FIELDS[kind] if (fp32_precision == "ieee" or f not in OUTER_FIELDS)
-              and (fields is None or f in fields)]
+    fields = ordered([f for f in FIELDS[kind] if (fp32_precision == "ieee" or f not in OUTER_FIELDS)
+                      and (fields is None or f in fields)], dtype)
 
     def keep(rec: dict) -> None:
         records.append(rec)
