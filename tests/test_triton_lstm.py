@@ -833,7 +833,9 @@ def test_cuda_graph_replays_of_the_searchs_designs_equal_eager_calls(cell_name):
     dy = torch.randn(steps, 20, hidden, device=device)
     replayed = 0
     with launch.table_entry(kind, hidden, torch.float32) as put:
-        ahead = precompile.Ahead()  # (their ~18 kernels compiled side by side first, as the search does: seconds each)
+        # (their ~18 kernels compiled side by side first, as the search does: seconds each; a pool of 6, beside the
+        # check's other pytest-xdist workers, each of whose processes starts by importing torch and triton)
+        ahead = precompile.Ahead(processes=6)
         for tile in dict.fromkeys(tiles):
             ahead.add(tile, tune._record(cell, x, put, tile))
         for tile in dict.fromkeys(tiles):
