@@ -3,6 +3,8 @@ timing or patching -- and before their CUDA check, so a CPU checks them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -118,6 +120,33 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
     assert ended.is_set() and time.monotonic() - t0 < 20
     assert len(recs) == 1 and recs[0]["error"] == "hung: no result after 0.3 s; the search ended here", recs
     assert recs[0]["preset"] == "small" and recs[0]["tile"] and "hung" in lines[-1]
+
+
+def test_a_search_whose_time_limit_passes_while_its_kernels_compile_is_cut(monkeypatch):
+    """The candidates' kernels compile in a pool ahead of their timing (precompile.Ahead); a candidate whose kernels
+    are still compiling when the search's time limit passes is not timed (nor compiled in-line): the search is cut
+    there, naming the best it timed."""
+    from cells.triton_lstm import precompile
+
+    def passes(module, x, reps, graph=True):
+        return 1e-3, 2e-3, torch.zeros(1), torch.ones(1), 0, 1e-3
+
+    waits = []
+
+    def wait(self, key, timeout=None):  # the start's kernels are ready; the next candidate's take past the limit
+        waits.append(timeout)
+        if len(waits) > 1:
+            time.sleep(timeout)
+        return 0.0
+
+    monkeypatch.setattr(tune, "_passes", passes)
+    monkeypatch.setattr(tune, "_record", lambda *a: [])
+    monkeypatch.setattr(precompile.Ahead, "wait", wait)
+    recs, lines = [], []
+    tune.tune("small", torch.float32, 1, cell="triton_lstm", emit=recs.append, log=lines.append, device="cpu",
+              sms=132, fields=("num_stages",), deadline=time.monotonic() + 0.5)
+    assert len(recs) == 1 and recs[0]["best"] and recs[0]["cut"], recs
+    assert len(waits) == 2 and 0 < waits[1] <= 0.5 and "cut at the time limit" in lines[-1], (waits, lines)
 
 
 def test_the_search_judges_a_tile_by_its_kernels_as_one_cuda_graph(monkeypatch):

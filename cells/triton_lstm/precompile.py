@@ -253,15 +253,17 @@ class Ahead:
             _pools.clear()
         return len(new)
 
-    def wait(self, key) -> float:
-        """Wait until ``key``'s kernels are compiled (or failed, or were cancelled); the seconds waited."""
+    def wait(self, key, timeout: float | None = None) -> float:
+        """Wait until ``key``'s kernels are compiled (or failed, or were cancelled), at most ``timeout`` seconds
+        (default :attr:`WAIT_S`); the seconds waited."""
         t0 = time.perf_counter()
+        timeout = self.WAIT_S if timeout is None else min(timeout, self.WAIT_S)
         for spec in self.needs.get(key, []):
             future = self.futures.get(spec)
             if future is None or future.cancelled():
                 continue
             try:
-                future.result(timeout=max(0.0, self.WAIT_S - (time.perf_counter() - t0)))
+                future.result(timeout=max(0.0, timeout - (time.perf_counter() - t0)))
             except Exception:  # noqa: BLE001 -- a broken pool or a timeout: the launch compiles it itself
                 pass
         waited = time.perf_counter() - t0

@@ -400,7 +400,11 @@ def tune(preset: str, dtype: torch.dtype, reps: int, log=print, cell: str = "tri
             log(f"{preset} {dtype} {describe(tile)}: not timed: it hung in an earlier run")
             seen[tile] = float("inf")
             return seen[tile]
-        waited = compiling.wait(tile)  # (its kernels, compiling in the pool since warm)
+        # its kernels, compiling in the pool since warm; if the time limit passes meanwhile, the search is cut here
+        waited = compiling.wait(tile, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if late():
+            seen[tile] = float("inf")
+            return seen[tile]
         beside = compiling.pending()
         put(tile)
         t0 = time.perf_counter()
