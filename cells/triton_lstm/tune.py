@@ -315,8 +315,8 @@ OUTER_FIELDS = ("outer", "outer_bwd")  # float32 in exact arithmetic only (launc
 def ordered(fields, dtype: torch.dtype) -> list[str]:
     """``fields`` (in :data:`FIELDS`' order) with those of the kernel that loses most to cuDNN first, the units (the
     grid, both kernels') always first: the forward's in float32, the backward's (``*_bwd``) in 16 bits.  On the H200
-    (2026-11-28, docs/triton.md) the float32 forward took 1.4-3.6x cuDNN's at medium and large while the backward was
-    as fast or faster at medium; in bfloat16 the forwards were as fast as cuDNN's or faster and the backwards 1.3-1.7x
+    (2026-11-28, docs/triton.md) the float32 forward took 1.1-3.6x cuDNN's at medium and large, the backward faster at
+    medium and 1.4x at large; in bfloat16 the forwards were as fast as cuDNN's or faster and the backwards 1.3-1.7x
     its at large.  A search cut at its time limit has then tried what can close the gap; one that ends has tried all."""
     backward_first = dtype != torch.float32
     head = [f for f in fields if f == "units"]
