@@ -938,6 +938,29 @@ def test_the_gpu_tools_rehearse_without_a_gpu(tmp_path):
     assert "rehearsal done" in r.stdout
 
 
+def test_a_paced_rehearsal_moves_the_search_as_a_gpu_would():
+    """rehearse --pace: each pass 'takes' the given seconds, its time made up from the tile timed (the same tile, the
+    same time; another tile, in general another), and every candidate counts as correct (outputs and gradients
+    zeros), so the search keeps changes and its wall time is that of its own scheduling and compiling."""
+    import types
+
+    from cells.triton_lstm import rehearse
+
+    calls = []
+    fake = types.SimpleNamespace(_passes=lambda *a, **k: (1.0, 2.0, torch.ones(2), torch.ones(2), 5, 3.0),
+                                 _time=None)
+    rehearse._paced(fake, launch, 0.0)
+    a = launch.Tile(units=4, block_j=8, block_k=16, num_warps=4, num_warps_bwd=4, num_stages=1)
+    times = []
+    with launch.table_entry("LSTM", 24, torch.float32) as put:
+        for tile in (a, dataclasses.replace(a, num_stages=2), a):
+            put(tile)
+            times.append(fake._time(lambda: calls.append(1), 15))
+    assert times[0] == times[2] != times[1] and len(calls) == 3 and all(1e-3 <= t < 2e-3 for t in times)
+    fwd, fwdbwd, out, grad, peak, graph = fake._passes(None, None, 1)
+    assert (fwd, fwdbwd, peak, graph) == (1.0, 2.0, 5, 3.0) and not out.any() and not grad.any()
+
+
 @pytest.mark.parametrize("cell", ["triton_lstm", "triton_gru"])
 def test_rehearsed_numerics_run_the_searchs_candidates_against_torch_in_float64(cell, monkeypatch):
     """rehearse --numerics: the search's first candidates (here at a stand-in preset of H 24, the exchange field)

@@ -34,6 +34,14 @@ candidates of the design fields (units, exchange, exchange_bwd, outer, outer_bwd
 three of ``outer_bwd``'s, 7.5e-7 to 1.4e-6; ``triton_gru`` at medium every field's and at large those of exchange,
 exchange_bwd, units and outer, not yet outer_bwd's, 5.5e-7 to 8.3e-7.
 
+``--pace SECONDS`` makes the mocked search move as on a GPU: each timed pass sleeps SECONDS and returns a time made up
+from the tile, and every candidate counts as correct, so the search keeps changes, compiles the candidates around each
+new best and cancels what it no longer wants; its wall time is then its own scheduling's and compiling's.  Measured so
+(2026-11-29, Triton 3.6, a fresh ``TRITON_CACHE_DIR``, 2 shared cores with two other jobs, so one compile worker;
+``--probe-presets "" --tune-presets medium --dtypes float32 --cells triton_lstm --fields
+units,num_stages,block_k,num_warps,row_align --pace 0.25``): the search as it compiled in blocking batches (f69f3a6)
+31.5 s, compiling ahead of its timing (4fd46e0, :class:`.precompile.Ahead`) 19.3 s, the same 12 candidates and winner.
+
 The mocked rehearsal patches torch and triton for the whole process (as :mod:`.hostcost`): run it on its own, never
 import it into a program.
 """
@@ -68,6 +76,31 @@ def _constant(fn, reps: int, calls: int = 1) -> float:
     """A timer for work that does not run: one call (compiling and launching), then any constant."""
     fn()
     return 1e-3
+
+
+def _paced(tune, launch, seconds: float) -> None:
+    """``--pace``: the tile search moves as on a GPU that took ``seconds`` to time each pass -- a sleep, then a time
+    made up from the tile timed (the tables' entries, which the search sets to it: the same tile, the same time) --
+    and takes every candidate as correct (the mocked launches compute garbage), so that it keeps changes, compiles
+    the candidates around each new best and cancels what it no longer wants: its wall time is then that of its own
+    scheduling and compiling, what a GPU session's search spends beside the GPU's time."""
+    import zlib
+
+    import torch
+
+    def timer(fn, reps: int, calls: int = 1) -> float:
+        fn()
+        time.sleep(seconds)
+        entries = repr(sorted(repr(item) for kind in ("LSTM", "GRU") for item in launch.tiles(kind).items()))
+        return 1e-3 * (1 + (zlib.crc32(entries.encode()) % 100) / 100)
+
+    passes = tune._passes
+
+    def correct(*args, **kwargs):
+        fwd, fwdbwd, _, _, peak, graph = passes(*args, **kwargs)
+        return fwd, fwdbwd, torch.zeros(1), torch.zeros(1), peak, graph
+
+    tune._time, tune._passes = timer, correct
 
 
 def numerics(preset: str, cell: str, fields, steps: int = 2, log=print) -> list[dict]:
@@ -162,10 +195,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: the search's first candidates at --tune-presets for --cells, float32, run in the "
                         "interpreter against torch.nn.LSTM / GRU in float64 (no probe, no mocks)")
     p.add_argument("--steps", type=int, default=2, help="with --numerics: the sequence length (default 2)")
+    p.add_argument("--pace", type=float, default=None, metavar="SECONDS",
+                   help="the tile search as on a GPU taking SECONDS to time each pass, every candidate correct: its "
+                        "wall time is its own scheduling's and compiling's (give it a fresh TRITON_CACHE_DIR)")
     args = p.parse_args(argv)
     if args.numerics:
         return _numerics_main(args)
+    if args.pace is not None and not args.pace >= 0:
+        p.error("--pace takes seconds >= 0")
     torch, probe, tune = _tools()
+    if args.pace is not None:
+        _paced(tune, tune.launch, args.pace)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     fields = None if args.fields == "all" else tune._fields(args.fields)
     refused, t0 = [], time.monotonic()
@@ -180,12 +220,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"probe {cell} {preset} {dtype}: " + ("one forward and one backward launched" if args.once
                           else f"{len(recs)} variant launches, {len(bad)} refused"), flush=True)
                 for preset in filter(None, args.tune_presets.split(",")):
+                    t1 = time.monotonic()
                     recs = tune.tune(preset, dtype, 1, cell=cell, fields=fields, log=lambda *a: None, device="cpu",
                                      sms=SMS)
                     bad = [f"{tune.describe(tune.launch.Tile(**r['tile']))}: {r['error'][:160]}" for r in recs
                            if "error" in r]
                     refused += [f"tune {cell} {preset} {dtype}: {b}" for b in bad]
-                    print(f"tune {cell} {preset} {dtype}: {len(recs)} candidates, {len(bad)} refused", flush=True)
+                    best = next((tune.describe(tune.launch.Tile(**r["tile"])) for r in recs if r.get("best")), None)
+                    print(f"tune {cell} {preset} {dtype}: {len(recs)} candidates, {len(bad)} refused, "
+                          f"{time.monotonic() - t1:.1f} s" + (f"; best {best}" if args.pace is not None and best
+                                                             else ""), flush=True)
     except Exception as exc:  # noqa: BLE001 -- what the rehearsal is for: say what and where, and fail
         where = traceback.extract_tb(exc.__traceback__)[-1]
         print(f"rnnbench: error: the rehearsal stopped: {type(exc).__name__}: {str(exc)[:400]} "
