@@ -322,6 +322,8 @@ def ordered(fields, dtype: torch.dtype) -> list[str]:
     head = [f for f in fields if f == "units"]
     rest = [f for f in fields if f != "units"]
     return head + sorted(rest, key=lambda f: f.endswith("_bwd") != backward_first)
+
+
 KINDS = {"triton_lstm": "LSTM", "triton_gru": "GRU"}  # the cells a search tunes, and whose table (launch.tiles)
 CELLS = tuple(KINDS)
 
