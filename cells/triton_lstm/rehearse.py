@@ -30,11 +30,12 @@ medium), so give it the fields that changed::
     python -m cells.triton_lstm.rehearse --numerics --tune-presets medium --cells triton_lstm --fields exchange
 
 Run on 2026-11-29 (T 2), worst relative error of any output or gradient, none WRONG: ``triton_lstm`` at medium the
-candidates of the design fields (units, exchange, exchange_bwd, outer, outer_bwd, transposed_bwd) and at large all but
-one of ``outer_bwd``'s (K 4 x 16, about half an hour interpreted), 7.5e-7 to 1.4e-6; ``triton_gru`` every design
-field's at medium and at large, 5.5e-7 to 8.3e-7.  Later that day the units field's grids of fewer programs in full
-unit tiles (25 x 8 and 13 x 16 at small, 82 x 8 at medium, 94 x 16 at large) and its others again, at every preset,
-both cells: LSTM 4.8e-7 / 8.3e-7 / 1.1e-6 to 1.2e-6, GRU 3.1e-7 / 6.0e-7 / 8.1e-7 (small / medium / large).
+candidates of the design fields (units, exchange, exchange_bwd, outer, outer_bwd, transposed_bwd) and at large too (the
+backward's outer products with K 2 or 4 in trips of 8 or 16 took 20-30 minutes each interpreted), 7.5e-7 to 1.4e-6;
+``triton_gru`` every design field's at medium and at large, 5.5e-7 to 8.3e-7. Later that day the units field's grids of
+fewer programs in full unit tiles (25 x 8 and 13 x 16 at small, 82 x 8 at medium, 94 x 16 at large) and its others
+again, at every preset, both cells: LSTM 4.8e-7 / 8.3e-7 / 1.1e-6 to 1.2e-6, GRU 3.1e-7 / 6.0e-7 / 8.1e-7 (small /
+medium / large).
 
 ``--pace SECONDS`` makes the mocked search move as on a GPU: each timed pass sleeps SECONDS and returns a time made up
 from the tile, and every candidate counts as correct, so the search keeps changes, compiles the candidates around each
