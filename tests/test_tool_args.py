@@ -95,7 +95,6 @@ def test_a_hung_candidate_ends_the_search_and_says_so(monkeypatch):
     check's step -- until its limit: after HUNG_S the search records it as hung and ends the process (here a stand-in
     for os._exit), so the check's later steps keep their time."""
     import threading
-    import time
 
     class Ended(BaseException):
         pass

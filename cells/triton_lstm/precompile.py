@@ -249,8 +249,8 @@ class Ahead:
             pool = _pool(self.target, self.processes)
             for spec in new:
                 self.futures[spec] = pool.submit(_compile, spec)
-        except (BrokenProcessPool, RuntimeError):  # (the launches compile in-process instead)
-            _pools.clear()
+        except (BrokenProcessPool, RuntimeError):  # (the launches compile in-process instead; _pool replaces a
+            pass  # broken pool at the next call)
         return len(new)
 
     def wait(self, key, timeout: float | None = None) -> float:
