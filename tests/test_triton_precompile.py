@@ -115,6 +115,23 @@ def test_compiling_ahead_waits_for_a_keys_own_kernels_and_drops_the_unwanted(mon
     assert precompile.Ahead(processes=1).line() is None  # nothing asked for
 
 
+def test_a_broken_pool_is_tallied_not_raised(monkeypatch):
+    """A pool that cannot take work (a worker died) submits nothing: compile_all reports each kernel as failed and
+    returns, and the launches compile in-process as without precompiling."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken:
+        def submit(self, fn, spec):
+            raise BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(precompile, "_pool", lambda target, processes: Broken())
+    specs = [precompile.Spec("lstm_fwd_kernel", str(i)) for i in (0, 1, 0)]
+    summary = precompile.compile_all(specs, target={"backend": "cuda", "arch": 90, "warp_size": 32}, processes=2)
+    assert (summary.kernels, summary.compiled, summary.compile_s) == (2, 0, 0.0)
+    assert summary.failed == ["lstm_fwd_kernel: not submitted (BrokenProcessPool: a worker died)"] * 2
+    assert summary.line().startswith("precompiled 0 of 2 kernels") and "2 failed" in summary.line()
+
+
 def test_the_probe_compiles_its_variants_before_timing_them(hopper, monkeypatch):
     """The probe collects the kernels of every variant it will time, compiles them side by side, and its launches (the
     forward that makes the backward's inputs, then the timed ones) find them all in the cache; here one variant of a

@@ -201,22 +201,14 @@ def current_target() -> dict:
 
 def compile_all(specs: list[Spec], target: dict | None = None, processes: int | None = None) -> Summary:
     """Compile ``specs`` for ``target`` (default: the active driver's) into Triton's on-disk cache, in a pool of
-    ``processes`` worker processes (default :func:`workers`), kept for later calls."""
-    specs = list(dict.fromkeys(specs))
-    processes = processes or workers()
+    ``processes`` worker processes (default :func:`workers`), kept for later calls; waits for them all (at most
+    :attr:`Ahead.WAIT_S`)."""
     t0 = time.perf_counter()
-    if not specs:
-        return Summary(0, 0, [], processes, 0.0, 0.0)
-    target = target or current_target()
-    pool = _pool(target, processes)
-    try:
-        results = list(pool.map(_compile, specs))
-    except BrokenProcessPool as exc:  # a worker died: the real run compiles in-process, as without this module
-        _pools.clear()
-        return Summary(len(specs), 0, [f"the pool broke: {exc}"], processes, time.perf_counter() - t0, 0.0)
-    failed = [f"{spec.kernel}: {err}" for spec, (_, err) in zip(specs, results, strict=True) if err]
-    return Summary(len(specs), len(specs) - len(failed), failed, processes, time.perf_counter() - t0,
-                   sum(s for s, _ in results))
+    ahead = Ahead(target, processes)
+    ahead.add(None, specs)
+    ahead.wait(None)
+    compiled, failed, seconds = ahead.tally()
+    return Summary(len(ahead.needs[None]), compiled, failed, ahead.processes, time.perf_counter() - t0, seconds)
 
 
 class Ahead:
@@ -235,23 +227,27 @@ class Ahead:
         self.target = target
         self.futures: dict[Spec, object] = {}  # every specialization submitted, and its future
         self.needs: dict[object, list[Spec]] = {}  # key -> its specializations
+        self.unsubmitted: dict[object, str] = {}  # key -> why some of its kernels could not be submitted
         self.waited_s = 0.0
         self.cancelled = 0
 
     def add(self, key, specs: list[Spec]) -> int:
-        """Submit ``key``'s kernels ``specs`` (those not submitted already, or cancelled); returns how many were."""
+        """Submit ``key``'s kernels ``specs`` (those not submitted already, or cancelled); returns how many were (a
+        broken pool takes none: they are tallied as failed)."""
         self.needs[key] = list(dict.fromkeys(self.needs.get(key, []) + list(specs)))
         new = [spec for spec in dict.fromkeys(specs) if spec not in self.futures or self.futures[spec].cancelled()]
         if not new:
             return 0
         self.target = self.target or current_target()
+        submitted = 0
         try:
             pool = _pool(self.target, self.processes)
             for spec in new:
                 self.futures[spec] = pool.submit(_compile, spec)
-        except (BrokenProcessPool, RuntimeError):  # (the launches compile in-process instead; _pool replaces a
-            pass  # broken pool at the next call)
-        return len(new)
+                submitted += 1
+        except (BrokenProcessPool, RuntimeError) as exc:  # (the launches compile in-process instead; _pool
+            self.unsubmitted[key] = f"{type(exc).__name__}: {exc}"  # replaces a broken pool at the next call)
+        return submitted
 
     def wait(self, key, timeout: float | None = None) -> float:
         """Wait until ``key``'s kernels are compiled (or failed, or were cancelled), at most ``timeout`` seconds
@@ -282,11 +278,9 @@ class Ahead:
         """Compilations queued or running now."""
         return sum(1 for future in self.futures.values() if not future.done())
 
-    def line(self) -> str | None:
-        """What was compiled (None when nothing was submitted): kernels, failures, compile seconds in the workers,
-        how long the work waited for them, how many were cancelled or are still under way."""
-        if not self.futures:
-            return None
+    def tally(self) -> tuple[int, list[str], float]:
+        """(kernels compiled, "kernel: error" for each that failed or could not be submitted, compile seconds in the
+        workers) over what has finished; cancelled and unfinished compilations count in neither."""
         compiled, failed, seconds = 0, [], 0.0
         for spec, future in self.futures.items():
             if not future.done() or future.cancelled():
@@ -300,6 +294,16 @@ class Ahead:
                 failed.append(f"{spec.kernel}: {err}")
             else:
                 compiled += 1
+        for key, why in self.unsubmitted.items():
+            failed += [f"{spec.kernel}: not submitted ({why})" for spec in self.needs[key] if spec not in self.futures]
+        return compiled, failed, seconds
+
+    def line(self) -> str | None:
+        """What was compiled (None when nothing was submitted): kernels, failures, compile seconds in the workers,
+        how long the work waited for them, how many were cancelled or are still under way."""
+        if not self.futures:
+            return None
+        compiled, failed, seconds = self.tally()
         said = (f"compiled {compiled} kernels side by side on {self.processes} processes ({seconds:.1f} s of "
                 f"compiling), the timing waiting {self.waited_s:.1f} s for them; {self.cancelled} cancelled unstarted")
         if self.pending():
