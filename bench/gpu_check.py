@@ -292,33 +292,40 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S,
-          full_cells: str = FULL_CELLS) -> list[Step]:
-    """The steps of ``part``: ``check`` (correctness and training), ``perf`` (the timings) or ``full`` (the medium
-    preset's whole schedule for ``full_cells`` within ``budget_s``)."""
+def _cells(dry_run: bool) -> tuple[list[str], list[str], list[str]]:
+    """(every registered cell, those that can train here, those that compile per shape)."""
     import cells
 
+    every = cells.names()
+    # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, the Triton cells cannot
+    # (they would train in Triton's interpreter: their training_refusal).
+    runnable = [c for c in every if not (dry_run and (cells.unavailable_reason(c, "cpu") or getattr(
+        cells.cell_class(c), "training_refusal", lambda device: None)("cpu")))]
+    return every, runnable, [c for c in every if getattr(cells.cell_class(c), "compiles_per_shape", False)]
+
+
+def steps(ptb: Path, out: Path, slug: str, dry_run: bool, part: str = "check", budget_s: float = BUDGET_S,
+          full_cells: str = FULL_CELLS, with_cells: bool = True) -> list[Step]:
+    """The steps of ``part``: ``check`` (correctness and training), ``perf`` (the timings) or ``full`` (the medium
+    preset's whole schedule for ``full_cells`` within ``budget_s``).  ``with_cells=False``: the same steps training
+    no cell, without importing the cells (nor torch with them: seconds), for checking ``--steps`` before any work."""
     py = [sys.executable]
     gpu = out / "gpu" / slug
     pytest = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
-    # Named cells must train (a named cell that cannot run fails its sweep): on the CPU, the Triton cells cannot
-    # (they would train in Triton's interpreter: their training_refusal).
-    runnable = [c for c in cells.names() if not (dry_run and (cells.unavailable_reason(c, "cpu") or getattr(
-        cells.cell_class(c), "training_refusal", lambda device: None)("cpu")))]
+    every, runnable, compiling = _cells(dry_run) if with_cells else ([], [], [])
     # Cells that compile per shape (torch.compile) train with the slow cells, never in the steps whose words/sec count
     # (train-small, train-medium): on a GPU each of their shapes costs seconds of compilation.
-    compiled = [c for c in runnable if getattr(cells.cell_class(c), "compiles_per_shape", False)
+    compiled = [c for c in runnable if c in compiling
                 and (not dry_run or c == "compiled_gru")]  # the dry run trains one (each compiles ~30 s on a CPU)
     fast = [c for c in FAST_CELLS if c in runnable]
-    slow = [c for c in runnable if c not in FAST_CELLS and c not in compiled
-            and not getattr(cells.cell_class(c), "compiles_per_shape", False)]
+    slow = [c for c in runnable if c not in FAST_CELLS and c not in compiling]
     if dry_run:  # the plumbing with one cell a step (each run is a process start, ~6 s of CI); tests/test_train.py and
         fast, slow = fast[:1], slow[:1]  # tests/test_minimal.py train every CPU cell through train.train
     fast, slow = ",".join(fast), ",".join(slow)
     compiled_cells = ",".join(compiled)
     slow_list = ",".join(filter(None, [slow, compiled_cells]))
     slow_n = len([c for c in slow_list.split(",") if c])
-    not_compiled = ",".join(c for c in cells.names() if c not in compiled)
+    not_compiled = ",".join(c for c in every if c not in compiled)
     if dry_run:
         device, common = "cpu", ["--data-dir", str(ptb), "--no-verify", "--max-steps", "3"]
         small, medium, slow_steps = "tiny", "tiny", []
@@ -810,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         only = None if args.steps is None else [n.strip() for n in args.steps.split(",") if n.strip()]
         if only is not None:
             try:
-                select(steps(args.ptb, args.out, "slug", args.dry_run, part, budget, args.full_cells), only)
+                select(steps(args.ptb, args.out, "slug", args.dry_run, part, budget, args.full_cells, False), only)
             except ValueError as exc:
                 r.error(str(exc))
         return check(args.ptb, args.out, args.dry_run, part, budget, args.full_cells, only)

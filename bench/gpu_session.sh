@@ -62,7 +62,8 @@ from bench import gpu_check as g
 try:
     for names, part in ((sys.argv[1], sys.argv[2]), (sys.argv[3], "check")):
         if names != "-":
-            g.select(g.steps(Path("."), Path("."), "gpu", False, part, 300), [n for n in names.split(",") if n])
+            g.select(g.steps(Path("."), Path("."), "gpu", False, part, 300, with_cells=False),
+                     [n for n in names.split(",") if n])
 except ValueError as exc:
     sys.exit(f"rnnbench: error: {exc}")' "$perf_steps" "$then" "${check_steps[1]:--}"; then
   exit 2
