@@ -12,6 +12,10 @@ import torch
 # Tests use tiny shapes: one thread is faster there and immune to other processes' load.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start
+# Under pytest-xdist (the README's test command) a worker's environment names it; a pytest the tests start (the GPU
+# check's benchmark steps) would take itself for a worker too, and pytest-benchmark then disables its benchmarks.
+for _name in [n for n in os.environ if n.startswith("PYTEST_XDIST_")]:
+    del os.environ[_name]
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our team", "N people"]
 VERBS = ["sees", "likes", "finds", "builds", "sells", "wants"]
