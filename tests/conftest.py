@@ -109,3 +109,18 @@ def _no_tf32():
 
     with cells.fp32_matmul_precision("ieee"):
         yield
+
+
+# The test files that take longest on a 2-core CPU machine (seconds, 2026-11-29, AMD EPYC: most of it child processes
+# and compiling), run first: with the README's `-n 2 --dist loadfile` each file goes whole to the next free process, in
+# collection order, so a long file collected last would run alone at the end.
+SLOW_FILES = ("test_triton_lstm.py",  # ~190
+              "test_gpu_check.py",  # ~170 (the dry runs of the GPU check)
+              "test_sweep.py",  # ~95
+              "test_ray_sweep.py",  # ~75
+              "test_resume.py")  # ~55
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(SLOW_FILES)))  # (stable: each file's own order kept)
